@@ -1,0 +1,31 @@
+"""The ASGI entry point Daphne serves: HTTP through Django, WebSockets through Channels."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+
+# Build the Django app first: it sets Django up, and the consumers below import models,
+# which would fail with AppRegistryNotReady if imported earlier.
+django_asgi_app = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+
+from realtime.routing import websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        # Static files are served by the replica itself so a local cluster needs no extra web
+        # server; only paths under STATIC_URL take this detour.
+        "http": ASGIStaticFilesHandler(django_asgi_app),
+        # Browsers send Origin on every WebSocket handshake; one that is not ours is refused, so
+        # another site cannot open a socket with the user's cookies.
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+        ),
+    }
+)

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class RealtimeConfig(AppConfig):
+    name = "realtime"
+    verbose_name = "Switchboard realtime"
+    default_auto_field = "django.db.models.BigAutoField"

@@ -1,0 +1,61 @@
+"""The only place stream and group names are built.
+
+A *stream* is what a client reads (`user:42`, `room:lobby`, `broadcast`); a *group* is the
+channel-layer group that carries it (`user.42`, `room.lobby`, `broadcast`). Channels only allows
+ASCII letters, digits, hyphens, underscores and periods in group names, hence two spellings.
+"""
+
+from __future__ import annotations
+
+import re
+
+BROADCAST_STREAM = "broadcast"
+BROADCAST_GROUP = "broadcast"
+
+# Room slugs: lower-case, start with a letter or digit, at most 50 characters.
+ROOM_SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,49}$")
+
+
+class InvalidStreamName(ValueError):
+    """A stream name that is not one of user:<id>, room:<slug> or broadcast."""
+
+
+def user_stream(user_id: int) -> str:
+    return f"user:{user_id}"
+
+
+def user_group(user_id: int) -> str:
+    return f"user.{user_id}"
+
+
+def room_stream(slug: str) -> str:
+    _check_slug(slug)
+    return f"room:{slug}"
+
+
+def room_group(slug: str) -> str:
+    _check_slug(slug)
+    return f"room.{slug}"
+
+
+def group_for_stream(stream: str) -> str:
+    """Map a stream name to its channel-layer group, rejecting anything malformed."""
+    if stream == BROADCAST_STREAM:
+        return BROADCAST_GROUP
+    kind, sep, key = stream.partition(":")
+    if sep and kind == "user" and key.isascii() and key.isdigit() and not key.startswith("0"):
+        return user_group(int(key))
+    if sep and kind == "room" and ROOM_SLUG_RE.match(key):
+        return room_group(key)
+    raise InvalidStreamName(
+        f"{stream!r} is not a stream: use 'user:<id>', 'room:<slug>' (lower-case letters, "
+        "digits and hyphens, at most 50) or 'broadcast'."
+    )
+
+
+def _check_slug(slug: str) -> None:
+    if not ROOM_SLUG_RE.match(slug):
+        raise InvalidStreamName(
+            f"{slug!r} is not a room name: use lower-case letters, digits and hyphens, "
+            "starting with a letter or digit, at most 50 characters."
+        )

@@ -1,0 +1,27 @@
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+
+# Development passwords, printed by `make run`. Never use these users outside a dev machine.
+DEMO_USERS = [
+    ("alice", "alice-pass", False),
+    ("bob", "bob-pass", False),
+    ("carol", "carol-pass", False),
+    ("admin", "admin-pass", True),
+]
+
+
+class Command(BaseCommand):
+    help = "Create (or reset) the demo users alice, bob, carol and admin with their dev passwords."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        User = get_user_model()
+        for username, password, is_admin in DEMO_USERS:
+            user, _ = User.objects.get_or_create(username=username)
+            user.set_password(password)
+            user.is_staff = user.is_superuser = is_admin
+            user.is_active = True
+            user.save()
+            role = "admin, staff" if is_admin else "user"
+            self.stdout.write(f"  {username:<6} / {password:<11} ({role})")

@@ -1,0 +1,23 @@
+"""Per-process counters a replica reports on /healthz (and later on the cluster view).
+
+Plain integers: Daphne runs one event loop per process, and only that loop touches them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ReplicaStats:
+    open_connections: int = 0
+    connections_total: int = 0
+    frames_in: int = 0
+    frames_out: int = 0
+    errors_sent: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+replica_stats = ReplicaStats()

@@ -1,0 +1,135 @@
+"""HTTP views: parse, call a service, answer. Async so a request costs no thread hop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+from redis.exceptions import RedisError
+
+from realtime import groups, publish
+from realtime.api import (
+    ApiError,
+    authenticate_publisher,
+    error_response,
+    ok_response,
+    parse_json_object,
+)
+from realtime.redis_client import get_redis
+from realtime.selectors import user_get_by_username
+from realtime.stats import replica_stats
+
+logger = logging.getLogger(__name__)
+
+# A health check must answer well within HAProxy's check timeout even when Redis hangs.
+HEALTH_REDIS_TIMEOUT_SECS = 0.5
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    return render(request, "realtime/home.html")
+
+
+@require_GET
+async def healthz(request: HttpRequest) -> JsonResponse:
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(get_redis().ping(), HEALTH_REDIS_TIMEOUT_SECS)
+        redis_ok, redis_error = True, None
+    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        redis_ok, redis_error = False, exc.__class__.__name__
+    # 200 even without Redis: every replica shares the one Redis, so failing the check would
+    # take the whole cluster out of HAProxy; the replica can still serve pages and say why.
+    return JsonResponse(
+        {
+            "replica": settings.REPLICA_ID,
+            "status": "ok",
+            "redis": {
+                "reachable": redis_ok,
+                "error": redis_error,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+            "connections": replica_stats.open_connections,
+            "stats": replica_stats.as_dict(),
+        }
+    )
+
+
+@require_GET
+async def whoami(request: HttpRequest) -> JsonResponse:
+    user = await request.auser()
+    return JsonResponse(
+        {
+            "replica": settings.REPLICA_ID,
+            "user": user.get_username() if user.is_authenticated else None,
+            # REMOTE_ADDR comes from HAProxy's X-Forwarded-For (Daphne --proxy-headers);
+            # HAProxy deletes whatever X-Forwarded-For the client sent.
+            "client_ip": request.META.get("REMOTE_ADDR"),
+        }
+    )
+
+
+@csrf_exempt  # checked in authenticate_publisher for session callers
+@require_POST
+async def api_push(request: HttpRequest) -> JsonResponse:
+    """POST {"user": "alice", "payload": {...}} -> the message reaches every socket of alice."""
+    async def handle() -> JsonResponse:
+        publisher = await authenticate_publisher(request)
+        body = parse_json_object(request)
+        username = body.get("user")
+        if not isinstance(username, str) or not username:
+            raise ApiError(400, "bad_user", "'user' must be a username string.")
+        payload = _payload_from(body)
+        user = await database_sync_to_async(user_get_by_username)(username=username)
+        if user is None:
+            raise ApiError(404, "unknown_user", f"There is no active user {username[:150]!r}.")
+        result = await publish.push_to_user(user_id=user.pk, payload=payload)
+        logger.info("push user=%s stream=%s by=%s", username, result.stream, publisher)
+        return ok_response({"user": username, **result.as_dict()})
+
+    return await _answer(handle)
+
+
+@csrf_exempt  # checked in authenticate_publisher for session callers
+@require_POST
+async def api_broadcast(request: HttpRequest) -> JsonResponse:
+    """POST {"payload": {...}} -> the message reaches every connected socket."""
+    async def handle() -> JsonResponse:
+        publisher = await authenticate_publisher(request)
+        payload = _payload_from(parse_json_object(request))
+        result = await publish.broadcast(payload=payload)
+        logger.info("broadcast stream=%s by=%s", groups.BROADCAST_STREAM, publisher)
+        return ok_response(result.as_dict())
+
+    return await _answer(handle)
+
+
+def _payload_from(body: dict[str, Any]) -> Any:
+    if "payload" not in body:
+        raise ApiError(400, "missing_payload", "'payload' is required (any JSON value).")
+    payload = body["payload"]
+    try:
+        publish.check_payload(payload)
+    except publish.PayloadTooLarge as exc:
+        raise ApiError(413, "payload_too_large", str(exc)) from None
+    except publish.InvalidPayload as exc:
+        raise ApiError(400, "bad_payload", str(exc)) from None
+    return payload
+
+
+async def _answer(handle: Any) -> JsonResponse:
+    try:
+        return await handle()
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except publish.RealtimeUnavailable as exc:
+        return error_response(503, "redis_unavailable", str(exc))

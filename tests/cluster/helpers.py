@@ -1,0 +1,51 @@
+"""Shortcuts the cluster tests share: API calls through HAProxy and logged-in sockets."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from realtime.cluster import Cluster
+from tests.conftest import manage
+from tests.support.clients import WsClient, origin_of
+
+_tokens: dict[str, str] = {}
+
+
+def api_token(cluster: Cluster) -> str:
+    """An API token issued by `manage.py apitoken create`, once per cluster."""
+    if cluster.url not in _tokens:
+        name = f"tests-{len(_tokens)}"
+        _tokens[cluster.url] = manage(cluster, "apitoken", "create", name).stdout.strip()
+    return _tokens[cluster.url]
+
+
+def api_post(
+    cluster: Cluster, path: str, body: Any, *, replica: str | None = None, token: str | None = None
+) -> httpx.Response:
+    """POST through HAProxy with the API token, pinned to `replica` by its cookie if given."""
+    headers = {"Authorization": f"Bearer {token or api_token(cluster)}"}
+    if replica:
+        headers["Cookie"] = f"SERVERID={replica}"
+    content = body if isinstance(body, bytes) else json.dumps(body)
+    return httpx.post(f"{cluster.url}{path}", content=content, headers=headers, timeout=15)
+
+
+def sessions_for(cluster: Cluster, count: int, prefix: str) -> dict[str, str]:
+    """`count` users with a logged-in session each: {username: session key}."""
+    out = manage(cluster, "bench_users", "--count", str(count), "--prefix", prefix).stdout
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+async def socket_for(
+    cluster: Cluster, session_key: str, *, replica: str | None = None, timeout: float = 10
+) -> WsClient:
+    """A user's socket through HAProxy, pinned to `replica` (the SERVERID cookie) if given."""
+    cookie = f"sessionid={session_key}"
+    if replica:
+        cookie += f"; SERVERID={replica}"
+    ws = await WsClient.open(cluster.ws_url, cookie=cookie, origin=origin_of(cluster.url))
+    await ws.wait_type("hello", timeout=timeout)
+    return ws

@@ -1,0 +1,118 @@
+"""Fixtures that start real processes (redis-server, Daphne replicas, HAProxy) on free ports.
+
+Each tier is a marker named after its folder. A tier whose binary is missing is skipped on a
+developer's machine and fails under CI=true, where nothing may be skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from realtime.cluster import Cluster, ClusterConfig, ManagedProcess, free_port, wait_until
+
+TIERS = ("unit", "integration", "cluster", "e2e")
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(BASE_DIR / "tests").parts
+        if parts and parts[0] in TIERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))
+
+
+def require_binaries(*names: str) -> None:
+    missing = [name for name in names if shutil.which(name) is None]
+    if not missing:
+        return
+    message = f"{', '.join(missing)} not installed (make test installs them)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; under CI=true no tier may be skipped")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free port, for the integration tier."""
+    require_binaries("redis-server")
+    run_dir = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    process = ManagedProcess(
+        name="redis",
+        argv=["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+              "--appendonly", "no", "--dir", str(run_dir)],  # fmt: skip
+        env=dict(os.environ),
+        log_path=run_dir / "redis.log",
+        port=port,
+    )
+    process.start()
+    try:
+        wait_until(lambda: _redis_answers(port), timeout=15, what="redis-server")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.stop()
+
+
+def _redis_answers(port: int) -> bool:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(16).startswith(b"+PONG")
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Redis + 3 Daphne replicas + HAProxy, with demo users, shared by the cluster tier.
+
+    Tests that kill a replica or Redis put it back before they end.
+    """
+    require_binaries("redis-server", "haproxy")
+    var_dir = tmp_path_factory.mktemp("cluster")
+    env = {"SWITCHBOARD_VAR_DIR": str(var_dir), "SECRET_KEY": "cluster-tests-secret-key"}
+    os.environ.update(env)
+    the_cluster = Cluster(ClusterConfig(replicas=3, run_dir=var_dir / "run", env=env))
+    for command in (["migrate", "--noinput", "-v0"], ["seed_demo"]):
+        manage(the_cluster, *command)
+    the_cluster.start()
+    try:
+        yield the_cluster
+    finally:
+        the_cluster.stop()
+
+
+def manage(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run `manage.py` as a separate process against the cluster, as an operator would."""
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=BASE_DIR,
+        env=cluster.command_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def healthy_cluster(cluster: Cluster) -> Iterator[Cluster]:
+    """The shared cluster, checked whole before the test and made whole again after it."""
+    cluster.wait_all_up(timeout=30)
+    try:
+        yield cluster
+    finally:
+        if not cluster.processes["redis"].running():
+            cluster.start_redis()
+        for name in cluster.replica_names:
+            if not cluster.processes[name].running():
+                cluster.start_replica(name)
+        cluster.wait_all_up(timeout=30)

@@ -1,0 +1,145 @@
+"""Real HTTP and WebSocket clients for the cluster tier: log in, keep cookies, collect frames.
+
+A `WsClient` reads every frame into `frames` in the background, so tests wait for conditions
+("alice has 10 pushes") with a timeout instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+Frame = dict[str, Any]
+
+
+def login(base_url: str, username: str, password: str) -> httpx.Client:
+    """A client holding alice's session (and the SERVERID cookie of the replica that served it)."""
+    client = httpx.Client(base_url=base_url, timeout=10)
+    page = client.get("/accounts/login/")
+    page.raise_for_status()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
+    assert token, "the login page has no CSRF token"
+    answer = client.post(
+        "/accounts/login/",
+        data={"username": username, "password": password, "csrfmiddlewaretoken": token.group(1)},
+    )
+    assert answer.status_code == 302, f"login of {username} failed: {answer.status_code}"
+    assert "sessionid" in client.cookies, f"login of {username} set no session cookie"
+    return client
+
+
+def cookie_header(cookies: httpx.Cookies, *, sticky: bool = True) -> str:
+    names = {"sessionid", "csrftoken"} | ({"SERVERID"} if sticky else set())
+    return "; ".join(f"{c.name}={c.value}" for c in cookies.jar if c.name in names)
+
+
+def origin_of(base_url: str) -> str:
+    parts = urlsplit(base_url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class WsClient:
+    """One WebSocket connection through HAProxy, with every received frame kept in order."""
+
+    def __init__(self, connection: ClientConnection) -> None:
+        self.connection = connection
+        self.frames: list[Frame] = []
+        self.raw: list[str | bytes] = []
+        self.closed_code: int | None = None
+        self._changed = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(
+        cls, ws_url: str, *, cookie: str = "", origin: str | None = None, **kwargs: Any
+    ) -> WsClient:
+        headers = {"Cookie": cookie} if cookie else {}
+        if origin is None:
+            origin = origin_of(ws_url.replace("ws://", "http://").replace("wss://", "https://"))
+        connection = await connect(
+            ws_url,
+            additional_headers=headers,
+            origin=origin,  # type: ignore[arg-type]
+            open_timeout=10,
+            max_size=None,
+            **kwargs,
+        )
+        return cls(connection)
+
+    async def _read(self) -> None:
+        try:
+            async for message in self.connection:
+                self.raw.append(message)
+                if isinstance(message, str):
+                    self.frames.append(json.loads(message))
+                self._changed.set()
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closed_code = self.connection.close_code
+            self._changed.set()
+
+    async def wait_for(
+        self, predicate: Callable[[list[Frame]], bool], *, timeout: float = 10, what: str = ""
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.frames):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(
+                    f"timed out after {timeout}s waiting for {what or 'frames'}; "
+                    f"have {len(self.frames)}: {self.frames[-5:]}"
+                )
+            self._changed.clear()
+            if predicate(self.frames):
+                return
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    async def wait_type(self, frame_type: str, *, count: int = 1, timeout: float = 10) -> list[Frame]:
+        await self.wait_for(
+            lambda frames: len(self.of_type(frame_type)) >= count,
+            timeout=timeout,
+            what=f"{count} {frame_type!r} frame(s)",
+        )
+        return self.of_type(frame_type)
+
+    async def wait_closed(self, *, timeout: float = 10) -> int | None:
+        await asyncio.wait_for(asyncio.shield(self._reader), timeout)
+        return self.closed_code
+
+    def of_type(self, frame_type: str) -> list[Frame]:
+        return [f for f in self.frames if f.get("type") == frame_type]
+
+    @property
+    def hello(self) -> Frame:
+        hellos = self.of_type("hello")
+        assert hellos, f"no hello frame; frames: {self.frames}"
+        return hellos[0]
+
+    async def send_json(self, frame: Frame) -> None:
+        await self.connection.send(json.dumps(frame))
+
+    async def close(self) -> None:
+        await self.connection.close()
+        await asyncio.wait_for(asyncio.shield(self._reader), 10)
+
+
+async def open_user_socket(
+    ws_url: str, client: httpx.Client, *, sticky: bool = True, timeout: float = 10
+) -> WsClient:
+    """Open a socket with `client`'s cookies and wait for the server's hello."""
+    ws = await WsClient.open(ws_url, cookie=cookie_header(client.cookies, sticky=sticky))
+    await ws.wait_type("hello", timeout=timeout)
+    return ws
