@@ -5,11 +5,11 @@ Names carry their units (HEARTBEAT_SECS, MAX_CLIENT_FRAME_BYTES) so nobody has t
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 
 import dj_database_url
-from django.core.exceptions import ImproperlyConfigured
-
 from project.env import env_bool, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -17,11 +17,27 @@ VAR_DIR = Path(env_str("SWITCHBOARD_VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DEBUG", False)
 
+
+def _local_secret_key() -> str:
+    """A key generated once per checkout in var/, so every local process shares it.
+
+    Deployments set SECRET_KEY; a local cluster needs no setup and has no well-known key.
+    """
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process made it first
+        else:
+            with os.fdopen(fd, "w") as key_file:
+                key_file.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
 # Every replica must share one key, or a session made on d1 would be rejected on d2.
-_DEV_SECRET_KEY = "switchboard-dev-only-insecure-key-do-not-use-in-production"
-SECRET_KEY = env_str("SECRET_KEY", _DEV_SECRET_KEY if DEBUG else "")
-if not SECRET_KEY:
-    raise ImproperlyConfigured("Set SECRET_KEY (or DEBUG=1 for the development key).")
+SECRET_KEY = os.environ.get("SECRET_KEY") or _local_secret_key()
 
 # Which replica this process is. Shown on every page and response so stickiness is visible.
 REPLICA_ID = env_str("REPLICA_ID", "solo")
@@ -29,7 +45,9 @@ REPLICA_ID = env_str("REPLICA_ID", "solo")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
-REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+# 6390 by default: the dev cluster runs its own redis-server there, beside any system Redis on
+# 6379, so `manage.py push` reaches `make run`'s cluster without setting REDIS_URL.
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6390/0")
 
 INSTALLED_APPS = [
     "daphne",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -169,7 +168,6 @@ class Cluster:
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         self.replica_names = [f"d{i}" for i in range(1, config.replicas + 1)]
         self.replica_ports = {name: free_port() for name in self.replica_names}
-        self._secret_key = os.environ.get("SECRET_KEY") or secrets.token_urlsafe(40)
         self.processes: dict[str, ManagedProcess] = {}
         self._build_processes()
 
@@ -198,7 +196,6 @@ class Cluster:
             {
                 "DJANGO_SETTINGS_MODULE": "project.settings",
                 "REDIS_URL": self.redis_url,
-                "SECRET_KEY": self._secret_key,
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -363,7 +360,13 @@ class Cluster:
             "redis_url": self.redis_url,
             "admin_socket": self.admin_socket,
             "processes": [
-                {"name": p.name, "pid": p.pid, "port": p.port, "argv": p.argv}
+                {
+                    "name": p.name,
+                    "pid": p.pid,
+                    "start_ticks": process_start_ticks(p.pid) if p.pid else None,
+                    "port": p.port,
+                    "argv": p.argv,
+                }
                 for p in self.processes.values()
             ],
         }
@@ -380,13 +383,25 @@ def read_state(run_dir: Path) -> dict[str, object] | None:
     return json.loads(path.read_text())  # type: ignore[no-any-return]
 
 
-def pid_runs(pid: int, argv: list[str]) -> bool:
-    """True when `pid` is alive and still runs `argv` (not a recycled PID)."""
+def process_start_ticks(pid: int) -> int | None:
+    """When `pid` started, in clock ticks since boot (None if no such process).
+
+    A PID and its start time name one process for good; a PID alone may have been reused.
+    """
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return [part.decode(errors="replace") for part in cmdline if part] == argv
+        return None
+    # Field 22 (starttime); the command name (field 2) may hold spaces, so split after it.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] == "Z":  # a zombie has exited already
+        return None
+    return int(fields[19])
+
+
+def pid_runs(pid: int, start_ticks: int) -> bool:
+    """True when the process recorded as (`pid`, `start_ticks`) is still alive."""
+    return process_start_ticks(pid) == start_ticks
 
 
 def stop_detached(run_dir: Path, *, timeout: float = 10.0, say: Callable[[str], None] = print) -> bool:
@@ -395,15 +410,15 @@ def stop_detached(run_dir: Path, *, timeout: float = 10.0, say: Callable[[str], 
     if state is None:
         return False
     for entry in reversed(state["processes"]):  # type: ignore[call-overload]
-        pid, argv = entry["pid"], entry["argv"]
-        if not pid_runs(pid, argv):
+        pid, started = entry["pid"], entry["start_ticks"]
+        if not pid_runs(pid, started):
             say(f"{entry['name']}: not running")
             continue
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while pid_runs(pid, argv) and time.monotonic() < deadline:
+        while pid_runs(pid, started) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if pid_runs(pid, argv):
+        if pid_runs(pid, started):
             os.kill(pid, signal.SIGKILL)
         say(f"{entry['name']}: stopped (pid {pid})")
     (run_dir / STATE_FILE).unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 import os
 
 os.environ.setdefault("SECRET_KEY", "tests-only-secret-key")
+os.environ.setdefault("SWITCHBOARD_VAR_DIR", "/tmp/switchboard-tests-var")
 
 from project.settings import *  # noqa: E402, F403
 

@@ -38,8 +38,8 @@ class Command(BaseCommand):
         parser.add_argument("--replicas", type=int, default=3)
         parser.add_argument("--port", type=int, default=8000, help="HAProxy's port.")
         parser.add_argument(
-            "--redis-port", type=int, default=6379,
-            help="6379 by default, so `manage.py push` finds it without REDIS_URL.",
+            "--redis-port", type=int, default=6390,
+            help="6390, the default REDIS_URL, so `manage.py push` finds it.",
         )  # fmt: skip
         parser.add_argument("--stats-port", type=int, default=8404)
         parser.add_argument("--run-dir", type=Path, default=settings.VAR_DIR / "cluster")
@@ -60,7 +60,7 @@ class Command(BaseCommand):
     def up(self, options: dict[str, Any]) -> None:
         run_dir: Path = options["run_dir"]
         if read_state(run_dir) is not None and any(
-            pid_runs(p["pid"], p["argv"]) for p in read_state(run_dir)["processes"]  # type: ignore[index]
+            pid_runs(p["pid"], p["start_ticks"]) for p in read_state(run_dir)["processes"]  # type: ignore[index]
         ):
             raise CommandError(f"A cluster is already running from {run_dir}; `cluster down` first.")
         call_command("migrate", interactive=False, verbosity=0)
@@ -125,7 +125,7 @@ class Command(BaseCommand):
             return
         self.stdout.write(f"{state['url']}  (stats {state['stats_url']})")
         for entry in state["processes"]:  # type: ignore[attr-defined]
-            alive = "running" if pid_runs(entry["pid"], entry["argv"]) else "NOT RUNNING"
+            alive = "running" if pid_runs(entry["pid"], entry["start_ticks"]) else "NOT RUNNING"
             self.stdout.write(f"  {entry['name']:<8} pid {entry['pid']:<8} :{entry['port']:<6} {alive}")
         try:
             answer = haproxy_command(str(state["admin_socket"]), "show stat")

@@ -1,0 +1,52 @@
+# Switchboard — `make run` starts the whole cluster, `make test` runs every test tier.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+REPLICAS ?= 3
+
+.DEFAULT_GOAL := help
+.PHONY: help install system-deps run up down status test test-unit test-integration test-cluster lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-17s %s\n", $$1, $$2}'
+
+system-deps: ## apt-get install redis-server and haproxy when missing (as root)
+	@scripts/install-system-deps.sh
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+install: system-deps $(VENV)/.installed ## system programs, the virtualenv, migrations, demo users
+	@$(PY) manage.py migrate --noinput -v0
+	@echo "Demo users (development passwords):"
+	@$(PY) manage.py seed_demo
+
+run: install ## install what is missing, then run Redis + 3 Daphne replicas + HAProxy on :8000
+	@$(PY) manage.py cluster up --replicas $(REPLICAS) --port $(PORT)
+
+up: install ## like run, but detached: returns once the cluster is up
+	@$(PY) manage.py cluster up --detach --replicas $(REPLICAS) --port $(PORT)
+
+status: ## what a detached cluster runs, and HAProxy's view of it
+	@$(PY) manage.py cluster status
+
+down: ## stop a detached cluster
+	@$(PY) manage.py cluster down
+
+test: system-deps $(VENV)/.installed ## install what is missing, then run every test tier
+	@$(PY) -m pytest
+
+test-unit: $(VENV)/.installed ## the unit tier only
+	@$(PY) -m pytest -m unit
+
+test-integration: $(VENV)/.installed ## the integration tier only (real redis-server)
+	@$(PY) -m pytest -m integration
+
+test-cluster: $(VENV)/.installed ## the cluster tier only (HAProxy + Daphne replicas + Redis)
+	@$(PY) -m pytest -m cluster
+
+clean: ## remove the virtualenv and local state (database, logs)
+	rm -rf $(VENV) var staticfiles
