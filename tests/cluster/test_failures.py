@@ -11,6 +11,18 @@ from tests.cluster.helpers import api_post, sessions_for, socket_for
 from tests.support.clients import WsClient
 
 
+async def socket_retrying_4503(cluster: Cluster, session_key: str) -> WsClient:
+    """Connect as a client does: 4503 means try again later, so try again (bounded)."""
+    for _ in range(20):
+        ws = await WsClient.open(cluster.ws_url, cookie=f"sessionid={session_key}")
+        await ws.wait_for(lambda frames: bool(frames), what="hello or error")
+        if ws.frames[0]["type"] == "hello":
+            return ws
+        assert await ws.wait_closed() == 4503
+        await asyncio.sleep(0.25)  # the client's backoff between attempts
+    raise AssertionError("no connection within 20 attempts after Redis came back")
+
+
 async def test_with_redis_down_the_api_answers_503_and_delivery_returns_after(
     healthy_cluster: Cluster,
 ) -> None:
@@ -51,7 +63,7 @@ async def test_with_redis_down_the_api_answers_503_and_delivery_returns_after(
         except AssertionError:
             pass
     assert before.closed_code is None
-    after = await socket_for(cluster, users["redisdown1"])
+    after = await socket_retrying_4503(cluster, users["redisdown1"])
     response = await asyncio.to_thread(
         api_post, cluster, "/api/push", {"user": "redisdown1", "payload": {"after": True}}
     )

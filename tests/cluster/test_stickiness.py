@@ -4,7 +4,7 @@ from collections import Counter
 
 import httpx
 
-from realtime.cluster import Cluster
+from realtime.cluster import Cluster, wait_until
 
 
 def replica_of(response: httpx.Response) -> str:
@@ -20,7 +20,17 @@ def test_with_the_cookie_twenty_requests_reach_the_same_replica(cluster: Cluster
     assert seen == {first: 20}
 
 
+def wait_no_open_sessions(cluster: Cluster) -> None:
+    """leastconn spreads evenly only between equally loaded replicas: wait for idle ones."""
+    wait_until(
+        lambda: all(s["sessions"] == "0" for s in cluster.server_states().values()),
+        timeout=15,
+        what="every replica to have no open connection",
+    )
+
+
 def test_without_the_cookie_requests_spread_over_all_replicas(cluster: Cluster) -> None:
+    wait_no_open_sessions(cluster)
     # A new client per request: no cookie, no kept-alive connection.
     seen = Counter(replica_of(httpx.get(f"{cluster.url}/api/whoami")) for _ in range(30))
     assert set(seen) == set(cluster.replica_names)
@@ -28,6 +38,7 @@ def test_without_the_cookie_requests_spread_over_all_replicas(cluster: Cluster) 
 
 
 def test_a_cookie_issued_by_a_replica_always_routes_to_it(cluster: Cluster) -> None:
+    wait_no_open_sessions(cluster)
     issued: Counter[str] = Counter()
     for _ in range(9):
         with httpx.Client(base_url=cluster.url) as client:

@@ -11,7 +11,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -50,7 +50,11 @@ def origin_of(base_url: str) -> str:
 class WsClient:
     """One WebSocket connection through HAProxy, with every received frame kept in order."""
 
+    # Every client not yet closed, so a fixture can close what a failed test left open.
+    open_clients: ClassVar[set[WsClient]] = set()
+
     def __init__(self, connection: ClientConnection) -> None:
+        self.open_clients.add(self)
         self.connection = connection
         self.frames: list[Frame] = []
         self.raw: list[str | bytes] = []
@@ -86,6 +90,7 @@ class WsClient:
             pass
         finally:
             self.closed_code = self.connection.close_code
+            self.open_clients.discard(self)
             self._changed.set()
 
     async def wait_for(
@@ -134,6 +139,10 @@ class WsClient:
     async def close(self) -> None:
         await self.connection.close()
         await asyncio.wait_for(asyncio.shield(self._reader), 10)
+
+
+async def close_all_clients() -> None:
+    await asyncio.gather(*(client.close() for client in list(WsClient.open_clients)))
 
 
 async def open_user_socket(
