@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from pathlib import Path
 
 import dj_database_url
@@ -40,7 +41,8 @@ def _local_secret_key() -> str:
 SECRET_KEY = os.environ.get("SECRET_KEY") or _local_secret_key()
 
 # Which replica this process is. Shown on every page and response so stickiness is visible.
-REPLICA_ID = env_str("REPLICA_ID", "solo")
+# A management command run by hand is named after its host, as the origin of what it sends.
+REPLICA_ID = env_str("REPLICA_ID", socket.gethostname())
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])

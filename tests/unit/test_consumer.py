@@ -31,7 +31,7 @@ async def test_first_frame_says_hello_with_replica_and_user() -> None:
     communicator = await connected(User(pk=7, username="alice"))
     hello = await receive(communicator)
     assert hello["type"] == "hello"
-    assert hello["replica"] == "solo" and hello["user"] == "alice"
+    assert hello["replica"] == "unit" and hello["user"] == "alice"
     assert hello["streams"] == ["user:7", "broadcast"]
     await communicator.disconnect()
 
@@ -49,10 +49,10 @@ async def test_echo_and_ping_are_answered_by_the_same_replica() -> None:
     await receive(communicator)
     await communicator.send_to(text_data='{"type": "echo", "id": "e", "payload": {"a": 1}}')
     assert await receive(communicator) == {
-        "type": "echo", "replica": "solo", "payload": {"a": 1}, "id": "e"
+        "type": "echo", "replica": "unit", "payload": {"a": 1}, "id": "e"
     }  # fmt: skip
     await communicator.send_to(text_data='{"type": "ping"}')
-    assert await receive(communicator) == {"type": "pong", "replica": "solo"}
+    assert await receive(communicator) == {"type": "pong", "replica": "unit"}
     await communicator.disconnect()
 
 

@@ -98,6 +98,8 @@ class Command(BaseCommand):
                 if process.popen is not None and process.popen.poll() is not None:
                     self.stderr.write(f"{process.name} exited with code {process.popen.returncode}")
                     process.popen = None
+            if all(process.popen is None for process in cluster.processes.values()):
+                break  # `cluster down` from another terminal stopped everything
         self.stdout.write("Stopping the cluster…")
         cluster.stop()
         follower.stop()
