@@ -134,15 +134,33 @@ SESSION_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 
-# The pub/sub layer publishes once per group and never drops: measured here with 1000 clients
-# and 2000 unthrottled pushes, the default RedisChannelLayer silently lost 33-44% of them to its
-# per-channel capacity, the pub/sub layer none (see docs/architecture.md).
+# Switchboard's own layer (realtime/layer.py): Redis pub/sub like channels_redis' pub/sub layer,
+# which, measured with 1000 clients and 2000 unthrottled pushes, lost none where the default
+# RedisChannelLayer silently lost 33-44% to its per-channel capacity; plus confirmed
+# subscriptions, per-process fan-out of pre-encoded frames, and resync after a Redis outage.
+HEARTBEAT_SECS = env_int("HEARTBEAT_SECS", 10, minimum=1)
+# Frames waiting for one socket before further ones are dropped and fetched from history later.
+DELIVERY_QUEUE_MAX_FRAMES = env_int("DELIVERY_QUEUE_MAX_FRAMES", 1000, minimum=1)
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "sb"},
+        "BACKEND": "realtime.layer.StreamChannelLayer",
+        "CONFIG": {
+            "hosts": [REDIS_URL],
+            "prefix": "sb",
+            "node": REPLICA_ID,
+            "capacity": DELIVERY_QUEUE_MAX_FRAMES,
+            "heartbeat_secs": HEARTBEAT_SECS,
+        },
     }
 }
+
+# Stream history: at least this many messages per stream (Redis trims in whole nodes, so a
+# few more may stay), and none older than this. A client away for longer resumes with
+# recovered: false and reloads its state.
+HISTORY_MAXLEN = env_int("HISTORY_MAXLEN", 10_000, minimum=10)
+HISTORY_MAX_AGE_SECS = env_int("HISTORY_MAX_AGE_SECS", 24 * 3600, minimum=10)
+# How long a publish's idempotency key (a client's message id) is remembered.
+IDEMPOTENCY_TTL_SECS = env_int("IDEMPOTENCY_TTL_SECS", 24 * 3600, minimum=60)
 
 # --- Realtime tunables -------------------------------------------------------------------------
 # 64 KiB: a chat line or a notification is far smaller; a larger client frame is refused with an

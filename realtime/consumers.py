@@ -1,6 +1,12 @@
-"""The WebSocket consumer: authenticate, join the user's groups, translate frames.
+"""The WebSocket consumer: authenticate, join stream groups, deliver every stream in order.
 
-Thin on purpose: message building lives in protocol.py, sending in publish.py.
+Per connection and stream the consumer keeps a cursor (epoch, last seq delivered). Frames from
+the layer go into one bounded queue per connection, and one writer task drains it in order:
+  seq == last + 1  -> send;   seq <= last -> a duplicate, drop;
+  seq  > last + 1  -> a gap: read the missing range from history, send it, then this frame.
+When the queue is full a frame is dropped and its stream marked dirty; once the queue is empty
+the writer reads the stream's head and fetches whatever is missing. So a slow socket costs
+bounded memory, and nothing is lost within the history's retention.
 
 Close codes a client sees:
   4401  not logged in: do not retry until the user logs in
@@ -11,61 +17,101 @@ Close codes a client sees:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.consumer import get_handler_name
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from realtime import groups, protocol
+from realtime import groups, history, protocol, publish
+from realtime.protocol import InvalidFrame, Position
+from realtime.selectors import StreamDenied, stream_check_readable, stream_check_writable
 from realtime.stats import replica_stats
 
 logger = logging.getLogger(__name__)
 
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_TRY_AGAIN_LATER = 4503
+# Errors that mean "Redis is not answering": the caller reports it and nothing else breaks.
+REDIS_DOWN = (RedisError, OSError, asyncio.TimeoutError, ConnectionError)
+# How often a socket records how far it has delivered a user stream (the delivery ledger).
+DELIVERED_MARK_SECS = 0.5
+
+
+@dataclass
+class Cursor:
+    epoch: str | None
+    last: int
 
 
 class RealtimeConsumer(AsyncWebsocketConsumer):
-    joined_groups: list[str]
-
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        self.joined_groups = []
-        try:
-            await super().__call__(scope, receive, send)
-        except (RedisError, OSError) as exc:
-            # The pub/sub layer subscribes the connection's own channel before anything else;
-            # with Redis down that fails before connect() runs. Answer with "try again later"
-            # instead of letting the error tear the socket down with a generic 1011.
-            if getattr(self, "channel_name", None):
-                raise
-            logger.warning("refused websocket: channel layer unavailable (%r)", exc)
-            await _refuse_unavailable(receive, send)
+        self.cursors: dict[str, Cursor] = {}
+        self.queue: deque[tuple[Any, ...]] = deque()
+        self.dirty: set[str] = set()
+        self.writer: asyncio.Task[None] | None = None
+        self.ready = False
+        self.counted = False
+        self.marking: set[str] = set()
+        await super().__call__(scope, receive, send)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels would first run close_old_connections() in a worker thread, a thread hop per
+        # message; the handlers here reach the database only through database_sync_to_async,
+        # which does that itself.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    # --- connecting ----------------------------------------------------------------------------
 
     async def connect(self) -> None:
         user = self.scope["user"]
         if not user.is_authenticated:
-            await self.accept()
-            await self._send_error("unauthorized", "Log in first; then reconnect.")
-            await self.close(code=CLOSE_UNAUTHORIZED)
+            await self._refuse("unauthorized", "Log in first; then reconnect.", CLOSE_UNAUTHORIZED)
             return
-        wanted = [groups.user_group(user.pk), groups.BROADCAST_GROUP]
+        self.user = user
+        problems: list[InvalidFrame | StreamDenied] = []
         try:
-            for group in wanted:
-                await self.channel_layer.group_add(group, self.channel_name)
-                self.joined_groups.append(group)
-        except (RedisError, OSError) as exc:
-            logger.warning("user=%s connect failed: channel layer unavailable (%r)", user, exc)
-            await self.accept()
-            await self._send_error("unavailable", "Messaging is unavailable; retry shortly.")
-            await self.close(code=CLOSE_TRY_AGAIN_LATER)
+            resume = protocol.parse_resume_query(self.scope.get("query_string", b""))
+        except InvalidFrame as exc:
+            resume, problems = {}, [exc]
+        own = [groups.user_stream(user.pk), groups.BROADCAST_STREAM]
+        wanted = own + [stream for stream in resume if stream not in own]
+        allowed = []
+        for stream in wanted:
+            try:
+                if stream not in own:
+                    await database_sync_to_async(stream_check_readable)(user=user, stream=stream)
+                allowed.append(stream)
+            except StreamDenied as exc:
+                problems.append(exc)
+        self.channel_layer.add_sink(self.channel_name, self)
+        try:
+            for stream in allowed:
+                await self.channel_layer.group_add(groups.group_for_stream(stream), self.channel_name)
+            heads = await history.heads(allowed)
+        except REDIS_DOWN as exc:
+            logger.warning("user=%s connect failed: Redis unavailable (%r)", user.username, exc)
+            await self._refuse(
+                "unavailable", "Messaging is unavailable; retry shortly.", CLOSE_TRY_AGAIN_LATER
+            )
             return
+        for stream in allowed:
+            self._place_cursor(stream, resume.get(stream), heads[stream])
         await self.accept()
         replica_stats.open_connections += 1
         replica_stats.connections_total += 1
         self.counted = True
-        logger.info("connected user=%s replica=%s", user.username, settings.REPLICA_ID)
+        logger.info("connected user=%s replica=%s resume=%d", user.username, settings.REPLICA_ID, len(resume))
         await self._send_text(
             protocol.encode(
                 {
@@ -73,23 +119,198 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                     "replica": settings.REPLICA_ID,
                     "user": user.username,
                     "user_id": user.pk,
-                    "connection": self.channel_name.rsplit(".", 1)[-1][-12:],
-                    "streams": [groups.user_stream(user.pk), groups.BROADCAST_STREAM],
+                    "streams": {s: {"epoch": c.epoch, "seq": c.last} for s, c in self.cursors.items()},
                 }
             )
         )
+        for problem in problems:
+            await self._send_error(problem.code, problem.message)
+        self.ready = True
+        self._wake_writer()
+
+    def _place_cursor(self, stream: str, wanted: Position | None, head: history.Position) -> None:
+        """A fresh subscription starts at the head; a resumed one where the client left off,
+        with a catch-up queued before any live frame."""
+        if wanted is None:
+            self.cursors[stream] = Cursor(head.epoch, head.seq)
+        else:
+            self.cursors[stream] = Cursor(wanted.epoch, wanted.seq)
+            self.queue.appendleft(("catch_up", stream, True))
+
+    async def _refuse(self, code: str, message: str, close_code: int) -> None:
+        # Accept only to close with a code a browser can read (a refused handshake is a bare 403).
+        await self._leave_all_groups()
+        await self.accept()
+        await self._send_error(code, message)
+        await self.close(code=close_code)
 
     async def disconnect(self, code: int) -> None:
-        if getattr(self, "counted", False):
+        if self.counted:
             replica_stats.open_connections -= 1
             self.counted = False
-        for group in self.joined_groups:
-            try:
-                await self.channel_layer.group_discard(group, self.channel_name)
-            except (RedisError, OSError):
-                # Redis is gone; its restart forgets the subscription anyway.
-                logger.debug("group_discard %s failed; Redis unreachable", group)
-        self.joined_groups = []
+        if self.writer is not None:
+            self.writer.cancel()
+        await self._leave_all_groups()
+
+    async def _leave_all_groups(self) -> None:
+        self.channel_layer.remove_sink(self.channel_name)
+        for stream in list(self.cursors):
+            await self._leave(stream)
+
+    async def _leave(self, stream: str) -> None:
+        self.cursors.pop(stream, None)
+        with contextlib.suppress(*REDIS_DOWN):
+            await self.channel_layer.group_discard(groups.group_for_stream(stream), self.channel_name)
+
+    # --- frames from the layer (the sink) ------------------------------------------------------
+
+    async def on_stream_frame(self, stream: str, seq: int, epoch: str, frame: str) -> None:
+        if len(self.queue) >= settings.DELIVERY_QUEUE_MAX_FRAMES:
+            # Backpressure: drop it, and fetch it from history once the writer has caught up.
+            self.dirty.add(stream)
+            replica_stats.frames_dropped += 1
+        else:
+            self.queue.append(("frame", stream, seq, epoch, frame))
+        self._wake_writer()
+
+    async def on_resync(self) -> None:
+        """The layer lost Redis for a while: anything may have been published meanwhile."""
+        self.dirty.update(self.cursors)
+        self._wake_writer()
+
+    async def rt_deliver(self, event: dict[str, Any]) -> None:
+        # Only reached if the sink was never attached; kept for Channels' plain path.
+        await self.on_stream_frame(event["stream"], event["seq"], event["epoch"], event["frame"])
+
+    def _wake_writer(self) -> None:
+        if self.ready and self.writer is None and (self.queue or self.dirty):
+            self.writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        try:
+            while self.queue or self.dirty:
+                if self.queue:
+                    item = self.queue.popleft()
+                    try:
+                        if item[0] == "frame":
+                            await self._deliver_in_order(*item[1:])
+                        else:
+                            await self._catch_up(item[1], notify=item[2])
+                    except REDIS_DOWN as exc:
+                        # History unreachable: the stream is checked again on the next frame, or
+                        # when the layer resyncs after Redis is back.
+                        logger.info("catch-up of %s deferred: %r", item[1], exc)
+                        self.dirty.add(item[1])
+                        if not self.queue:
+                            return
+                else:
+                    stream = self.dirty.pop()
+                    try:
+                        await self._catch_up(stream, notify=False)
+                    except REDIS_DOWN:
+                        self.dirty.add(stream)
+                        return
+        finally:
+            self.writer = None
+
+    async def _deliver_in_order(self, stream: str, seq: int, epoch: str, frame: str) -> None:
+        cursor = self.cursors.get(stream)
+        if cursor is None:
+            return  # unsubscribed meanwhile
+        if epoch != cursor.epoch:
+            if cursor.epoch is not None or cursor.last:
+                await self._send_resumed(stream, recovered=False, reason="epoch", epoch=epoch, seq=0)
+            cursor.epoch, cursor.last = epoch, 0
+        if seq <= cursor.last:
+            replica_stats.duplicates_dropped += 1
+            return
+        if seq > cursor.last + 1:
+            replica_stats.gaps_repaired += 1
+            await self._replay(stream, cursor, upto=seq - 1)
+        cursor.last = seq
+        await self._send_stream_frame(stream, frame)
+
+    async def _catch_up(self, stream: str, *, notify: bool) -> None:
+        """Compare the cursor with the stream's head and deliver what is missing."""
+        cursor = self.cursors.get(stream)
+        if cursor is None:
+            return
+        head = (await history.heads([stream]))[stream]
+        replayed, recovered, reason = 0, True, "resume"
+        if head.epoch is None:
+            if cursor.last:  # the stream is gone (Redis lost it) and nothing new was sent
+                recovered, reason = False, "epoch"
+            cursor.epoch, cursor.last = None, 0
+        elif head.epoch != cursor.epoch:
+            if cursor.epoch is not None or cursor.last:
+                recovered, reason = False, "epoch"
+                await self._send_resumed(stream, recovered=False, reason=reason, epoch=head.epoch, seq=0)
+                notify = False
+            cursor.epoch, cursor.last = head.epoch, 0
+            replayed = await self._replay(stream, cursor, upto=head.seq)
+        elif head.seq < cursor.last:
+            await self._send_error(
+                "seq_ahead",
+                f"{stream} is at seq {head.seq}; you resumed from {cursor.last}, which it never "
+                "reached. Continuing from the head.",
+            )
+            cursor.last, recovered, reason = head.seq, False, "ahead"
+        elif head.seq > cursor.last:
+            replayed = await self._replay(stream, cursor, upto=head.seq)
+        if notify:
+            await self._send_resumed(
+                stream, recovered=recovered, reason=reason, epoch=cursor.epoch, seq=cursor.last,
+                replayed=replayed,
+            )  # fmt: skip
+
+    async def _replay(self, stream: str, cursor: Cursor, *, upto: int) -> int:
+        """Send frames cursor.last+1 .. upto from history; say so if some are gone for good."""
+        replayed = 0
+        while cursor.last < upto:
+            entries = await history.read(stream, after=cursor.last, upto=upto)
+            if not entries:
+                break
+            first = entries[0][0]
+            if first > cursor.last + 1:
+                await self._send_resumed(
+                    stream, recovered=False, reason="gap", epoch=cursor.epoch, seq=first - 1
+                )
+            for seq, frame in entries:
+                cursor.last = seq
+                await self._send_stream_frame(stream, frame)
+                replayed += 1
+        if cursor.last < upto:  # trimmed away entirely
+            await self._send_resumed(stream, recovered=False, reason="gap", epoch=cursor.epoch, seq=upto)
+            cursor.last = upto
+        return replayed
+
+    async def _send_stream_frame(self, stream: str, frame: str) -> None:
+        await self._send_text(frame)
+        if stream.startswith("user:") and stream not in self.marking:
+            self.marking.add(stream)
+            asyncio.get_running_loop().call_later(
+                DELIVERED_MARK_SECS, lambda: asyncio.ensure_future(self._mark_delivered(stream))
+            )
+
+    async def _mark_delivered(self, stream: str) -> None:
+        self.marking.discard(stream)
+        cursor = self.cursors.get(stream)
+        if cursor is not None and cursor.epoch is not None:
+            with contextlib.suppress(*REDIS_DOWN):
+                await history.mark(stream, field="delivered", epoch=cursor.epoch, seq=cursor.last)
+
+    async def _send_resumed(
+        self, stream: str, *, recovered: bool, reason: str, epoch: str | None, seq: int,
+        replayed: int = 0,
+    ) -> None:  # fmt: skip
+        await self._send_text(
+            protocol.encode(
+                {"type": "resumed", "stream": stream, "recovered": recovered, "reason": reason,
+                 "epoch": epoch, "seq": seq, "replayed": replayed}
+            )  # fmt: skip
+        )
+
+    # --- frames from the client ----------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         replica_stats.frames_in += 1
@@ -99,30 +320,105 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             )
             return
         try:
-            frame = protocol.parse_client_frame(
-                text_data, max_bytes=settings.MAX_CLIENT_FRAME_BYTES
-            )
-        except protocol.InvalidFrame as exc:
+            frame = protocol.parse_client_frame(text_data, max_bytes=settings.MAX_CLIENT_FRAME_BYTES)
+        except InvalidFrame as exc:
             await self._send_error(exc.code, exc.message, exc.ref)
             return
-        if frame.type == "echo":
-            answer: dict[str, Any] = {
-                "type": "echo",
-                "replica": settings.REPLICA_ID,
-                "payload": frame.data.get("payload"),
-            }
-        else:  # ping
-            answer = {"type": "pong", "replica": settings.REPLICA_ID}
+        try:
+            await getattr(self, f"on_{frame.type}")(frame)
+        except InvalidFrame as exc:
+            await self._send_error(exc.code, exc.message, exc.ref)
+        except StreamDenied as exc:
+            await self._send_error(exc.code, exc.message, frame.id)
+        except REDIS_DOWN:
+            await self._send_error(
+                "unavailable", "Messaging is unavailable; retry shortly.", frame.id
+            )
+
+    async def on_echo(self, frame: protocol.ClientFrame) -> None:
+        await self._answer(frame, {"type": "echo", "replica": settings.REPLICA_ID,
+                                   "payload": frame.data.get("payload")})  # fmt: skip
+
+    async def on_ping(self, frame: protocol.ClientFrame) -> None:
+        await self._answer(frame, {"type": "pong", "replica": settings.REPLICA_ID})
+
+    async def on_subscribe(self, frame: protocol.ClientFrame) -> None:
+        await self._subscribe({frame.data["stream"]: frame.data.get("from")}, ref=frame.id)
+
+    async def on_resume(self, frame: protocol.ClientFrame) -> None:
+        await self._subscribe(frame.data["streams"], ref=frame.id)
+
+    async def _subscribe(self, wanted: dict[str, Position | None], *, ref: str | None) -> None:
+        for stream, position in wanted.items():
+            try:
+                await self._subscribe_one(stream, position)
+            except StreamDenied as exc:
+                await self._send_error(exc.code, exc.message, ref)
+
+    async def _subscribe_one(self, stream: str, position: Position | None) -> None:
+        await database_sync_to_async(stream_check_readable)(user=self.user, stream=stream)
+        cursor = self.cursors.get(stream)
+        if cursor is not None:
+            # Already streaming: move forward to the client's position if it is ahead, never
+            # back (that would replay out of order). Then say where the stream stands.
+            if position is not None and position.epoch == cursor.epoch and position.seq > cursor.last:
+                cursor.last = position.seq
+            self.queue.append(("catch_up", stream, True))
+            self._wake_writer()
+            return
+        await self.channel_layer.group_add(groups.group_for_stream(stream), self.channel_name)
+        head = (await history.heads([stream]))[stream]
+        self._place_cursor(stream, position, head)
+        if position is None:
+            await self._send_text(
+                protocol.encode({"type": "subscribed", "stream": stream, "epoch": head.epoch, "seq": head.seq})
+            )
+        self._wake_writer()
+
+    async def on_unsubscribe(self, frame: protocol.ClientFrame) -> None:
+        stream = frame.data["stream"]
+        if stream not in self.cursors:
+            raise InvalidFrame("not_subscribed", f"You are not subscribed to {stream[:120]!r}.", frame.id)
+        await self._leave(stream)
+        await self._answer(frame, {"type": "unsubscribed", "stream": stream})
+
+    async def on_publish(self, frame: protocol.ClientFrame) -> None:
+        stream = frame.data["stream"]
+        await database_sync_to_async(stream_check_writable)(user=self.user, stream=stream)
+        try:
+            result = await publish.publish(
+                stream=stream,
+                payload=frame.data["payload"],
+                sender=self.user.username,
+                idempotency=history.idempotency_key(f"u{self.user.pk}", frame.id or ""),
+            )
+        except publish.InvalidPayload as exc:
+            raise InvalidFrame("bad_payload", str(exc), frame.id) from None
+        except publish.RealtimeUnavailable:
+            raise ConnectionError("publish failed") from None
+        await self._answer(
+            frame,
+            {"type": "ack", "stream": stream, "seq": result.seq, "epoch": result.epoch,
+             "duplicate": result.duplicate},
+        )  # fmt: skip
+
+    async def on_ack(self, frame: protocol.ClientFrame) -> None:
+        stream, seq = frame.data["stream"], frame.data["seq"]
+        cursor = self.cursors.get(stream)
+        if cursor is None or seq > cursor.last or cursor.epoch is None:
+            raise InvalidFrame(
+                "bad_ack", f"You cannot ack {stream[:120]!r} seq {seq}: it was not delivered here.",
+                frame.id,
+            )  # fmt: skip
+        if stream.startswith("user:"):
+            await history.mark(stream, field="acked", epoch=cursor.epoch, seq=seq)
+
+    # --- sending -------------------------------------------------------------------------------
+
+    async def _answer(self, frame: protocol.ClientFrame, answer: dict[str, Any]) -> None:
         if frame.id is not None:
             answer["id"] = frame.id
         await self._send_text(protocol.encode(answer))
-
-    # --- channel-layer handlers (type "rt.deliver" -> rt_deliver) --------------------------------
-
-    async def rt_deliver(self, event: dict[str, Any]) -> None:
-        await self._send_text(event["frame"])
-
-    # --- helpers ---------------------------------------------------------------------------------
 
     async def _send_text(self, text: str) -> None:
         replica_stats.frames_out += 1
@@ -131,18 +427,3 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     async def _send_error(self, code: str, message: str, ref: str | None = None) -> None:
         replica_stats.errors_sent += 1
         await self._send_text(protocol.error_frame(code, message, ref))
-
-
-async def _refuse_unavailable(receive: Any, send: Any) -> None:
-    """Complete the handshake only to close it with 4503, which browsers can read."""
-    message = await receive()
-    if message["type"] != "websocket.connect":
-        return
-    await send({"type": "websocket.accept"})
-    await send(
-        {
-            "type": "websocket.send",
-            "text": protocol.error_frame("unavailable", "Messaging is unavailable; retry shortly."),
-        }
-    )
-    await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER})

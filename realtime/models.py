@@ -28,3 +28,35 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+def validate_room_slug(value: str) -> None:
+    from django.core.exceptions import ValidationError
+
+    from realtime.groups import ROOM_SLUG_RE
+
+    if not ROOM_SLUG_RE.match(value):
+        raise ValidationError(
+            "Use lower-case letters, digits and hyphens, starting with a letter or digit (≤ 50)."
+        )
+
+
+class Room(models.Model):
+    """A chat room: its stream is room:<slug>. Public rooms anyone logged in may join;
+    private ones only their members (and staff)."""
+
+    slug = models.CharField(max_length=50, unique=True, validators=[validate_room_slug])
+    title = models.CharField(max_length=100)
+    is_private = models.BooleanField(default=False)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="rooms")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )  # fmt: skip
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.title or self.slug

@@ -3,12 +3,29 @@
 Clients speak only the types listed in CLIENT_FRAME_TYPES; the server maps them to its own
 handlers and never lets a client choose a channel-layer message type.
 
+Client -> server frames
+  echo         {"type": "echo", "payload", "id"?}
+  ping         {"type": "ping", "id"?}
+  subscribe    {"type": "subscribe", "stream", "from"?: {"epoch", "seq"}}
+  unsubscribe  {"type": "unsubscribe", "stream"}
+  resume       {"type": "resume", "streams": {stream: {"epoch", "seq"}, ...}}
+  publish      {"type": "publish", "id", "stream", "payload"}   id: client-made, for idempotency
+  ack          {"type": "ack", "stream", "seq"}                 "I have everything up to seq"
+A client may also put its positions in the URL, `/ws/?resume=<JSON {stream: {epoch, seq}}>`,
+so that replay starts before any live message (the way the bundled clients reconnect).
+
 Server -> client frames
-  hello   {"type": "hello", "replica", "user", "connection", "streams"}   first frame on a socket
-  echo    {"type": "echo", "replica", "payload", "id"?}                   answer to an echo
-  pong    {"type": "pong", "replica", "id"?}                              answer to a ping
-  error   {"type": "error", "code", "message", "ref"?}                    a frame was refused
-  push / broadcast: the envelope, see `envelope()`
+  hello        {"type": "hello", "replica", "user", "user_id", "streams": {stream: {epoch, seq}}}
+  subscribed   {"type": "subscribed", "stream", "epoch", "seq"}
+  unsubscribed {"type": "unsubscribed", "stream"}
+  resumed      {"type": "resumed", "stream", "recovered", "reason", "epoch", "seq", "replayed"}
+               recovered false: messages were lost to this client (older than the history, or
+               the stream's epoch changed because Redis lost its data): reload your state.
+  ack          {"type": "ack", "id", "stream", "seq", "epoch", "duplicate"}
+  echo         {"type": "echo", "replica", "payload", "id"?}
+  pong         {"type": "pong", "replica", "id"?}
+  error        {"type": "error", "code", "message", "ref"?}         a frame was refused
+  push / message / broadcast: the envelope, see `envelope()`, plus "seq" and "epoch"
 """
 
 from __future__ import annotations
@@ -18,7 +35,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-CLIENT_FRAME_TYPES = frozenset({"echo", "ping"})
+CLIENT_FRAME_TYPES = frozenset({"echo", "ping", "subscribe", "unsubscribe", "resume", "publish", "ack"})
+# A resume or URL may name at most this many streams: a bound on the work one frame causes.
+MAX_STREAMS_PER_FRAME = 50
 # A client-made id refers back to a frame in errors and answers; bounded so it cannot be abused.
 MAX_CLIENT_ID_CHARS = 64
 
@@ -74,7 +93,99 @@ def parse_client_frame(text: str, *, max_bytes: int) -> ClientFrame:
         raise InvalidFrame(
             "unknown_type", f"Unknown frame type {frame_type[:40]!r}; known: {known}.", frame_id
         )
+    _VALIDATORS.get(frame_type, _no_check)(data, frame_id)
     return ClientFrame(type=frame_type, id=frame_id, data=data)
+
+
+@dataclass(frozen=True)
+class Position:
+    """A client's place in a stream: the epoch it saw and the last seq it has."""
+
+    epoch: str | None
+    seq: int
+
+
+def parse_position(value: Any, *, where: str, ref: str | None = None) -> Position:
+    if not isinstance(value, dict):
+        raise InvalidFrame("bad_position", f"{where} must be {{\"epoch\": str, \"seq\": int}}.", ref)
+    epoch, seq = value.get("epoch"), value.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise InvalidFrame("bad_position", f"{where}: 'seq' must be a whole number >= 0.", ref)
+    if epoch is not None and (not isinstance(epoch, str) or not 0 < len(epoch) <= 64):
+        raise InvalidFrame("bad_position", f"{where}: 'epoch' must be a short string or null.", ref)
+    return Position(epoch, seq)
+
+
+def parse_positions(value: Any, *, where: str, ref: str | None = None) -> dict[str, Position]:
+    if not isinstance(value, dict):
+        raise InvalidFrame("bad_resume", f"{where} must map streams to positions.", ref)
+    if len(value) > MAX_STREAMS_PER_FRAME:
+        raise InvalidFrame(
+            "bad_resume", f"{where} may name at most {MAX_STREAMS_PER_FRAME} streams.", ref
+        )
+    return {
+        str(stream)[:120]: parse_position(position, where=f"{where}[{str(stream)[:60]!r}]", ref=ref)
+        for stream, position in value.items()
+    }
+
+
+def parse_resume_query(query_string: bytes) -> dict[str, Position]:
+    """The positions in `?resume=<JSON>`, or {} when the URL names none."""
+    from urllib.parse import parse_qs
+
+    values = parse_qs(query_string.decode("latin-1")).get("resume")
+    if not values:
+        return {}
+    try:
+        data = json.loads(values[0])
+    except ValueError:
+        raise InvalidFrame("bad_resume", "?resume= must be URL-encoded JSON.") from None
+    return parse_positions(data, where="?resume=")
+
+
+def _require_stream(data: dict[str, Any], ref: str | None) -> None:
+    if not isinstance(data.get("stream"), str) or not data["stream"]:
+        raise InvalidFrame("bad_stream", "'stream' must be a stream name such as 'room:lobby'.", ref)
+
+
+def _check_subscribe(data: dict[str, Any], ref: str | None) -> None:
+    _require_stream(data, ref)
+    if data.get("from") is not None:
+        data["from"] = parse_position(data["from"], where="'from'", ref=ref)
+
+
+def _check_resume(data: dict[str, Any], ref: str | None) -> None:
+    data["streams"] = parse_positions(data.get("streams"), where="'streams'", ref=ref)
+
+
+def _check_publish(data: dict[str, Any], ref: str | None) -> None:
+    if ref is None:
+        raise InvalidFrame(
+            "missing_id", "A publish needs a client-made 'id' so it can be retried safely."
+        )
+    _require_stream(data, ref)
+    if "payload" not in data:
+        raise InvalidFrame("missing_payload", "A publish needs a 'payload' (any JSON value).", ref)
+
+
+def _check_ack(data: dict[str, Any], ref: str | None) -> None:
+    _require_stream(data, ref)
+    seq = data.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise InvalidFrame("bad_ack", "An ack needs 'stream' and a whole number 'seq' >= 1.", ref)
+
+
+def _no_check(data: dict[str, Any], ref: str | None) -> None:
+    return None
+
+
+_VALIDATORS = {
+    "subscribe": _check_subscribe,
+    "unsubscribe": _require_stream,
+    "resume": _check_resume,
+    "publish": _check_publish,
+    "ack": _check_ack,
+}
 
 
 def error_frame(code: str, message: str, ref: str | None = None) -> str:

@@ -1,7 +1,9 @@
 """The one way to send a message to connected clients.
 
-Only this module calls `group_send`: views, admin actions, management commands and consumers all
-come through here, so every message gets the same envelope, size limit and error handling.
+Only this module publishes to streams: views, admin actions, management commands and consumers
+all come through here, so every message gets the same envelope, sequence number, history entry,
+size limit and error handling. (The publish script in history.py does the PUBLISH that
+channels' `group_send` would do, atomically with numbering and storing the message.)
 """
 
 from __future__ import annotations
@@ -13,18 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from realtime import groups, protocol
+from realtime import groups, history, protocol
 
 logger = logging.getLogger(__name__)
-
-# The channel-layer message type consumers handle (`rt_deliver`). Prefixed so it can never
-# collide with a type a client could name.
-DELIVER = "rt.deliver"
-
 
 class RealtimeUnavailable(Exception):
     """Redis (the channel layer) could not be reached: nothing was sent. Retry later."""
@@ -43,9 +39,14 @@ class PublishResult:
     stream: str
     id: str
     origin: str
+    seq: int
+    epoch: str
+    replicas: int  # processes subscribed to the stream's group when it was published
+    sockets: int  # sockets in that group, by the replicas' membership counts
+    duplicate: bool  # the idempotency key was seen before: this is the first publish's result
 
     def as_dict(self) -> dict[str, Any]:
-        return {"stream": self.stream, "id": self.id, "origin": self.origin}
+        return dict(self.__dict__)
 
 
 def check_payload(payload: Any) -> None:
@@ -60,43 +61,34 @@ def check_payload(payload: Any) -> None:
         )
 
 
-async def push_to_user(*, user_id: int, payload: Any) -> PublishResult:
-    """Send `payload` to every socket of one user, on whichever replica it lives."""
-    return await _publish(
-        kind="push",
-        stream=groups.user_stream(user_id),
-        group=groups.user_group(user_id),
-        payload=payload,
-    )
+# Envelope types by stream kind: what a client switches on.
+_KINDS = {"user": "push", "room": "message", "broadcast": "broadcast"}
 
 
-async def broadcast(*, payload: Any) -> PublishResult:
-    """Send `payload` to every connected socket on every replica."""
-    return await _publish(
-        kind="broadcast",
-        stream=groups.BROADCAST_STREAM,
-        group=groups.BROADCAST_GROUP,
-        payload=payload,
-    )
+async def publish(
+    *, stream: str, payload: Any, sender: str | None = None, idempotency: str | None = None
+) -> PublishResult:
+    """Publish `payload` to `stream` (user:<id>, room:<slug> or broadcast).
 
-
-push_to_user_sync = async_to_sync(push_to_user)
-broadcast_sync = async_to_sync(broadcast)
-
-
-async def _publish(*, kind: str, stream: str, group: str, payload: Any) -> PublishResult:
+    `idempotency` is a key already scoped to its publisher (see history.idempotency_key): a
+    repeated key publishes nothing and returns the first publish's seq, so retries are safe.
+    """
+    group = groups.group_for_stream(stream)
     check_payload(payload)
     origin = settings.REPLICA_ID
     message_id = uuid.uuid4().hex
     envelope = protocol.envelope(
-        kind=kind, stream=stream, message_id=message_id, payload=payload, origin=origin
-    )
-    # Encoded once here, not once per recipient: consumers write this text as it is.
-    frame = protocol.encode(envelope)
-    layer = get_channel_layer()
+        kind=_KINDS[stream.partition(":")[0]], stream=stream, message_id=message_id,
+        payload=payload, origin=origin,
+    )  # fmt: skip
+    if sender is not None:
+        envelope["sender"] = sender
+    # Encoded once here; the publish script adds seq and epoch, and every replica writes the
+    # resulting text to its sockets as it is.
+    body = protocol.encode(envelope)
     try:
-        await asyncio.wait_for(
-            layer.group_send(group, {"type": DELIVER, "frame": frame}),
+        appended = await asyncio.wait_for(
+            history.append(stream=stream, group=group, body=body, idempotency=idempotency),
             timeout=settings.REDIS_TIMEOUT_SECS,
         )
     except (RedisError, OSError, asyncio.TimeoutError) as exc:
@@ -105,5 +97,23 @@ async def _publish(*, kind: str, stream: str, group: str, payload: Any) -> Publi
             f"Redis at {settings.REDIS_URL} is unreachable ({exc.__class__.__name__}); "
             "nothing was sent. Retry when it is back."
         ) from exc
-    logger.debug("published stream=%s id=%s replica=%s", stream, message_id, origin)
-    return PublishResult(stream=stream, id=message_id, origin=origin)
+    logger.debug("published stream=%s seq=%s replica=%s", stream, appended.seq, origin)
+    return PublishResult(
+        stream=stream, id=message_id, origin=origin, seq=appended.seq, epoch=appended.epoch,
+        replicas=appended.receivers, sockets=appended.sockets, duplicate=appended.duplicate,
+    )  # fmt: skip
+
+
+async def push_to_user(*, user_id: int, payload: Any, idempotency: str | None = None) -> PublishResult:
+    """Send `payload` to every socket of one user, on whichever replica it lives."""
+    return await publish(stream=groups.user_stream(user_id), payload=payload, idempotency=idempotency)
+
+
+async def broadcast(*, payload: Any, idempotency: str | None = None) -> PublishResult:
+    """Send `payload` to every connected socket on every replica."""
+    return await publish(stream=groups.BROADCAST_STREAM, payload=payload, idempotency=idempotency)
+
+
+publish_sync = async_to_sync(publish)
+push_to_user_sync = async_to_sync(push_to_user)
+broadcast_sync = async_to_sync(broadcast)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 
-from realtime.models import ApiToken
+from realtime.groups import InvalidStreamName, group_for_stream
+from realtime.models import ApiToken, Room
 from realtime.services import token_digest
 
 
@@ -17,3 +18,43 @@ def api_token_authenticate(*, raw: str) -> ApiToken | None:
 
 def user_get_by_username(*, username: str) -> AbstractBaseUser | None:
     return get_user_model().objects.filter(username=username, is_active=True).first()
+
+
+class StreamDenied(Exception):
+    """The user may not read (or write) that stream. `code` is stable, `message` explains."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def stream_check_readable(*, user: AbstractBaseUser, stream: str) -> None:
+    """Raise StreamDenied unless `user` may read `stream`: their own user stream, broadcast,
+    and rooms they may join."""
+    try:
+        group_for_stream(stream)
+    except InvalidStreamName as exc:
+        raise StreamDenied("bad_stream", str(exc)) from None
+    kind, _, key = stream.partition(":")
+    if kind == "broadcast":
+        return
+    if kind == "user":
+        if int(key) != user.pk:
+            raise StreamDenied("forbidden_stream", f"You may read only your own user stream, user:{user.pk}.")
+        return
+    room = Room.objects.filter(slug=key).first()
+    if room is None:
+        raise StreamDenied("unknown_room", f"There is no room {key!r}.")
+    if room.is_private and not user.is_staff and not room.members.filter(pk=user.pk).exists():
+        raise StreamDenied("forbidden_stream", f"Room {key!r} is private; ask a member to add you.")
+
+
+def stream_check_writable(*, user: AbstractBaseUser, stream: str) -> None:
+    """Raise StreamDenied unless `user` may publish to `stream` from a socket: rooms they may
+    read; broadcast for staff; never a user stream (those are for the server to push)."""
+    stream_check_readable(user=user, stream=stream)
+    if stream.startswith("user:"):
+        raise StreamDenied("forbidden_stream", "User streams take pushes from the server only.")
+    if stream == "broadcast" and not user.is_staff:
+        raise StreamDenied("forbidden_stream", "Only staff may broadcast.")

@@ -15,6 +15,9 @@ class ReplicaStats:
     frames_in: int = 0
     frames_out: int = 0
     errors_sent: int = 0
+    frames_dropped: int = 0  # by a full per-socket queue; fetched from history afterwards
+    duplicates_dropped: int = 0
+    gaps_repaired: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)

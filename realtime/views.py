@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -16,7 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 from redis.exceptions import RedisError
 
-from realtime import groups, publish
+from realtime import groups, history, publish
 from realtime.api import (
     ApiError,
     authenticate_publisher,
@@ -59,6 +60,7 @@ async def healthz(request: HttpRequest) -> JsonResponse:
                 "latency_ms": round((time.perf_counter() - started) * 1000, 2),
             },
             "connections": replica_stats.open_connections,
+            "layer_subscribed": get_channel_layer().connected,  # type: ignore[union-attr]
             "stats": replica_stats.as_dict(),
         }
     )
@@ -82,6 +84,7 @@ async def whoami(request: HttpRequest) -> JsonResponse:
 @require_POST
 async def api_push(request: HttpRequest) -> JsonResponse:
     """POST {"user": "alice", "payload": {...}} -> the message reaches every socket of alice."""
+
     async def handle() -> JsonResponse:
         publisher = await authenticate_publisher(request)
         body = parse_json_object(request)
@@ -92,8 +95,10 @@ async def api_push(request: HttpRequest) -> JsonResponse:
         user = await database_sync_to_async(user_get_by_username)(username=username)
         if user is None:
             raise ApiError(404, "unknown_user", f"There is no active user {username[:150]!r}.")
-        result = await publish.push_to_user(user_id=user.pk, payload=payload)
-        logger.info("push user=%s stream=%s by=%s", username, result.stream, publisher)
+        result = await publish.push_to_user(
+            user_id=user.pk, payload=payload, idempotency=_idempotency(request, publisher)
+        )
+        logger.info("push user=%s seq=%s by=%s", username, result.seq, publisher)
         return ok_response({"user": username, **result.as_dict()})
 
     return await _answer(handle)
@@ -103,14 +108,55 @@ async def api_push(request: HttpRequest) -> JsonResponse:
 @require_POST
 async def api_broadcast(request: HttpRequest) -> JsonResponse:
     """POST {"payload": {...}} -> the message reaches every connected socket."""
+
     async def handle() -> JsonResponse:
         publisher = await authenticate_publisher(request)
         payload = _payload_from(parse_json_object(request))
-        result = await publish.broadcast(payload=payload)
-        logger.info("broadcast stream=%s by=%s", groups.BROADCAST_STREAM, publisher)
+        result = await publish.broadcast(payload=payload, idempotency=_idempotency(request, publisher))
+        logger.info("broadcast seq=%s by=%s", result.seq, publisher)
         return ok_response(result.as_dict())
 
     return await _answer(handle)
+
+
+@csrf_exempt  # checked in authenticate_publisher for session callers
+@require_POST
+async def api_publish(request: HttpRequest) -> JsonResponse:
+    """POST {"stream": "room:lobby" | "user:<id>" | "broadcast", "payload": {...}}."""
+
+    async def handle() -> JsonResponse:
+        publisher = await authenticate_publisher(request)
+        body = parse_json_object(request)
+        stream = body.get("stream")
+        if not isinstance(stream, str):
+            raise ApiError(400, "bad_stream", "'stream' must be a stream name such as 'room:lobby'.")
+        try:
+            groups.group_for_stream(stream)
+        except groups.InvalidStreamName as exc:
+            raise ApiError(400, "bad_stream", str(exc)) from None
+        payload = _payload_from(body)
+        result = await publish.publish(
+            stream=stream, payload=payload, idempotency=_idempotency(request, publisher)
+        )
+        logger.info("publish stream=%s seq=%s by=%s", stream, result.seq, publisher)
+        return ok_response(result.as_dict())
+
+    return await _answer(handle)
+
+
+# Idempotency keys: a client's own unique string per message, like Stripe's.
+MAX_IDEMPOTENCY_KEY_CHARS = 100
+
+
+def _idempotency(request: HttpRequest, publisher: str) -> str | None:
+    """The history key for this request's Idempotency-Key header, scoped to its publisher: a
+    retried request with the same key returns the first one's seq and publishes nothing."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
+        raise ApiError(400, "bad_idempotency_key", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters.")
+    return history.idempotency_key(publisher, key)
 
 
 def _payload_from(body: dict[str, Any]) -> Any:

@@ -32,7 +32,7 @@ async def test_push_reaches_user_on_other_replica(cluster: Cluster) -> None:
     assert answer.headers["X-Replica"] == "d2"
     await ws.wait_for(lambda _: pushes(ws, "cross"), what="the push from d2")
     push = ws.of_type("push")[0]
-    assert push["origin"] == "d2" and push["stream"] == ws.hello["streams"][0]
+    assert push["origin"] == "d2" and push["stream"] == f"user:{ws.hello['user_id']}"
     assert pushes(ws, "cross") == [{"marker": "cross", "n": 1}]
     await ws.close()
 

@@ -1,76 +1,125 @@
-"""The channel layer and the publish path against a real redis-server."""
+"""Switchboard's channel layer and the publish path against a real redis-server.
+
+Two layer instances stand for two replicas: each has its own Redis connections and nothing in
+common in memory, so whatever crosses between them crossed Redis.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+import asyncio
+import uuid
 
 import pytest
 from channels.layers import channel_layers
-from channels.testing import WebsocketCommunicator
-from channels_redis.pubsub import RedisPubSubChannelLayer
-from django.contrib.auth.models import User
 from pytest_django.fixtures import Settings as SettingsWrapper
 
-from realtime import publish
+from realtime import history, publish
 from realtime.cluster import free_port
-from realtime.consumers import RealtimeConsumer
+from realtime.layer import StreamChannelLayer
 
 
-def pubsub_layers(url: str) -> dict:  # type: ignore[type-arg]
-    return {
-        "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [url], "prefix": "sb"},
-        }
-    }
+class Collector:
+    """A sink that records the stream frames a layer hands it."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, int, str]] = []
+        self.resyncs = 0
+        self.changed = asyncio.Event()
+
+    async def on_stream_frame(self, stream: str, seq: int, epoch: str, frame: str) -> None:
+        self.frames.append((stream, seq, frame))
+        self.changed.set()
+
+    async def on_resync(self) -> None:
+        self.resyncs += 1
+
+    async def wait_count(self, count: int, timeout: float = 3) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.frames) < count:
+                self.changed.clear()
+                await self.changed.wait()
 
 
-@pytest.fixture
-def redis_layer(settings: SettingsWrapper, redis_url: str) -> Iterator[None]:
-    settings.CHANNEL_LAYERS = pubsub_layers(redis_url)
-    settings.REDIS_URL = redis_url
-    channel_layers.backends.clear()
-    yield
-    channel_layers.backends.clear()
-
-
-async def test_publish_from_one_layer_reaches_a_consumer_on_another(
-    redis_layer: None, redis_url: str
+async def test_a_publish_reaches_a_sink_on_another_layer_and_nowhere_else(
+    layer: StreamChannelLayer, redis_url: str
 ) -> None:
-    communicator = WebsocketCommunicator(RealtimeConsumer.as_asgi(), "/ws/")
-    communicator.scope["user"] = User(pk=11, username="alice")
-    assert (await communicator.connect())[0]
-    assert json.loads(await communicator.receive_from(timeout=2))["type"] == "hello"
-    # Another process's layer: its own connections to Redis, nothing shared in memory.
-    other = RedisPubSubChannelLayer(hosts=[redis_url], prefix="sb")
-    await other.group_send("user.11", {"type": "rt.deliver", "frame": '{"type":"push","n":1}'})
-    assert json.loads(await communicator.receive_from(timeout=3)) == {"type": "push", "n": 1}
-    await other.group_send("user.12", {"type": "rt.deliver", "frame": '{"type":"push","n":2}'})
-    assert await communicator.receive_nothing(timeout=0.3)
-    await communicator.disconnect()
+    other = StreamChannelLayer(hosts=[redis_url], prefix=layer.prefix, node="other")
+    alice, bob = Collector(), Collector()
+    alice_channel, bob_channel = await other.new_channel(), await other.new_channel()
+    other.add_sink(alice_channel, alice)
+    other.add_sink(bob_channel, bob)
+    await other.group_add("user.11", alice_channel)
+    await other.group_add("user.12", bob_channel)
+    result = await publish.push_to_user(user_id=11, payload={"n": 1})
+    await alice.wait_count(1)
+    stream, seq, frame = alice.frames[0]
+    assert (stream, seq, result.seq, result.replicas, result.sockets) == ("user:11", 1, 1, 1, 1)
+    assert '"payload":{"n":1}' in frame and f'"epoch":"{result.epoch}"' in frame
+    # Both users' groups arrive over the one subscription connection in publish order: once
+    # alice has a later push, a stray copy of hers for bob would already be there.
+    await publish.push_to_user(user_id=11, payload={"n": 2})
+    await alice.wait_count(2)
+    assert bob.frames == []
     await other.flush()
 
 
-async def test_publish_service_reaches_a_group_member_of_another_layer(
-    redis_layer: None, redis_url: str
+async def test_plain_group_messages_cross_layers(
+    layer: StreamChannelLayer, redis_url: str
 ) -> None:
-    listener = RedisPubSubChannelLayer(hosts=[redis_url], prefix="sb")
-    channel = await listener.new_channel()
-    await listener.group_add("user.5", channel)
-    result = await publish.push_to_user(user_id=5, payload={"hello": "there"})
-    message = await listener.receive(channel)
-    assert message["type"] == "rt.deliver"
-    frame = json.loads(message["frame"])
-    assert frame["id"] == result.id and frame["payload"] == {"hello": "there"}
-    await listener.flush()
+    other = StreamChannelLayer(hosts=[redis_url], prefix=layer.prefix, node="other")
+    channel = await other.new_channel()
+    await other.group_add("room.lobby", channel)
+    await layer.group_send("room.lobby", {"type": "rt.note", "text": "hi"})
+    message = await asyncio.wait_for(other.receive(channel), 3)
+    assert message == {"type": "rt.note", "text": "hi"}
+    # send() to one specific channel goes through its process's inbox.
+    await layer.send(channel, {"type": "rt.direct", "n": 2})
+    assert await asyncio.wait_for(other.receive(channel), 3) == {"type": "rt.direct", "n": 2}
+    await other.flush()
+
+
+async def test_seqs_are_contiguous_per_stream_under_concurrent_publishers(
+    layer: StreamChannelLayer,
+) -> None:
+    results = await asyncio.gather(
+        *(publish.publish(stream="room:busy", payload=n) for n in range(200)),
+        *(publish.broadcast(payload=n) for n in range(50)),
+    )
+    room_seqs = sorted(r.seq for r in results if r.stream == "room:busy")
+    assert room_seqs == list(range(1, 201))
+    stored = await history.read("room:busy", after=0, limit=1000)
+    assert [seq for seq, _ in stored] == list(range(1, 201))
+    assert len({r.epoch for r in results if r.stream == "room:busy"}) == 1
+
+
+async def test_an_idempotency_key_publishes_once(layer: StreamChannelLayer) -> None:
+    key = history.idempotency_key("tests", uuid.uuid4().hex)
+    first = await publish.publish(stream="room:once", payload=1, idempotency=key)
+    again = await publish.publish(stream="room:once", payload=1, idempotency=key)
+    assert (first.seq, first.duplicate) == (1, False)
+    assert (again.seq, again.duplicate) == (1, True)
+    assert len(await history.read("room:once", after=0)) == 1
+
+
+async def test_history_is_trimmed_to_its_length(
+    layer: StreamChannelLayer, settings: SettingsWrapper
+) -> None:
+    settings.HISTORY_MAXLEN = 10
+    for n in range(300):
+        await publish.publish(stream="room:trim", payload=n)
+    stored = await history.read("room:trim", after=0, limit=1000)
+    # Redis trims whole radix-tree nodes (MAXLEN ~), so a few more than 10 may stay.
+    assert 10 <= len(stored) < 300
+    assert stored[-1][0] == 300
 
 
 async def test_publish_with_redis_unreachable_raises_a_clear_error(
     settings: SettingsWrapper,
 ) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    settings.CHANNEL_LAYERS = pubsub_layers(dead)
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "realtime.layer.StreamChannelLayer", "CONFIG": {"hosts": [dead]}}
+    }
     settings.REDIS_URL = dead
     channel_layers.backends.clear()
     with pytest.raises(publish.RealtimeUnavailable, match="unreachable"):

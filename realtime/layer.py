@@ -1,0 +1,408 @@
+"""Switchboard's channel layer: Channels' layer API over Redis pub/sub, built for fan-out.
+
+Like channels_redis' RedisPubSubChannelLayer it publishes once per group and each process
+subscribes once per group it has members in. It differs where reliable delivery needs it:
+
+* One Redis connection per process carries every subscription: the process's own channel
+  (for `send()` to a specific consumer) and its groups. Consumers do not cost a SUBSCRIBE each.
+* `group_add()` returns only once Redis has confirmed the SUBSCRIBE, so a consumer that reads a
+  stream's head right after it cannot miss a message published in between.
+* Stream frames (published by the Lua script in history.py, already JSON-encoded) are handed
+  to a consumer's *sink* directly: decoded once per process, never per recipient, and with no
+  per-message task or queue hop through Channels' dispatch loop. Consumers without a sink get
+  them as ordinary `rt.deliver` messages.
+* When the subscription connection drops (Redis restarted, or dropped us for a full output
+  buffer), it reconnects with backoff, resubscribes everything, and tells every sink to resync:
+  what was published meanwhile is then fetched from stream history.
+* A heartbeat writes how many local sockets each group has, so a publish can report how many
+  sockets it reached, and so that a Redis restart forgets nothing for longer than one interval.
+
+Wire format on a group's Redis channel: msgpack for ordinary messages; for stream frames
+b"F<seq> <epoch> <stream>\\n<frame JSON>", built by the publish script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable
+from typing import Any, Protocol
+
+import msgpack
+import redis.asyncio as aioredis
+from channels.exceptions import ChannelFull
+from channels.layers import BaseChannelLayer
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
+
+FRAME_MARK = b"F"[0]
+# Command connections per process and loop: enough for Redis to pipeline a burst of publishes
+# (each is one short script), few enough that 3 replicas never crowd Redis' connection table.
+MAX_REDIS_CONNECTIONS = 32
+
+
+class StreamSink(Protocol):
+    """What a consumer implements to receive stream frames directly from the layer."""
+
+    def on_stream_frame(self, stream: str, seq: int, epoch: str, frame: str) -> Awaitable[None]: ...
+
+    def on_resync(self) -> Awaitable[None]: ...
+
+
+def parse_frame_message(data: bytes) -> tuple[str, int, str, str]:
+    """b"F<seq> <epoch> <stream>\\n<frame>" -> (stream, seq, epoch, frame)."""
+    header, _, frame = data.partition(b"\n")
+    seq, epoch, stream = header[1:].decode().split(" ", 2)
+    return stream, int(seq), epoch, frame.decode()
+
+
+class StreamChannelLayer(BaseChannelLayer):
+    extensions = ["groups", "flush", "sinks"]
+
+    def __init__(
+        self,
+        hosts: list[str] | None = None,
+        prefix: str = "sb",
+        capacity: int = 1000,
+        expiry: int = 60,
+        node: str | None = None,
+        heartbeat_secs: float = 10.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(expiry=expiry, capacity=capacity)
+        self.url = (hosts or ["redis://127.0.0.1:6379/0"])[0]
+        self.prefix = prefix
+        self.node = node or f"{os.uname().nodename}-{os.getpid()}"
+        self.heartbeat_secs = heartbeat_secs
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopLayer] = {}
+
+    def _layer(self) -> _LoopLayer:
+        loop = asyncio.get_running_loop()
+        layer = self._loops.get(loop)
+        if layer is None:
+            layer = self._loops[loop] = _LoopLayer(self)
+        return layer
+
+    # --- names ---------------------------------------------------------------------------------
+
+    def group_channel(self, group: str) -> str:
+        """The Redis pub/sub channel that carries `group`."""
+        return f"{self.prefix}:g:{group}"
+
+    def members_key(self, group: str) -> str:
+        return f"{self.prefix}:members:{group}"
+
+    # --- Channels' layer API -------------------------------------------------------------------
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        return await self._layer().new_channel(prefix)
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        await self._layer().send(channel, message)
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        return await self._layer().receive(channel)
+
+    async def group_add(self, group: str, channel: str) -> None:
+        self.require_valid_group_name(group)
+        await self._layer().group_add(group, channel)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        await self._layer().group_discard(group, channel)
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        self.require_valid_group_name(group)
+        await self._layer().group_send(group, message)
+
+    async def flush(self) -> None:
+        layer = self._loops.pop(asyncio.get_running_loop(), None)
+        if layer is not None:
+            await layer.close()
+
+    # --- the sink extension --------------------------------------------------------------------
+
+    def add_sink(self, channel: str, sink: StreamSink) -> None:
+        self._layer().sinks[channel] = sink
+
+    def remove_sink(self, channel: str) -> None:
+        self._layer().sinks.pop(channel, None)
+
+    def redis(self) -> aioredis.Redis:
+        """This loop's command connection pool (publish scripts, history reads)."""
+        return self._layer().redis
+
+    @property
+    def connected(self) -> bool:
+        return self._layer().subscribed_event.is_set()
+
+
+class _LoopLayer:
+    """The layer's state for one event loop: connections, local channels, groups, sinks."""
+
+    def __init__(self, owner: StreamChannelLayer) -> None:
+        self.owner = owner
+        # A blocking pool: a burst of concurrent publishes waits for one of a bounded number of
+        # connections instead of failing with MaxConnectionsError (redis-py's default pool).
+        # One retry on a connection error: after a Redis restart every pooled connection is
+        # dead, and the first command on each would otherwise fail although Redis is back. (A
+        # publish retried after its connection died mid-command may be stored twice; clients
+        # that must not see that send an idempotency key.)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            owner.url, max_connections=MAX_REDIS_CONNECTIONS, timeout=5,
+            socket_connect_timeout=3, socket_timeout=5, health_check_interval=0,
+            retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError],
+        )  # fmt: skip
+        self.redis = aioredis.Redis(connection_pool=pool)
+        self.process_id = uuid.uuid4().hex[:12]
+        self.process_channel = f"{owner.prefix}:p:{self.process_id}"
+        self.queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self.groups: dict[str, set[str]] = {}  # group -> local channel names
+        self.sinks: dict[str, StreamSink] = {}
+        self.subscribed_event = asyncio.Event()
+        self._pubsub: Any = None
+        self._pending: dict[str, asyncio.Future[None]] = {}
+        self._confirmed_initial: set[str] = set()
+        self._reader: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    # --- channels ------------------------------------------------------------------------------
+
+    async def new_channel(self, prefix: str) -> str:
+        self._ensure_started()
+        name = f"{self.owner.prefix}.{prefix}{self.process_id}!{uuid.uuid4().hex}"
+        self.queues[name] = asyncio.Queue()
+        return name
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        if channel in self.queues:
+            self._put(channel, message)
+            return
+        # Channel names end in "<process id: 12 hex>!<uuid>"; the process id names its inbox.
+        process_id = channel.partition("!")[0][-12:]
+        if "!" not in channel or len(process_id) != 12:
+            raise ValueError(f"{channel!r} is not a channel made by this layer")
+        payload = msgpack.packb({"__to": channel, **message}, use_bin_type=True)
+        await self.redis.publish(f"{self.owner.prefix}:p:{process_id}", payload)
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        queue = self.queues.get(channel)
+        if queue is None:
+            queue = self.queues[channel] = asyncio.Queue()
+        try:
+            return await queue.get()
+        except asyncio.CancelledError:
+            # Channels cancels receive() when the consumer ends: forget the channel entirely.
+            self._forget(channel)
+            raise
+
+    def _forget(self, channel: str) -> None:
+        self.queues.pop(channel, None)
+        self.sinks.pop(channel, None)
+        for group in [g for g, members in self.groups.items() if channel in members]:
+            self.groups[group].discard(channel)
+            if not self.groups[group]:
+                del self.groups[group]
+                self._spawn(self._unsubscribe(group))
+
+    def _put(self, channel: str, message: dict[str, Any]) -> None:
+        queue = self.queues.get(channel)
+        if queue is None:
+            return
+        if queue.qsize() >= self.owner.capacity:
+            raise ChannelFull(channel)
+        queue.put_nowait(message)
+
+    # --- groups --------------------------------------------------------------------------------
+
+    async def group_add(self, group: str, channel: str) -> None:
+        self._ensure_started()
+        members = self.groups.setdefault(group, set())
+        first = not members
+        members.add(channel)
+        if first or self.owner.group_channel(group) in self._pending:
+            try:
+                await self._subscribe(group)
+            except BaseException:
+                await self.group_discard(group, channel)
+                raise
+        self._spawn(self._publish_membership(group))
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        members = self.groups.get(group)
+        if not members or channel not in members:
+            return
+        members.discard(channel)
+        if not members:
+            del self.groups[group]
+            await self._unsubscribe(group)
+        self._spawn(self._publish_membership(group))
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        await self.redis.publish(
+            self.owner.group_channel(group), msgpack.packb(message, use_bin_type=True)
+        )
+
+    async def _subscribe(self, group: str) -> None:
+        """SUBSCRIBE and wait for Redis to confirm it (see the module docstring for why)."""
+        channel = self.owner.group_channel(group)
+        try:
+            # Short: if the subscription connection is not up by then, Redis is down, and the
+            # caller should say so now rather than keep a client waiting.
+            await asyncio.wait_for(self.subscribed_event.wait(), timeout=2)
+        except asyncio.TimeoutError:
+            raise ConnectionError("the layer has no Redis subscription connection") from None
+        future = self._pending.get(channel)
+        if future is None:
+            future = self._pending[channel] = asyncio.get_running_loop().create_future()
+            await self._pubsub.subscribe(channel)
+        await asyncio.wait_for(asyncio.shield(future), timeout=5)
+
+    async def _unsubscribe(self, group: str) -> None:
+        if group in self.groups or self._pubsub is None or not self.subscribed_event.is_set():
+            return
+        with contextlib.suppress(RedisError, OSError):
+            await self._pubsub.unsubscribe(self.owner.group_channel(group))
+
+    # --- the subscription connection -----------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(self._read_forever())
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_forever())
+
+    async def _read_forever(self) -> None:
+        backoff = 0.05
+        resync = False
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                channels = [self.process_channel] + [self.owner.group_channel(g) for g in self.groups]
+                await pubsub.subscribe(*channels)
+                self._pubsub = pubsub
+                self._confirmed_initial = set(channels)
+                async for message in pubsub.listen():
+                    if message["type"] == "subscribe":
+                        self._on_subscribed(message["channel"].decode())
+                        if not self.subscribed_event.is_set() and not self._confirmed_initial:
+                            self.subscribed_event.set()
+                            backoff = 0.05
+                            if resync:
+                                await self._resync_sinks()
+                    elif message["type"] == "message":
+                        await self._on_message(message["channel"], message["data"])
+            except (RedisError, OSError) as exc:
+                if self.subscribed_event.is_set():
+                    logger.warning("layer lost its Redis subscription (%r); reconnecting", exc)
+                self.subscribed_event.clear()
+                self._fail_pending(exc)
+                resync = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                self._pubsub = None
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def _on_subscribed(self, channel: str) -> None:
+        self._confirmed_initial.discard(channel)
+        future = self._pending.pop(channel, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError(f"Redis subscription lost: {exc!r}"))
+                future.exception()  # consumed here, so an unawaited one is not reported
+        self._pending.clear()
+
+    async def _resync_sinks(self) -> None:
+        logger.info("layer resubscribed %d group(s); resyncing %d sink(s)", len(self.groups), len(self.sinks))
+        for sink in list(self.sinks.values()):
+            try:
+                await sink.on_resync()
+            except Exception:
+                logger.exception("a sink failed to resync")
+
+    async def _on_message(self, redis_channel: bytes, data: bytes) -> None:
+        name = redis_channel.decode()
+        if name == self.process_channel:
+            message = msgpack.unpackb(data, raw=False)
+            with contextlib.suppress(ChannelFull):
+                self._put(message.pop("__to"), message)
+            return
+        group = name[len(self.owner.prefix) + 3 :]
+        members = self.groups.get(group)
+        if not members:
+            return
+        if data and data[0] == FRAME_MARK:
+            stream, seq, epoch, frame = parse_frame_message(data)
+            for channel in list(members):
+                sink = self.sinks.get(channel)
+                try:
+                    if sink is not None:
+                        await sink.on_stream_frame(stream, seq, epoch, frame)
+                    else:
+                        self._put(channel, {"type": "rt.deliver", "stream": stream, "seq": seq,
+                                            "epoch": epoch, "frame": frame})  # fmt: skip
+                except ChannelFull:
+                    pass  # at-most-once for plain consumers, as in channels_redis
+                except Exception:
+                    # One broken socket must not stop delivery to the others.
+                    logger.exception("delivery to %s failed", channel)
+            return
+        message = msgpack.unpackb(data, raw=False)
+        for channel in list(members):
+            with contextlib.suppress(ChannelFull):
+                self._put(channel, dict(message))
+
+    # --- membership counts -----------------------------------------------------------------
+
+    async def _publish_membership(self, group: str) -> None:
+        """Record how many local sockets `group` has here, valid for three heartbeats."""
+        with contextlib.suppress(RedisError, OSError):
+            await self._write_membership(self.redis, [group])
+
+    async def _write_membership(self, client: Any, groups: list[str]) -> None:
+        expires_ms = int((time.time() + 3 * self.owner.heartbeat_secs) * 1000)
+        async with client.pipeline(transaction=False) as pipe:
+            for group in groups:
+                key = self.owner.members_key(group)
+                count = len(self.groups.get(group, ()))
+                if count:
+                    pipe.hset(key, self.owner.node, f"{count}@{expires_ms}")
+                    pipe.pexpire(key, int(3 * self.owner.heartbeat_secs * 1000))
+                else:
+                    pipe.hdel(key, self.owner.node)
+            await pipe.execute()
+
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.owner.heartbeat_secs)
+            try:
+                await self._write_membership(self.redis, list(self.groups))
+            except (RedisError, OSError) as exc:
+                logger.debug("membership heartbeat failed: %r", exc)
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def close(self) -> None:
+        tasks = [task for task in (self._reader, self._heartbeat) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # Bounded: a reader cancelled while its consumer still runs can linger in redis-py;
+            # closing must never hang a shutdown.
+            await asyncio.wait(tasks, timeout=2)
+        await self.redis.aclose(close_connection_pool=True)

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from channels.layers import channel_layers, get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import User
+from pytest_django.fixtures import Settings
+
+from realtime.consumers import RealtimeConsumer
+from realtime.layer import StreamChannelLayer
+
+
+@pytest.fixture
+async def layer(settings: Settings, redis_url: str) -> AsyncIterator[StreamChannelLayer]:
+    """Switchboard's layer on the real redis-server, under a prefix of its own per test."""
+    settings.REDIS_URL = redis_url
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "realtime.layer.StreamChannelLayer",
+            "CONFIG": {"hosts": [redis_url], "prefix": f"t{uuid.uuid4().hex[:8]}", "node": "unit"},
+        }
+    }
+    channel_layers.backends.clear()
+    the_layer = get_channel_layer()
+    yield the_layer  # type: ignore[misc]
+    await the_layer.flush()  # type: ignore[union-attr]
+    channel_layers.backends.clear()
+
+
+class Socket:
+    """A consumer driven through Channels' communicator, with frames decoded."""
+
+    def __init__(self, communicator: WebsocketCommunicator) -> None:
+        self.communicator = communicator
+
+    async def receive(self, timeout: float = 3) -> dict[str, Any]:
+        return json.loads(await self.communicator.receive_from(timeout=timeout))  # type: ignore[no-any-return]
+
+    async def receive_many(self, count: int, timeout: float = 5) -> list[dict[str, Any]]:
+        return [await self.receive(timeout) for _ in range(count)]
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.communicator.send_to(text_data=json.dumps(frame))
+
+    async def nothing(self, timeout: float = 0.3) -> bool:
+        return await self.communicator.receive_nothing(timeout=timeout)  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        await self.communicator.disconnect()
+
+
+async def open_socket(user: Any, query: str = "") -> tuple[Socket, dict[str, Any]]:
+    communicator = WebsocketCommunicator(RealtimeConsumer.as_asgi(), f"/ws/{query}")
+    communicator.scope["user"] = user
+    accepted, _ = await communicator.connect()
+    assert accepted
+    socket = Socket(communicator)
+    return socket, await socket.receive()
+
+
+def a_user(pk: int, name: str = "alice", staff: bool = False) -> User:
+    return User(pk=pk, username=f"{name}{pk}", is_staff=staff)
