@@ -6,7 +6,7 @@ PORT ?= 8000
 REPLICAS ?= 3
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps run up down status test test-unit test-integration test-cluster lint clean
+.PHONY: help install system-deps browser-deps test-e2e run up down status test test-unit test-integration test-cluster lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-17s %s\n", $$1, $$2}'
@@ -36,7 +36,10 @@ status: ## what a detached cluster runs, and HAProxy's view of it
 down: ## stop a detached cluster
 	@$(PY) manage.py cluster down
 
-test: system-deps $(VENV)/.installed ## install what is missing, then run every test tier
+browser-deps: ## system-deps plus Debian's Chromium, for the e2e tier (as root)
+	@scripts/install-system-deps.sh --browser
+
+test: browser-deps $(VENV)/.installed ## install what is missing, then run every test tier
 	@$(PY) -m pytest
 
 test-unit: $(VENV)/.installed ## the unit tier only
@@ -47,6 +50,9 @@ test-integration: $(VENV)/.installed ## the integration tier only (real redis-se
 
 test-cluster: $(VENV)/.installed ## the cluster tier only (HAProxy + Daphne replicas + Redis)
 	@$(PY) -m pytest -m cluster
+
+test-e2e: browser-deps $(VENV)/.installed ## the e2e tier only (headless Chromium on the real pages)
+	@$(PY) -m pytest -m e2e
 
 clean: ## remove the virtualenv and local state (database, logs)
 	rm -rf $(VENV) var staticfiles
