@@ -30,7 +30,7 @@ from channels.consumer import get_handler_name
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from realtime import groups, history, protocol, publish
+from realtime import chat, groups, history, presence, protocol, publish
 from realtime.protocol import InvalidFrame, Position
 from realtime.selectors import StreamDenied, stream_check_readable, stream_check_writable
 from realtime.stats import replica_stats
@@ -60,6 +60,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         self.ready = False
         self.counted = False
         self.marking: set[str] = set()
+        self.presence: presence.ConnectionPresence | None = None
         await super().__call__(scope, receive, send)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
@@ -127,6 +128,11 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self._send_error(problem.code, problem.message)
         self.ready = True
         self._wake_writer()
+        # Presence: this socket's entries in its rooms, refreshed on a heartbeat (presence.py).
+        self.presence = presence.ConnectionPresence(
+            user_id=user.pk, username=user.username, scope_query=self.scope.get("query_string", b"")
+        )
+        await self.presence.start(list(self.cursors))
 
     def _place_cursor(self, stream: str, wanted: Position | None, head: history.Position) -> None:
         """A fresh subscription starts at the head; a resumed one where the client left off,
@@ -150,6 +156,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             self.counted = False
         if self.writer is not None:
             self.writer.cancel()
+        if self.presence is not None:
+            await self.presence.close()
+            self.presence = None
         await self._leave_all_groups()
 
     async def _leave_all_groups(self) -> None:
@@ -177,6 +186,12 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         """The layer lost Redis for a while: anything may have been published meanwhile."""
         self.dirty.update(self.cursors)
         self._wake_writer()
+
+    async def rt_ephemeral(self, event: dict[str, Any]) -> None:
+        # Typing and presence frames (publish.publish_ephemeral): no seq, written as they come,
+        # and only to sockets that asked for them with ?ephemeral=1 (the chat page does).
+        if self.presence is not None and self.presence.wanted and event.get("stream") in self.cursors:
+            await self._send_text(event["frame"])
 
     async def rt_deliver(self, event: dict[str, Any]) -> None:
         # Only reached if the sink was never attached; kept for Channels' plain path.
@@ -369,6 +384,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_add(groups.group_for_stream(stream), self.channel_name)
         head = (await history.heads([stream]))[stream]
         self._place_cursor(stream, position, head)
+        if self.presence is not None:
+            await self.presence.enter(stream)
         if position is None:
             await self._send_text(
                 protocol.encode({"type": "subscribed", "stream": stream, "epoch": head.epoch, "seq": head.seq})
@@ -379,12 +396,21 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         stream = frame.data["stream"]
         if stream not in self.cursors:
             raise InvalidFrame("not_subscribed", f"You are not subscribed to {stream[:120]!r}.", frame.id)
+        if self.presence is not None:
+            await self.presence.exit(stream)
         await self._leave(stream)
         await self._answer(frame, {"type": "unsubscribed", "stream": stream})
 
     async def on_publish(self, frame: protocol.ClientFrame) -> None:
         stream = frame.data["stream"]
         await database_sync_to_async(stream_check_writable)(user=self.user, stream=stream)
+        # Chat lines are stored first and published after the commit; typing is ephemeral.
+        chat_ack = await chat.socket_publish(
+            user=self.user, stream=stream, payload=frame.data["payload"], client_id=frame.id or ""
+        )
+        if chat_ack is not None:
+            await self._answer(frame, chat_ack)
+            return
         try:
             result = await publish.publish(
                 stream=stream,

@@ -60,3 +60,33 @@ class Room(models.Model):
 
     def __str__(self) -> str:
         return self.title or self.slug
+
+
+class ChatMessage(models.Model):
+    """One line said in a room. Append only: rows are never edited or deleted by the app.
+
+    The row is the truth; the stream message is its announcement. `seq`/`epoch` are the room
+    stream position its publish got (filled in right after the commit, empty while in flight).
+    `client_id` is the sender's message id, so a resend after a reconnect finds this row
+    instead of saying the same thing twice.
+    """
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    text = models.TextField(max_length=2000)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    client_id = models.CharField(max_length=64, blank=True, default="")
+    seq = models.PositiveBigIntegerField(null=True, blank=True)
+    epoch = models.CharField(max_length=64, blank=True, default="")
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "client_id"], condition=~models.Q(client_id=""),
+                name="chat_message_unique_client_id",
+            )
+        ]  # fmt: skip
+
+    def __str__(self) -> str:
+        return f"{self.room_id} #{self.pk}: {self.text[:40]}"

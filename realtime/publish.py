@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import RedisError
 
@@ -112,6 +113,24 @@ async def push_to_user(*, user_id: int, payload: Any, idempotency: str | None = 
 async def broadcast(*, payload: Any, idempotency: str | None = None) -> PublishResult:
     """Send `payload` to every connected socket on every replica."""
     return await publish(stream=groups.BROADCAST_STREAM, payload=payload, idempotency=idempotency)
+
+
+async def publish_ephemeral(*, stream: str, frame: dict[str, Any]) -> None:
+    """Fan `frame` out to the sockets on `stream` now, without a seq and without history.
+
+    For what is stale within seconds (typing, presence changes): a socket that misses it
+    loses nothing worth replaying, and a page re-reads presence when it reconnects.
+    """
+    group = groups.group_for_stream(stream)
+    text = protocol.encode({**frame, "stream": stream, "origin": settings.REPLICA_ID})
+    layer = get_channel_layer()
+    try:
+        await asyncio.wait_for(
+            layer.group_send(group, {"type": "rt.ephemeral", "stream": stream, "frame": text}),  # type: ignore[union-attr]
+            timeout=settings.REDIS_TIMEOUT_SECS,
+        )
+    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        raise RealtimeUnavailable(f"Redis is unreachable ({exc.__class__.__name__}).") from exc
 
 
 publish_sync = async_to_sync(publish)
