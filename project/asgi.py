@@ -15,9 +15,12 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from realtime.ops import with_ops_publisher  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 
-application = ProtocolTypeRouter(
+# with_ops_publisher: the replica's stats reporter for the cluster view starts with the first
+# request (Daphne sends no lifespan events).
+application = with_ops_publisher(ProtocolTypeRouter(
     {
         # Static files are served by the replica itself so a local cluster needs no extra web
         # server; only paths under STATIC_URL take this detour.
@@ -28,4 +31,4 @@ application = ProtocolTypeRouter(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),
     }
-)
+))

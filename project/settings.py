@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 
 import dj_database_url
-from project.env import env_bool, env_int, env_list, env_str
+from project.env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("SWITCHBOARD_VAR_DIR", str(BASE_DIR / "var")))
@@ -170,6 +170,13 @@ MAX_CLIENT_FRAME_BYTES = env_int("MAX_CLIENT_FRAME_BYTES", 64 * 1024, minimum=10
 MAX_PAYLOAD_BYTES = env_int("MAX_PAYLOAD_BYTES", 64 * 1024, minimum=1024)
 # How long a Redis call may take before the API gives up and answers 503.
 REDIS_TIMEOUT_SECS = env_int("REDIS_TIMEOUT_SECS", 3, minimum=1)
+
+# --- The cluster view --------------------------------------------------------------------------
+# Each replica publishes its stats to the staff-only `ops` stream this often; 0 turns it off.
+OPS_INTERVAL_SECS = env_float("OPS_INTERVAL_SECS", 1.0)
+# HAProxy's read-only stats page (CSV at <url>;csv): how a replica learns what HAProxy thinks of
+# every replica (UP, DRAIN, MAINT, DOWN). Empty: the cluster view shows the state as unknown.
+HAPROXY_STATS_URL = env_str("HAPROXY_STATS_URL", "")
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOGGING = {

@@ -1,8 +1,8 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import path, re_path
 
-from realtime import views
+from realtime import cluster_views, lab_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -11,6 +11,10 @@ urlpatterns = [
     path("api/push", views.api_push, name="api-push"),
     path("api/broadcast", views.api_broadcast, name="api-broadcast"),
     path("api/publish", views.api_publish, name="api-publish"),
+    path("lab/", lab_views.lab_page, name="lab"),
+    # /lab/nosticky/...: the same views; HAProxy routes them ignoring the SERVERID cookie.
+    re_path(r"^lab/(?:nosticky/)?(?P<way>http|direct|relay)$", lab_views.lab_send, name="lab-send"),
+    path("cluster/", cluster_views.cluster_page, name="cluster"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

@@ -218,7 +218,9 @@ class Cluster:
                 "-v", "1" if self.config.access_log else "0",
                 "project.asgi:application",
             ]  # fmt: skip
-            self._add(name, argv, self.command_env(REPLICA_ID=name), port)
+            # The stats page, read-only, tells each replica HAProxy's view of all of them.
+            env = self.command_env(REPLICA_ID=name, HAPROXY_STATS_URL=self.stats_url)
+            self._add(name, argv, env, port)
         haproxy_env = dict(os.environ)
         haproxy_env.update(
             {

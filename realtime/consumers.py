@@ -120,6 +120,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                     "replica": settings.REPLICA_ID,
                     "user": user.username,
                     "user_id": user.pk,
+                    # Names this socket on its replica: the transport lab's "direct" answer
+                    # finds it with the layer's local_sink() only on that replica.
+                    "connection": self.channel_name,
                     "streams": {s: {"epoch": c.epoch, "seq": c.last} for s, c in self.cursors.items()},
                 }
             )

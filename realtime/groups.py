@@ -11,6 +11,11 @@ import re
 
 BROADCAST_STREAM = "broadcast"
 BROADCAST_GROUP = "broadcast"
+# Each replica's stats, about once a second (realtime/ops.py); read by staff only, on the
+# cluster view. It goes through the same publish path as everything else, so the view shows
+# the realtime system working, or not.
+OPS_STREAM = "ops"
+OPS_GROUP = "ops"
 
 # Room slugs: lower-case, start with a letter or digit, at most 50 characters.
 ROOM_SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,49}$")
@@ -42,6 +47,8 @@ def group_for_stream(stream: str) -> str:
     """Map a stream name to its channel-layer group, rejecting anything malformed."""
     if stream == BROADCAST_STREAM:
         return BROADCAST_GROUP
+    if stream == OPS_STREAM:
+        return OPS_GROUP
     kind, sep, key = stream.partition(":")
     if sep and kind == "user" and key.isascii() and key.isdigit() and not key.startswith("0"):
         return user_group(int(key))
@@ -49,7 +56,7 @@ def group_for_stream(stream: str) -> str:
         return room_group(key)
     raise InvalidStreamName(
         f"{stream!r} is not a stream: use 'user:<id>', 'room:<slug>' (lower-case letters, "
-        "digits and hyphens, at most 50) or 'broadcast'."
+        "digits and hyphens, at most 50), 'broadcast' or 'ops'."
     )
 
 

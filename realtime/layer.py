@@ -135,6 +135,12 @@ class StreamChannelLayer(BaseChannelLayer):
     def remove_sink(self, channel: str) -> None:
         self._layer().sinks.pop(channel, None)
 
+    def local_sink(self, channel: str) -> StreamSink | None:
+        """The consumer behind `channel` if its socket lives in this process (and loop), else
+        None. A socket exists in one process's memory only: another replica cannot reach it
+        except through a group or its channel, via Redis."""
+        return self._layer().sinks.get(channel)
+
     def redis(self) -> aioredis.Redis:
         """This loop's command connection pool (publish scripts, history reads)."""
         return self._layer().redis

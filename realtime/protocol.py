@@ -15,7 +15,8 @@ A client may also put its positions in the URL, `/ws/?resume=<JSON {stream: {epo
 so that replay starts before any live message (the way the bundled clients reconnect).
 
 Server -> client frames
-  hello        {"type": "hello", "replica", "user", "user_id", "streams": {stream: {epoch, seq}}}
+  hello        {"type": "hello", "replica", "user", "user_id", "connection",
+                "streams": {stream: {epoch, seq}}}     connection: this socket's id on its replica
   subscribed   {"type": "subscribed", "stream", "epoch", "seq"}
   unsubscribed {"type": "unsubscribed", "stream"}
   resumed      {"type": "resumed", "stream", "recovered", "reason", "epoch", "seq", "replayed"}
@@ -25,6 +26,8 @@ Server -> client frames
   echo         {"type": "echo", "replica", "payload", "id"?}
   pong         {"type": "pong", "replica", "id"?}
   error        {"type": "error", "code", "message", "ref"?}         a frame was refused
+  lab          {"type": "lab", "way": 3, "replica", "text", "id"}  written straight to the socket
+               by the replica holding it (the transport lab; no stream, no seq, no replay)
   push / message / broadcast: the envelope, see `envelope()`, plus "seq" and "epoch"
 """
 

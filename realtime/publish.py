@@ -63,7 +63,7 @@ def check_payload(payload: Any) -> None:
 
 
 # Envelope types by stream kind: what a client switches on.
-_KINDS = {"user": "push", "room": "message", "broadcast": "broadcast"}
+_KINDS = {"user": "push", "room": "message", "broadcast": "broadcast", "ops": "ops"}
 
 
 async def publish(

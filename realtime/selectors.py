@@ -31,13 +31,17 @@ class StreamDenied(Exception):
 
 def stream_check_readable(*, user: AbstractBaseUser, stream: str) -> None:
     """Raise StreamDenied unless `user` may read `stream`: their own user stream, broadcast,
-    and rooms they may join."""
+    rooms they may join, and (staff only) the replicas' ops stream."""
     try:
         group_for_stream(stream)
     except InvalidStreamName as exc:
         raise StreamDenied("bad_stream", str(exc)) from None
     kind, _, key = stream.partition(":")
     if kind == "broadcast":
+        return
+    if kind == "ops":
+        if not user.is_staff:
+            raise StreamDenied("forbidden_stream", "The ops stream is for staff only.")
         return
     if kind == "user":
         if int(key) != user.pk:
@@ -56,5 +60,7 @@ def stream_check_writable(*, user: AbstractBaseUser, stream: str) -> None:
     stream_check_readable(user=user, stream=stream)
     if stream.startswith("user:"):
         raise StreamDenied("forbidden_stream", "User streams take pushes from the server only.")
+    if stream == "ops":
+        raise StreamDenied("forbidden_stream", "Only the replicas publish to the ops stream.")
     if stream == "broadcast" and not user.is_staff:
         raise StreamDenied("forbidden_stream", "Only staff may broadcast.")

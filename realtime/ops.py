@@ -1,0 +1,179 @@
+"""The ops publisher: every replica reports its stats to the staff-only `ops` stream.
+
+About once a second (OPS_INTERVAL_SECS) each replica publishes one message through the ordinary
+publish path: its open connections, frames in and out per second, Redis' answer to a PING, and
+HAProxy's view of every replica (read from HAProxy's read-only stats page). The cluster view is
+a page subscribed to that stream, so it shows the realtime system from inside it: a replica that
+stops reporting is a replica in trouble, whatever HAProxy says.
+
+Every replica reports HAProxy's view of all of them, not only of itself, because a replica that
+is down cannot say so; the page takes the freshest view it has.
+
+Daphne sends no ASGI lifespan events, so the task starts with the first request the replica
+serves (`with_ops_publisher`); HAProxy's health check makes that happen within a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import logging
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from django.conf import settings
+from redis.exceptions import RedisError
+
+from realtime import groups, publish
+from realtime.redis_client import get_redis
+from realtime.stats import replica_stats
+
+logger = logging.getLogger(__name__)
+
+# A stats page or Redis slower than this is reported as such, not waited for: the report
+# must go out about every second even when something is stuck.
+PROBE_TIMEOUT_SECS = 0.5
+
+HaproxyStates = dict[str, dict[str, Any]]
+
+
+def parse_haproxy_csv(text: str, *, backend: str = "replicas") -> HaproxyStates:
+    """`show stat` CSV -> {"d1": {"status": "UP", "check": "L7OK", "sessions": 3}, ...}."""
+    rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
+    states: HaproxyStates = {}
+    for row in rows:
+        if row.get("pxname") != backend or row.get("svname") in ("FRONTEND", "BACKEND", None):
+            continue
+        states[row["svname"]] = {
+            "status": display_status(row.get("status", "")),
+            "check": row.get("check_status", ""),
+            "sessions": int(row.get("scur") or 0),
+        }
+    return states
+
+
+def display_status(raw: str) -> str:
+    """HAProxy's status words as an operator reads them: UP, draining, DOWN, maint.
+
+    "UP 1/2" (going down) and "DOWN 1/2" (coming up) keep their direction; DRAIN means the
+    server takes no new clients but keeps the ones it has."""
+    if raw.startswith("DRAIN") or raw.startswith("NOLB"):
+        return "draining"
+    if raw.startswith("MAINT"):
+        return "maint"
+    return raw or "unknown"
+
+
+def haproxy_states(stats_url: str) -> HaproxyStates:
+    """HAProxy's view of the replicas, from its stats page (blocking: run it in a thread)."""
+    with urllib.request.urlopen(
+        stats_url.rstrip("/") + "/;csv", timeout=PROBE_TIMEOUT_SECS
+    ) as answer:
+        return parse_haproxy_csv(answer.read().decode())
+
+
+class RateMeter:
+    """Turns the replica's ever-growing frame counters into per-second rates."""
+
+    def __init__(self) -> None:
+        self.at = time.monotonic()
+        self.frames_in = replica_stats.frames_in
+        self.frames_out = replica_stats.frames_out
+
+    def sample(self) -> dict[str, float]:
+        now = time.monotonic()
+        elapsed = max(now - self.at, 1e-6)
+        rates = {
+            "in_per_sec": round((replica_stats.frames_in - self.frames_in) / elapsed, 1),
+            "out_per_sec": round((replica_stats.frames_out - self.frames_out) / elapsed, 1),
+        }
+        self.at, self.frames_in, self.frames_out = (
+            now,
+            replica_stats.frames_in,
+            replica_stats.frames_out,
+        )
+        return rates
+
+
+async def redis_health() -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(get_redis().ping(), PROBE_TIMEOUT_SECS)
+    except (RedisError, OSError, TimeoutError) as exc:
+        return {"reachable": False, "error": exc.__class__.__name__, "latency_ms": None}
+    return {
+        "reachable": True,
+        "error": None,
+        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+    }
+
+
+async def haproxy_view() -> HaproxyStates | None:
+    """HAProxy's view, or None when this replica cannot read it (not configured, or no answer)."""
+    if not settings.HAPROXY_STATS_URL:
+        return None
+    try:
+        return await asyncio.to_thread(haproxy_states, settings.HAPROXY_STATS_URL)
+    except (OSError, ValueError) as exc:
+        logger.debug("HAProxy stats unreadable at %s: %r", settings.HAPROXY_STATS_URL, exc)
+        return None
+
+
+async def ops_report(meter: RateMeter) -> dict[str, Any]:
+    """One report: what the cluster view draws for this replica."""
+    redis, haproxy = await asyncio.gather(redis_health(), haproxy_view())
+    return {
+        "replica": settings.REPLICA_ID,
+        "at": int(time.time() * 1000),
+        "connections": replica_stats.open_connections,
+        **meter.sample(),
+        "redis": redis,
+        "haproxy": haproxy,
+    }
+
+
+async def publish_forever(interval_secs: float) -> None:
+    meter = RateMeter()
+    while True:
+        await asyncio.sleep(interval_secs)
+        try:
+            report = await ops_report(meter)
+            await publish.publish(stream=groups.OPS_STREAM, payload=report)
+        except publish.RealtimeUnavailable as exc:
+            # The view shows this replica as silent; the log says why, once per attempt.
+            logger.info("ops report not published: %s", exc)
+        except Exception:
+            logger.exception("ops report failed")
+
+
+_task: asyncio.Task[None] | None = None
+
+
+def ensure_started() -> None:
+    """Start this process's publisher on the running loop, once (again if it ever ended)."""
+    global _task
+    if settings.OPS_INTERVAL_SECS <= 0 or (_task is not None and not _task.done()):
+        return
+    _task = asyncio.get_running_loop().create_task(publish_forever(settings.OPS_INTERVAL_SECS))
+    logger.info(
+        "ops publisher started replica=%s every %ss",
+        settings.REPLICA_ID,
+        settings.OPS_INTERVAL_SECS,
+    )
+
+
+AsgiApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+def with_ops_publisher(app: AsgiApp) -> AsgiApp:
+    """Wrap the ASGI application so the first request of any kind starts the publisher."""
+
+    async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            ensure_started()
+        await app(scope, receive, send)
+
+    return application

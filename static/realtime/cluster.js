@@ -1,0 +1,148 @@
+// The cluster view: one card per replica, updated from the `ops` stream over a WebSocket.
+// Every replica reports HAProxy's view of all of them, so a dead replica still shows as DOWN
+// (reported by the others). Values are inserted with textContent only.
+const initial = JSON.parse(document.getElementById("cluster-initial").textContent);
+const container = document.getElementById("replicas");
+const wsReplica = document.getElementById("ws-replica");
+const wsState = document.getElementById("ws-state");
+const redisSummary = document.getElementById("redis-summary");
+
+const HISTORY_POINTS = 60;
+// Three missed reports: a replica busy for a moment is not "silent", one that died is.
+const SILENT_AFTER_MS = Math.max(3000, 3 * initial.interval_secs * 1000);
+const RECONNECT = Object.freeze({ baseMs: 500, capMs: 10000 });
+const SVG = "http://www.w3.org/2000/svg";
+
+const cards = new Map(); // replica -> { root, fields, lines, history, lastAt, reports }
+let haproxy = initial.haproxy || {};
+let haproxyAt = 0;
+let attempt = 0;
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function card(name) {
+  let entry = cards.get(name);
+  if (entry) return entry;
+  const root = element("article", "replica");
+  root.dataset.replica = name;
+  root.dataset.reports = "0";
+  const title = element("h2", "", name);
+  const state = element("span", "state", "…");
+  title.append(state);
+  const list = element("dl");
+  const fields = { state };
+  for (const [key, label] of [["haproxy", "HAProxy"], ["connections", "sockets"], ["in", "in /s"],
+    ["out", "out /s"], ["redis", "Redis"], ["seen", "report"]]) {
+    fields[key] = element("dd", "", "–");
+    fields[key].dataset.field = key;
+    list.append(element("dt", "", label), fields[key]);
+  }
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("class", "spark");
+  svg.setAttribute("viewBox", `0 0 ${HISTORY_POINTS - 1} 100`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  const lines = {};
+  for (const kind of ["in", "out"]) {
+    lines[kind] = document.createElementNS(SVG, "polyline");
+    lines[kind].setAttribute("class", kind);
+    lines[kind].setAttribute("fill", "none");
+    lines[kind].setAttribute("stroke-width", "2");
+    lines[kind].setAttribute("vector-effect", "non-scaling-stroke");
+    svg.append(lines[kind]);
+  }
+  root.append(title, list, svg);
+  entry = { root, fields, lines, history: [], lastAt: 0, reports: 0 };
+  cards.set(name, entry);
+  // Keep the cards in name order whatever order the reports come in.
+  const after = [...cards.keys()].sort().find((other) => other > name);
+  container.insertBefore(root, after ? cards.get(after).root : null);
+  return entry;
+}
+
+function drawSpark(entry) {
+  const peak = Math.max(1, ...entry.history.flatMap((point) => [point.in, point.out]));
+  const offset = HISTORY_POINTS - entry.history.length;
+  for (const kind of ["in", "out"]) {
+    const points = entry.history.map((point, index) =>
+      `${offset + index},${(100 - (point[kind] / peak) * 96 - 2).toFixed(1)}`);
+    entry.lines[kind].setAttribute("points", points.join(" "));
+  }
+}
+
+function showState(name, entry) {
+  const view = haproxy[name];
+  const status = view ? view.status : "unknown";
+  const word = status.split(" ")[0];
+  entry.fields.state.textContent = status;
+  entry.fields.state.className = `state ${word.toLowerCase()}`;
+  entry.root.dataset.state = word;
+  entry.fields.haproxy.textContent = view ? `${view.check || "–"}, ${view.sessions} sessions` : "not known";
+}
+
+function onReport(report) {
+  const entry = card(report.replica);
+  entry.reports += 1;
+  entry.lastAt = Date.now();
+  entry.root.dataset.reports = String(entry.reports);
+  entry.fields.connections.textContent = report.connections;
+  entry.fields.in.textContent = report.in_per_sec;
+  entry.fields.out.textContent = report.out_per_sec;
+  entry.fields.redis.textContent = report.redis.reachable
+    ? `ok, ${report.redis.latency_ms} ms` : `unreachable (${report.redis.error})`;
+  entry.history.push({ in: report.in_per_sec, out: report.out_per_sec });
+  if (entry.history.length > HISTORY_POINTS) entry.history.shift();
+  drawSpark(entry);
+  if (report.haproxy && report.at >= haproxyAt) {
+    haproxy = report.haproxy;
+    haproxyAt = report.at;
+  }
+  redisSummary.textContent = report.redis.reachable
+    ? `reachable (${report.redis.latency_ms} ms from ${report.replica})`
+    : `unreachable from ${report.replica}`;
+  refresh();
+}
+
+// Once a second and on every report: states, and how long since each replica reported.
+function refresh() {
+  for (const name of Object.keys(haproxy)) card(name);
+  for (const [name, entry] of cards) {
+    showState(name, entry);
+    const age = entry.lastAt ? Date.now() - entry.lastAt : null;
+    entry.fields.seen.textContent = age === null ? "none yet" : `${(age / 1000).toFixed(1)} s ago`;
+    entry.root.classList.toggle("silent", age === null || age > SILENT_AFTER_MS);
+  }
+}
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const socket = new WebSocket(`${scheme}://${location.host}/ws/`);
+  socket.addEventListener("message", (event) => {
+    const frame = JSON.parse(event.data);
+    if (frame.type === "hello") {
+      attempt = 0;
+      wsReplica.textContent = frame.replica;
+      wsState.textContent = "open";
+      socket.send(JSON.stringify({ type: "subscribe", stream: "ops", id: "ops" }));
+    } else if (frame.type === "ops") {
+      onReport(frame.payload);
+    } else if (frame.type === "error") {
+      wsState.textContent = `error: ${frame.message}`;
+    }
+  });
+  socket.addEventListener("close", (event) => {
+    wsReplica.textContent = "…";
+    if (event.code === 4401) { wsState.textContent = "logged out"; return; }
+    wsState.textContent = `closed (${event.code}), reconnecting`;
+    const delay = Math.random() * Math.min(RECONNECT.capMs, RECONNECT.baseMs * 2 ** attempt++);
+    setTimeout(connect, delay);
+  });
+}
+
+refresh();
+setInterval(refresh, 1000);
+connect();
