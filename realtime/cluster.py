@@ -145,6 +145,9 @@ class ClusterConfig:
     # Extra environment for every replica (and for commands run with `command_env`).
     env: dict[str, str] = field(default_factory=dict)
     check_inter: str = "1s"
+    # What the replicas serve; the benchmark's stock baseline swaps both.
+    settings_module: str = "project.settings"
+    asgi_app: str = "project.asgi:application"
 
 
 class Cluster:
@@ -194,7 +197,7 @@ class Cluster:
         env.update(self.config.env)
         env.update(
             {
-                "DJANGO_SETTINGS_MODULE": "project.settings",
+                "DJANGO_SETTINGS_MODULE": self.config.settings_module,
                 "REDIS_URL": self.redis_url,
                 "PYTHONUNBUFFERED": "1",
             }
@@ -216,7 +219,7 @@ class Cluster:
                 sys.executable, "-m", "realtime.serve", "-b", "127.0.0.1", "-p", str(port),
                 "--proxy-headers", "--websocket_timeout", "-1",
                 "-v", "1" if self.config.access_log else "0",
-                "project.asgi:application",
+                self.config.asgi_app,
             ]  # fmt: skip
             # The stats page, read-only, tells each replica HAProxy's view of all of them.
             env = self.command_env(REPLICA_ID=name, HAPROXY_STATS_URL=self.stats_url)

@@ -1,0 +1,148 @@
+"""Results: one per workload and target, shown as progress lines, a table and JSON lines."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, TextIO
+
+
+@dataclass
+class Result:
+    target: str  # ours, stock, limit
+    workload: str  # W1..W4
+    clients: int
+    messages: int
+    seconds: float
+    rate: float  # deliveries/s (W1, W4), pushes/s (W2), connections/s (W3)
+    rate_unit: str
+    deliveries: int = 0
+    expected: int = 0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+    lost: int = 0
+    dup: int = 0
+    reorder: int = 0
+    cpu_secs: dict[str, float] = field(default_factory=dict)  # per process
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def replica_cpu(self) -> float:
+        return sum(v for k, v in self.cpu_secs.items() if k not in ("redis", "haproxy", "client"))
+
+    @property
+    def replica_us_per_delivery(self) -> float | None:
+        if not self.deliveries or not self.cpu_secs:
+            return None
+        return round(self.replica_cpu / self.deliveries * 1e6, 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["replica_cpu_secs"] = round(self.replica_cpu, 3)
+        data["replica_cpu_us_per_delivery"] = self.replica_us_per_delivery
+        return {"bench": "switchboard", **data}
+
+
+def percentiles(latencies: Sequence[float]) -> tuple[float | None, float | None, float | None]:
+    if not latencies:
+        return None, None, None
+    ordered = sorted(latencies)
+    last = len(ordered) - 1
+    return (
+        round(ordered[last // 2], 1),
+        round(ordered[min(last, int(last * 0.99))], 1),
+        round(ordered[last], 1),
+    )
+
+
+class Progress:
+    """One status line per second on stderr while a workload runs."""
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+
+    def say(self, text: str) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K" + text)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+    @contextlib.asynccontextmanager
+    async def ticking(self, status: Callable[[], str], every: float = 1.0) -> AsyncIterator[None]:
+        started = time.monotonic()
+
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(every)
+                self.say(f"[{time.monotonic() - started:5.1f}s] {status()}")
+
+        task = asyncio.get_running_loop().create_task(tick())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self.done()
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def table(results: list[Result]) -> str:
+    header = (
+        f"{'target':<6} {'wl':<3} {'clients':>7} {'msgs':>6} {'secs':>6} {'rate':>9} {'unit':<8} "
+        f"{'p50ms':>7} {'p99ms':>7} {'maxms':>7} {'lost':>5} {'dup':>4} {'reord':>5} "
+        f"{'cpu:repl':>8} {'redis':>6} {'hapx':>6} {'client':>6} {'us/dlv':>7}  notes"
+    )
+    lines = [header, "-" * len(header)]
+    for r in results:
+        notes = " ".join(f"{k}={v}" for k, v in r.extra.items() if not isinstance(v, dict | list))
+        lines.append(
+            f"{r.target:<6} {r.workload:<3} {r.clients:>7} {r.messages:>6} {r.seconds:>6.2f} "
+            f"{_num(r.rate):>9} {r.rate_unit:<8} {_num(r.p50_ms, 1):>7} {_num(r.p99_ms, 1):>7} "
+            f"{_num(r.max_ms, 1):>7} {r.lost:>5} {r.dup:>4} {r.reorder:>5} "
+            f"{r.replica_cpu:>8.2f} {r.cpu_secs.get('redis', 0):>6.2f} "
+            f"{r.cpu_secs.get('haproxy', 0):>6.2f} {r.cpu_secs.get('client', 0):>6.2f} "
+            f"{_num(r.replica_us_per_delivery, 1):>7}  {notes}"
+        )
+    return "\n".join(lines)
+
+
+def ratios(results: list[Result]) -> list[str]:
+    """Ours as a ratio to stock and to the limit, for the figures the issue's targets name."""
+    found = {(r.target, r.workload): r for r in results}
+    lines = []
+    for other in ("stock", "limit"):
+        for workload in ("W1", "W2", "W3"):
+            ours, them = found.get(("ours", workload)), found.get((other, workload))
+            if ours is None or them is None or not them.rate:
+                continue
+            text = f"ours/{other} {workload}: rate x{ours.rate / them.rate:.2f}"
+            if ours.replica_us_per_delivery and them.replica_us_per_delivery:
+                text += (
+                    f", server CPU per delivery x{ours.replica_us_per_delivery / them.replica_us_per_delivery:.2f}"
+                )
+            if ours.p99_ms is not None and them.p99_ms:
+                text += f", p99 x{ours.p99_ms / them.p99_ms:.2f}"
+            lines.append(text)
+    return lines
+
+
+def json_line(result: Result) -> str:
+    return json.dumps(result.as_dict(), separators=(",", ":"))

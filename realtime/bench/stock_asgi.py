@@ -1,0 +1,26 @@
+"""The stock baseline's ASGI entry point (see realtime/bench/stock.py)."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "realtime.bench.stock_settings")
+
+# Django first: the consumer below imports models (AppRegistryNotReady otherwise).
+django_asgi_app = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.urls import path  # noqa: E402
+
+from realtime.bench.stock import StockConsumer  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter([path("ws/", StockConsumer.as_asgi())]))
+        ),
+    }
+)

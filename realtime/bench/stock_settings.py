@@ -1,0 +1,12 @@
+"""Settings of the stock baseline (`manage.py bench --baseline stock`): the project's own,
+with channels_redis' default RedisChannelLayer and the stock publish path of realtime/bench/stock.py."""
+
+from project.settings import *  # noqa: F403
+from project.settings import REDIS_URL
+
+# channels_redis' default layer, as its README configures it: one Redis list per channel.
+CHANNEL_LAYERS = {
+    "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+}
+ROOT_URLCONF = "realtime.bench.stock"
+ASGI_APPLICATION = "realtime.bench.stock_asgi.application"

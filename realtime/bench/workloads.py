@@ -1,0 +1,278 @@
+"""The workloads. Each returns a Result; none asserts anything (the smoke test does).
+
+W3 connect        open every client through HAProxy; connections/s; RSS per connection
+W1 fan-out        M broadcasts, as fast as the API accepts them; deliveries/s, latency, order
+W2 push           M pushes to random users, unthrottled; pushes/s, latency, order
+W4 storm          kill the replica holding most clients while broadcasting; time until all
+                  are back and resumed; nothing may be lost
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from realtime.bench.clients import ClientPool, wait_until
+from realtime.bench.procstat import CpuWindow, rss_bytes
+from realtime.bench.report import Progress, Result, percentiles
+from realtime.bench.targets import PublishError, Publisher, Target
+
+# How long deliveries may trail the last publish before the rest count as lost.
+SETTLE_SECS = 30.0
+# W4: broadcasts per second while a replica dies and its clients come back.
+STORM_PUBLISH_PER_SEC = 50
+
+
+@dataclass
+class Context:
+    target: Target
+    pool: ClientPool
+    progress: Progress
+    concurrency: int  # publish requests in flight
+
+    def cpu_window(self) -> CpuWindow:
+        window = CpuWindow({**self.target.pids, "client": os.getpid()})
+        window.start()
+        return window
+
+    def result(self, workload: str, messages: int, seconds: float, rate: float, unit: str,
+               cpu: dict[str, float], **kwargs: object) -> Result:  # fmt: skip
+        p50, p99, top = percentiles(self.pool.latencies)
+        return Result(
+            target=self.target.name, workload=workload, clients=len(self.pool.clients),
+            messages=messages, seconds=round(seconds, 3), rate=round(rate, 1), rate_unit=unit,
+            p50_ms=p50, p99_ms=p99, max_ms=top, cpu_secs=cpu, **kwargs,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+
+async def publish_many(
+    count: int, concurrency: int, publish: Callable[[int], Awaitable[tuple[str, int]]]
+) -> tuple[dict[str, list[int]], list[str]]:
+    """Call publish(0..count-1) with `concurrency` in flight; the seqs per stream, and errors."""
+    numbers = iter(range(count))
+    seqs: dict[str, list[int]] = {}
+    errors: list[str] = []
+
+    async def worker() -> None:
+        for n in numbers:
+            try:
+                stream, seq = await publish(n)
+            except (PublishError, OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                errors.append(repr(exc)[:200])
+                continue
+            seqs.setdefault(stream, []).append(seq)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return seqs, errors
+
+
+def order_counts(pool: ClientPool, ranges: dict[str, tuple[int, int]]) -> tuple[int, int, int]:
+    """(lost, dup, reorder) over every client's tracks of the streams in `ranges`."""
+    lost = dup = reorder = 0
+    for client in pool.clients:
+        for stream, track in client.tracks.items():
+            if stream in ranges:
+                lost += track.lost_in(*ranges[stream])
+                dup += track.dups
+                reorder += track.reorders
+    return lost, dup, reorder
+
+
+def caught_up(pool: ClientPool, ranges: dict[str, tuple[int, int]]) -> Callable[[], bool]:
+    subscribed = [
+        (track, ranges[stream][1])
+        for client in pool.clients
+        for stream, track in client.tracks.items()
+        if stream in ranges
+    ]
+    return lambda: all(track.last >= high and not track.missing for track, high in subscribed)
+
+
+# --- W3 ----------------------------------------------------------------------------------------
+
+
+async def connect(ctx: Context, *, concurrency: int) -> Result:
+    target, pool = ctx.target, ctx.pool
+    before = {name: rss_bytes(pid) for name, pid in target.replica_pids.items()}
+    cpu = ctx.cpu_window()
+    done = itertools.count(1)
+    opened = 0
+
+    def tick() -> None:
+        nonlocal opened
+        opened = next(done)
+
+    started = time.monotonic()
+    async with ctx.progress.ticking(lambda: f"W3 {target.name}: {opened}/{len(pool.clients)} connected"):
+        failures = await pool.connect_all(concurrency=concurrency, progress=tick)
+    seconds = time.monotonic() - started
+    used = cpu.stop()
+    per_replica = pool.by_replica()
+    kib_per_conn = {}
+    for name, pid in target.replica_pids.items():
+        after, first = rss_bytes(pid), before.get(name)
+        if after is not None and first is not None and per_replica.get(name):
+            kib_per_conn[name] = round((after - first) / per_replica[name] / 1024, 1)
+    connected = len(pool.connected())
+    worst = max(kib_per_conn.values()) if kib_per_conn else None
+    return ctx.result(
+        "W3", 0, seconds, connected / seconds, "conn/s", used,
+        extra={"connected": connected, "failed": len(failures), "max_kib_per_conn": worst,
+               "kib_per_conn": kib_per_conn, "per_replica": per_replica,
+               "failures": failures[:5]},
+    )  # fmt: skip
+
+
+# --- W1 and W2 ---------------------------------------------------------------------------------
+
+
+async def _measure(
+    ctx: Context, workload: str, messages: int, unit: str,
+    publish: Callable[[int], Awaitable[tuple[str, int]]], publisher: Publisher,
+) -> Result:  # fmt: skip
+    pool = ctx.pool
+    pool.reset_counters()
+    cpu = ctx.cpu_window()
+    published = 0
+
+    async def counted(n: int) -> tuple[str, int]:
+        nonlocal published
+        answer = await publish(n)
+        published += 1
+        return answer
+
+    started_ms = time.time() * 1000
+    status = lambda: f"{workload} {ctx.target.name}: published {published}/{messages}, delivered {pool.delivered}"  # noqa: E731
+    async with ctx.progress.ticking(status):
+        try:
+            seqs, errors = await publish_many(messages, ctx.concurrency, counted)
+        finally:
+            await publisher.close()
+        publish_secs = time.time() * 1000 - started_ms
+        ranges = {stream: (min(s), max(s)) for stream, s in seqs.items()}
+        settled = await wait_until(caught_up(pool, ranges), timeout=SETTLE_SECS)
+    last_ms = max((c.last_rx for c in pool.clients), default=started_ms)
+    seconds = max(last_ms - started_ms, publish_secs) / 1000
+    used = cpu.stop()
+    lost, dup, reorder = order_counts(pool, ranges)
+    sent = sum(len(s) for s in seqs.values())
+    deliveries = pool.delivered
+    rate = (deliveries if unit == "dlv/s" else sent) / seconds if seconds else 0.0
+    return ctx.result(
+        workload, messages, seconds, rate, unit, used, deliveries=deliveries,
+        expected=_expected(pool, ranges), lost=lost, dup=dup, reorder=reorder,
+        extra={"published": sent, "publish_errors": len(errors), "publish_per_sec":
+               round(sent / (publish_secs / 1000), 1) if publish_secs else None,
+               "settled": settled, "errors": errors[:3]},
+    )  # fmt: skip
+
+
+def _expected(pool: ClientPool, ranges: dict[str, tuple[int, int]]) -> int:
+    """Deliveries owed: each published seq once to every client subscribed to its stream."""
+    total = 0
+    for client in pool.clients:
+        for stream in client.tracks:
+            if stream in ranges:
+                low, high = ranges[stream]
+                total += high - low + 1
+    return total
+
+
+async def fan_out(ctx: Context, *, messages: int) -> Result:
+    publisher = ctx.target.publisher(ctx.concurrency)
+    return await _measure(ctx, "W1", messages, "dlv/s", publisher.broadcast, publisher)
+
+
+async def push(ctx: Context, *, messages: int) -> Result:
+    publisher = ctx.target.publisher(ctx.concurrency)
+    users = [client.username for client in ctx.pool.connected()]
+
+    async def one(n: int) -> tuple[str, int]:
+        return await publisher.push(n, random.choice(users))
+
+    return await _measure(ctx, "W2", messages, "push/s", one, publisher)
+
+
+# --- W4 ----------------------------------------------------------------------------------------
+
+
+def peak_rate(times_ms: list[float], window_ms: float = 1000.0) -> int:
+    """The most events in any `window_ms` window."""
+    ordered = sorted(times_ms)
+    best = first = 0
+    for last, at in enumerate(ordered):
+        while at - ordered[first] > window_ms:
+            first += 1
+        best = max(best, last - first + 1)
+    return best
+
+
+async def storm(ctx: Context, *, timeout: float = 60.0) -> Result:
+    target, pool = ctx.target, ctx.pool
+    assert target.cluster is not None, "W4 needs a cluster started by the bench"
+    pool.reset_counters()
+    holding = pool.by_replica()
+    victim = max(holding, key=lambda name: holding[name])
+    dropped = [c for c in pool.connected() if c.replica == victim]
+    publisher = target.publisher(4)
+    cpu = ctx.cpu_window()
+    seqs: list[int] = []
+    errors: list[str] = []
+    stop_publishing = asyncio.Event()
+
+    async def publish_steadily() -> None:
+        for n in itertools.count():
+            if stop_publishing.is_set():
+                return
+            try:
+                seqs.append((await publisher.broadcast(n))[1])
+            except (PublishError, OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                errors.append(repr(exc)[:200])
+            await asyncio.sleep(1 / STORM_PUBLISH_PER_SEC)
+            cpu.sample()
+
+    pool.reconnect_on_drop = True
+    publishing = asyncio.get_running_loop().create_task(publish_steadily())
+    back = lambda: sum(1 for c in dropped if c.ready.is_set() and c.reconnects)  # noqa: E731
+    try:
+        await asyncio.sleep(1.0)  # some traffic before the kill, to see it continue across
+        killed_ms = time.time() * 1000
+        target.cluster.kill_replica(victim)
+        async with ctx.progress.ticking(lambda: f"W4 {target.name}: {back()}/{len(dropped)} back"):
+            resumed = await wait_until(lambda: back() == len(dropped), timeout=timeout)
+            await asyncio.sleep(1.0)  # and some traffic after everyone is back
+            stop_publishing.set()
+            await publishing
+            ranges = {"broadcast": (min(seqs), max(seqs))} if seqs else {}
+            settled = await wait_until(caught_up(pool, ranges), timeout=SETTLE_SECS)
+    finally:
+        stop_publishing.set()
+        pool.reconnect_on_drop = False
+        await publishing
+        await publisher.close()
+    used = cpu.stop()
+    back_times = [c.ready_at for c in dropped if c.reconnects]
+    resume_secs = (max(back_times) - killed_ms) / 1000 if back_times and resumed else None
+    lost, dup, reorder = order_counts(pool, ranges)
+    new_homes: dict[str, list[float]] = {}
+    for client in dropped:
+        if client.reconnects:
+            new_homes.setdefault(client.replica or "?", []).append(client.ready_at)
+    result = ctx.result(
+        "W4", len(seqs), (time.time() * 1000 - killed_ms) / 1000,
+        len(dropped) / resume_secs if resume_secs else 0.0, "resume/s", used,
+        deliveries=pool.delivered, expected=_expected(pool, ranges),
+        lost=lost, dup=dup, reorder=reorder,
+        extra={"killed": victim, "dropped": len(dropped), "back": back(),
+               "resume_secs": round(resume_secs, 2) if resume_secs is not None else None,
+               "peak_conn_per_sec": {name: peak_rate(t) for name, t in new_homes.items()},
+               "unrecovered": pool.unrecovered, "publish_errors": len(errors),
+               "settled": settled},
+    )  # fmt: skip
+    target.cluster.start_replica(victim)
+    return result

@@ -1,0 +1,109 @@
+"""manage.py bench — measure the cluster: fan-out, pushes, connects, a reconnect storm.
+
+Starts a cluster with the one runner (or uses --url), opens N real WebSocket clients through
+HAProxy, runs the workloads (see realtime/bench/workloads.py), and prints progress on stderr,
+then a table and one JSON line per workload on stdout. --baseline stock and --limit measure
+the same workloads against stock Channels and a raw `websockets` server, as ratios.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from realtime.bench import workloads
+from realtime.bench.clients import ClientPool
+from realtime.bench.report import Progress, Result, json_line, ratios, table
+from realtime.bench.targets import Target, external_cluster, start_cluster, start_limit
+from realtime.cluster import read_state
+
+logger = logging.getLogger(__name__)
+
+WORKLOADS = ("W1", "W2", "W3", "W4")
+
+
+class Command(BaseCommand):
+    help = "Benchmark the cluster: broadcast fan-out, pushes, connects and a reconnect storm."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--clients", type=int, default=1000, help="WebSocket clients (N).")
+        parser.add_argument("--messages", type=int, default=1000, help="Broadcasts in W1, pushes in W2 (M).")
+        parser.add_argument("--replicas", type=int, default=3)
+        parser.add_argument("--workloads", default="W1,W2,W3,W4", help="Comma-separated, of W1..W4.")
+        parser.add_argument("--concurrency", type=int, default=16, help="Publish requests in flight.")
+        parser.add_argument("--connect-concurrency", type=int, default=100, help="Handshakes in flight.")
+        parser.add_argument("--url", help="Measure the cluster at this URL instead of starting one.")
+        parser.add_argument(
+            "--cluster-dir", type=Path, default=settings.VAR_DIR / "cluster",
+            help="With --url: the runner's run dir, whose cluster.json names the PIDs to measure.",
+        )  # fmt: skip
+        parser.add_argument("--baseline", choices=["stock"], help="Also measure stock Channels.")
+        parser.add_argument("--limit", action="store_true", help="Also measure a raw websockets server.")
+        parser.add_argument("--var-dir", type=Path, default=settings.VAR_DIR / "bench")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        wanted = [w.strip().upper() for w in options["workloads"].split(",") if w.strip()]
+        if unknown := set(wanted) - set(WORKLOADS):
+            raise CommandError(f"Unknown workload(s) {sorted(unknown)}; pick from {', '.join(WORKLOADS)}.")
+        if options["url"] and "W4" in wanted:
+            raise CommandError("W4 kills a replica, so it needs a cluster the bench starts (drop --url).")
+        names = ["ours"] + (["stock"] if options["baseline"] else []) + (["limit"] if options["limit"] else [])
+        results: list[Result] = []
+        for name in names:
+            target = self._start(name, options)
+            try:
+                results += asyncio.run(self._run(target, wanted, options))
+            finally:
+                target.stop()
+        self.stdout.write(table(results))
+        for line in ratios(results):
+            self.stdout.write(line)
+        for result in results:
+            self.stdout.write(json_line(result))
+
+    def _start(self, name: str, options: dict[str, Any]) -> Target:
+        clients, var_dir = options["clients"], options["var_dir"] / name
+        self.stderr.write(f"starting {name} ({clients} clients) …")
+        started = time.monotonic()
+        if name == "limit":
+            target: Target = start_limit(clients=clients, var_dir=var_dir)
+        elif name == "ours" and options["url"]:
+            state = read_state(options["cluster_dir"])
+            target = external_cluster(options["url"], clients=clients, state=state)
+        else:
+            target = start_cluster(
+                name, replicas=options["replicas"], clients=clients, var_dir=var_dir,
+                stock=name == "stock",
+            )  # fmt: skip
+        self.stderr.write(f"{name} is up in {time.monotonic() - started:.1f}s")
+        return target
+
+    async def _run(self, target: Target, wanted: list[str], options: dict[str, Any]) -> list[Result]:
+        pool = ClientPool(
+            ws_url=target.ws_url, origin=target.origin, sessions=target.sessions,
+            resumable=target.resumable,
+        )  # fmt: skip
+        ctx = workloads.Context(target, pool, Progress(), options["concurrency"])
+        results = []
+        try:
+            connected = await workloads.connect(ctx, concurrency=options["connect_concurrency"])
+            if "W3" in wanted:
+                results.append(connected)
+            if not pool.connected():
+                raise CommandError(f"{target.name}: no client could connect: {connected.extra['failures']}")
+            messages = options["messages"]
+            if "W1" in wanted:
+                results.append(await workloads.fan_out(ctx, messages=messages))
+            if "W2" in wanted and target.can_push:
+                results.append(await workloads.push(ctx, messages=messages))
+            if "W4" in wanted and target.cluster is not None:
+                results.append(await workloads.storm(ctx))
+        finally:
+            await pool.close()
+        return results

@@ -1,0 +1,34 @@
+"""`manage.py bench` with tiny numbers against the running cluster: it runs, and what it reports
+adds up. No timing is asserted; speed is for the command's reader."""
+
+from __future__ import annotations
+
+import json
+
+from realtime.cluster import Cluster
+from tests.conftest import manage
+
+CLIENTS, MESSAGES = 30, 50
+
+
+def test_bench_reports_every_delivery_once_and_in_order(healthy_cluster: Cluster) -> None:
+    result = manage(
+        healthy_cluster, "bench", "--url", healthy_cluster.url, "--cluster-dir",
+        str(healthy_cluster.run_dir), "--clients", str(CLIENTS), "--messages", str(MESSAGES),
+        "--workloads", "W1,W2",
+    )  # fmt: skip
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    by_workload = {line["workload"]: line for line in lines}
+    assert sorted(by_workload) == ["W1", "W2"], result.stdout
+
+    fan_out, push = by_workload["W1"], by_workload["W2"]
+    for line in (fan_out, push):
+        assert (line["lost"], line["dup"], line["reorder"]) == (0, 0, 0), line
+        assert line["clients"] == CLIENTS and line["extra"]["publish_errors"] == 0, line
+        assert line["extra"]["published"] == MESSAGES, line
+        # CPU is measured for every process of the cluster, found through its state file.
+        assert set(line["cpu_secs"]) == {*healthy_cluster.processes, "client"}, line
+    # Every broadcast reached every client once; every push reached its one user once.
+    assert fan_out["deliveries"] == fan_out["expected"] == CLIENTS * MESSAGES, fan_out
+    assert push["deliveries"] == push["expected"] == MESSAGES, push
+    assert fan_out["p99_ms"] is not None and push["p99_ms"] is not None
