@@ -1,5 +1,7 @@
-// The home page: one WebSocket, its replica, an echo box and every frame received.
+// The home page: one WebSocket (through client.js), its replica, an echo box and every frame.
 // Text is always inserted with textContent, never innerHTML: payloads are untrusted.
+import { RealtimeClient } from "./client.js";
+
 const log = document.getElementById("log");
 const state = document.getElementById("ws-state");
 const wsReplica = document.getElementById("ws-replica");
@@ -13,44 +15,35 @@ function show(kind, text) {
   log.prepend(item);
 }
 
-let attempt = 0;
-let socket = null;
+const client = new RealtimeClient({ debug: new URLSearchParams(location.search).has("debug") });
 
-function connect() {
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  socket = new WebSocket(`${scheme}://${location.host}/ws/`);
-  socket.addEventListener("open", () => { state.textContent = "open"; });
-  socket.addEventListener("message", (event) => {
-    const frame = JSON.parse(event.data);
-    if (frame.type === "hello") {
-      attempt = 0;
-      wsReplica.textContent = frame.replica;
-      show("hello", `connected to ${frame.replica} as ${frame.user}`);
-    } else if (frame.type === "echo") {
-      show("echo", `${frame.replica} echoed ${JSON.stringify(frame.payload)}`);
-    } else if (frame.type === "push" || frame.type === "broadcast") {
-      const text = frame.payload && frame.payload.text !== undefined ? frame.payload.text : JSON.stringify(frame.payload);
-      show(frame.type, `${text} (published on ${frame.origin})`);
-    } else if (frame.type === "error") {
-      show("error", `${frame.code}: ${frame.message}`);
-    }
-  });
-  socket.addEventListener("close", (event) => {
-    state.textContent = `closed (${event.code}), reconnecting`;
-    if (event.code === 4401) { state.textContent = "logged out"; return; }
-    // Full jitter, capped at 10 s: a replica's clients do not all come back at once.
-    const delay = Math.random() * Math.min(10000, 500 * 2 ** attempt++);
-    setTimeout(connect, delay);
-  });
-}
+client.addEventListener("state", ({ detail }) => {
+  if (detail.state === "waiting") state.textContent = `closed (${detail.code}), reconnecting`;
+  else if (detail.state === "unauthorized") state.textContent = "logged out";
+  else state.textContent = detail.state;
+});
+client.addEventListener("open", ({ detail }) => {
+  wsReplica.textContent = detail.replica;
+  const again = detail.previousReplica ? ` (reconnected; was ${detail.previousReplica})` : "";
+  show("hello", `connected to ${detail.replica} as ${detail.user}${again}`);
+});
+client.addEventListener("echo", ({ detail }) => {
+  show("echo", `${detail.replica} echoed ${JSON.stringify(detail.payload)}`);
+});
+client.addEventListener("message", ({ detail: frame }) => {
+  const payload = frame.payload;
+  const text = payload && payload.text !== undefined ? payload.text : JSON.stringify(payload);
+  show(frame.type, `${text} (published on ${frame.origin})`);
+});
+client.addEventListener("reset", ({ detail }) => {
+  show("reset", `${detail.stream}: some messages could not be recovered (${detail.reason})`);
+});
+client.addEventListener("error", ({ detail }) => show("error", `${detail.code}: ${detail.message}`));
 
 document.getElementById("echo-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const input = document.getElementById("echo-text");
-  if (socket && socket.readyState === WebSocket.OPEN && input.value) {
-    socket.send(JSON.stringify({ type: "echo", payload: input.value }));
-    input.value = "";
-  }
+  if (input.value && client.send({ type: "echo", payload: input.value })) input.value = "";
 });
 
-connect();
+client.connect();

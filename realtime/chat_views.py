@@ -1,0 +1,153 @@
+"""The chat pages: room list (create, join, leave), a room with history and live messages, and
+the two JSON reads the room page uses (catch-up from the database, presence).
+
+Views parse, call realtime.chat, and answer. Messages are sent over the WebSocket (a `publish`
+frame with a client-made id, see chat.socket_publish); the pages here only read and manage rooms.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from realtime import chat, groups, presence
+from realtime.models import Room
+from realtime.selectors import StreamDenied
+
+logger = logging.getLogger(__name__)
+
+
+def _room_or_404(request: HttpRequest, slug: str) -> Room:
+    # 404 for private rooms too: a non-member learns nothing about which private rooms exist.
+    try:
+        return chat.room_get_readable(user=request.user, slug=slug)  # type: ignore[arg-type]
+    except StreamDenied:
+        raise Http404("No such room") from None
+
+
+@login_required
+@require_GET
+def chat_home(request: HttpRequest) -> HttpResponse:
+    user: Any = request.user
+    joined = list(chat.rooms_joined(user=user))
+    joined_ids = {room.pk for room in joined}
+    others = [room for room in chat.rooms_visible(user=user) if room.pk not in joined_ids]
+    return render(request, "realtime/chat/index.html", {"joined": joined, "others": others})
+
+
+@login_required
+@require_POST
+def room_create(request: HttpRequest) -> HttpResponse:
+    try:
+        room = chat.room_create(
+            user=request.user,  # type: ignore[arg-type]
+            slug=request.POST.get("slug", ""),
+            title=request.POST.get("title", ""),
+            is_private=request.POST.get("is_private") == "on",
+        )
+    except chat.ChatError as exc:
+        messages.error(request, str(exc))
+        return redirect("chat")
+    return redirect("chat-room", slug=room.slug)
+
+
+@login_required
+@require_POST
+def room_join(request: HttpRequest, slug: str) -> HttpResponse:
+    chat.room_join(user=request.user, room=_room_or_404(request, slug))  # type: ignore[arg-type]
+    return redirect("chat-room", slug=slug)
+
+
+@login_required
+@require_POST
+def room_leave(request: HttpRequest, slug: str) -> HttpResponse:
+    chat.room_leave(user=request.user, room=_room_or_404(request, slug))  # type: ignore[arg-type]
+    return redirect("chat")
+
+
+@login_required
+@require_POST
+def room_invite(request: HttpRequest, slug: str) -> HttpResponse:
+    room = _room_or_404(request, slug)
+    try:
+        invited = chat.room_invite(user=request.user, room=room, username=request.POST.get("username", ""))  # type: ignore[arg-type]
+    except chat.ChatError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"{invited.get_username()} may now open this room.")
+    return redirect("chat-room", slug=slug)
+
+
+@login_required
+@require_GET
+def room_page(request: HttpRequest, slug: str) -> HttpResponse:
+    user: Any = request.user
+    room = _room_or_404(request, slug)
+    snapshot = chat.room_snapshot(room=room)
+    joined = list(chat.rooms_joined(user=user))
+    config = {
+        "room": room.slug,
+        "stream": groups.room_stream(room.slug),
+        "me": {"id": user.pk, "username": user.get_username()},
+        # Resume the live stream exactly where the rendered rows end (see chat.room_snapshot).
+        "position": None if snapshot.seq is None else {"epoch": snapshot.epoch, "seq": snapshot.seq},
+        "lastId": snapshot.messages[-1].pk if snapshot.messages else 0,
+        "rooms": [r.slug for r in joined if r.slug != room.slug],
+        "messagesUrl": f"/chat/{room.slug}/messages",
+        "presenceUrl": f"/chat/{room.slug}/presence",
+    }
+    return render(
+        request,
+        "realtime/chat/room.html",
+        {
+            "room": room,
+            "history": snapshot.messages,
+            "joined": joined,
+            "is_member": any(r.pk == room.pk for r in joined),
+            "config": config,
+        },
+    )
+
+
+@login_required
+@require_GET
+def room_messages(request: HttpRequest, slug: str) -> JsonResponse:
+    """GET ?after=<message id>: the rows after it, oldest first (the page's catch-up)."""
+    room = _room_or_404(request, slug)
+    try:
+        after = int(request.GET.get("after", "0"))
+    except ValueError:
+        return JsonResponse({"error": "'after' must be a message id (a whole number)."}, status=400)
+    rows = chat.messages_after(room=room, after_id=after)
+    return JsonResponse(
+        {"messages": [chat.message_payload(row) for row in rows], "more": len(rows) == chat.CATCH_UP_ROWS}
+    )
+
+
+@login_required
+@require_GET
+def room_presence(request: HttpRequest, slug: str) -> JsonResponse:
+    """Who is in the room now (any replica), and each member's status: online anywhere, last seen."""
+    room = _room_or_404(request, slug)
+    online_ids = async_to_sync(presence.room_online)(slug=room.slug)
+    member_ids = list(room.members.values_list("pk", flat=True))
+    statuses = async_to_sync(presence.user_statuses)(user_ids=sorted(set(member_ids) | set(online_ids)))
+    names = dict(get_user_model().objects.filter(pk__in=statuses).values_list("pk", "username"))
+    return JsonResponse(
+        {
+            "online": [{"user_id": uid, "user": names.get(uid, f"user {uid}")} for uid in online_ids],
+            "members": [
+                {"user_id": uid, "user": names.get(uid, f"user {uid}"), "online": statuses[uid].online,
+                 "last_seen_ms": statuses[uid].last_seen_ms}
+                for uid in member_ids
+            ],
+        }  # fmt: skip
+    )

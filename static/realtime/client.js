@@ -1,0 +1,378 @@
+// Switchboard's browser client: one WebSocket to /ws/, resumable streams, an outbox, events.
+//
+//   const client = new RealtimeClient();
+//   client.addEventListener("message", (e) => show(e.detail));   // stream frames, once, in order
+//   client.subscribe("room:lobby", { epoch, seq });               // resume from a known position
+//   await client.publish("room:lobby", { kind: "chat", text });   // resolves with the server's ack
+//   client.close();                                               // final
+//
+// Events (CustomEvent, frame or facts in `detail`):
+//   state      {state: "connecting" | "open" | "waiting" | "unauthorized" | "closed", ...}
+//   open       {replica, previousReplica, user, userId}     after every (re)connect's hello
+//   message    a stream frame (push, message, broadcast, ...) never seen before on this tab
+//   subscribed / resumed / ack / error / pong   the server's frames
+//   reset      a resumed frame with recovered: false: messages were lost, reload your state
+//   <type>     any other frame by its type (presence, typing, lab, echo, ...)
+//
+// Positions ({stream: {epoch, seq}}) live in sessionStorage, so a reload of the page resumes
+// where it was: the server replays what was missed before any live frame (?resume= in the URL).
+
+export const DEFAULTS = Object.freeze({
+  path: "/ws/",
+  // Reconnect delay: random(0, min(cap, base * 2^attempt)) — "full jitter", so the clients of a
+  // replica that died do not all return in the same instant.
+  backoffBaseMs: 300,
+  backoffCapMs: 15000,
+  // 1013 / 4503 "try again later": the server is short of something; start from a longer wait.
+  tryLaterBaseMs: 2000,
+  // The retry count resets only after a connection stayed up this long, so a replica that
+  // accepts and then drops at once does not get hammered at the base delay.
+  minUptimeMs: 5000,
+  // Ping after this long without any frame; declare the peer dead if nothing answers in time.
+  // 20 s: well inside the 60 s after which NATs and proxies drop idle connections.
+  heartbeatMs: 20000,
+  deadPeerMs: 8000,
+  // Unacknowledged publishes kept for resending after a reconnect; beyond this, publish() fails
+  // at once instead of growing without bound while offline.
+  outboxMax: 100,
+  // Received seqs are acknowledged to the server at most this often (batched, highest per stream).
+  ackBatchMs: 1000,
+  storageKey: "switchboard.positions",
+  // Ask for ephemeral frames (typing, presence): the chat page wants them, other pages need not.
+  ephemeral: false,
+  debug: false,
+  logPrefix: "[switchboard]",
+});
+
+const CLOSE_UNAUTHORIZED = 4401;
+const TRY_LATER_CODES = new Set([1013, 4503]);
+const STREAM_FRAME_TYPES = new Set(["push", "message", "broadcast", "ops"]);
+
+export function newId() {
+  if (globalThis.crypto && crypto.randomUUID) return crypto.randomUUID().replace(/-/g, "");
+  const bytes = new Uint8Array(16);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export class RealtimeClient extends EventTarget {
+  constructor(options = {}) {
+    super();
+    this.options = Object.freeze({ ...DEFAULTS, ...options });
+    this.positions = this._load();
+    this.wanted = new Set(); // streams beyond the user's own ones (which the server always adds)
+    this.outbox = new Map(); // id -> {frame, resolve, reject}
+    this.pendingAcks = new Map(); // stream -> highest seq received and not yet acknowledged
+    this.attempt = 0;
+    this.socket = null;
+    this.replica = null;
+    this.state = "idle";
+    this.final = false;
+    this.stats = { duplicates: 0, reconnects: 0, delivered: 0 };
+    this._timers = {};
+  }
+
+  // --- public API ------------------------------------------------------------------------------
+
+  connect() {
+    if (this.final || this.socket) return this;
+    const resume = {};
+    for (const [stream, position] of Object.entries(this.positions)) {
+      if (this.wanted.has(stream) || stream === "broadcast" || stream.startsWith("user:")) {
+        resume[stream] = position;
+      }
+    }
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const query = new URLSearchParams();
+    if (Object.keys(resume).length) query.set("resume", JSON.stringify(resume));
+    if (this.options.ephemeral) query.set("ephemeral", "1");
+    const url = `${scheme}://${location.host}${this.options.path}${query.size ? `?${query}` : ""}`;
+    this._setState("connecting", { attempt: this.attempt });
+    this.debug("connecting", url);
+    const socket = new WebSocket(url);
+    this.socket = socket;
+    socket.onmessage = (event) => this._onFrame(event.data);
+    socket.onclose = (event) => this._onClose(socket, event.code, event.reason);
+    socket.onerror = () => this.debug("socket error (a close follows)");
+    return this;
+  }
+
+  // Read `stream` (room:<slug>). `from` ({epoch, seq}) says what the page already shows; without
+  // it a stored position is used, or the stream starts at its head.
+  subscribe(stream, from = undefined) {
+    this.wanted.add(stream);
+    if (from) this._setPosition(stream, from.epoch, from.seq);
+    const position = this.positions[stream];
+    this._send({ type: "subscribe", stream, ...(position ? { from: position } : {}) });
+  }
+
+  unsubscribe(stream) {
+    this.wanted.delete(stream);
+    delete this.positions[stream];
+    this._save();
+    this._send({ type: "unsubscribe", stream });
+  }
+
+  // Publish with a client-made id; kept in the outbox and resent after a reconnect until the
+  // server acknowledges it (the server publishes a repeated id only once). Resolves with the ack.
+  publish(stream, payload, { id = newId() } = {}) {
+    if (this.final) return Promise.reject(new Error("the client is closed"));
+    if (this.outbox.size >= this.options.outboxMax) {
+      return Promise.reject(new Error(`outbox full (${this.options.outboxMax} unacknowledged)`));
+    }
+    const frame = { type: "publish", id, stream, payload };
+    return new Promise((resolve, reject) => {
+      this.outbox.set(id, { frame, resolve, reject });
+      this._send(frame);
+    });
+  }
+
+  // Fire and forget (typing indicators): sent only if connected, never resent.
+  publishVolatile(stream, payload) {
+    return this._send({ type: "publish", id: newId(), stream, payload });
+  }
+
+  // Any other protocol frame (echo, ping): sent only if connected; true when it was.
+  send(frame) {
+    return this._send(frame);
+  }
+
+  // Final: no reconnect after this; unacknowledged publishes are rejected.
+  close() {
+    if (this.final) return;
+    this.final = true;
+    this._flushAcks();
+    for (const name of Object.keys(this._timers)) this._clear(name);
+    const socket = this.socket;
+    this.socket = null;
+    if (socket) {
+      socket.onclose = null;
+      socket.close(1000, "client closed");
+    }
+    for (const entry of this.outbox.values()) entry.reject(new Error("the client was closed"));
+    this.outbox.clear();
+    this._setState("closed", {});
+  }
+
+  debug(...args) {
+    if (this.options.debug) console.debug(this.options.logPrefix, ...args);
+  }
+
+  // --- frames from the server ------------------------------------------------------------------
+
+  _onFrame(text) {
+    this._lastFrameAt = Date.now();
+    this._clear("deadPeer");
+    let frame;
+    try {
+      frame = JSON.parse(text);
+    } catch {
+      this.debug("dropped a frame that is not JSON");
+      return;
+    }
+    if (typeof frame.seq === "number" && typeof frame.stream === "string" && STREAM_FRAME_TYPES.has(frame.type)) {
+      this._onStreamFrame(frame);
+      return;
+    }
+    switch (frame.type) {
+      case "hello":
+        return this._onHello(frame);
+      case "subscribed":
+        this._setPosition(frame.stream, frame.epoch, frame.seq);
+        break;
+      case "resumed":
+        this._onResumed(frame);
+        break;
+      case "ack":
+        this._onAck(frame);
+        break;
+      case "error":
+        this._onError(frame);
+        break;
+      case "reconnect": // the replica is draining: come back elsewhere, a little later
+        this._drop(`server asked to reconnect after ${frame.after_ms} ms`, frame.after_ms || 0);
+        return;
+      default:
+        break;
+    }
+    this._emit(frame.type, frame);
+  }
+
+  _onHello(frame) {
+    const previousReplica = this.replica;
+    this.replica = frame.replica;
+    this.userId = frame.user_id;
+    this._setState("open", { replica: frame.replica });
+    // Streams the server placed at their head (no position of ours): start counting from there.
+    for (const [stream, position] of Object.entries(frame.streams || {})) {
+      if (!this.positions[stream]) this._setPosition(stream, position.epoch, position.seq);
+    }
+    for (const stream of this.wanted) {
+      if (!(stream in (frame.streams || {}))) {
+        const position = this.positions[stream];
+        this._send({ type: "subscribe", stream, ...(position ? { from: position } : {}) });
+      }
+    }
+    for (const { frame: pending } of this.outbox.values()) this._send(pending);
+    this._startHeartbeat();
+    this._timers.uptime = setTimeout(() => { this.attempt = 0; }, this.options.minUptimeMs);
+    if (previousReplica) this.stats.reconnects += 1;
+    this.debug("hello from", frame.replica, previousReplica ? `(was ${previousReplica})` : "");
+    this._emit("open", { replica: frame.replica, previousReplica, user: frame.user, userId: frame.user_id });
+  }
+
+  _onStreamFrame(frame) {
+    const known = this.positions[frame.stream];
+    if (known && known.epoch === frame.epoch && frame.seq <= known.seq) {
+      this.stats.duplicates += 1;
+      this.debug("duplicate dropped", frame.stream, frame.seq);
+      return;
+    }
+    this._setPosition(frame.stream, frame.epoch, frame.seq);
+    this.stats.delivered += 1;
+    this.pendingAcks.set(frame.stream, frame.seq);
+    if (!this._timers.ack) this._timers.ack = setTimeout(() => this._flushAcks(), this.options.ackBatchMs);
+    this._emit("message", frame);
+  }
+
+  _onResumed(frame) {
+    const known = this.positions[frame.stream];
+    if (!frame.recovered) {
+      this._setPosition(frame.stream, frame.epoch, frame.seq);
+      this.debug("stream reset", frame.stream, frame.reason);
+      this._emit("reset", frame);
+    } else if (!known || known.epoch !== frame.epoch || known.seq < frame.seq) {
+      this._setPosition(frame.stream, frame.epoch, frame.seq);
+    }
+  }
+
+  _onAck(frame) {
+    const entry = frame.id && this.outbox.get(frame.id);
+    if (entry) {
+      this.outbox.delete(frame.id);
+      entry.resolve(frame);
+    }
+  }
+
+  _onError(frame) {
+    this.debug("error frame", frame.code, frame.message);
+    const entry = frame.ref && this.outbox.get(frame.ref);
+    if (!entry) return;
+    if (frame.code === "unavailable") {
+      // Stored or not, the server could not finish: the same id is safe to send again.
+      setTimeout(() => this.outbox.has(frame.ref) && this._send(entry.frame), this._delay(this.options.backoffBaseMs, 3));
+    } else {
+      this.outbox.delete(frame.ref);
+      entry.reject(Object.assign(new Error(frame.message), { code: frame.code }));
+    }
+  }
+
+  // --- connection life -------------------------------------------------------------------------
+
+  _onClose(socket, code, reason) {
+    if (socket !== this.socket) return;
+    this.socket = null;
+    this._stopTimers();
+    if (this.final) return;
+    if (code === CLOSE_UNAUTHORIZED) {
+      this.final = true;
+      this._setState("unauthorized", { code, reason });
+      return;
+    }
+    const base = TRY_LATER_CODES.has(code) ? this.options.tryLaterBaseMs : this.options.backoffBaseMs;
+    this._retry(this._delay(base, this.attempt++), code);
+  }
+
+  // Leave a socket that is dead or draining without waiting for its close handshake.
+  _drop(why, delayMs = undefined) {
+    this.debug("dropping the socket:", why);
+    const socket = this.socket;
+    this.socket = null;
+    this._stopTimers();
+    if (socket) {
+      socket.onclose = null;
+      socket.onmessage = null;
+      try { socket.close(4000, "client gave up on this socket"); } catch { /* already closing */ }
+    }
+    if (!this.final) this._retry(delayMs ?? this._delay(this.options.backoffBaseMs, this.attempt++), 0);
+  }
+
+  _retry(delayMs, code) {
+    this.debug(`reconnecting in ${Math.round(delayMs)} ms (close code ${code})`);
+    this._setState("waiting", { delayMs, code, attempt: this.attempt });
+    this._timers.retry = setTimeout(() => { delete this._timers.retry; this.connect(); }, delayMs);
+  }
+
+  _delay(base, attempt) {
+    return Math.random() * Math.min(this.options.backoffCapMs, base * 2 ** attempt);
+  }
+
+  _startHeartbeat() {
+    this._lastFrameAt = Date.now();
+    this._timers.heartbeat = setInterval(() => {
+      if (Date.now() - this._lastFrameAt < this.options.heartbeatMs || this._timers.deadPeer) return;
+      this._send({ type: "ping" });
+      this._timers.deadPeer = setTimeout(() => this._drop("no answer to a ping"), this.options.deadPeerMs);
+    }, Math.max(250, this.options.heartbeatMs / 4));
+  }
+
+  _stopTimers() {
+    for (const name of ["heartbeat", "deadPeer", "uptime", "ack"]) this._clear(name);
+    this.pendingAcks.clear();
+  }
+
+  _clear(name) {
+    const timer = this._timers[name];
+    if (timer !== undefined) {
+      clearTimeout(timer);
+      clearInterval(timer);
+      delete this._timers[name];
+    }
+  }
+
+  _flushAcks() {
+    this._clear("ack");
+    for (const [stream, seq] of this.pendingAcks) this._send({ type: "ack", stream, seq });
+    this.pendingAcks.clear();
+  }
+
+  // --- helpers ---------------------------------------------------------------------------------
+
+  _send(frame) {
+    const socket = this.socket;
+    if (!socket || socket.readyState !== WebSocket.OPEN || this.state !== "open") return false;
+    socket.send(JSON.stringify(frame));
+    return true;
+  }
+
+  _setPosition(stream, epoch, seq) {
+    this.positions[stream] = { epoch: epoch ?? null, seq };
+    // Saved on every frame: a reload a moment later must not replay what this tab showed.
+    this._save();
+  }
+
+  _load() {
+    try {
+      return JSON.parse(sessionStorage.getItem(this.options.storageKey) || "{}") || {};
+    } catch {
+      return {};
+    }
+  }
+
+  _save() {
+    try {
+      sessionStorage.setItem(this.options.storageKey, JSON.stringify(this.positions));
+    } catch {
+      /* storage full or disabled: resume still works within this page's life */
+    }
+  }
+
+  _setState(state, detail) {
+    this.state = state;
+    this._emit("state", { state, ...detail });
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}

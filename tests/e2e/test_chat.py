@@ -1,0 +1,103 @@
+"""The chat in real browsers: two users on two replicas, presence, escaping, a replica's death,
+a reload — each message shown exactly once, in order."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from realtime.cluster import Cluster
+from tests.e2e.conftest import LoginPage, screenshot
+
+TEXTS_JS = "() => [...document.querySelectorAll('#messages li.msg[data-id] .text')].map(e => e.textContent)"
+
+
+def texts(page: Any) -> list[str]:
+    return page.evaluate(TEXTS_JS)  # type: ignore[no-any-return]
+
+
+def wait_texts(page: Any, expected: list[str], timeout_ms: int = 20_000) -> None:
+    """Wait until the page shows exactly `expected` (each once, in this order)."""
+    try:
+        page.wait_for_function(
+            f"(want) => JSON.stringify(({TEXTS_JS})()) === JSON.stringify(want)", arg=expected,
+            timeout=timeout_ms,
+        )
+    except Exception:
+        raise AssertionError(f"messages on the page: {texts(page)!r}; expected {expected!r}") from None
+
+
+def wait_live(page: Any, *, not_on: str | None = None) -> str:
+    """Wait until the page's socket is open (on another replica than `not_on`); its replica."""
+    page.wait_for_function(
+        "(avoid) => { const s = document.getElementById('conn-status');"
+        " return s.dataset.state === 'open' && s.dataset.replica !== avoid; }",
+        arg=not_on or "",
+    )
+    return page.locator("#conn-status").get_attribute("data-replica")  # type: ignore[no-any-return]
+
+
+def say(page: Any, text: str) -> None:
+    page.fill("#send-text", text)
+    page.press("#send-text", "Enter")
+
+
+def test_alice_and_bob_chat_across_replicas_through_a_replica_death_and_a_reload(
+    browser_user: LoginPage, healthy_cluster: Cluster
+) -> None:
+    slug = f"e2e-{uuid.uuid4().hex[:6]}"
+    alice = browser_user("alice", replica="d1", path="/chat/")
+    alice.fill("#create-room input[name=slug]", slug)
+    alice.fill("#create-room input[name=title]", "Tea & <biscuits>")
+    alice.click("#create-room button[type=submit]")
+    alice.wait_for_url(f"**/chat/{slug}/")
+    assert wait_live(alice) == "d1"
+    bob = browser_user("bob", replica="d2", path=f"/chat/{slug}/")
+    assert wait_live(bob) == "d2"
+    assert bob.locator("h1").inner_text().startswith("Tea & <biscuits>")  # the title, as text
+
+    # Presence, across replicas: each sees the other.
+    alice.locator('#presence li.online[data-user="bob"]').wait_for()
+    bob.locator('#presence li.online[data-user="alice"]').wait_for()
+
+    said = ["hello bob", "<script>window.pwned = 1</script><b>hi</b> alice", "how are you?"]
+    say(alice, said[0])
+    wait_texts(bob, said[:1])  # one at a time, so the order is the order they were said
+    say(bob, said[1])
+    wait_texts(alice, said[:2])
+    say(alice, said[2])
+    for page in (alice, bob):
+        wait_texts(page, said)
+        # Escaped: the markup is text, nothing ran, no element was made from it.
+        assert page.evaluate("window.pwned") is None
+        assert page.locator("#messages script, #messages b").count() == 0
+    bob.fill("#send-text", "typing…")
+    bob.dispatch_event("#send-text", "input")
+    alice.locator("#typing", has_text="bob is typing").wait_for()
+    bob.fill("#send-text", "")
+    screenshot(alice, "chat")
+
+    # alice's replica dies: her page reconnects elsewhere by itself and says so; what bob
+    # says meanwhile arrives once, in order.
+    healthy_cluster.kill_replica("d1")
+    meanwhile = [f"while you were away {n}" for n in range(1, 4)]
+    for text in meanwhile:
+        say(bob, text)
+    new_replica = wait_live(alice, not_on="d1")
+    assert new_replica in ("d2", "d3")
+    assert "reconnected to" in alice.locator("#conn-status").inner_text()
+    wait_texts(alice, said + meanwhile)
+    wait_texts(bob, said + meanwhile)
+    screenshot(alice, "chat-after-failover")
+
+    # A reload resumes without duplicates: a message said after it is the only new one.
+    alice.reload()
+    wait_live(alice, not_on="d1")
+    say(bob, "after the reload")
+    wait_texts(alice, said + meanwhile + ["after the reload"])
+
+    # bob leaves: alice sees him go.
+    bob.context.close()
+    alice.locator('#presence li[data-user="bob"]').wait_for(state="detached")
+    assert alice.locator('#members li[data-user="bob"]').count() == 0  # bob never joined as a member
+    assert texts(alice) == said + meanwhile + ["after the reload"]
