@@ -46,17 +46,19 @@ function card(name) {
   svg.setAttribute("class", "spark");
   svg.setAttribute("viewBox", `0 0 ${HISTORY_POINTS - 1} 100`);
   svg.setAttribute("preserveAspectRatio", "none");
+  // Frames in as a filled area, frames out as a line over it: an echo makes them equal, and
+  // both must stay visible.
   const lines = {};
   for (const kind of ["in", "out"]) {
-    lines[kind] = document.createElementNS(SVG, "polyline");
+    lines[kind] = document.createElementNS(SVG, kind === "in" ? "polygon" : "polyline");
     lines[kind].setAttribute("class", kind);
-    lines[kind].setAttribute("fill", "none");
     lines[kind].setAttribute("stroke-width", "2");
     lines[kind].setAttribute("vector-effect", "non-scaling-stroke");
     svg.append(lines[kind]);
   }
-  root.append(title, list, svg);
-  entry = { root, fields, lines, history: [], lastAt: 0, reports: 0 };
+  const peak = element("div", "legend");
+  root.append(title, list, svg, peak);
+  entry = { root, fields, lines, peak, history: [], lastAt: 0, reports: 0 };
   cards.set(name, entry);
   // Keep the cards in name order whatever order the reports come in.
   const after = [...cards.keys()].sort().find((other) => other > name);
@@ -67,11 +69,13 @@ function card(name) {
 function drawSpark(entry) {
   const peak = Math.max(1, ...entry.history.flatMap((point) => [point.in, point.out]));
   const offset = HISTORY_POINTS - entry.history.length;
+  const y = (value) => (100 - (value / peak) * 94 - 3).toFixed(1);
   for (const kind of ["in", "out"]) {
-    const points = entry.history.map((point, index) =>
-      `${offset + index},${(100 - (point[kind] / peak) * 96 - 2).toFixed(1)}`);
+    const points = entry.history.map((point, index) => `${offset + index},${y(point[kind])}`);
+    if (kind === "in" && points.length) points.push(`${HISTORY_POINTS - 1},100`, `${offset},100`);
     entry.lines[kind].setAttribute("points", points.join(" "));
   }
+  entry.peak.textContent = `scale 0–${peak}/s, last ${entry.history.length} reports`;
 }
 
 function showState(name, entry) {
@@ -81,7 +85,7 @@ function showState(name, entry) {
   entry.fields.state.textContent = status;
   entry.fields.state.className = `state ${word.toLowerCase()}`;
   entry.root.dataset.state = word;
-  entry.fields.haproxy.textContent = view ? `${view.check || "–"}, ${view.sessions} sessions` : "not known";
+  entry.fields.haproxy.textContent = view ? `${view.check || "–"}, ${view.sessions} session${view.sessions === 1 ? "" : "s"}` : "not known";
 }
 
 function onReport(report) {

@@ -1,0 +1,85 @@
+"""The cluster view in a real browser: replicas as HAProxy sees them, updated live via `ops`.
+
+Each replica card carries data-replica, data-state (UP, draining, DOWN…) and data-reports (how
+many ops reports the page has received from it): what these tests wait on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from realtime.cluster import Cluster
+from tests.e2e.conftest import LoginPage, screenshot
+
+
+def reports(page: Any, replica: str) -> int:
+    return int(page.get_attribute(f".replica[data-replica={replica}]", "data-reports"))
+
+
+def wait_reports_above(page: Any, counts: dict[str, int]) -> None:
+    """Wait until each named replica has sent the page more reports than `counts` says."""
+    page.wait_for_function(
+        """(counts) => Object.entries(counts).every(([name, count]) =>
+             Number(document.querySelector(`.replica[data-replica=${name}]`).dataset.reports)
+             > count)""",
+        arg=counts,
+    )
+
+
+def wait_state(page: Any, replica: str, state: str, timeout_ms: int = 15_000) -> None:
+    page.wait_for_selector(
+        f".replica[data-replica={replica}][data-state='{state}']", timeout=timeout_ms
+    )
+
+
+def test_cluster_view_shows_three_replicas_up_updating_live(
+    browser_user: LoginPage, healthy_cluster: Cluster
+) -> None:
+    page = browser_user("admin", path="/cluster/")
+    for name in ("d1", "d2", "d3"):
+        wait_state(page, name, "UP")
+    # Live: every replica keeps reporting while the page is open.
+    wait_reports_above(page, {"d1": 1, "d2": 1, "d3": 1})
+    wait_reports_above(page, {name: reports(page, name) for name in ("d1", "d2", "d3")})
+    assert page.locator(".replica").count() == 3
+    # Traffic on d2 shows up in d2's numbers: a lab page there echoing frames.
+    lab = browser_user("alice", replica="d2", path="/lab/")
+    lab.wait_for_function("document.getElementById('ws-replica').textContent === 'd2'")
+    # Bursts of different sizes, one per report, so the chart has a shape.
+    for burst in (4, 12, 20, 8, 16):
+        count = reports(page, "d2")
+        for _ in range(burst):
+            lab.click("#way2")
+        wait_reports_above(page, {"d2": count})
+    d2_in = ".replica[data-replica=d2] [data-field=in]"
+    page.wait_for_function(f"Number(document.querySelector('{d2_in}').textContent) > 0")
+    assert "ok" in page.locator(".replica[data-replica=d1] [data-field=redis]").inner_text()
+    assert page.locator("#redis-summary").inner_text().startswith("reachable")
+    screenshot(page, "cluster")
+
+
+def test_cluster_view_shows_a_draining_and_a_dead_replica(
+    browser_user: LoginPage, healthy_cluster: Cluster
+) -> None:
+    page = browser_user("admin", replica="d1", path="/cluster/")
+    wait_state(page, "d2", "UP")
+    try:
+        healthy_cluster.haproxy_command("set server replicas/d2 state drain")
+        wait_state(page, "d2", "draining")
+    finally:
+        healthy_cluster.haproxy_command("set server replicas/d2 state ready")
+    wait_state(page, "d2", "UP")
+    healthy_cluster.kill_replica("d3")
+    # d3 cannot report its own death: the others report HAProxy's view of it.
+    wait_state(page, "d3", "DOWN")
+    page.wait_for_selector(".replica[data-replica=d3].silent")
+    screenshot(page, "cluster-d3-down")
+
+
+def test_cluster_view_is_refused_to_a_non_staff_user(
+    browser_user: LoginPage, healthy_cluster: Cluster
+) -> None:
+    page = browser_user("carol", path="/")
+    response = page.goto("/cluster/")
+    assert response is not None and response.status == 403
+    assert page.locator(".replica").count() == 0
