@@ -1,27 +1,38 @@
-"""Admin: API tokens, "send a message to the selected users", and a broadcast page.
+"""Admin: API tokens, rooms, "send a message to the selected users", a broadcast page, and
+each user's delivery ledger (what was sent to their stream, delivered, acknowledged).
 
 Everything here publishes through realtime.publish, like the API and the commands.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+from datetime import UTC, datetime
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect
+from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
+from django.utils.html import format_html
+from redis.exceptions import RedisError
 
-from realtime import publish
+from realtime import groups, history, publish
 from realtime.forms import MessageForm
-from realtime.models import ApiToken
+from realtime.models import ApiToken, Room
 from realtime.services import api_token_issue
 
+logger = logging.getLogger(__name__)
 User = get_user_model()
+# Rows the ledger page shows: the newest messages of one user's stream.
+LEDGER_ROWS = 100
 
 
 @admin.register(ApiToken)
@@ -78,6 +89,12 @@ def send_message_to_users(
 
 class RealtimeUserAdmin(UserAdmin):
     actions = [send_message_to_users]
+    list_display = (*UserAdmin.list_display, "ledger_link")
+
+    @admin.display(description="Delivery ledger")
+    def ledger_link(self, user: Any) -> str:
+        url = reverse("admin:realtime-ledger", args=[user.pk])
+        return format_html('<a href="{}">messages</a>', url)
 
 
 admin.site.unregister(User)
@@ -102,6 +119,67 @@ def broadcast_view(request: HttpRequest) -> HttpResponse:
     )
 
 
+@admin.register(Room)
+class RoomAdmin(admin.ModelAdmin):
+    list_display = ("slug", "title", "is_private", "member_count", "created_by", "created_at")
+    list_filter = ("is_private",)
+    search_fields = ("slug", "title")
+    filter_horizontal = ("members",)
+    readonly_fields = ("created_by", "created_at")
+
+    @admin.display(description="Members")
+    def member_count(self, room: Room) -> int:
+        return room.members.count()
+
+    def save_model(self, request: HttpRequest, obj: Room, form: Any, change: bool) -> None:
+        if not change:
+            obj.created_by = request.user  # type: ignore[assignment]
+        super().save_model(request, obj, form, change)
+
+
+def ledger_view(request: HttpRequest, user_id: int) -> HttpResponse:
+    """One user's stream, newest first: each message sent, delivered to a socket, or acked."""
+    if not request.user.has_perm("auth.view_user"):
+        raise PermissionDenied("Viewing a user's messages needs the 'view user' permission.")
+    user = get_object_or_404(User, pk=user_id)
+    stream = groups.user_stream(user.pk)
+    ledger, rows = None, []
+    try:
+        ledger = async_to_sync(history.ledger)(stream, count=LEDGER_ROWS)
+    except (RedisError, OSError) as exc:
+        logger.warning("ledger of %s unreadable: %r", stream, exc)
+        messages.error(request, f"Redis is unreachable ({exc.__class__.__name__}); try again.")
+    if ledger is not None:
+        rows = [_ledger_row(message) for message in ledger["messages"]]
+    return TemplateResponse(
+        request,
+        "admin/realtime/ledger.html",
+        {
+            **admin.site.each_context(request),
+            "title": f"Delivery ledger: {user.get_username()}",
+            "subject": user,
+            "stream": stream,
+            "ledger": ledger,
+            "rows": rows,
+        },
+    )
+
+
+def _ledger_row(message: dict[str, Any]) -> dict[str, Any]:
+    """A history entry as the ledger page shows it (the template escapes every value)."""
+    frame = json.loads(message["frame"])
+    payload = frame.get("payload")
+    text = payload.get("text") if isinstance(payload, dict) and "text" in payload else payload
+    return {
+        "seq": message["seq"],
+        "state": message["state"],
+        "stored_at": datetime.fromtimestamp(message["stored_at"] / 1000, tz=UTC),
+        "origin": frame.get("origin"),
+        "sender": frame.get("sender"),
+        "text": text if isinstance(text, str) else json.dumps(text),
+    }
+
+
 _original_get_urls = admin.site.get_urls
 
 
@@ -111,7 +189,12 @@ def _get_urls() -> list[Any]:
             "realtime/broadcast/",
             admin.site.admin_view(broadcast_view),
             name="realtime-broadcast",
-        )
+        ),
+        path(
+            "realtime/ledger/<int:user_id>/",
+            admin.site.admin_view(ledger_view),
+            name="realtime-ledger",
+        ),
     ]
     return extra + _original_get_urls()
 

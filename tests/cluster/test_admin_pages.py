@@ -1,0 +1,103 @@
+"""Admin pages of the realtime app, through HAProxy: rooms and each user's delivery ledger."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import httpx
+
+from realtime.cluster import Cluster, wait_until
+from tests.cluster.helpers import api_post
+from tests.support.clients import login, open_user_socket
+
+ROW = re.compile(r'<tr class="ledger-row" data-seq="(\d+)" data-state="(\w+)">')
+
+
+def ledger_states(admin: httpx.Client, user_id: int) -> dict[int, str]:
+    page = admin.get(f"/admin/realtime/ledger/{user_id}/")
+    assert page.status_code == 200, page.status_code
+    return {int(seq): state for seq, state in ROW.findall(page.text)}
+
+
+async def test_ledger_shows_each_message_sent_delivered_or_acknowledged(
+    healthy_cluster: Cluster,
+) -> None:
+    alice = login(healthy_cluster.url, "alice", "alice-pass")
+    admin = login(healthy_cluster.url, "admin", "admin-pass")
+    ws = await open_user_socket(healthy_cluster.ws_url, alice)
+    try:
+        user_id = ws.hello["user_id"]
+        stream = f"user:{user_id}"
+        seqs = []
+        for text in ("first", "<script>second</script>"):
+            answer = api_post(
+                healthy_cluster, "/api/push", {"user": "alice", "payload": {"text": text}}
+            )
+            seqs.append(answer.json()["seq"])
+        await ws.wait_for(
+            lambda frames: [f.get("seq") for f in frames if f.get("type") == "push"][-2:] == seqs,
+            what="both pushes",
+        )
+        await ws.send_json({"type": "ack", "stream": stream, "seq": seqs[0]})
+        # The socket records delivery every half second; the ack is written as it comes.
+        wait_until(
+            lambda: (
+                {s: ledger_states(admin, user_id).get(s) for s in seqs}
+                == {seqs[0]: "acknowledged", seqs[1]: "delivered"}
+            ),
+            timeout=10,
+            what="the ledger to show one message acked and one delivered",
+        )
+        page = admin.get(f"/admin/realtime/ledger/{user_id}/").text
+        assert "&lt;script&gt;second&lt;/script&gt;" in page and "<script>second" not in page
+        await ws.close()
+        # Sent while alice has no socket: stored, neither delivered nor acknowledged.
+        third = api_post(healthy_cluster, "/api/push", {"user": "alice", "payload": {"text": "3"}})
+        assert ledger_states(admin, user_id)[third.json()["seq"]] == "sent"
+        users = admin.get("/admin/auth/user/").text
+        assert f'href="/admin/realtime/ledger/{user_id}/"' in users
+    finally:
+        await ws.close()
+        alice.close()
+        admin.close()
+
+
+def test_ledger_and_room_admin_are_refused_to_non_staff(healthy_cluster: Cluster) -> None:
+    alice = login(healthy_cluster.url, "alice", "alice-pass")
+    try:
+        for path in ("/admin/realtime/ledger/1/", "/admin/realtime/room/"):
+            answer = alice.get(path)
+            assert answer.status_code == 302 and "/admin/login/" in answer.headers["location"]
+    finally:
+        alice.close()
+
+
+def test_room_admin_lists_and_adds_rooms(healthy_cluster: Cluster) -> None:
+    admin = login(healthy_cluster.url, "admin", "admin-pass")
+    try:
+        assert admin.get("/admin/realtime/room/").status_code == 200
+        form = admin.get("/admin/realtime/room/add/")
+        assert form.status_code == 200
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text)
+        assert token
+        slug = f"admin-made-{uuid.uuid4().hex[:8]}"
+        created = admin.post(
+            "/admin/realtime/room/add/",
+            data={
+                "slug": slug,
+                "title": "Made in the admin",
+                "csrfmiddlewaretoken": token.group(1),
+            },
+        )
+        assert created.status_code == 302, created.text[:2000]
+        listing = admin.get(f"/admin/realtime/room/?q={slug}").text
+        assert slug in listing
+        assert "Bad Slug" not in listing
+        bad = admin.post(
+            "/admin/realtime/room/add/",
+            data={"slug": "Bad Slug", "title": "x", "csrfmiddlewaretoken": token.group(1)},
+        )
+        assert bad.status_code == 200 and "lower-case letters" in bad.text
+    finally:
+        admin.close()
