@@ -256,8 +256,11 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         head = (await history.heads([stream]))[stream]
         replayed, recovered, reason = 0, True, "resume"
         if head.epoch is None:
-            if cursor.last:  # the stream is gone (Redis lost it) and nothing new was sent
-                recovered, reason = False, "epoch"
+            if cursor.epoch is not None or cursor.last:
+                # The stream is gone (Redis lost it) and nothing new was sent yet: say so now,
+                # whether or not the client asked, since its position means nothing any more.
+                await self._send_resumed(stream, recovered=False, reason="epoch", epoch=None, seq=0)
+                notify = False
             cursor.epoch, cursor.last = None, 0
         elif head.epoch != cursor.epoch:
             if cursor.epoch is not None or cursor.last:

@@ -1,0 +1,153 @@
+"""Reliable delivery under faults: replicas killed, Redis restarted, acks lost.
+
+Every test counts what each client holds per stream against what the publishers were told, and
+prints the counts (run pytest with -s to see them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+
+from realtime.client import RealtimeClient
+from realtime.cluster import Cluster
+from tests.cluster.helpers import sessions_for
+from tests.conftest import manage
+from tests.support.clients import WsClient, origin_of
+from tests.support.harness import Harness, unique_prefix, wait_progress
+
+pytestmark = pytest.mark.timeout(300)
+
+
+async def test_fault_harness_two_replicas_killed_every_stream_exactly_once_in_order(
+    healthy_cluster: Cluster,
+) -> None:
+    cluster = healthy_cluster
+    harness = Harness(cluster, clients=100, rooms=3, prefix=unique_prefix("fault"))
+    await harness.open_clients()
+    targets = harness.plan(pushes=2400, broadcasts=150, room_messages=450)
+    progress = [0]
+    publishing = asyncio.create_task(harness.publish_all(targets, via_manage=6, progress=progress))
+    try:
+        for victim, at in (("d1", 600), ("d2", 1600)):
+            await wait_progress(progress, at)
+            await asyncio.to_thread(cluster.kill_replica, victim)
+            await asyncio.to_thread(cluster.wait_server_status, victim, "DOWN", timeout=15)
+            await asyncio.to_thread(cluster.start_replica, victim)
+            await asyncio.to_thread(cluster.wait_server_status, victim, "UP", timeout=30)
+        await asyncio.wait_for(publishing, 180)
+        await harness.wait_delivered(timeout=60)
+        report = harness.verify()
+        print("fault harness (2 replicas killed):", report.line())
+        assert report.published == 3000
+        assert report.expected_deliveries == 2400 + 100 * (150 + 450)
+        assert (report.gaps, report.duplicates, report.reorders, report.mismatched) == (0, 0, 0, 0)
+        assert report.received == report.expected_deliveries
+        assert report.duplicates_dropped == 0
+        # The kills really moved clients: the ones on d1 and d2 (two thirds) came back elsewhere.
+        assert report.reconnects >= 60
+    finally:
+        publishing.cancel()
+        await harness.close()
+
+
+async def test_fault_harness_redis_restart_starts_new_epochs_and_delivers_all_after_it(
+    healthy_cluster: Cluster,
+) -> None:
+    cluster = healthy_cluster
+    harness = Harness(cluster, clients=60, rooms=3, prefix=unique_prefix("redis"))
+    await harness.open_clients()
+    targets = harness.plan(pushes=600, broadcasts=100, room_messages=300)
+    progress = [0]
+    publishing = asyncio.create_task(harness.publish_all(targets, progress=progress))
+    try:
+        await wait_progress(progress, 400)
+        await asyncio.to_thread(cluster.restart_redis)
+        await asyncio.wait_for(publishing, 180)
+        await harness.wait_delivered(timeout=60)
+        report = harness.verify()
+        print("fault harness (Redis restarted):", report.line())
+        # In the live epoch: everything, once, in order.
+        assert (report.gaps, report.duplicates, report.reorders, report.mismatched) == (0, 0, 0, 0)
+        assert report.received == report.expected_deliveries
+        # Every client was told that the broadcast and room streams it held lost their epoch.
+        for client in harness.clients:
+            lost = {e["stream"] for e in client.events
+                    if e["type"] == "resumed" and e["recovered"] is False and e["reason"] == "epoch"}  # fmt: skip
+            assert {"broadcast", *harness.room_streams} <= lost, client.events[-5:]
+        # No socket had to reconnect: the replicas resubscribed by themselves.
+        assert report.reconnects == 0
+    finally:
+        publishing.cancel()
+        await harness.close()
+
+
+async def test_resent_publish_after_a_lost_ack_is_published_exactly_once(
+    healthy_cluster: Cluster,
+) -> None:
+    cluster = healthy_cluster
+    slug = f"resend-{uuid.uuid4().hex[:6]}"
+    manage(cluster, "shell", "-c", f"from realtime.models import Room; Room.objects.create(slug='{slug}', title='r')")
+    users = sessions_for(cluster, 2, unique_prefix("resend"))
+    writer_session, reader_session = users.values()
+    origin = origin_of(cluster.url)
+    reader = await RealtimeClient(
+        cluster.ws_url, cookie=f"sessionid={reader_session}; SERVERID=d3", origin=origin,
+        streams=[f"room:{slug}"],
+    ).start()  # fmt: skip
+    await reader.wait_for(lambda c: f"room:{slug}" in c.positions, what="the reader's subscription")
+
+    # The first attempt: published on d1, but the socket dies before its ack is read.
+    first = await WsClient.open(cluster.ws_url, cookie=f"sessionid={writer_session}; SERVERID=d1", origin=origin)
+    await first.wait_type("hello")
+    frame = {"type": "publish", "id": "msg-1", "stream": f"room:{slug}", "payload": {"n": 1}}
+    await first.send_json(frame)
+    await reader.wait_for(lambda c: len(c.received[f"room:{slug}"]) == 1, what="the first publish")
+    await first.close()  # its ack (if it came) is never looked at: lost to the application
+
+    # The client resends its unacknowledged message on a new connection, on another replica.
+    writer = await RealtimeClient(
+        cluster.ws_url, cookie=f"sessionid={writer_session}; SERVERID=d2", origin=origin
+    ).start()
+    ack = await writer.publish(f"room:{slug}", {"n": 1}, id="msg-1")
+    assert (ack["seq"], ack["duplicate"]) == (1, True)
+    second = await writer.publish(f"room:{slug}", {"n": 2}, id="msg-2")
+    assert (second["seq"], second["duplicate"]) == (2, False)
+    await reader.wait_for(lambda c: len(c.received[f"room:{slug}"]) >= 2, what="the second publish")
+    assert reader.payloads(f"room:{slug}") == [{"n": 1}, {"n": 2}]
+    await writer.close()
+    await reader.close()
+
+
+async def test_outbox_resends_across_dropped_connections_and_each_message_lands_once(
+    healthy_cluster: Cluster,
+) -> None:
+    cluster = healthy_cluster
+    slug = f"outbox-{uuid.uuid4().hex[:6]}"
+    manage(cluster, "shell", "-c", f"from realtime.models import Room; Room.objects.create(slug='{slug}', title='o')")
+    users = sessions_for(cluster, 2, unique_prefix("outbox"))
+    writer_session, reader_session = users.values()
+    origin = origin_of(cluster.url)
+    stream = f"room:{slug}"
+    reader = await RealtimeClient(
+        cluster.ws_url, cookie=f"sessionid={reader_session}", origin=origin, streams=[stream]
+    ).start()
+    await reader.wait_for(lambda c: stream in c.positions, what="the reader's subscription")
+    writer = await RealtimeClient(cluster.ws_url, cookie=f"sessionid={writer_session}", origin=origin).start()
+    sends = [asyncio.create_task(writer.publish(stream, {"n": n}, id=f"m{n}")) for n in range(60)]
+    for _ in range(3):  # drop the connection while sends and acks are in flight
+        await asyncio.sleep(0)  # a yield, not a wait: lets the pending sends reach the socket
+        await writer.drop()
+        await writer.wait_connected(timeout=15)
+    acks = await asyncio.gather(*sends)
+    assert sorted(a["seq"] for a in acks) == list(range(1, 61))
+    await reader.wait_for(lambda c: len(c.received[stream]) >= 60, what="60 messages")
+    assert sorted(p["n"] for p in reader.payloads(stream)) == list(range(60))
+    assert [f["seq"] for f in reader.received[stream]] == list(range(1, 61))
+    print("outbox:", json.dumps({"resent": writer.stats.resent, "connects": writer.stats.connects}))
+    assert writer.stats.connects == 4
+    await writer.close()
+    await reader.close()
