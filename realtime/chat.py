@@ -9,6 +9,7 @@ duplicate (see `room_snapshot`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from channels.db import database_sync_to_async
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
+from redis.exceptions import RedisError
 
 from realtime import groups, history, publish
 from realtime.models import ChatMessage, Room
@@ -193,7 +195,7 @@ def room_snapshot(*, room: Room) -> RoomSnapshot:
         stream = groups.room_stream(room.slug)
         head = async_to_sync(history.heads)([stream])[stream]
         epoch, seq = head.epoch, head.seq
-    except Exception as exc:  # noqa: BLE001 - any Redis trouble: render without a position
+    except (RedisError, OSError, asyncio.TimeoutError) as exc:
         logger.warning("room %s rendered without a stream position: %r", room.slug, exc)
         epoch, seq = None, None
     return RoomSnapshot(messages_recent(room=room), epoch, seq)

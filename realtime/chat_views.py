@@ -137,9 +137,13 @@ def room_messages(request: HttpRequest, slug: str) -> JsonResponse:
 def room_presence(request: HttpRequest, slug: str) -> JsonResponse:
     """Who is in the room now (any replica), and each member's status: online anywhere, last seen."""
     room = _room_or_404(request, slug)
-    online_ids = async_to_sync(presence.room_online)(slug=room.slug)
     member_ids = list(room.members.values_list("pk", flat=True))
-    statuses = async_to_sync(presence.user_statuses)(user_ids=sorted(set(member_ids) | set(online_ids)))
+    try:
+        online_ids = async_to_sync(presence.room_online)(slug=room.slug)
+        statuses = async_to_sync(presence.user_statuses)(user_ids=sorted(set(member_ids) | set(online_ids)))
+    except presence.REDIS_DOWN as exc:
+        logger.warning("presence of %s unavailable: %r", room.slug, exc)
+        return JsonResponse({"error": "Presence is unavailable while Redis is; retry shortly."}, status=503)
     names = dict(get_user_model().objects.filter(pk__in=statuses).values_list("pk", "username"))
     return JsonResponse(
         {

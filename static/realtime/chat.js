@@ -88,6 +88,7 @@ async function catchUp(why) {
     dbHorizon = Math.max(dbHorizon, message.id);
   }
   client.debug("caught up from the database:", why, added, "new");
+  list.dataset.catchUps = String(Number(list.dataset.catchUps || 0) + 1); // visible to tests
   if (body.more) addNote("More messages were missed than fit here; reload the page to see them all.");
 }
 

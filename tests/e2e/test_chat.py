@@ -45,8 +45,13 @@ def say(page: Any, text: str) -> None:
 def test_alice_and_bob_chat_across_replicas_through_a_replica_death_and_a_reload(
     browser_user: LoginPage, healthy_cluster: Cluster
 ) -> None:
-    slug = f"e2e-{uuid.uuid4().hex[:6]}"
+    slug, side = f"e2e-{uuid.uuid4().hex[:6]}", f"side-{uuid.uuid4().hex[:6]}"
     alice = browser_user("alice", replica="d1", path="/chat/")
+    alice.fill("#create-room input[name=slug]", side)  # a second room of hers, not in view
+    alice.fill("#create-room input[name=title]", "Side room")
+    alice.click("#create-room button[type=submit]")
+    alice.wait_for_url(f"**/chat/{side}/")
+    alice.goto("/chat/")
     alice.fill("#create-room input[name=slug]", slug)
     alice.fill("#create-room input[name=title]", "Tea & <biscuits>")
     alice.click("#create-room button[type=submit]")
@@ -71,11 +76,17 @@ def test_alice_and_bob_chat_across_replicas_through_a_replica_death_and_a_reload
         # Escaped: the markup is text, nothing ran, no element was made from it.
         assert page.evaluate("window.pwned") is None
         assert page.locator("#messages script, #messages b").count() == 0
+    # Unread counts for rooms not in view: carol speaks in alice's side room.
+    carol = browser_user("carol", replica="d3", path=f"/chat/{side}/")
+    wait_live(carol)
+    say(carol, "psst")
+    say(carol, "over here")
+    alice.locator(f'#room-list li[data-room="{side}"] .unread', has_text="2").wait_for()
+    carol.context.close()
     bob.fill("#send-text", "typing…")
     bob.dispatch_event("#send-text", "input")
     alice.locator("#typing", has_text="bob is typing").wait_for()
     bob.fill("#send-text", "")
-    screenshot(alice, "chat")
 
     # alice's replica dies: her page reconnects elsewhere by itself and says so; what bob
     # says meanwhile arrives once, in order.
@@ -88,7 +99,10 @@ def test_alice_and_bob_chat_across_replicas_through_a_replica_death_and_a_reload
     assert "reconnected to" in alice.locator("#conn-status").inner_text()
     wait_texts(alice, said + meanwhile)
     wait_texts(bob, said + meanwhile)
-    screenshot(alice, "chat-after-failover")
+    bob.type("#send-text", "and")  # real keystrokes: the typing indicator, after the failover
+    alice.locator("#typing", has_text="bob is typing").wait_for()
+    screenshot(alice, "chat")
+    bob.fill("#send-text", "")
 
     # A reload resumes without duplicates: a message said after it is the only new one.
     alice.reload()
@@ -101,3 +115,33 @@ def test_alice_and_bob_chat_across_replicas_through_a_replica_death_and_a_reload
     alice.locator('#presence li[data-user="bob"]').wait_for(state="detached")
     assert alice.locator('#members li[data-user="bob"]').count() == 0  # bob never joined as a member
     assert texts(alice) == said + meanwhile + ["after the reload"]
+
+
+def test_after_redis_lost_its_data_the_page_catches_up_from_the_database(
+    browser_user: LoginPage, healthy_cluster: Cluster
+) -> None:
+    slug = f"e2e-{uuid.uuid4().hex[:6]}"
+    alice = browser_user("alice", replica="d1", path="/chat/")
+    alice.fill("#create-room input[name=slug]", slug)
+    alice.click("#create-room button[type=submit]")
+    alice.wait_for_url(f"**/chat/{slug}/")
+    wait_live(alice)
+    bob = browser_user("bob", replica="d3", path=f"/chat/{slug}/")
+    wait_live(bob)
+    say(bob, "before the restart")
+    wait_texts(alice, ["before the restart"])
+    position_js = f"window.switchboard.positions['room:{slug}']"
+    old_epoch = alice.evaluate(position_js)["epoch"]
+    # Redis stops, and comes back without persistence: every stream, its history and its epoch
+    # are gone. A line said meanwhile is stored in the database; its publish waits for Redis.
+    healthy_cluster.stop_redis()
+    say(bob, "while Redis was down")
+    healthy_cluster.start_redis()
+    say(bob, "after the restart")
+    expected = ["before the restart", "while Redis was down", "after the restart"]
+    wait_texts(alice, expected, timeout_ms=40_000)
+    wait_texts(bob, expected, timeout_ms=40_000)
+    # The stream began a new epoch; alice's client was told (resumed, recovered: false) and her
+    # page read the rows from the database instead of reloading.
+    assert alice.evaluate(position_js)["epoch"] not in (None, old_epoch)
+    assert int(alice.locator("#messages").get_attribute("data-catch-ups") or 0) >= 1
