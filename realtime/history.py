@@ -45,12 +45,16 @@ local frame = '{"seq":' .. seq .. ',"epoch":"' .. epoch .. '",' .. string.sub(AR
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'f', frame, 't', now_ms)
--- Trim by age, a few entries per publish: each entry is deleted once, so the cost stays flat.
-local cutoff = now_ms - tonumber(ARGV[4])
-for _ = 1, 8 do
-  local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-  if #oldest == 0 or tonumber(oldest[1][2][4]) >= cutoff then break end
-  redis.call('XDEL', KEYS[2], oldest[1][1])
+-- Trim by age on every 16th publish, up to 128 entries (8 per publish on average): each entry
+-- is deleted once, so the cost stays flat, and the other 15 publishes skip the look-up (it was
+-- a third of the script's time).
+if seq % 16 == 0 then
+  local cutoff = now_ms - tonumber(ARGV[4])
+  local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 128)
+  for _, entry in ipairs(oldest) do
+    if tonumber(entry[2][4]) >= cutoff then break end
+    redis.call('XDEL', KEYS[2], entry[1])
+  end
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 local receivers = redis.call('PUBLISH', ARGV[5], 'F' .. seq .. ' ' .. epoch .. ' ' .. ARGV[6] .. '\\n' .. frame)
@@ -135,7 +139,7 @@ async def append(*, stream: str, group: str, body: str, idempotency: str | None)
         uuid.uuid4().hex[:12],
         body,
         settings.HISTORY_MAXLEN,
-        settings.HISTORY_MAX_AGE_SECS * 1000,
+        int(settings.HISTORY_MAX_AGE_SECS * 1000),
         layer.group_channel(group),  # type: ignore[union-attr]
         stream,
         settings.IDEMPOTENCY_TTL_SECS,

@@ -113,6 +113,18 @@ async def test_history_is_trimmed_to_its_length(
     assert stored[-1][0] == 300
 
 
+async def test_history_is_trimmed_by_age(layer: StreamChannelLayer, settings: SettingsWrapper) -> None:
+    settings.HISTORY_MAX_AGE_SECS = 0.05
+    for n in range(15):
+        await publish.publish(stream="room:aged", payload=n)
+    await asyncio.sleep(0.1)  # the condition is time itself: let the first 15 grow older than 50 ms
+    await publish.publish(stream="room:aged", payload=15)  # seq 16: the script trims by age
+    stored = await history.read("room:aged", after=0)
+    assert [seq for seq, _ in stored] == [16]
+    # The stream's position survives its log: a resume can still tell "older than history".
+    assert (await history.heads(["room:aged"]))["room:aged"].seq == 16
+
+
 async def test_publish_with_redis_unreachable_raises_a_clear_error(
     settings: SettingsWrapper,
 ) -> None:
