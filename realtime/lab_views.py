@@ -26,6 +26,7 @@ from django.views.decorators.http import require_POST
 
 from realtime import protocol, publish
 from realtime.api import ApiError, error_response, ok_response, parse_json_object
+from realtime.stats import replica_stats
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ async def _direct(user: Any, connection: Any, text: str, message_id: str) -> dic
         }
         try:
             await consumer.send(text_data=protocol.encode(frame))  # type: ignore[union-attr]
+            replica_stats.frames_out += 1  # the consumer counts its own sends; this one is ours
             sent = True
         except Exception as exc:  # the socket closed between the lookup and the write
             logger.info("lab direct write failed user=%s: %r", user.get_username(), exc)

@@ -120,6 +120,11 @@ function refresh() {
     entry.fields.seen.textContent = age === null ? "none yet" : `${(age / 1000).toFixed(1)} s ago`;
     entry.root.classList.toggle("silent", age === null || age > SILENT_AFTER_MS);
   }
+  // Reports travel through Redis: when none arrives from anyone, Redis is the likely culprit.
+  const ages = [...cards.values()].filter((entry) => entry.lastAt).map((entry) => Date.now() - entry.lastAt);
+  if (ages.length && Math.min(...ages) > SILENT_AFTER_MS) {
+    redisSummary.textContent = `no report from any replica for ${Math.round(Math.min(...ages) / 1000)} s (Redis down?)`;
+  }
 }
 
 function connect() {

@@ -83,3 +83,25 @@ def test_cluster_view_is_refused_to_a_non_staff_user(
     response = page.goto("/cluster/")
     assert response is not None and response.status == 403
     assert page.locator(".replica").count() == 0
+
+
+def test_cluster_view_says_when_reports_stop_and_resumes_after_redis_returns(
+    browser_user: LoginPage, healthy_cluster: Cluster
+) -> None:
+    page = browser_user("admin", path="/cluster/")
+    wait_reports_above(page, {"d1": 0, "d2": 0, "d3": 0})
+    healthy_cluster.stop_redis()
+    try:
+        # Reports travel through Redis: with it gone, none arrives, and the page says so.
+        page.wait_for_function(
+            "document.getElementById('redis-summary').textContent.includes('Redis down?')"
+        )
+        assert page.locator(".replica.silent").count() == 3
+    finally:
+        healthy_cluster.start_redis()
+    # The page's socket and the replicas' publishers recover by themselves.
+    page.wait_for_function(
+        "document.getElementById('redis-summary').textContent.startsWith('reachable')",
+        timeout=30_000,
+    )
+    page.wait_for_selector(".replica:not(.silent)")
