@@ -28,7 +28,8 @@ Server -> client frames
   error        {"type": "error", "code", "message", "ref"?}         a frame was refused
   lab          {"type": "lab", "way": 3, "replica", "text", "id"}  written straight to the socket
                by the replica holding it (the transport lab; no stream, no seq, no replay)
-  push / message / broadcast: the envelope, see `envelope()`, plus "seq" and "epoch"
+  push / message / broadcast / ops: the envelope, see `envelope()`, plus "seq" and "epoch"
+               (ops: the replicas' stats, on the staff-only `ops` stream)
 """
 
 from __future__ import annotations

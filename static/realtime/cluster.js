@@ -1,6 +1,8 @@
 // The cluster view: one card per replica, updated from the `ops` stream over a WebSocket.
 // Every replica reports HAProxy's view of all of them, so a dead replica still shows as DOWN
 // (reported by the others). Values are inserted with textContent only.
+import { RealtimeClient } from "./client.js";
+
 const initial = JSON.parse(document.getElementById("cluster-initial").textContent);
 const container = document.getElementById("replicas");
 const wsReplica = document.getElementById("ws-replica");
@@ -10,13 +12,11 @@ const redisSummary = document.getElementById("redis-summary");
 const HISTORY_POINTS = 60;
 // Three missed reports: a replica busy for a moment is not "silent", one that died is.
 const SILENT_AFTER_MS = Math.max(3000, 3 * initial.interval_secs * 1000);
-const RECONNECT = Object.freeze({ baseMs: 500, capMs: 10000 });
 const SVG = "http://www.w3.org/2000/svg";
 
 const cards = new Map(); // replica -> { root, fields, lines, history, lastAt, reports }
 let haproxy = initial.haproxy || {};
 let haproxyAt = 0;
-let attempt = 0;
 
 function element(tag, className, text) {
   const node = document.createElement(tag);
@@ -58,7 +58,7 @@ function card(name) {
   }
   const peak = element("div", "legend");
   root.append(title, list, svg, peak);
-  entry = { root, fields, lines, peak, history: [], lastAt: 0, reports: 0 };
+  entry = { root, fields, svg, lines, peak, history: [], lastAt: 0, reports: 0 };
   cards.set(name, entry);
   // Keep the cards in name order whatever order the reports come in.
   const after = [...cards.keys()].sort().find((other) => other > name);
@@ -68,11 +68,15 @@ function card(name) {
 
 function drawSpark(entry) {
   const peak = Math.max(1, ...entry.history.flatMap((point) => [point.in, point.out]));
-  const offset = HISTORY_POINTS - entry.history.length;
+  // The x axis grows with the history (at least 10 slots, at most HISTORY_POINTS), so a page
+  // opened a few seconds ago already draws across its width; the newest report is at the right.
+  const slots = Math.max(10, entry.history.length);
+  entry.svg.setAttribute("viewBox", `0 0 ${slots - 1} 100`);
+  const offset = slots - entry.history.length;
   const y = (value) => (100 - (value / peak) * 94 - 3).toFixed(1);
   for (const kind of ["in", "out"]) {
     const points = entry.history.map((point, index) => `${offset + index},${y(point[kind])}`);
-    if (kind === "in" && points.length) points.push(`${HISTORY_POINTS - 1},100`, `${offset},100`);
+    if (kind === "in" && points.length) points.push(`${slots - 1},100`, `${offset},100`);
     entry.lines[kind].setAttribute("points", points.join(" "));
   }
   entry.peak.textContent = `scale 0–${peak}/s, last ${entry.history.length} reports`;
@@ -127,31 +131,24 @@ function refresh() {
   }
 }
 
-function connect() {
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const socket = new WebSocket(`${scheme}://${location.host}/ws/`);
-  socket.addEventListener("message", (event) => {
-    const frame = JSON.parse(event.data);
-    if (frame.type === "hello") {
-      attempt = 0;
-      wsReplica.textContent = frame.replica;
-      wsState.textContent = "open";
-      socket.send(JSON.stringify({ type: "subscribe", stream: "ops", id: "ops" }));
-    } else if (frame.type === "ops") {
-      onReport(frame.payload);
-    } else if (frame.type === "error") {
-      wsState.textContent = `error: ${frame.message}`;
-    }
-  });
-  socket.addEventListener("close", (event) => {
-    wsReplica.textContent = "…";
-    if (event.code === 4401) { wsState.textContent = "logged out"; return; }
-    wsState.textContent = `closed (${event.code}), reconnecting`;
-    const delay = Math.random() * Math.min(RECONNECT.capMs, RECONNECT.baseMs * 2 ** attempt++);
-    setTimeout(connect, delay);
-  });
-}
+// The project's client: reconnects with backoff and heartbeats, and resumes `ops` after a
+// reconnect. Its own storage key: this page must not move the positions the chat page keeps.
+const client = new RealtimeClient({ storageKey: "switchboard.cluster-view" });
+client.addEventListener("open", (event) => {
+  wsReplica.textContent = event.detail.replica;
+  client.subscribe("ops");
+});
+client.addEventListener("state", (event) => {
+  wsState.textContent = event.detail.state;
+  if (event.detail.state !== "open") wsReplica.textContent = "…";
+});
+client.addEventListener("message", (event) => {
+  if (event.detail.type === "ops") onReport(event.detail.payload);
+});
+client.addEventListener("error", (event) => {
+  wsState.textContent = `error: ${event.detail.message}`;
+});
 
 refresh();
 setInterval(refresh, 1000);
-connect();
+client.connect();

@@ -39,6 +39,11 @@ def test_way4_always_arrives_and_way3_only_when_the_request_hits_the_sockets_rep
     page = browser_user("alice", replica="d1", path="/lab/")
     page.wait_for_function("document.getElementById('ws-replica').textContent === 'd1'")
 
+    click(page, "way1-sticky", 2)
+    click(page, "way1-nosticky", 3)
+    answered = wait_lines(page, "[data-kind=http][data-way='1']", 5)
+    assert {line["replica"] for line in answered if line["sticky"] == "yes"} == {"d1"}
+
     click(page, "way4-sticky", 2)
     click(page, "way4-nosticky", 4)
     page.wait_for_function("document.getElementById('way4-arrived').textContent === '6'")
