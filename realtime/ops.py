@@ -137,16 +137,25 @@ async def ops_report(meter: RateMeter) -> dict[str, Any]:
 
 async def publish_forever(interval_secs: float) -> None:
     meter = RateMeter()
+    failing = False
     while True:
         await asyncio.sleep(interval_secs)
         try:
             report = await ops_report(meter)
             await publish.publish(stream=groups.OPS_STREAM, payload=report)
         except publish.RealtimeUnavailable as exc:
-            # The view shows this replica as silent; the log says why, once per attempt.
-            logger.info("ops report not published: %s", exc)
+            # The view shows this replica as silent; the log says why once per outage, not
+            # once a second.
+            if not failing:
+                logger.warning("ops reports paused replica=%s: %s", settings.REPLICA_ID, exc)
+            failing = True
+            continue
         except Exception:
             logger.exception("ops report failed")
+            continue
+        if failing:
+            logger.info("ops reports resumed replica=%s", settings.REPLICA_ID)
+            failing = False
 
 
 _task: asyncio.Task[None] | None = None
