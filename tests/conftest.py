@@ -21,11 +21,20 @@ TIERS = ("unit", "integration", "cluster", "e2e")
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
+def _tier_of(item: pytest.Item) -> str | None:
+    parts = Path(str(item.fspath)).relative_to(BASE_DIR / "tests").parts
+    return parts[0] if parts and parts[0] in TIERS else None
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        parts = Path(str(item.fspath)).relative_to(BASE_DIR / "tests").parts
-        if parts and parts[0] in TIERS:
-            item.add_marker(getattr(pytest.mark, parts[0]))
+        tier = _tier_of(item)
+        if tier is not None:
+            item.add_marker(getattr(pytest.mark, tier))
+    # Fastest tiers first, so a broken unit fails in seconds; e2e last, because Playwright's sync
+    # API keeps an event loop of its own for the session, which async tests after it would meet.
+    order = {tier: rank for rank, tier in enumerate(TIERS)}
+    items.sort(key=lambda item: order.get(_tier_of(item) or "", len(TIERS)))
 
 
 def require_binaries(*names: str) -> None:
