@@ -30,7 +30,7 @@ from channels.consumer import get_handler_name
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from realtime import chat, groups, history, presence, protocol, publish
+from realtime import chat, direct_send, groups, history, presence, protocol, publish
 from realtime.protocol import InvalidFrame, Position
 from realtime.selectors import StreamDenied, stream_check_readable, stream_check_writable
 from realtime.stats import replica_stats
@@ -61,6 +61,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         self.counted = False
         self.marking: set[str] = set()
         self.presence: presence.ConnectionPresence | None = None
+        # Daphne's socket, for writing in-order stream frames directly (None: the usual path).
+        self.wire = direct_send.ws_protocol_of(send)
         await super().__call__(scope, receive, send)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
@@ -177,6 +179,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     # --- frames from the layer (the sink) ------------------------------------------------------
 
     async def on_stream_frame(self, stream: str, seq: int, epoch: str, frame: str) -> None:
+        if self._send_now(stream, seq, epoch, frame):
+            return
         if len(self.queue) >= settings.DELIVERY_QUEUE_MAX_FRAMES:
             # Backpressure: drop it, and fetch it from history once the writer has caught up.
             self.dirty.add(stream)
@@ -184,6 +188,23 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         else:
             self.queue.append(("frame", stream, seq, epoch, frame))
         self._wake_writer()
+
+    def _send_now(self, stream: str, seq: int, epoch: str, frame: str) -> bool:
+        """Write the common case at once: the next seq, nothing queued, no writer running. It
+        skips the queue, a writer task and Channels' send chain per socket (direct_send.py)."""
+        cursor = self.cursors.get(stream)
+        wire = self.wire
+        if (
+            wire is None or not self.ready or self.writer is not None or self.queue or self.dirty
+            or cursor is None or seq != cursor.last + 1 or epoch != cursor.epoch
+            or not direct_send.is_open(wire)
+        ):  # fmt: skip
+            return False
+        cursor.last = seq
+        direct_send.write_frame(wire, frame)
+        replica_stats.frames_out += 1
+        self._schedule_mark(stream)
+        return True
 
     async def on_resync(self) -> None:
         """The layer lost Redis for a while: anything may have been published meanwhile."""
@@ -307,6 +328,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def _send_stream_frame(self, stream: str, frame: str) -> None:
         await self._send_text(frame)
+        self._schedule_mark(stream)
+
+    def _schedule_mark(self, stream: str) -> None:
         if stream.startswith("user:") and stream not in self.marking:
             self.marking.add(stream)
             asyncio.get_running_loop().call_later(

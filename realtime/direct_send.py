@@ -1,0 +1,93 @@
+"""Writing stream frames straight to a replica's WebSockets: framed once per message, not per socket.
+
+Profiling a replica under broadcast fan-out (docs/performance.md) showed most of its time in
+the path one `self.send()` takes per socket: Channels' consumer send, the session middleware's
+send wrapper (a lazy-object lookup each time), Daphne's reply handler, then Autobahn framing
+the same text again for every socket. A stream frame is the same bytes for every recipient, and
+server frames are unmasked, so Autobahn's PreparedMessage frames it once and each socket only
+writes those bytes.
+
+Daphne does not expose its protocol object to the application; it hands the application
+`partial(server.handle_reply, protocol)` as `send`, which Channels' session middleware wraps
+(keeping the original as `real_send`). `ws_protocol_of` follows that chain and returns None when
+it looks different (another server, another Daphne version): the consumer then keeps using
+the ordinary send path, which stays correct, only slower.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from autobahn.websocket.protocol import PreparedMessage
+
+# Wrappers between the consumer and Daphne's partial: few; a longer chain is not Daphne's.
+_MAX_WRAPPERS = 8
+
+
+def ws_protocol_of(send: Any) -> Any | None:
+    """Daphne's Autobahn protocol behind an ASGI `send` callable, or None."""
+    for _ in range(_MAX_WRAPPERS):
+        if isinstance(send, functools.partial):
+            target = send.args[0] if send.args else None
+            return target if hasattr(target, "sendPreparedMessage") else None
+        send = getattr(getattr(send, "__self__", None), "real_send", None)
+        if send is None:
+            return None
+    return None
+
+
+def is_open(protocol: Any) -> bool:
+    return bool(protocol.state == protocol.STATE_OPEN)
+
+
+def write_frame(protocol: Any, frame: str) -> None:
+    """Write `frame` (a text message) to the socket of `protocol`, framed once per replica.
+
+    When Twisted has nothing buffered for the socket, the bytes go straight to send(): Twisted
+    would otherwise buffer them, register the socket for writability with epoll, and write and
+    unregister it on the next loop turn, which profiled at half a replica's time under fan-out.
+    Whatever send() does not take (a full socket buffer) goes to Twisted, which keeps order.
+    """
+    message = prepared(frame)
+    transport = protocol.transport
+    if protocol.send_queue or not _idle(transport):
+        protocol.sendPreparedMessage(message)
+        return
+    data = message.payloadHybi
+    try:
+        sent = transport.socket.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        sent = 0  # a dead socket: Twisted's own write meets the error and closes the connection
+    if sent < len(data):
+        transport.write(data[sent:])
+
+
+def _idle(transport: Any) -> bool:
+    """A plain TCP transport of Twisted's, connected, with nothing waiting in its buffers."""
+    return bool(
+        getattr(transport, "_tempDataLen", None) == 0
+        and getattr(transport, "offset", None) == len(getattr(transport, "dataBuffer", b"x"))
+        and getattr(transport, "connected", False)
+        and not getattr(transport, "disconnecting", True)
+        and not getattr(transport, "_writeDisconnected", True)
+        and not getattr(transport, "TLS", True)
+        and hasattr(transport, "socket")
+    )
+
+
+_last: tuple[str, PreparedMessage] | None = None
+
+
+def prepared(frame: str) -> PreparedMessage:
+    """The frame, framed for the wire. The layer hands one message's text (the same object) to
+    every local socket in turn, so one cached entry frames it once per replica."""
+    global _last
+    if _last is not None and _last[0] is frame:
+        return _last[1]
+    # doNotCompress: also keeps a socket that negotiated compression on the prepared bytes.
+    message = PreparedMessage(frame.encode(), isBinary=False, applyMask=False, doNotCompress=True)
+    _last = (frame, message)
+    return message
