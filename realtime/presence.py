@@ -209,6 +209,8 @@ async def user_statuses(*, user_ids: list[int]) -> dict[int, UserStatus]:
 
 
 async def _names(user_ids: list[int]) -> list[str]:
+    if not user_ids:
+        return []  # HMGET needs at least one field
     names = await _redis().hmget(f"{_prefix()}:names", [str(u) for u in user_ids])
     return [n.decode() if n else f"user {u}" for u, n in zip(user_ids, names, strict=True)]
 
@@ -239,10 +241,9 @@ class ConnectionPresence:
         self.task: asyncio.Task[None] | None = None
 
     async def start(self, streams: list[str]) -> None:
-        with contextlib.suppress(*REDIS_DOWN):
-            await user_touch(user_id=self.user_id, username=self.username, conn=self.conn)
-        for stream in streams:
-            await self.enter(stream)
+        # Registered by the heartbeat task's first beat, not here: connecting costs no extra
+        # Redis round trips (the benchmark's connect storm measures exactly that).
+        self.rooms.update(slug for slug in map(slug_of, streams) if slug is not None)
         self.task = asyncio.get_running_loop().create_task(self._beat())
 
     async def enter(self, stream: str) -> None:
@@ -276,16 +277,18 @@ class ConnectionPresence:
 
     async def _beat(self) -> None:
         while True:
-            await asyncio.sleep(heartbeat_secs())
             try:
                 await self.refresh()
             except REDIS_DOWN + (publish.RealtimeUnavailable,) as exc:
                 # Entries come back on the next beat after Redis does (a restart wipes them).
                 logger.debug("presence heartbeat failed user=%s: %r", self.username, exc)
+            await asyncio.sleep(heartbeat_secs())
 
     async def refresh(self) -> None:
         await user_touch(user_id=self.user_id, username=self.username, conn=self.conn)
         for slug in list(self.rooms):
+            if slug not in self.rooms:
+                continue  # left while this beat was running: do not bring the entry back
             if await room_enter(slug=slug, user_id=self.user_id, username=self.username, conn=self.conn):
                 await announce(slug=slug, event="join", user_id=self.user_id, username=self.username)
             gone = await room_sweep(slug=slug)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from urllib.parse import quote
 
 import pytest
 from pytest_django.fixtures import Settings
@@ -51,6 +53,21 @@ async def test_join_and_leave_are_announced_to_the_room(layer: StreamChannelLaye
     assert not gone.online and gone.last_seen_ms is not None
     assert await alice.nothing()
     await alice.close()
+
+
+async def test_a_socket_resumed_into_several_rooms_is_present_in_each(layer: StreamChannelLayer) -> None:
+    for slug in ("one", "two", "three"):
+        await Room.objects.acreate(slug=slug, title=slug)
+    positions = {f"room:{slug}": {"epoch": None, "seq": 0} for slug in ("one", "two", "three")}
+    socket, hello = await open_socket(a_user(71), "?ephemeral=1&resume=" + quote(json.dumps(positions)))
+    assert set(positions) <= set(hello["streams"])
+    joined = [(await next_presence(socket, "alice71"))["stream"] for _ in range(3)]
+    assert sorted(joined) == ["room:one", "room:three", "room:two"]
+    for slug in ("one", "two", "three"):
+        assert await presence.room_online(slug=slug) == [71]
+    await socket.close()
+    for slug in ("one", "two", "three"):
+        assert await presence.room_online(slug=slug) == []
 
 
 async def test_a_second_device_neither_joins_nor_leaves_again(layer: StreamChannelLayer) -> None:
