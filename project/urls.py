@@ -9,6 +9,7 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("api/whoami", views.whoami, name="whoami"),
     path("api/push", views.api_push, name="api-push"),
+    path("api/push/batch", views.api_push_batch, name="api-push-batch"),
     path("api/broadcast", views.api_broadcast, name="api-broadcast"),
     path("api/publish", views.api_publish, name="api-publish"),
     path("lab/", lab_views.lab_page, name="lab"),

@@ -20,6 +20,12 @@ def user_get_by_username(*, username: str) -> AbstractBaseUser | None:
     return get_user_model().objects.filter(username=username, is_active=True).first()
 
 
+def user_ids_by_username(*, usernames: set[str]) -> dict[str, int]:
+    """{username: id} of the active users among `usernames`, in one query."""
+    rows = get_user_model().objects.filter(username__in=usernames, is_active=True)
+    return dict(rows.values_list("username", "pk"))
+
+
 class StreamDenied(Exception):
     """The user may not read (or write) that stream. `code` is stable, `message` explains."""
 

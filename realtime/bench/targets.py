@@ -45,6 +45,7 @@ class Target:
     other_pids: dict[str, int] = field(default_factory=dict)  # redis, haproxy
     resumable: bool = True  # answers ?resume= with replay and `resumed` frames
     can_push: bool = True
+    can_batch: bool = True  # has POST /api/push/batch
     cluster: Cluster | None = None
 
     @property
@@ -66,6 +67,9 @@ class Publisher:
         raise NotImplementedError
 
     async def push(self, n: int, username: str) -> tuple[str, int]:
+        raise NotImplementedError
+
+    async def push_batch(self, n: int, usernames: list[str]) -> list[tuple[str, int]]:
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -95,7 +99,7 @@ class HttpPublisher(Publisher):
         self.all = list(self.idle)
         self.free = asyncio.Semaphore(concurrency)
 
-    async def _post(self, path: str, body: dict[str, Any]) -> tuple[str, int]:
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         replica = random.choice(self.replicas)
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
         if replica:
@@ -110,14 +114,20 @@ class HttpPublisher(Publisher):
                 self.idle.append(connection)
         if status != 200:
             raise PublishError(f"{path} answered {status}: {content[:200]!r}")
-        answer = json.loads(content)
-        return answer["stream"], int(answer["seq"])
+        return json.loads(content)  # type: ignore[no-any-return]
 
     async def broadcast(self, n: int) -> tuple[str, int]:
-        return await self._post("/api/broadcast", {"payload": {"n": n}})
+        answer = await self._post("/api/broadcast", {"payload": {"n": n}})
+        return answer["stream"], int(answer["seq"])
 
     async def push(self, n: int, username: str) -> tuple[str, int]:
-        return await self._post("/api/push", {"user": username, "payload": {"n": n}})
+        answer = await self._post("/api/push", {"user": username, "payload": {"n": n}})
+        return answer["stream"], int(answer["seq"])
+
+    async def push_batch(self, n: int, usernames: list[str]) -> list[tuple[str, int]]:
+        messages = [{"user": name, "payload": {"n": n, "i": i}} for i, name in enumerate(usernames)]
+        answer = await self._post("/api/push/batch", {"messages": messages})
+        return [(r["stream"], int(r["seq"])) for r in answer["results"]]
 
     async def close(self) -> None:
         await asyncio.gather(*(connection.close() for connection in self.all))
@@ -154,7 +164,7 @@ def start_cluster(
         name=name, ws_url=cluster.ws_url, origin=cluster.url, sessions=sessions,
         replica_pids={n: procs[n].pid for n in cluster.replica_names if procs[n].pid},
         other_pids={n: procs[n].pid for n in ("redis", "haproxy") if procs[n].pid},
-        resumable=not stock, cluster=cluster, base_url=cluster.url, token=token,
+        resumable=not stock, can_batch=not stock, cluster=cluster, base_url=cluster.url, token=token,
         replica_names=list(cluster.replica_names),
     )  # type: ignore[arg-type]  # fmt: skip
 

@@ -50,8 +50,11 @@ class Context:
         )  # fmt: skip
 
 
+Published = list[tuple[str, int]]  # (stream, seq) of each message one call published
+
+
 async def publish_many(
-    count: int, concurrency: int, publish: Callable[[int], Awaitable[tuple[str, int]]]
+    count: int, concurrency: int, publish: Callable[[int], Awaitable[Published]]
 ) -> tuple[dict[str, list[int]], list[str]]:
     """Call publish(0..count-1) with `concurrency` in flight; the seqs per stream, and errors."""
     numbers = iter(range(count))
@@ -61,11 +64,12 @@ async def publish_many(
     async def worker() -> None:
         for n in numbers:
             try:
-                stream, seq = await publish(n)
+                published = await publish(n)
             except (PublishError, OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
                 errors.append(repr(exc)[:200])
                 continue
-            seqs.setdefault(stream, []).append(seq)
+            for stream, seq in published:
+                seqs.setdefault(stream, []).append(seq)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return seqs, errors
@@ -132,25 +136,25 @@ async def connect(ctx: Context, *, concurrency: int) -> Result:
 
 
 async def _measure(
-    ctx: Context, workload: str, messages: int, unit: str,
-    publish: Callable[[int], Awaitable[tuple[str, int]]], publisher: Publisher,
+    ctx: Context, workload: str, messages: int, unit: str, calls: int,
+    publish: Callable[[int], Awaitable[Published]], publisher: Publisher, **extra: object,
 ) -> Result:  # fmt: skip
     pool = ctx.pool
     pool.reset_counters()
     cpu = ctx.cpu_window()
     published = 0
 
-    async def counted(n: int) -> tuple[str, int]:
+    async def counted(n: int) -> Published:
         nonlocal published
         answer = await publish(n)
-        published += 1
+        published += len(answer)
         return answer
 
     started_ms = time.time() * 1000
     status = lambda: f"{workload} {ctx.target.name}: published {published}/{messages}, delivered {pool.delivered}"  # noqa: E731
     async with ctx.progress.ticking(status):
         try:
-            seqs, errors = await publish_many(messages, ctx.concurrency, counted)
+            seqs, errors = await publish_many(calls, ctx.concurrency, counted)
         finally:
             await publisher.close()
         publish_secs = time.time() * 1000 - started_ms
@@ -168,7 +172,7 @@ async def _measure(
         expected=_expected(pool, ranges), lost=lost, dup=dup, reorder=reorder,
         extra={"published": sent, "publish_errors": len(errors), "publish_per_sec":
                round(sent / (publish_secs / 1000), 1) if publish_secs else None,
-               "settled": settled, "errors": errors[:3]},
+               "settled": settled, "errors": errors[:3], **extra},
     )  # fmt: skip
 
 
@@ -185,17 +189,28 @@ def _expected(pool: ClientPool, ranges: dict[str, tuple[int, int]]) -> int:
 
 async def fan_out(ctx: Context, *, messages: int) -> Result:
     publisher = ctx.target.publisher(ctx.concurrency)
-    return await _measure(ctx, "W1", messages, "dlv/s", publisher.broadcast, publisher)
+
+    async def one(n: int) -> Published:
+        return [await publisher.broadcast(n)]
+
+    return await _measure(ctx, "W1", messages, "dlv/s", messages, one, publisher)
 
 
-async def push(ctx: Context, *, messages: int) -> Result:
+async def push(ctx: Context, *, messages: int, batch: int) -> Result:
+    """M pushes to random users: one request each, or `batch` per request where the target
+    has a batch endpoint (the last request takes the remainder)."""
     publisher = ctx.target.publisher(ctx.concurrency)
     users = [client.username for client in ctx.pool.connected()]
+    batch = max(1, min(batch, messages)) if ctx.target.can_batch else 1
+    calls = -(-messages // batch)
 
-    async def one(n: int) -> tuple[str, int]:
-        return await publisher.push(n, random.choice(users))
+    async def one(n: int) -> Published:
+        if batch == 1:
+            return [await publisher.push(n, random.choice(users))]
+        size = min(batch, messages - n * batch)
+        return await publisher.push_batch(n, [random.choice(users) for _ in range(size)])
 
-    return await _measure(ctx, "W2", messages, "push/s", one, publisher)
+    return await _measure(ctx, "W2", messages, "push/s", calls, one, publisher, batch=batch)
 
 
 # --- W4 ----------------------------------------------------------------------------------------

@@ -36,7 +36,11 @@ class Command(BaseCommand):
         parser.add_argument("--messages", type=int, default=1000, help="Broadcasts in W1, pushes in W2 (M).")
         parser.add_argument("--replicas", type=int, default=3)
         parser.add_argument("--workloads", default="W1,W2,W3,W4", help="Comma-separated, of W1..W4.")
-        parser.add_argument("--concurrency", type=int, default=16, help="Publish requests in flight.")
+        parser.add_argument("--concurrency", type=int, default=4, help="Publish requests in flight.")
+        parser.add_argument(
+            "--push-batch", type=int, default=20,
+            help="W2: pushes per request to POST /api/push/batch (1: one POST /api/push each).",
+        )  # fmt: skip
         parser.add_argument("--connect-concurrency", type=int, default=100, help="Handshakes in flight.")
         parser.add_argument("--url", help="Measure the cluster at this URL instead of starting one.")
         parser.add_argument(
@@ -101,7 +105,7 @@ class Command(BaseCommand):
             if "W1" in wanted:
                 results.append(await workloads.fan_out(ctx, messages=messages))
             if "W2" in wanted and target.can_push:
-                results.append(await workloads.push(ctx, messages=messages))
+                results.append(await workloads.push(ctx, messages=messages, batch=options["push_batch"]))
             if "W4" in wanted and target.cluster is not None:
                 results.append(await workloads.storm(ctx))
         finally:
