@@ -3,9 +3,11 @@ a reload — each message shown exactly once, in order."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
+from realtime import presence
 from realtime.cluster import Cluster
 from tests.e2e.conftest import LoginPage, screenshot
 
@@ -91,10 +93,12 @@ def test_alice_and_bob_chat_across_replicas_through_a_replica_death_and_a_reload
     # alice's replica dies: her page reconnects elsewhere by itself and says so; what bob
     # says meanwhile arrives once, in order.
     healthy_cluster.kill_replica("d1")
+    killed = time.monotonic()
     meanwhile = [f"while you were away {n}" for n in range(1, 4)]
     for text in meanwhile:
         say(bob, text)
     new_replica = wait_live(alice, not_on="d1")
+    print(f"alice's page was live again on {new_replica} {time.monotonic() - killed:.2f} s after d1 died")
     assert new_replica in ("d2", "d3")
     assert "reconnected to" in alice.locator("#conn-status").inner_text()
     wait_texts(alice, said + meanwhile)
@@ -145,3 +149,28 @@ def test_after_redis_lost_its_data_the_page_catches_up_from_the_database(
     # page read the rows from the database instead of reloading.
     assert alice.evaluate(position_js)["epoch"] not in (None, old_epoch)
     assert int(alice.locator("#messages").get_attribute("data-catch-ups") or 0) >= 1
+
+
+def test_a_user_whose_replica_died_goes_offline_for_the_others_within_the_ttl(
+    browser_user: LoginPage, healthy_cluster: Cluster
+) -> None:
+    slug = f"e2e-{uuid.uuid4().hex[:6]}"
+    alice = browser_user("alice", replica="d1", path="/chat/")
+    alice.fill("#create-room input[name=slug]", slug)
+    alice.click("#create-room button[type=submit]")
+    alice.wait_for_url(f"**/chat/{slug}/")
+    wait_live(alice)
+    carol = browser_user("carol", replica="d3", path=f"/chat/{slug}/")
+    assert wait_live(carol) == "d3"
+    alice.locator('#presence li.online[data-user="carol"]').wait_for()
+    # carol's machine drops off the network as her replica dies: nobody runs disconnect() for
+    # her socket, and she cannot come back. Only the TTL of her entry can tell.
+    carol.context.set_offline(True)
+    healthy_cluster.kill_replica("d3")
+    started = time.monotonic()
+    ttl_secs = presence.DEFAULT_HEARTBEAT_SECS * presence.TTL_HEARTBEATS
+    alice.locator('#presence li[data-user="carol"]').wait_for(state="detached", timeout=(ttl_secs + 10) * 1000)
+    waited = time.monotonic() - started
+    print(f"carol went offline on alice's page {waited:.1f} s after d3 died (TTL {ttl_secs:.0f} s)")
+    assert waited <= ttl_secs + presence.DEFAULT_HEARTBEAT_SECS + 2
+    assert alice.locator('#presence li.online[data-user="alice"]').count() == 1
