@@ -39,6 +39,17 @@ def wait_live(page: Any, *, not_on: str | None = None) -> str:
     return page.locator("#conn-status").get_attribute("data-replica")  # type: ignore[no-any-return]
 
 
+def create_room(page: Any, prefix: str = "e2e", title: str = "") -> str:
+    """Create a room through the room list's form; the page ends up in it. Returns its slug."""
+    slug = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    page.goto("/chat/")
+    page.fill("#create-room input[name=slug]", slug)
+    page.fill("#create-room input[name=title]", title)
+    page.click("#create-room button[type=submit]")
+    page.wait_for_url(f"**/chat/{slug}/")
+    return slug
+
+
 def say(page: Any, text: str) -> None:
     page.fill("#send-text", text)
     page.press("#send-text", "Enter")
@@ -47,17 +58,9 @@ def say(page: Any, text: str) -> None:
 def test_alice_and_bob_chat_across_replicas_through_a_replica_death_and_a_reload(
     browser_user: LoginPage, healthy_cluster: Cluster
 ) -> None:
-    slug, side = f"e2e-{uuid.uuid4().hex[:6]}", f"side-{uuid.uuid4().hex[:6]}"
     alice = browser_user("alice", replica="d1", path="/chat/")
-    alice.fill("#create-room input[name=slug]", side)  # a second room of hers, not in view
-    alice.fill("#create-room input[name=title]", "Side room")
-    alice.click("#create-room button[type=submit]")
-    alice.wait_for_url(f"**/chat/{side}/")
-    alice.goto("/chat/")
-    alice.fill("#create-room input[name=slug]", slug)
-    alice.fill("#create-room input[name=title]", "Tea & <biscuits>")
-    alice.click("#create-room button[type=submit]")
-    alice.wait_for_url(f"**/chat/{slug}/")
+    side = create_room(alice, "side", "Side room")  # a second room of hers, not in view
+    slug = create_room(alice, "e2e", "Tea & <biscuits>")
     assert wait_live(alice) == "d1"
     bob = browser_user("bob", replica="d2", path=f"/chat/{slug}/")
     assert wait_live(bob) == "d2"
@@ -124,11 +127,8 @@ def test_alice_and_bob_chat_across_replicas_through_a_replica_death_and_a_reload
 def test_after_redis_lost_its_data_the_page_catches_up_from_the_database(
     browser_user: LoginPage, healthy_cluster: Cluster
 ) -> None:
-    slug = f"e2e-{uuid.uuid4().hex[:6]}"
     alice = browser_user("alice", replica="d1", path="/chat/")
-    alice.fill("#create-room input[name=slug]", slug)
-    alice.click("#create-room button[type=submit]")
-    alice.wait_for_url(f"**/chat/{slug}/")
+    slug = create_room(alice)
     wait_live(alice)
     bob = browser_user("bob", replica="d3", path=f"/chat/{slug}/")
     wait_live(bob)
@@ -154,11 +154,8 @@ def test_after_redis_lost_its_data_the_page_catches_up_from_the_database(
 def test_a_user_whose_replica_died_goes_offline_for_the_others_within_the_ttl(
     browser_user: LoginPage, healthy_cluster: Cluster
 ) -> None:
-    slug = f"e2e-{uuid.uuid4().hex[:6]}"
     alice = browser_user("alice", replica="d1", path="/chat/")
-    alice.fill("#create-room input[name=slug]", slug)
-    alice.click("#create-room button[type=submit]")
-    alice.wait_for_url(f"**/chat/{slug}/")
+    slug = create_room(alice)
     wait_live(alice)
     carol = browser_user("carol", replica="d3", path=f"/chat/{slug}/")
     assert wait_live(carol) == "d3"

@@ -4,12 +4,12 @@ position kept in sessionStorage — once — and the outbox survives a dead repl
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 from realtime.cluster import Cluster
 from tests.conftest import manage
 from tests.e2e.conftest import LoginPage
+from tests.e2e.test_chat import create_room
 
 PUSHES_JS = "() => [...document.querySelectorAll('#log li')].map(li => li.textContent).filter(t => t.includes('note '))"
 
@@ -53,11 +53,8 @@ def test_a_page_load_resumes_from_session_storage_without_duplicates(
 def test_a_chat_line_sent_while_the_replica_is_dead_is_delivered_once(
     browser_user: LoginPage, healthy_cluster: Cluster
 ) -> None:
-    slug = f"outbox-{uuid.uuid4().hex[:6]}"
     page = browser_user("carol", replica="d2", path="/chat/")
-    page.fill("#create-room input[name=slug]", slug)
-    page.click("#create-room button[type=submit]")
-    page.wait_for_url(f"**/chat/{slug}/")
+    slug = create_room(page, "outbox")
     page.wait_for_function("document.getElementById('conn-status').dataset.replica === 'd2'")
     healthy_cluster.kill_replica("d2")
     # Said at once: onto a socket that is dying or already gone; either way it waits in the
