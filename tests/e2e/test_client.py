@@ -71,3 +71,29 @@ def test_a_chat_line_sent_while_the_replica_is_dead_is_delivered_once(
     assert page.evaluate("window.switchboard.stats.reconnects") >= 1
     rows = page.request.get(f"/chat/{slug}/messages").json()["messages"]
     assert [m["text"] for m in rows] == ["sent into the void"]  # stored once
+
+
+def test_after_logging_out_the_client_stops_at_4401_and_does_not_retry(
+    browser_user: LoginPage, healthy_cluster: Cluster
+) -> None:
+    page = browser_user("bob", path="/chat/")
+    create_room(page, "logout")
+    page.wait_for_function("document.getElementById('conn-status').dataset.state === 'open'")
+    opened: list[str] = []
+    page.on("websocket", lambda ws: opened.append(ws.url))
+    other = page.context.new_page()  # the same browser, another tab: log out there
+    other.goto("/chat/")
+    other.click("header form button[type=submit]")
+    other.wait_for_url("**/accounts/login/")
+    page.evaluate("window.switchboard.socket.close()")  # the socket drops; the client comes back
+    page.wait_for_function("document.getElementById('conn-status').dataset.state === 'down'")
+    assert "logged out" in page.locator("#conn-status").inner_text()
+    assert len(opened) == 1 and page.evaluate("window.switchboard.final")
+    # Refused with 4401: it stays down instead of retrying with backoff.
+    try:
+        page.wait_for_function("window.switchboard.socket !== null", timeout=2_000)
+    except Exception:
+        pass
+    else:
+        raise AssertionError("the client reconnected after a 4401")
+    assert len(opened) == 1
