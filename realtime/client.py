@@ -147,7 +147,9 @@ class RealtimeClient:
 
     async def wait_connected(self, *, timeout: float = 15) -> None:
         waiter = asyncio.create_task(self._connected.wait())
-        done, _ = await asyncio.wait({waiter, self._runner}, timeout=timeout)  # type: ignore[arg-type]
+        await asyncio.wait(
+            {waiter, self._runner}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED  # type: ignore[arg-type]
+        )
         waiter.cancel()
         if self.refused:
             raise ClientClosed(self.refused)
