@@ -3,6 +3,8 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
+from realtime.models import Room
+
 # Development passwords, printed by `make run`. Never use these users outside a dev machine.
 DEMO_USERS = [
     ("alice", "alice-pass", False),
@@ -12,8 +14,19 @@ DEMO_USERS = [
 ]
 
 
+# A public room everyone can join and a private one for the demo users alice and bob, so a
+# fresh cluster has somewhere to chat.
+DEMO_ROOMS = [
+    ("lobby", "Lobby", False, ()),
+    ("alice-and-bob", "Alice & Bob", True, ("alice", "bob")),
+]
+
+
 class Command(BaseCommand):
-    help = "Create (or reset) the demo users alice, bob, carol and admin with their dev passwords."
+    help = (
+        "Create (or reset) the demo users alice, bob, carol and admin with their dev passwords, "
+        "and the demo rooms."
+    )
 
     def handle(self, *args: Any, **options: Any) -> None:
         User = get_user_model()
@@ -25,3 +38,9 @@ class Command(BaseCommand):
             user.save()
             role = "admin, staff" if is_admin else "user"
             self.stdout.write(f"  {username:<6} / {password:<11} ({role})")
+        for slug, title, is_private, members in DEMO_ROOMS:
+            room, _ = Room.objects.get_or_create(
+                slug=slug, defaults={"title": title, "is_private": is_private}
+            )
+            room.members.add(*User.objects.filter(username__in=members))
+        self.stdout.write("Demo rooms: " + ", ".join(f"#{slug}" for slug, *_ in DEMO_ROOMS))
