@@ -179,7 +179,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     # --- frames from the layer (the sink) ------------------------------------------------------
 
     async def on_stream_frame(self, stream: str, seq: int, epoch: str, frame: str) -> None:
-        if self._send_now(stream, seq, epoch, frame):
+        if self.send_now(stream, seq, epoch, frame):
             return
         if len(self.queue) >= settings.DELIVERY_QUEUE_MAX_FRAMES:
             # Backpressure: drop it, and fetch it from history once the writer has caught up.
@@ -189,9 +189,10 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             self.queue.append(("frame", stream, seq, epoch, frame))
         self._wake_writer()
 
-    def _send_now(self, stream: str, seq: int, epoch: str, frame: str) -> bool:
+    def send_now(self, stream: str, seq: int, epoch: str, frame: str) -> bool:
         """Write the common case at once: the next seq, nothing queued, no writer running. It
-        skips the queue, a writer task and Channels' send chain per socket (direct_send.py)."""
+        skips the queue, a writer task and Channels' send chain per socket (direct_send.py).
+        The layer calls it first for every local socket (see layer.StreamSink)."""
         cursor = self.cursors.get(stream)
         wire = self.wire
         if (
@@ -200,8 +201,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             or not direct_send.is_open(wire)
         ):  # fmt: skip
             return False
-        cursor.last = seq
         direct_send.write_frame(wire, frame)
+        cursor.last = seq  # after the write: had it failed, the next frame repairs the gap
         replica_stats.frames_out += 1
         self._schedule_mark(stream)
         return True

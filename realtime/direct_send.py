@@ -67,15 +67,18 @@ def write_frame(protocol: Any, frame: str) -> None:
 
 def _idle(transport: Any) -> bool:
     """A plain TCP transport of Twisted's, connected, with nothing waiting in its buffers."""
-    return bool(
-        getattr(transport, "_tempDataLen", None) == 0
-        and getattr(transport, "offset", None) == len(getattr(transport, "dataBuffer", b"x"))
-        and getattr(transport, "connected", False)
-        and not getattr(transport, "disconnecting", True)
-        and not getattr(transport, "_writeDisconnected", True)
-        and not getattr(transport, "TLS", True)
-        and hasattr(transport, "socket")
-    )
+    try:
+        return bool(
+            transport._tempDataLen == 0
+            and transport.offset == len(transport.dataBuffer)
+            and transport.connected
+            and not transport.disconnecting
+            and not transport._writeDisconnected
+            and not transport.TLS
+            and transport.socket is not None
+        )
+    except AttributeError:  # not the Twisted transport this was written against
+        return False
 
 
 _last: tuple[str, PreparedMessage] | None = None

@@ -57,6 +57,11 @@ class StreamSink(Protocol):
     def on_resync(self) -> Awaitable[None]: ...
 
 
+# A sink may also have `send_now(stream, seq, epoch, frame) -> bool`: a synchronous write of the
+# common case (the next seq, nothing queued). When it returns True the layer skips
+# on_stream_frame, so a fan-out to N local sockets costs no coroutine per socket.
+
+
 def parse_frame_message(data: bytes) -> tuple[str, int, str, str]:
     """b"F<seq> <epoch> <stream>\\n<frame>" -> (stream, seq, epoch, frame)."""
     header, _, frame = data.partition(b"\n")
@@ -356,7 +361,9 @@ class _LoopLayer:
                 sink = self.sinks.get(channel)
                 try:
                     if sink is not None:
-                        await sink.on_stream_frame(stream, seq, epoch, frame)
+                        send_now = getattr(sink, "send_now", None)
+                        if send_now is None or not send_now(stream, seq, epoch, frame):
+                            await sink.on_stream_frame(stream, seq, epoch, frame)
                     else:
                         self._put(channel, {"type": "rt.deliver", "stream": stream, "seq": seq,
                                             "epoch": epoch, "frame": frame})  # fmt: skip

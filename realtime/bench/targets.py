@@ -224,7 +224,7 @@ def start_limit(*, clients: int, var_dir: Path) -> LimitTarget:
     return LimitTarget(
         name="limit", ws_url=f"ws://127.0.0.1:{port}/", origin=f"http://127.0.0.1:{port}",
         sessions={f"raw{i}": "" for i in range(clients)}, replica_pids={"limit": process.pid},
-        resumable=False, can_push=False, process=process, port=port,
+        resumable=False, can_push=False, can_batch=False, process=process, port=port,
     )  # fmt: skip
 
 

@@ -102,6 +102,7 @@ class Command(BaseCommand):
             if not pool.connected():
                 raise CommandError(f"{target.name}: no client could connect: {connected.extra['failures']}")
             messages = options["messages"]
+            await workloads.warm_up(ctx)
             if "W1" in wanted:
                 results.append(await workloads.fan_out(ctx, messages=messages))
             if "W2" in wanted and target.can_push:
