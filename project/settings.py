@@ -174,6 +174,9 @@ REDIS_TIMEOUT_SECS = env_int("REDIS_TIMEOUT_SECS", 3, minimum=1)
 # --- The cluster view --------------------------------------------------------------------------
 # Each replica publishes its stats to the staff-only `ops` stream this often; 0 turns it off.
 OPS_INTERVAL_SECS = env_float("OPS_INTERVAL_SECS", 1.0)
+# Presence: each socket refreshes its entries this often; an entry lives three beats, so a
+# replica that dies without saying goodbye lets its users go offline within 15 s.
+PRESENCE_HEARTBEAT_SECS = env_float("PRESENCE_HEARTBEAT_SECS", 5.0)
 # HAProxy's read-only stats page (CSV at <url>;csv): how a replica learns what HAProxy thinks of
 # every replica (UP, DRAIN, MAINT, DOWN). Empty: the cluster view shows the state as unknown.
 HAPROXY_STATS_URL = env_str("HAPROXY_STATS_URL", "")

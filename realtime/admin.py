@@ -24,9 +24,9 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from redis.exceptions import RedisError
 
-from realtime import groups, history, publish
+from realtime import groups, history, presence, publish
 from realtime.forms import MessageForm
-from realtime.models import ApiToken, Room
+from realtime.models import ApiToken, ChatMessage, Room
 from realtime.services import api_token_issue
 
 logger = logging.getLogger(__name__)
@@ -137,6 +137,71 @@ class RoomAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
 
 
+@admin.register(ChatMessage)
+class ChatMessageAdmin(admin.ModelAdmin):
+    """Read-only: a chat line is the row *and* its stream message, so an edit here would make
+    the two disagree. Staff with the delete permission may remove a line (moderation)."""
+
+    list_display = ("created_at", "room", "user", "short_text", "seq")
+    list_filter = ("room",)
+    search_fields = ("text", "user__username", "room__slug")
+    list_select_related = ("room", "user")
+    readonly_fields = ("room", "user", "text", "created_at", "client_id", "seq", "epoch")
+
+    @admin.display(description="Text")
+    def short_text(self, message: ChatMessage) -> str:
+        return message.text if len(message.text) <= 80 else message.text[:79] + "…"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+def presence_view(request: HttpRequest) -> HttpResponse:
+    """Who is online, per room and overall, as the replicas' presence entries in Redis say."""
+    if not request.user.has_perm("realtime.view_room"):
+        raise PermissionDenied("Viewing presence needs the 'view room' permission.")
+    rooms = list(Room.objects.order_by("slug"))
+    users = {user.pk: user for user in User.objects.filter(is_active=True).order_by("username")}
+    online_by_room: list[tuple[Room, list[Any]]] = []
+    statuses: dict[int, presence.UserStatus] = {}
+    try:
+        online = async_to_sync(_presence_snapshot)([room.slug for room in rooms], list(users))
+    except (RedisError, OSError) as exc:
+        logger.warning("presence unreadable: %r", exc)
+        messages.error(request, f"Redis is unreachable ({exc.__class__.__name__}); try again.")
+    else:
+        room_ids, statuses = online
+        online_by_room = [
+            (room, [users[uid] for uid in ids if uid in users])
+            for room, ids in zip(rooms, room_ids, strict=True)
+        ]
+    people = [
+        {"user": user, "status": statuses.get(uid)} for uid, user in users.items()
+    ]
+    people.sort(key=lambda p: (not (p["status"] and p["status"].online), p["user"].username))
+    return TemplateResponse(
+        request,
+        "admin/realtime/presence.html",
+        {
+            **admin.site.each_context(request),
+            "title": "Presence (read-only)",
+            "rooms": online_by_room,
+            "people": people,
+            "ttl_secs": presence.ttl_ms() / 1000,
+        },
+    )
+
+
+async def _presence_snapshot(
+    slugs: list[str], user_ids: list[int]
+) -> tuple[list[list[int]], dict[int, presence.UserStatus]]:
+    rooms = [await presence.room_online(slug=slug) for slug in slugs]
+    return rooms, await presence.user_statuses(user_ids=user_ids)
+
+
 def ledger_view(request: HttpRequest, user_id: int) -> HttpResponse:
     """One user's stream, newest first: each message sent, delivered to a socket, or acked."""
     if not request.user.has_perm("auth.view_user"):
@@ -189,6 +254,11 @@ def _get_urls() -> list[Any]:
             "realtime/broadcast/",
             admin.site.admin_view(broadcast_view),
             name="realtime-broadcast",
+        ),
+        path(
+            "realtime/presence/",
+            admin.site.admin_view(presence_view),
+            name="realtime-presence",
         ),
         path(
             "realtime/ledger/<int:user_id>/",

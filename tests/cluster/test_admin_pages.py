@@ -9,7 +9,7 @@ import httpx
 
 from realtime.cluster import Cluster, wait_until
 from tests.cluster.helpers import api_post
-from tests.support.clients import login, open_user_socket
+from tests.support.clients import WsClient, cookie_header, login, open_user_socket
 
 ROW = re.compile(r'<tr class="ledger-row" data-seq="(\d+)" data-state="(\w+)">')
 
@@ -99,5 +99,41 @@ def test_room_admin_lists_and_adds_rooms(healthy_cluster: Cluster) -> None:
             data={"slug": "Bad Slug", "title": "x", "csrfmiddlewaretoken": token.group(1)},
         )
         assert bad.status_code == 200 and "lower-case letters" in bad.text
+    finally:
+        admin.close()
+
+
+async def test_presence_page_lists_who_is_online_per_room_and_refuses_non_staff(
+    healthy_cluster: Cluster,
+) -> None:
+    bob = login(healthy_cluster.url, "bob", "bob-pass")
+    admin = login(healthy_cluster.url, "admin", "admin-pass")
+    # A socket subscribed to #lobby has a presence entry there, like bob's chat page.
+    ws = await WsClient.open(healthy_cluster.ws_url, cookie=cookie_header(bob.cookies))
+    await ws.wait_type("hello")
+    await ws.send_json({"type": "subscribe", "stream": "room:lobby"})
+    await ws.wait_type("subscribed")
+    try:
+        lobby_row = re.compile(r"#lobby .*?</td>\s*<td>(.*?)</td>", re.S)
+
+        def lobby_online() -> str:
+            page = admin.get("/admin/realtime/presence/")
+            assert page.status_code == 200
+            match = lobby_row.search(page.text)
+            return match.group(1) if match else ""
+
+        wait_until(lambda: "bob" in lobby_online(), timeout=15, what="bob online in #lobby")
+        assert bob.get("/admin/realtime/presence/").status_code == 302  # not staff: to the login
+    finally:
+        await ws.close()
+        bob.close()
+        admin.close()
+
+
+def test_chat_messages_admin_is_read_only(healthy_cluster: Cluster) -> None:
+    admin = login(healthy_cluster.url, "admin", "admin-pass")
+    try:
+        assert admin.get("/admin/realtime/chatmessage/").status_code == 200
+        assert admin.get("/admin/realtime/chatmessage/add/").status_code == 403
     finally:
         admin.close()
