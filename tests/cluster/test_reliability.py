@@ -85,14 +85,20 @@ async def test_fault_harness_redis_restart_starts_new_epochs_and_delivers_all_af
         await harness.close()
 
 
+def room_with_writer_and_reader(cluster: Cluster, name: str) -> tuple[str, str, str]:
+    """A new public room and two new users: (room stream, writer's session, reader's session)."""
+    slug = f"{name}-{uuid.uuid4().hex[:6]}"
+    manage(cluster, "shell", "-c", f"from realtime.models import Room; Room.objects.create(slug='{slug}', title='{name}')")
+    writer_session, reader_session = sessions_for(cluster, 2, unique_prefix(name)).values()
+    return f"room:{slug}", writer_session, reader_session
+
+
 async def test_resent_publish_after_a_lost_ack_is_published_exactly_once(
     healthy_cluster: Cluster,
 ) -> None:
     cluster = healthy_cluster
-    slug = f"resend-{uuid.uuid4().hex[:6]}"
-    manage(cluster, "shell", "-c", f"from realtime.models import Room; Room.objects.create(slug='{slug}', title='r')")
-    users = sessions_for(cluster, 2, unique_prefix("resend"))
-    writer_session, reader_session = users.values()
+    stream, writer_session, reader_session = room_with_writer_and_reader(cluster, "resend")
+    slug = stream.split(":", 1)[1]
     origin = origin_of(cluster.url)
     reader = await RealtimeClient(
         cluster.ws_url, cookie=f"sessionid={reader_session}; SERVERID=d3", origin=origin,
@@ -126,12 +132,8 @@ async def test_outbox_resends_across_dropped_connections_and_each_message_lands_
     healthy_cluster: Cluster,
 ) -> None:
     cluster = healthy_cluster
-    slug = f"outbox-{uuid.uuid4().hex[:6]}"
-    manage(cluster, "shell", "-c", f"from realtime.models import Room; Room.objects.create(slug='{slug}', title='o')")
-    users = sessions_for(cluster, 2, unique_prefix("outbox"))
-    writer_session, reader_session = users.values()
+    stream, writer_session, reader_session = room_with_writer_and_reader(cluster, "outbox")
     origin = origin_of(cluster.url)
-    stream = f"room:{slug}"
     reader = await RealtimeClient(
         cluster.ws_url, cookie=f"sessionid={reader_session}", origin=origin, streams=[stream]
     ).start()
