@@ -275,6 +275,9 @@ class Cluster:
 
     def start_redis(self, *, timeout: float = 30.0) -> None:
         self.processes["redis"].start()
+        # The state file names every PID: `cluster down` and the benchmark's CPU readings must
+        # see a restarted process, not the one it replaced.
+        self.write_state()
         wait_until(self.redis_ping, timeout=timeout, what=f"redis-server on {self.redis_port}")
 
     def stop_redis(self) -> None:
@@ -297,6 +300,7 @@ class Cluster:
 
     def start_replica(self, name: str, *, timeout: float = 30.0) -> None:
         self.processes[name].start()
+        self.write_state()
         self.wait_replica_healthy(name, timeout=timeout)
 
     def replica_health(self, name: str) -> dict[str, object]:
