@@ -17,7 +17,7 @@ from realtime.cluster import Cluster
 from tests.cluster.helpers import sessions_for
 from tests.conftest import manage
 from tests.support.clients import WsClient, origin_of
-from tests.support.harness import Harness, unique_prefix, wait_progress
+from tests.support.harness import Harness, unique_prefix
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -27,18 +27,17 @@ async def test_fault_harness_two_replicas_killed_every_stream_exactly_once_in_or
 ) -> None:
     cluster = healthy_cluster
     harness = Harness(cluster, clients=100, rooms=3, prefix=unique_prefix("fault"))
-    await harness.open_clients()
-    targets = harness.plan(pushes=2400, broadcasts=150, room_messages=450)
-    progress = [0]
-    publishing = asyncio.create_task(harness.publish_all(targets, via_manage=6, progress=progress))
     try:
+        await harness.open_clients()
+        targets = harness.plan(pushes=2400, broadcasts=150, room_messages=450)
+        progress = harness.start_publishing(targets, via_manage=6)
         for victim, at in (("d1", 600), ("d2", 1600)):
-            await wait_progress(progress, at)
+            await progress.reached(at)
             await asyncio.to_thread(cluster.kill_replica, victim)
             await asyncio.to_thread(cluster.wait_server_status, victim, "DOWN", timeout=15)
             await asyncio.to_thread(cluster.start_replica, victim)
             await asyncio.to_thread(cluster.wait_server_status, victim, "UP", timeout=30)
-        await asyncio.wait_for(publishing, 180)
+        await harness.publishing_done()
         await harness.wait_delivered(timeout=60)
         report = harness.verify()
         print("fault harness (2 replicas killed):", report.line())
@@ -50,7 +49,6 @@ async def test_fault_harness_two_replicas_killed_every_stream_exactly_once_in_or
         # The kills really moved clients: the ones on d1 and d2 (two thirds) came back elsewhere.
         assert report.reconnects >= 60
     finally:
-        publishing.cancel()
         await harness.close()
 
 
@@ -59,14 +57,13 @@ async def test_fault_harness_redis_restart_starts_new_epochs_and_delivers_all_af
 ) -> None:
     cluster = healthy_cluster
     harness = Harness(cluster, clients=60, rooms=3, prefix=unique_prefix("redis"))
-    await harness.open_clients()
-    targets = harness.plan(pushes=600, broadcasts=100, room_messages=300)
-    progress = [0]
-    publishing = asyncio.create_task(harness.publish_all(targets, progress=progress))
     try:
-        await wait_progress(progress, 400)
+        await harness.open_clients()
+        targets = harness.plan(pushes=600, broadcasts=100, room_messages=300)
+        progress = harness.start_publishing(targets)
+        await progress.reached(400)
         await asyncio.to_thread(cluster.restart_redis)
-        await asyncio.wait_for(publishing, 180)
+        await harness.publishing_done()
         await harness.wait_delivered(timeout=60)
         report = harness.verify()
         print("fault harness (Redis restarted):", report.line())
@@ -81,7 +78,6 @@ async def test_fault_harness_redis_restart_starts_new_epochs_and_delivers_all_af
         # No socket had to reconnect: the replicas resubscribed by themselves.
         assert report.reconnects == 0
     finally:
-        publishing.cancel()
         await harness.close()
 
 
@@ -141,7 +137,6 @@ async def test_outbox_resends_across_dropped_connections_and_each_message_lands_
     writer = await RealtimeClient(cluster.ws_url, cookie=f"sessionid={writer_session}", origin=origin).start()
     sends = [asyncio.create_task(writer.publish(stream, {"n": n}, id=f"m{n}")) for n in range(60)]
     for _ in range(3):  # drop the connection while sends and acks are in flight
-        await asyncio.sleep(0)  # a yield, not a wait: lets the pending sends reach the socket
         await writer.drop()
         await writer.wait_connected(timeout=15)
     acks = await asyncio.gather(*sends)

@@ -113,11 +113,20 @@ async def test_history_is_trimmed_to_its_length(
     assert stored[-1][0] == 300
 
 
+def _redis_ms(time_reply: tuple[int, int]) -> int:
+    seconds, micros = time_reply
+    return seconds * 1000 + micros // 1000
+
+
 async def test_history_is_trimmed_by_age(layer: StreamChannelLayer, settings: SettingsWrapper) -> None:
     settings.HISTORY_MAX_AGE_SECS = 0.05
     for n in range(15):
         await publish.publish(stream="room:aged", payload=n)
-    await asyncio.sleep(0.1)  # the condition is time itself: let the first 15 grow older than 50 ms
+    # Wait until Redis' own clock (the one the script trims by) is past the entries' max age.
+    newest_ms = int((await layer.redis().xrevrange(history.log_key("room:aged"), count=1))[0][1][b"t"])
+    async with asyncio.timeout(5):
+        while _redis_ms(await layer.redis().time()) <= newest_ms + 50:
+            await asyncio.sleep(0.01)
     await publish.publish(stream="room:aged", payload=15)  # seq 16: the script trims by age
     stored = await history.read("room:aged", after=0)
     assert [seq for seq, _ in stored] == [16]

@@ -70,6 +70,7 @@ class Harness:
         self.token = api_token(cluster)
         self.rng = random.Random(1234)
         self.publish_failures = 0
+        self._publishing: asyncio.Task[None] | None = None
 
     # --- setup -----------------------------------------------------------------------------------
 
@@ -112,22 +113,34 @@ class Harness:
 
     # --- publishing ------------------------------------------------------------------------------
 
+    def start_publishing(self, targets: list[str], *, via_manage: int = 0) -> Progress:
+        """Publish in the background (see publish_all); `close()` stops it if a test fails."""
+        progress = Progress()
+        self._publishing = asyncio.create_task(
+            self.publish_all(targets, via_manage=via_manage, progress=progress)
+        )
+        return progress
+
+    async def publishing_done(self, *, timeout: float = 180) -> None:
+        assert self._publishing is not None, "start_publishing() first"
+        await asyncio.wait_for(self._publishing, timeout)
+
     async def publish_all(
         self, targets: list[str], *, concurrency: int = 8, via_manage: int = 0,
-        progress: list[int] | None = None,
+        progress: Progress | None = None,
     ) -> None:  # fmt: skip
         """Publish one message per target through random replicas (and `via_manage` of them with
         `manage.py publish` in a process of its own), each retried until it is answered."""
         queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         for index, stream in enumerate(targets):
             queue.put_nowait((stream, f"{self.prefix}-{index}"))
-        done = progress if progress is not None else [0]
+        done = progress or Progress()
 
         async def http_worker(client: httpx.AsyncClient) -> None:
             while not queue.empty():
                 stream, key = queue.get_nowait()
                 await self._publish_http(client, stream, key)
-                done[0] += 1
+                await done.advance()
 
         async def manage_worker(count: int) -> None:
             for _ in range(count):
@@ -135,7 +148,7 @@ class Harness:
                     return
                 stream, key = queue.get_nowait()
                 await self._publish_manage(stream, key)
-                done[0] += 1
+                await done.advance()
 
         async with httpx.AsyncClient(base_url=self.cluster.url, timeout=10) as client:
             await asyncio.gather(
@@ -243,16 +256,31 @@ class Harness:
         )  # fmt: skip
 
     async def close(self) -> None:
+        if self._publishing is not None:
+            self._publishing.cancel()
         await asyncio.gather(*(client.close() for client in self.clients))
+
+
+class Progress:
+    """How many messages have been published: tests wait for a count, never for time."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._changed = asyncio.Condition()
+
+    async def advance(self) -> None:
+        async with self._changed:
+            self.count += 1
+            self._changed.notify_all()
+
+    async def reached(self, count: int, *, timeout: float = 60) -> None:
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(lambda: self.count >= count)
+        except TimeoutError:
+            raise AssertionError(f"only {self.count} of {count} published in {timeout}s") from None
 
 
 def unique_prefix(name: str) -> str:
     return f"{name}{uuid.uuid4().hex[:6]}"
-
-
-async def wait_progress(progress: list[int], count: int, *, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while progress[0] < count:
-        assert time.monotonic() < deadline, f"only {progress[0]} of {count} published"
-        await asyncio.sleep(0.05)
 
