@@ -78,12 +78,15 @@ class Position:
 
 @dataclass
 class ClientStats:
-    connects: int = 0
     duplicates_dropped: int = 0
     gaps_seen: int = 0  # a seq skipped on the wire: the server should never let one through
     resets: int = 0  # resumed with recovered: false
     resent: int = 0  # outbox frames sent again after a reconnect
     replicas: list[str] = field(default_factory=list)  # the replica of every connection, in order
+
+    @property
+    def connects(self) -> int:
+        return len(self.replicas)
 
 
 class ClientClosed(Exception):
@@ -312,7 +315,6 @@ class RealtimeClient:
     async def _on_hello(self, frame: Frame) -> None:
         self.events.append(frame)
         self.replica, self.user_id = frame.get("replica"), frame.get("user_id")
-        self.stats.connects += 1
         self.stats.replicas.append(str(self.replica))
         for stream, position in (frame.get("streams") or {}).items():
             # A stream seen for the first time starts at the head; a resumed one keeps ours.

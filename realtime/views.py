@@ -176,9 +176,7 @@ async def api_broadcast(request: HttpRequest) -> JsonResponse:
     async def handle() -> JsonResponse:
         publisher = await authenticate_publisher(request)
         payload = _payload_from(parse_json_object(request))
-        result = await publish.broadcast(payload=payload, idempotency=_idempotency(request, publisher))
-        logger.info("broadcast seq=%s by=%s", result.seq, publisher)
-        return ok_response(result.as_dict())
+        return await _publish_answer(request, publisher, stream=groups.BROADCAST_STREAM, payload=payload)
 
     return await _answer(handle)
 
@@ -198,14 +196,19 @@ async def api_publish(request: HttpRequest) -> JsonResponse:
             groups.group_for_stream(stream)
         except groups.InvalidStreamName as exc:
             raise ApiError(400, "bad_stream", str(exc)) from None
-        payload = _payload_from(body)
-        result = await publish.publish(
-            stream=stream, payload=payload, idempotency=_idempotency(request, publisher)
-        )
-        logger.info("publish stream=%s seq=%s by=%s", stream, result.seq, publisher)
-        return ok_response(result.as_dict())
+        return await _publish_answer(request, publisher, stream=stream, payload=_payload_from(body))
 
     return await _answer(handle)
+
+
+async def _publish_answer(
+    request: HttpRequest, publisher: str, *, stream: str, payload: Any
+) -> JsonResponse:
+    result = await publish.publish(
+        stream=stream, payload=payload, idempotency=_idempotency(request, publisher)
+    )
+    logger.info("publish stream=%s seq=%s by=%s", stream, result.seq, publisher)
+    return ok_response(result.as_dict())
 
 
 # Idempotency keys: a client's own unique string per message, like Stripe's.
