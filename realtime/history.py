@@ -27,12 +27,14 @@ from django.conf import settings
 _PUBLISH_LUA = """
 -- KEYS: meta, log, members, idempotency key ('' for none)
 -- ARGV: epoch candidate, body (envelope JSON without seq/epoch), maxlen, max age ms,
---       pub/sub channel, stream name, idempotency ttl secs
+--       pub/sub channel, stream name, idempotency ttl secs, message id
 if KEYS[4] ~= '' then
   local prior = redis.call('GET', KEYS[4])
   if prior then
-    local seq, epoch = string.match(prior, '^(%d+) (.+)$')
-    return {tonumber(seq), epoch, 0, 0, 1}
+    -- The first publish's seq, epoch and message id: a retry learns what it already sent.
+    -- (Keys written before ids were stored have none: the id comes back empty.)
+    local seq, epoch, id = string.match(prior, '^(%d+) (%S+) ?(%S*)$')
+    return {tonumber(seq), epoch, 0, 0, 1, id}
   end
 end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
@@ -65,9 +67,9 @@ for i = 2, #members, 2 do
   if count and tonumber(expires) >= now_ms then sockets = sockets + tonumber(count) end
 end
 if KEYS[4] ~= '' then
-  redis.call('SET', KEYS[4], seq .. ' ' .. epoch, 'EX', ARGV[7])
+  redis.call('SET', KEYS[4], seq .. ' ' .. epoch .. ' ' .. ARGV[8], 'EX', ARGV[7])
 end
-return {seq, epoch, receivers, sockets, 0}
+return {seq, epoch, receivers, sockets, 0, ARGV[8]}
 """
 
 # Raise a delivery mark (delivered / acked) but never lower it, and only within the epoch the
@@ -96,6 +98,7 @@ class Appended:
     receivers: int  # processes (replicas) subscribed to the group
     sockets: int  # sockets in the group, by the replicas' membership counts
     duplicate: bool  # an idempotency key seen before: nothing was published again
+    message_id: str  # the envelope's id; for a duplicate, the first publish's
 
 
 def _prefix() -> str:
@@ -130,7 +133,9 @@ def _redis() -> Any:
     return get_channel_layer().redis()  # type: ignore[union-attr]
 
 
-async def append(*, stream: str, group: str, body: str, idempotency: str | None) -> Appended:
+async def append(
+    *, stream: str, group: str, body: str, message_id: str, idempotency: str | None
+) -> Appended:
     """Publish `body` (envelope JSON without seq/epoch) to `stream`: see the module docstring."""
     layer = get_channel_layer()
     client = _redis()
@@ -143,9 +148,12 @@ async def append(*, stream: str, group: str, body: str, idempotency: str | None)
         layer.group_channel(group),  # type: ignore[union-attr]
         stream,
         settings.IDEMPOTENCY_TTL_SECS,
+        message_id,
     ]
-    seq, epoch, receivers, sockets, duplicate = await _script(client, _PUBLISH_LUA)(keys, args)
-    return Appended(int(seq), _text(epoch), int(receivers), int(sockets), bool(duplicate))
+    seq, epoch, receivers, sockets, duplicate, first_id = await _script(client, _PUBLISH_LUA)(keys, args)
+    return Appended(
+        int(seq), _text(epoch), int(receivers), int(sockets), bool(duplicate), _text(first_id)
+    )
 
 
 async def heads(streams: list[str]) -> dict[str, Position]:

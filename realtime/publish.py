@@ -89,7 +89,10 @@ async def publish(
     body = protocol.encode(envelope)
     try:
         appended = await asyncio.wait_for(
-            history.append(stream=stream, group=group, body=body, idempotency=idempotency),
+            history.append(
+                stream=stream, group=group, body=body, message_id=message_id,
+                idempotency=idempotency,
+            ),  # fmt: skip
             timeout=settings.REDIS_TIMEOUT_SECS,
         )
     except (RedisError, OSError, asyncio.TimeoutError) as exc:
@@ -100,7 +103,7 @@ async def publish(
         ) from exc
     logger.debug("published stream=%s seq=%s replica=%s", stream, appended.seq, origin)
     return PublishResult(
-        stream=stream, id=message_id, origin=origin, seq=appended.seq, epoch=appended.epoch,
+        stream=stream, id=appended.message_id, origin=origin, seq=appended.seq, epoch=appended.epoch,
         replicas=appended.receivers, sockets=appended.sockets, duplicate=appended.duplicate,
     )  # fmt: skip
 

@@ -98,6 +98,7 @@ async def test_an_idempotency_key_publishes_once(layer: StreamChannelLayer) -> N
     again = await publish.publish(stream="room:once", payload=1, idempotency=key)
     assert (first.seq, first.duplicate) == (1, False)
     assert (again.seq, again.duplicate) == (1, True)
+    assert again.id == first.id  # the retry learns the id of the message it already sent
     assert len(await history.read("room:once", after=0)) == 1
 
 
