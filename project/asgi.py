@@ -10,13 +10,12 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 # which would fail with AppRegistryNotReady if imported earlier.
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from realtime.ops import with_ops_publisher  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
+from realtime.socket_auth import SocketAuthMiddleware  # noqa: E402
 
 # with_ops_publisher: the replica's stats reporter for the cluster view starts with the first
 # request (Daphne sends no lifespan events).
@@ -26,9 +25,9 @@ application = with_ops_publisher(ProtocolTypeRouter(
         # server; only paths under STATIC_URL take this detour.
         "http": ASGIStaticFilesHandler(django_asgi_app),
         # Browsers send Origin on every WebSocket handshake; one that is not ours is refused, so
-        # another site cannot open a socket with the user's cookies.
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+        # another site cannot open a socket with the user's cookies. One middleware checks it,
+        # logs the session's user in and routes: Channels' stack of five kept a frame and a
+        # scope copy each for the life of every socket (realtime/socket_auth.py).
+        "websocket": SocketAuthMiddleware(websocket_urlpatterns),
     }
 ))

@@ -1,0 +1,156 @@
+"""The WebSocket entry point in front of the consumer: origin check, session login and routing.
+
+It replaces Channels' `AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(routes)))`.
+That stack is five middlewares, and each keeps a coroutine frame and its own copy of the scope
+alive for as long as the socket is open (~4-5 KiB per connection, measured with tracemalloc on
+a replica); the scope also keeps the decoded session, and the session middleware wraps `send`,
+so every frame sent does a LazyObject lookup. Sockets never write the session, so all this
+needs is one frame, one scope copy holding the user, and Daphne's own `send` passed through
+(`direct_send.ws_protocol_of` finds Daphne's protocol behind it).
+
+The origin check is Channels' own validator; refusals (a foreign or missing Origin, an unknown
+path) close before accept, as Channels' WebsocketDenier does, so Daphne answers HTTP 403.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from importlib import import_module
+from types import MappingProxyType
+from typing import Any, cast
+from urllib.parse import urlparse
+
+from channels.db import database_sync_to_async
+from channels.security.websocket import AllowedHostsOriginValidator
+from django.conf import settings
+from django.contrib.auth import get_user
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser
+from django.contrib.sessions.backends.base import SessionBase
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest, parse_cookie
+from django.urls import URLPattern
+
+logger = logging.getLogger(__name__)
+
+AsgiApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+# `url_route` of a route without parameters (ours): one shared read-only value rather than a
+# dict, a tuple and another dict kept per socket.
+_NO_ROUTE_ARGS = MappingProxyType({"args": (), "kwargs": MappingProxyType({})})
+
+
+class SocketAuthMiddleware:
+    """ASGI app for WebSocket scopes: refuses foreign origins and unknown paths, logs the
+    session's user in, and calls the route's consumer with `scope["user"]` set."""
+
+    def __init__(self, routes: Sequence[URLPattern]) -> None:
+        for route in routes:
+            if not isinstance(route, URLPattern) or getattr(route.callback, "_path_routing", False):
+                raise ImproperlyConfigured(
+                    f"SocketAuthMiddleware routes path() entries straight to consumers; {route!r} "
+                    "is an include() or a nested URLRouter: list its routes instead."
+                )
+        self.routes = list(routes)
+        # Channels' validator, made by its own factory (ALLOWED_HOSTS, DEBUG's local hosts) and
+        # used only for its checks, so what it accepts and refuses is exactly Channels'.
+        self.origins = AllowedHostsOriginValidator(None)
+        self.session_store: type[SessionBase] = import_module(settings.SESSION_ENGINE).SessionStore
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            raise ValueError(
+                f"SocketAuthMiddleware serves WebSocket scopes, not {scope['type']!r}: route "
+                "other protocols elsewhere in ProtocolTypeRouter."
+            )
+        origin = cookie = None
+        for name, value in scope.get("headers", ()):
+            if name == b"origin":
+                origin = value  # the last one, as Channels' OriginValidator reads it
+            elif name == b"cookie" and cookie is None:
+                cookie = value  # the first one, as Channels' CookieMiddleware reads it
+        if not self._origin_allowed(origin):
+            logger.info("websocket refused: origin %r is not in ALLOWED_HOSTS", origin)
+            await _deny(receive, send)
+            return
+        route = self._route(scope)
+        if route is None:
+            logger.info("websocket refused: no route for path %r", scope.get("path"))
+            await _deny(receive, send)
+            return
+        app, url_route = route
+        # This frame lives as long as the socket: the parsed cookies die in _user, not here.
+        user = await self._user(cookie)
+        await app({**scope, "user": user, "url_route": url_route}, receive, send)
+
+    async def _user(self, cookie: bytes | None) -> AbstractBaseUser | AnonymousUser:
+        cookies = parse_cookie(cookie.decode("latin1")) if cookie else {}
+        session_key = cookies.get(settings.SESSION_COOKIE_NAME)
+        if not session_key:
+            return AnonymousUser()  # no thread hop for a socket without a session
+        return await _user_of_session(self.session_store, session_key)
+
+    def _origin_allowed(self, header: bytes | None) -> bool:
+        try:
+            parsed = None if header is None else urlparse(header.decode("latin1"))
+            return bool(self.origins.valid_origin(parsed))
+        except ValueError:
+            # A malformed Origin ("http://[::1"): Channels raises, and Daphne answers 500 with a
+            # traceback in the log; it is refused like any foreign origin.
+            return False
+
+    def _route(self, scope: dict[str, Any]) -> tuple[AsgiApp, Any] | None:
+        """The consumer and `url_route` for the scope's path, as Channels' URLRouter finds them."""
+        path = scope.get("path")
+        if path is None:
+            return None
+        root_path = scope.get("root_path", "")
+        if root_path:
+            if not path.startswith(root_path):
+                return None
+            path = path[len(root_path) :]
+        path = path.lstrip("/")
+        for route in self.routes:
+            match = route.pattern.match(path)
+            if match:
+                _, args, kwargs = match
+                kwargs = {**kwargs, **route.default_args}
+                url_route = {"args": args, "kwargs": kwargs} if args or kwargs else _NO_ROUTE_ARGS
+                return route.callback, url_route
+        return None
+
+
+async def _deny(receive: Any, send: Any) -> None:
+    """Close before accept, as Channels' WebsocketDenier does: Daphne answers HTTP 403."""
+    message = await receive()
+    if message["type"] == "websocket.connect":
+        await send({"type": "websocket.close"})
+
+
+class _SessionOnly:
+    """All that `django.contrib.auth.get_user` reads of a request: its session."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: SessionBase) -> None:
+        self.session = session
+
+
+def _keep_key() -> None:
+    return None
+
+
+@database_sync_to_async
+def _user_of_session(
+    store: type[SessionBase], session_key: str
+) -> AbstractBaseUser | AnonymousUser:
+    """The session's user, checked as Django checks it on every request (the session's auth
+    hash must match the user's: a changed password logs other sessions out), or AnonymousUser.
+    The session and the user are loaded in this one thread hop."""
+    session = store(session_key)
+    # get_user rotates the session key when the hash matches only a SECRET_KEY_FALLBACKS
+    # secret; a socket cannot give the browser the new key, so its cookie would name a deleted
+    # session. Unrotated (and never saved here), the browser's next HTTP request rotates it.
+    session.cycle_key = _keep_key  # type: ignore[method-assign]
+    return get_user(cast(HttpRequest, _SessionOnly(session)))

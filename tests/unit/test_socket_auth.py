@@ -1,0 +1,244 @@
+"""The WebSocket entry middleware: origins refused as Channels refuses them, the session's user
+logged in as Django checks it, unknown paths refused, and Daphne's `send` handed on untouched."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from channels.security.websocket import AllowedHostsOriginValidator
+from channels.testing import WebsocketCommunicator
+from django.conf import settings as django_settings
+from django.contrib.auth.models import User
+from django.contrib.sessions.models import Session
+from django.test import AsyncClient
+from django.urls import path
+from django.utils import timezone
+from pytest_django.fixtures import Settings
+
+from realtime import direct_send
+from realtime.socket_auth import SocketAuthMiddleware
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+OURS = "http://localhost:8000"
+
+
+class Consumer:
+    """Stands in for the consumer: keeps each scope and send it is called with, and accepts."""
+
+    def __init__(self) -> None:
+        self.scopes: list[dict[str, Any]] = []
+        self.sends: list[Any] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.scopes.append(scope)
+        self.sends.append(send)
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        await receive()  # websocket.disconnect
+
+
+@pytest.fixture
+def consumer() -> Consumer:
+    return Consumer()
+
+
+@pytest.fixture
+def app(settings: Settings, consumer: Consumer) -> SocketAuthMiddleware:
+    settings.ALLOWED_HOSTS = ["localhost", ".example.com"]
+    settings.DEBUG = False
+    return SocketAuthMiddleware([path("ws/", consumer)])
+
+
+async def handshake(
+    app: Any, *, url: str = "/ws/", origin: str | None = OURS, cookie: str | None = None
+) -> bool:
+    """Whether the app accepts the socket (a close before accept is Daphne's HTTP 403)."""
+    headers = [] if origin is None else [(b"origin", origin.encode())]
+    if cookie is not None:
+        headers.append((b"cookie", cookie.encode()))
+    communicator = WebsocketCommunicator(app, url, headers=headers)
+    accepted, _ = await communicator.connect(timeout=3)
+    await communicator.disconnect(timeout=3)
+    return bool(accepted)
+
+
+async def logged_in(user: User) -> str:
+    """A session key of `user`, made by Django's own login."""
+    client = AsyncClient()
+    await client.aforce_login(user)
+    return str(client.cookies[django_settings.SESSION_COOKIE_NAME].value)
+
+
+def session_cookie(key: str) -> str:
+    return f"csrftoken=abc; {django_settings.SESSION_COOKIE_NAME}={key}; SERVERID=d1"
+
+
+@pytest.mark.parametrize(
+    ("allowed_hosts", "debug"),
+    [
+        (["localhost", ".example.com"], False),
+        ([], True),  # DEBUG with no ALLOWED_HOSTS: the local hosts
+        (["*"], False),
+        (["http://localhost"], False),
+    ],
+)
+async def test_origins_are_accepted_and_refused_exactly_as_by_channels(
+    settings: Settings, allowed_hosts: list[str], debug: bool
+) -> None:
+    settings.ALLOWED_HOSTS, settings.DEBUG = allowed_hosts, debug
+    ours = SocketAuthMiddleware([path("ws/", Consumer())])
+    stock = AllowedHostsOriginValidator(Consumer())
+    origins = [
+        None, OURS, "http://localhost", "https://localhost", "http://127.0.0.1:8000",
+        "http://[::1]:8000", "http://example.com", "https://chat.example.com",
+        "http://evil.example", "http://localhost.evil.example", "null", "file://", "",
+    ]  # fmt: skip
+    decisions = {
+        origin: (await handshake(ours, origin=origin), await handshake(stock, origin=origin))
+        for origin in origins
+    }
+    assert {o: d for o, d in decisions.items() if d[0] != d[1]} == {}
+    accepted = {origin for origin, (ours_accepts, _) in decisions.items() if ours_accepts}
+    assert accepted and (accepted == set(origins)) == ("*" in allowed_hosts)
+
+
+async def test_a_foreign_origin_is_refused_before_accept_and_never_reaches_the_consumer(
+    app: SocketAuthMiddleware, consumer: Consumer
+) -> None:
+    communicator = WebsocketCommunicator(app, "/ws/", headers=[(b"origin", b"http://evil.example")])
+    assert await communicator.connect(timeout=3) == (False, 1000)  # websocket.close: HTTP 403
+    await communicator.wait(timeout=3)
+    assert consumer.scopes == []
+
+
+async def test_without_an_origin_header_the_socket_is_refused_unless_every_host_is_allowed(
+    settings: Settings, app: SocketAuthMiddleware
+) -> None:
+    assert not await handshake(app, origin=None)
+    settings.ALLOWED_HOSTS = ["*"]
+    assert await handshake(SocketAuthMiddleware([path("ws/", Consumer())]), origin=None)
+
+
+@pytest.mark.parametrize("origin", ["http://[::1", "http://[localhost]"])
+async def test_a_malformed_origin_is_refused_where_channels_would_raise(
+    app: SocketAuthMiddleware, consumer: Consumer, origin: str
+) -> None:
+    assert not await handshake(app, origin=origin)
+    assert consumer.scopes == []
+
+
+async def test_without_a_cookie_the_user_is_anonymous(
+    app: SocketAuthMiddleware, consumer: Consumer
+) -> None:
+    assert await handshake(app)
+    assert await handshake(app, cookie="csrftoken=abc; SERVERID=d1")
+    assert [s["user"].is_anonymous for s in consumer.scopes] == [True, True]
+
+
+async def test_an_unknown_session_key_is_anonymous(
+    app: SocketAuthMiddleware, consumer: Consumer
+) -> None:
+    assert await handshake(app, cookie=session_cookie("nosuchsessionkey0123456789abcdef"))
+    assert await handshake(app, cookie=session_cookie("x"))  # too short for a key at all
+    assert [s["user"].is_anonymous for s in consumer.scopes] == [True, True]
+
+
+async def test_an_expired_session_is_anonymous(
+    app: SocketAuthMiddleware, consumer: Consumer
+) -> None:
+    key = await logged_in(await User.objects.acreate_user("alice", password="pw"))
+    await Session.objects.filter(pk=key).aupdate(expire_date=timezone.now() - timedelta(seconds=1))
+    assert await handshake(app, cookie=session_cookie(key))
+    assert consumer.scopes[0]["user"].is_anonymous
+
+
+async def test_a_valid_session_logs_its_user_in_with_nothing_else_added_to_the_scope(
+    app: SocketAuthMiddleware, consumer: Consumer
+) -> None:
+    alice = await User.objects.acreate_user("alice", password="pw")
+    await User.objects.acreate_user("bob", password="pw")
+    assert await handshake(app, url="/ws/?resume=x", cookie=session_cookie(await logged_in(alice)))
+    scope = consumer.scopes[0]
+    assert scope["user"].is_authenticated and scope["user"].pk == alice.pk
+    assert type(scope["user"]) is User  # the user itself, not a lazy object resolved per use
+    assert scope["query_string"] == b"resume=x"
+    assert "session" not in scope and "cookies" not in scope
+    assert dict(scope["url_route"]) == {"args": (), "kwargs": {}}
+
+
+async def test_a_session_from_before_a_password_change_is_anonymous_and_flushed_as_by_django(
+    app: SocketAuthMiddleware, consumer: Consumer
+) -> None:
+    alice = await User.objects.acreate_user("alice", password="old")
+    key = await logged_in(alice)
+    alice.set_password("new")
+    await alice.asave()
+    assert await handshake(app, cookie=session_cookie(key))
+    assert consumer.scopes[0]["user"].is_anonymous
+    assert not await Session.objects.filter(pk=key).aexists()
+
+
+async def test_a_session_signed_with_a_fallback_secret_logs_in_and_keeps_its_key(
+    settings: Settings, app: SocketAuthMiddleware, consumer: Consumer
+) -> None:
+    alice = await User.objects.acreate_user("alice", password="pw")
+    key = await logged_in(alice)
+    settings.SECRET_KEY_FALLBACKS = [settings.SECRET_KEY]
+    settings.SECRET_KEY = "a-rotated-secret-key-for-this-test-only"
+    assert await handshake(app, cookie=session_cookie(key))
+    assert consumer.scopes[0]["user"].pk == alice.pk
+    # Django rotates the key of such a session, but a socket cannot send the browser the new
+    # one: the browser's cookie must still name a live session.
+    assert await Session.objects.filter(pk=key).aexists()
+
+
+async def test_an_unknown_path_is_refused_before_accept(
+    app: SocketAuthMiddleware, consumer: Consumer
+) -> None:
+    for url in ("/", "/ws", "/ws/extra/", "/wss/", "/admin/"):
+        assert not await handshake(app, url=url), url
+    assert consumer.scopes == []
+
+
+async def test_route_parameters_reach_the_consumer_as_urlrouter_gives_them(
+    consumer: Consumer,
+) -> None:
+    app = SocketAuthMiddleware([path("ws/", Consumer()), path("rooms/<slug:room>/", consumer)])
+    assert await handshake(app, url="/rooms/tea/")
+    assert consumer.scopes[0]["url_route"] == {"args": (), "kwargs": {"room": "tea"}}
+
+
+async def test_daphnes_send_reaches_the_consumer_unwrapped_so_the_direct_path_finds_it(
+    app: SocketAuthMiddleware, consumer: Consumer
+) -> None:
+    class DaphneProtocol:
+        """What ws_protocol_of looks for behind Daphne's partial."""
+
+        def sendPreparedMessage(self, message: Any) -> None:
+            raise AssertionError("not used here")
+
+    sent: list[dict[str, Any]] = []
+
+    async def handle_reply(protocol: DaphneProtocol, message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    protocol = DaphneProtocol()
+    send = functools.partial(handle_reply, protocol)  # as Daphne's server makes `send`
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    for message in ({"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1000}):
+        inbox.put_nowait(message)
+    scope = {"type": "websocket", "path": "/ws/", "headers": [(b"origin", OURS.encode())]}
+    await asyncio.wait_for(app(scope, inbox.get, send), timeout=3)
+    assert consumer.sends == [send]
+    assert direct_send.ws_protocol_of(consumer.sends[0]) is protocol
+    assert sent == [{"type": "websocket.accept"}]
+
+
+async def test_other_scope_types_are_a_configuration_error(app: SocketAuthMiddleware) -> None:
+    with pytest.raises(ValueError, match="WebSocket scopes, not 'http'"):
+        await app({"type": "http", "path": "/ws/", "headers": []}, None, None)
