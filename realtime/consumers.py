@@ -24,9 +24,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.consumer import get_handler_name
+from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import RedisError
 
@@ -63,7 +65,32 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         self.presence: presence.ConnectionPresence | None = None
         # Daphne's socket, for writing in-order stream frames directly (None: the usual path).
         self.wire = direct_send.ws_protocol_of(send)
-        await super().__call__(scope, receive, send)
+        layer = get_channel_layer(self.channel_layer_alias)
+        if "sinks" not in getattr(layer, "extensions", ()):
+            await super().__call__(scope, receive, send)
+            return
+        # Channels' own loop would also wait on the layer's inbox for this channel: a queue and
+        # a task per socket. Here every layer message reaches the consumer through its sink
+        # (stream frames, and on_layer_message for the rest), so the only inbox is the socket's.
+        self.scope = scope
+        self.channel_layer = layer
+        self.channel_name = await layer.new_channel()
+        layer.add_sink(self.channel_name, self)
+        self.daphne_send = send
+        self.base_send = send if self.wire is None else self._send_after_queued_frames
+        try:
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
+        finally:
+            layer.discard_channel(self.channel_name)
+
+    async def _send_after_queued_frames(self, message: dict[str, Any]) -> None:
+        # Stream frames written by send_now wait for the end of the loop turn (direct_send.py);
+        # anything sent another way goes after them, never ahead.
+        direct_send.flush_socket(self.wire)
+        await self.daphne_send(message)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels would first run close_old_connections() in a worker thread, a thread hop per
@@ -189,6 +216,15 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             self.queue.append(("frame", stream, seq, epoch, frame))
         self._wake_writer()
 
+    def on_layer_message(self, message: dict[str, Any]) -> None:
+        """Any other message for this socket from the layer (typing, presence): in line with the
+        stream frames, through the same bounded queue."""
+        if len(self.queue) >= settings.DELIVERY_QUEUE_MAX_FRAMES:
+            replica_stats.frames_dropped += 1  # ephemeral: nothing to fetch back later
+            return
+        self.queue.append(("message", message))
+        self._wake_writer()
+
     def send_now(self, stream: str, seq: int, epoch: str, frame: str) -> bool:
         """Write the common case at once: the next seq, nothing queued, no writer running. It
         skips the queue, a writer task and Channels' send chain per socket (direct_send.py).
@@ -231,6 +267,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             while self.queue or self.dirty:
                 if self.queue:
                     item = self.queue.popleft()
+                    if item[0] == "message":
+                        await self._dispatch_quietly(item[1])
+                        continue
                     try:
                         if item[0] == "frame":
                             await self._deliver_in_order(*item[1:])
@@ -252,6 +291,13 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                         return
         finally:
             self.writer = None
+
+    async def _dispatch_quietly(self, message: dict[str, Any]) -> None:
+        try:
+            await self.dispatch(message)
+        except Exception:
+            # A bad layer message must not stop the writer (and with it the streams).
+            logger.exception("handling %s failed", message.get("type"))
 
     async def _deliver_in_order(self, stream: str, seq: int, epoch: str, frame: str) -> None:
         cursor = self.cursors.get(stream)
@@ -415,12 +461,14 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_add(groups.group_for_stream(stream), self.channel_name)
         head = (await history.heads([stream]))[stream]
         self._place_cursor(stream, position, head)
-        if self.presence is not None:
-            await self.presence.enter(stream)
         if position is None:
             await self._send_text(
                 protocol.encode({"type": "subscribed", "stream": stream, "epoch": head.epoch, "seq": head.seq})
             )
+        # After `subscribed`: the room's presence frames, this socket's own join among them,
+        # reach the socket on their own, and should follow the answer to its subscribe.
+        if self.presence is not None:
+            await self.presence.enter(stream)
         self._wake_writer()
 
     async def on_unsubscribe(self, frame: protocol.ClientFrame) -> None:

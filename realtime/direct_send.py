@@ -7,19 +7,26 @@ the same text again for every socket. A stream frame is the same bytes for every
 server frames are unmasked, so Autobahn's PreparedMessage frames it once and each socket only
 writes those bytes.
 
+Frames are also coalesced: what is queued for one socket during a turn of the event loop goes
+out in one send() (see `write_frame`).
+
 Daphne does not expose its protocol object to the application; it hands the application
-`partial(server.handle_reply, protocol)` as `send`, which Channels' session middleware wraps
-(keeping the original as `real_send`). `ws_protocol_of` follows that chain and returns None when
-it looks different (another server, another Daphne version): the consumer then keeps using
-the ordinary send path, which stays correct, only slower.
+`partial(server.handle_reply, protocol)` as `send`. Our socket middleware passes it through;
+Channels' session middleware would wrap it (keeping the original as `real_send`).
+`ws_protocol_of` follows that chain and returns None when it looks different (another server,
+another Daphne version): the consumer then keeps using the ordinary send path, which stays
+correct, only slower.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from typing import Any
 
 from autobahn.websocket.protocol import PreparedMessage
+
+from realtime.stats import replica_stats
 
 # Wrappers between the consumer and Daphne's partial: few; a longer chain is not Daphne's.
 _MAX_WRAPPERS = 8
@@ -42,19 +49,56 @@ def is_open(protocol: Any) -> bool:
 
 
 def write_frame(protocol: Any, frame: str) -> None:
-    """Write `frame` (a text message) to the socket of `protocol`, framed once per replica.
+    """Queue `frame` (a text message) for the socket of `protocol`, framed once per replica.
 
-    When Twisted has nothing buffered for the socket, the bytes go straight to send(): Twisted
-    would otherwise buffer them, register the socket for writability with epoll, and write and
-    unregister it on the next loop turn, which profiled at half a replica's time under fan-out.
-    Whatever send() does not take (a full socket buffer) goes to Twisted, which keeps order.
+    The bytes are written when the event loop next comes round (`flush`), together with any
+    other frames queued for the same socket meanwhile: when several messages arrive in one read
+    from Redis, each socket gets them in one send(), one TCP segment, and HAProxy and the
+    client wake once for all of them. Nothing waits for more: an idle replica writes each
+    frame on the next loop turn. Any other write to the socket must call `flush_socket` first,
+    so frames never overtake each other.
     """
-    message = prepared(frame)
+    data = prepared(frame).payloadHybi
+    chunks = _pending.get(protocol)
+    if chunks is not None:
+        chunks.append(data)
+        return
+    _pending[protocol] = [data]
+    global _flush_scheduled
+    if not _flush_scheduled:
+        _flush_scheduled = True
+        asyncio.get_running_loop().call_soon(flush)
+
+
+def flush() -> None:
+    """Write every socket's queued frames, one send() per socket."""
+    global _pending, _flush_scheduled
+    pending, _pending, _flush_scheduled = _pending, {}, False
+    for protocol, chunks in pending.items():
+        _write(protocol, chunks[0] if len(chunks) == 1 else b"".join(chunks), len(chunks))
+
+
+def flush_socket(protocol: Any) -> None:
+    """Write what is queued for this one socket now (before a write by another path)."""
+    chunks = _pending.pop(protocol, None)
+    if chunks:
+        _write(protocol, b"".join(chunks), len(chunks))
+
+
+def _write(protocol: Any, data: bytes, frames: int) -> None:
+    """When Twisted has nothing buffered for the socket, the bytes go straight to send():
+    Twisted would otherwise buffer them, register the socket for writability with epoll, and
+    write and unregister it on the next loop turn, which profiled at half a replica's time
+    under fan-out. Whatever send() does not take (a full socket buffer) goes to Twisted, which
+    keeps order; so does everything while Autobahn or Twisted have bytes queued."""
+    if not is_open(protocol):
+        return  # closed since the frame was queued: there is no one to write to
+    replica_stats.socket_writes += 1
+    replica_stats.frames_coalesced += frames - 1
     transport = protocol.transport
     if protocol.send_queue or not _idle(transport):
-        protocol.sendPreparedMessage(message)
+        protocol.sendData(data)
         return
-    data = message.payloadHybi
     try:
         sent = transport.socket.send(data)
     except (BlockingIOError, InterruptedError):
@@ -82,6 +126,9 @@ def _idle(transport: Any) -> bool:
 
 
 _last: tuple[str, PreparedMessage] | None = None
+# Frames queued per socket (Daphne's protocol object) until the next flush, in queue order.
+_pending: dict[Any, list[bytes]] = {}
+_flush_scheduled = False
 
 
 def prepared(frame: str) -> PreparedMessage:

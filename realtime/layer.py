@@ -60,6 +60,10 @@ class StreamSink(Protocol):
 # A sink may also have `send_now(stream, seq, epoch, frame) -> bool`: a synchronous write of the
 # common case (the next seq, nothing queued). When it returns True the layer skips
 # on_stream_frame, so a fan-out to N local sockets costs no coroutine per socket.
+#
+# And a sink may have `on_layer_message(message) -> None`: it then takes every other message for
+# its channel (group_send, send) directly, and its channel has no inbox queue: a consumer that
+# never calls receive() costs no queue and no waiting task per socket.
 
 
 def parse_frame_message(data: bytes) -> tuple[str, int, str, str]:
@@ -135,10 +139,18 @@ class StreamChannelLayer(BaseChannelLayer):
     # --- the sink extension --------------------------------------------------------------------
 
     def add_sink(self, channel: str, sink: StreamSink) -> None:
-        self._layer().sinks[channel] = sink
+        layer = self._layer()
+        layer.sinks[channel] = sink
+        if hasattr(sink, "on_layer_message"):
+            layer.queues.pop(channel, None)  # everything goes to the sink from now on
 
     def remove_sink(self, channel: str) -> None:
         self._layer().sinks.pop(channel, None)
+
+    def discard_channel(self, channel: str) -> None:
+        """Forget a channel that will never receive() again: its inbox, sink and groups. What
+        receive() being cancelled does for consumers that read their inbox."""
+        self._layer().forget(channel)
 
     def local_sink(self, channel: str) -> StreamSink | None:
         """The consumer behind `channel` if its socket lives in this process (and loop), else
@@ -183,6 +195,8 @@ class _LoopLayer:
         self._confirmed_initial: set[str] = set()
         self._reader: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._membership_dirty: set[str] = set()
+        self._membership_writer: asyncio.Task[None] | None = None
 
     # --- channels ------------------------------------------------------------------------------
 
@@ -193,7 +207,7 @@ class _LoopLayer:
         return name
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
-        if channel in self.queues:
+        if channel in self.queues or channel in self.sinks:
             self._put(channel, message)
             return
         # Channel names end in "<process id: 12 hex>!<uuid>"; the process id names its inbox.
@@ -211,10 +225,10 @@ class _LoopLayer:
             return await queue.get()
         except asyncio.CancelledError:
             # Channels cancels receive() when the consumer ends: forget the channel entirely.
-            self._forget(channel)
+            self.forget(channel)
             raise
 
-    def _forget(self, channel: str) -> None:
+    def forget(self, channel: str) -> None:
         self.queues.pop(channel, None)
         self.sinks.pop(channel, None)
         for group in [g for g, members in self.groups.items() if channel in members]:
@@ -224,6 +238,11 @@ class _LoopLayer:
                 self._spawn(self._unsubscribe(group))
 
     def _put(self, channel: str, message: dict[str, Any]) -> None:
+        sink = self.sinks.get(channel)
+        on_layer_message = getattr(sink, "on_layer_message", None)
+        if on_layer_message is not None:
+            on_layer_message(message)
+            return
         queue = self.queues.get(channel)
         if queue is None:
             return
@@ -244,7 +263,7 @@ class _LoopLayer:
             except BaseException:
                 await self.group_discard(group, channel)
                 raise
-        self._spawn(self._publish_membership(group))
+        self._membership_changed(group)
 
     async def group_discard(self, group: str, channel: str) -> None:
         members = self.groups.get(group)
@@ -254,7 +273,7 @@ class _LoopLayer:
         if not members:
             del self.groups[group]
             await self._unsubscribe(group)
-        self._spawn(self._publish_membership(group))
+        self._membership_changed(group)
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         await self.redis.publish(
@@ -380,12 +399,27 @@ class _LoopLayer:
 
     # --- membership counts -----------------------------------------------------------------
 
-    async def _publish_membership(self, group: str) -> None:
-        """Record how many local sockets `group` has here, valid for three heartbeats."""
-        with contextlib.suppress(RedisError, OSError):
-            await self._write_membership(self.redis, [group])
+    def _membership_changed(self, group: str) -> None:
+        """Record `group`'s local socket count in Redis, soon. Writes are batched: while one
+        pipeline is in flight the changes collect and go out together in the next, so a storm of
+        connects costs a few round trips rather than one per socket and group."""
+        self._membership_dirty.add(group)
+        if self._membership_writer is None:
+            loop = asyncio.get_running_loop()
+            self._membership_writer = loop.create_task(self._write_changed_memberships())
+
+    async def _write_changed_memberships(self) -> None:
+        try:
+            while self._membership_dirty:
+                changed = list(self._membership_dirty)
+                self._membership_dirty.clear()
+                with contextlib.suppress(RedisError, OSError):
+                    await self._write_membership(self.redis, changed)
+        finally:
+            self._membership_writer = None
 
     async def _write_membership(self, client: Any, groups: list[str]) -> None:
+        """Each group's local count, valid for three heartbeats: a dead process's expire."""
         expires_ms = int((time.time() + 3 * self.owner.heartbeat_secs) * 1000)
         async with client.pipeline(transaction=False) as pipe:
             for group in groups:
@@ -411,7 +445,7 @@ class _LoopLayer:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def close(self) -> None:
-        tasks = [task for task in (self._reader, self._heartbeat) if task is not None]
+        tasks = [t for t in (self._reader, self._heartbeat, self._membership_writer) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:

@@ -18,6 +18,9 @@ class ReplicaStats:
     frames_dropped: int = 0  # by a full per-socket queue; fetched from history afterwards
     duplicates_dropped: int = 0
     gaps_repaired: int = 0
+    # The fast path's socket writes, and the frames that shared a write with an earlier one.
+    socket_writes: int = 0
+    frames_coalesced: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
