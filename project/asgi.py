@@ -14,6 +14,7 @@ from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from realtime.ops import with_ops_publisher  # noqa: E402
+from realtime.publish_lane import PublishLane  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 from realtime.socket_auth import SocketAuthMiddleware  # noqa: E402
 
@@ -22,8 +23,9 @@ from realtime.socket_auth import SocketAuthMiddleware  # noqa: E402
 application = with_ops_publisher(ProtocolTypeRouter(
     {
         # Static files are served by the replica itself so a local cluster needs no extra web
-        # server; only paths under STATIC_URL take this detour.
-        "http": ASGIStaticFilesHandler(django_asgi_app),
+        # server; only paths under STATIC_URL take this detour. Publish requests with an API
+        # token skip Django's request cycle (realtime/publish_lane.py).
+        "http": PublishLane(ASGIStaticFilesHandler(django_asgi_app)),
         # Browsers send Origin on every WebSocket handshake; one that is not ours is refused, so
         # another site cannot open a socket with the user's cookies. One middleware checks it,
         # logs the session's user in and routes: Channels' stack of five kept a frame and a

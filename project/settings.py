@@ -140,6 +140,8 @@ CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 # subscriptions, per-process fan-out of pre-encoded frames, and resync after a Redis outage.
 HEARTBEAT_SECS = env_int("HEARTBEAT_SECS", 10, minimum=1)
 # Frames waiting for one socket before further ones are dropped and fetched from history later.
+# How long a replica trusts an API token it has checked: revoking one takes up to this long.
+API_TOKEN_CACHE_SECS = env_int("API_TOKEN_CACHE_SECS", 5, minimum=0)
 DELIVERY_QUEUE_MAX_FRAMES = env_int("DELIVERY_QUEUE_MAX_FRAMES", 1000, minimum=1)
 CHANNEL_LAYERS = {
     "default": {
