@@ -1,31 +1,73 @@
-"""`python -m realtime.serve [daphne options] project.asgi:application` — Daphne, with two changes.
+"""`python -m realtime.serve [daphne options] project.asgi:application` — Daphne, with a few changes.
 
 Autobahn, under Daphne, fails a connection that breaks the protocol (a frame above the 1 MiB
 limit, say) by dropping TCP, so the client sees only 1006 "abnormal closure". With failByDrop off
 it sends a close frame with the real code first (1009 "message too big"), which a client can
 act on. Daphne exposes no option for this, hence the factory subclass.
 
-And each connection's application gets a lighter input queue (`Inbox`): Daphne makes an
-asyncio.Queue per connection, three deques and an Event, about 3.8 KiB of a socket's memory,
-where Daphne only ever calls put_nowait() and the application only get().
+The others make a connection cheaper, in memory and in CPU at the handshake (measured with
+tracemalloc and py-spy on a replica during a connect storm, docs/performance.md):
+- each connection's application gets a lighter input queue (`Inbox`): Daphne makes an
+  asyncio.Queue per connection, three deques and an Event, about 3.8 KiB of a socket's memory,
+  where Daphne only ever calls put_nowait() and the application only get();
+- Autobahn copies its ~40 protocol options from the factory onto every connection, and
+  pretty-prints them (and names methods) for debug lines that are normally not written (8% of a
+  replica's CPU in a connect storm). The options are fixed once Daphne has set them, so they
+  become attributes of the protocol class (nothing is copied), and the debug arguments are
+  rendered only if their line is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import pprint
 import sys
 from collections import deque
 from functools import partial
 from typing import Any
 
+import autobahn.util
+import autobahn.websocket.protocol
 import daphne.server
 from daphne.cli import CommandLineInterface
-from daphne.ws_protocol import WebSocketFactory
+from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
+
+
+class LeanWebSocketProtocol(WebSocketProtocol):
+    """Daphne's protocol; its factory sets the Autobahn options on this class (see below)."""
 
 
 class ClosingWebSocketFactory(WebSocketFactory):
+    protocol = LeanWebSocketProtocol
+
     def setProtocolOptions(self, **options: Any) -> None:  # noqa: N802 (autobahn's name)
         super().setProtocolOptions(failByDrop=False, **options)
+        # Autobahn's _connectionMade copies each option that a protocol does not already have;
+        # as class attributes, every connection has them all and nothing is copied.
+        for name in LeanWebSocketProtocol.CONFIG_ATTRS:
+            setattr(LeanWebSocketProtocol, name, getattr(self, name))
+
+
+class WhenLogged:
+    """A log argument rendered when the log line is written, not when it is not. Autobahn's
+    protocol module renders its debug arguments eagerly (pprint.pformat of ~40 options, and
+    `hltype` names of methods) on every connection, for lines that are normally discarded."""
+
+    __slots__ = ("render", "value")
+
+    def __init__(self, render: Any, value: Any) -> None:
+        self.render = render
+        self.value = value
+
+    def __str__(self) -> str:
+        return str(self.render(self.value))
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def rendered_when_logged(render: Any) -> Any:
+    return lambda value: WhenLogged(render, value)
 
 
 class Inbox:
@@ -73,6 +115,10 @@ class LeanServer(daphne.server.Server):
 
 def main() -> None:
     daphne.server.WebSocketFactory = ClosingWebSocketFactory  # type: ignore[misc]
+    # In autobahn.websocket.protocol these two build debug log arguments only (on the server
+    # side; the client's handshake and timing tracking, unused here, use pformat otherwise).
+    autobahn.websocket.protocol.pformat = rendered_when_logged(pprint.pformat)
+    autobahn.websocket.protocol.hltype = rendered_when_logged(autobahn.util.hltype)
     cli = CommandLineInterface()
     cli.server_class = LeanServer
     cli.run(sys.argv[1:])

@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Any, cast
 from urllib.parse import urlparse
 
-from channels.db import database_sync_to_async
+from asgiref.sync import sync_to_async
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.conf import settings
 from django.contrib.auth import get_user
@@ -29,6 +29,7 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.contrib.sessions.backends.base import SessionBase
 from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError, connections
 from django.http import HttpRequest, parse_cookie
 from django.urls import URLPattern
 
@@ -141,16 +142,28 @@ def _keep_key() -> None:
     return None
 
 
-@database_sync_to_async
+@sync_to_async(thread_sensitive=True)
 def _user_of_session(
     store: type[SessionBase], session_key: str
 ) -> AbstractBaseUser | AnonymousUser:
     """The session's user, checked as Django checks it on every request (the session's auth
     hash must match the user's: a changed password logs other sessions out), or AnonymousUser.
-    The session and the user are loaded in this one thread hop."""
-    session = store(session_key)
-    # get_user rotates the session key when the hash matches only a SECRET_KEY_FALLBACKS
-    # secret; a socket cannot give the browser the new key, so its cookie would name a deleted
-    # session. Unrotated (and never saved here), the browser's next HTTP request rotates it.
-    session.cycle_key = _keep_key  # type: ignore[method-assign]
-    return get_user(cast(HttpRequest, _SessionOnly(session)))
+    The session and the user are loaded in this one thread hop.
+
+    Not database_sync_to_async: that closes the thread's database connection after every call
+    (CONN_MAX_AGE=0), and opening it again (for SQLite the file and its WAL pragmas) was a sixth
+    of a replica's CPU in a connect storm. Here it stays open from one handshake to the next;
+    the other database calls in this thread still close it as usual, and one that failed is
+    closed at once."""
+    try:
+        session = store(session_key)
+        # get_user rotates the session key when the hash matches only a SECRET_KEY_FALLBACKS
+        # secret; a socket cannot give the browser the new key, so its cookie would name a
+        # deleted session. Unrotated (and never saved here), the browser's next HTTP request
+        # rotates it.
+        session.cycle_key = _keep_key  # type: ignore[method-assign]
+        return get_user(cast(HttpRequest, _SessionOnly(session)))
+    except DatabaseError:
+        for connection in connections.all(initialized_only=True):
+            connection.close()
+        raise

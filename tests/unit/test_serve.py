@@ -1,0 +1,62 @@
+"""The replica entry point's changes to Daphne: the input queue, protocol options, lazy logs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from realtime.serve import ClosingWebSocketFactory, Inbox, LeanWebSocketProtocol, WhenLogged
+
+pytestmark = pytest.mark.unit
+
+
+async def test_the_inbox_hands_over_items_in_order_whether_put_or_get_comes_first() -> None:
+    inbox = Inbox()
+    inbox.put_nowait(1)
+    inbox.put_nowait(2)
+    assert [await inbox.get(), await inbox.get()] == [1, 2]
+    waiting = asyncio.ensure_future(inbox.get())
+    await asyncio.sleep(0)  # let it start waiting
+    inbox.put_nowait(3)
+    inbox.put_nowait(4)
+    assert await asyncio.wait_for(waiting, 1) == 3
+    assert await inbox.get() == 4
+
+
+async def test_an_item_put_after_the_reader_was_cancelled_is_kept() -> None:
+    inbox = Inbox()
+    waiting = asyncio.ensure_future(inbox.get())
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    inbox.put_nowait("disconnect")
+    assert await asyncio.wait_for(inbox.get(), 1) == "disconnect"
+
+
+def test_protocol_options_live_on_the_protocol_class_not_on_each_connection() -> None:
+    class Server:
+        pass
+
+    factory = ClosingWebSocketFactory(Server)
+    factory.setProtocolOptions(maxFramePayloadSize=12345, autoPingTimeout=7)
+    assert factory.protocol is LeanWebSocketProtocol
+    assert LeanWebSocketProtocol.maxFramePayloadSize == 12345
+    assert LeanWebSocketProtocol.failByDrop is False  # the close-frame change still applies
+    protocol = LeanWebSocketProtocol()
+    assert all(hasattr(protocol, name) for name in LeanWebSocketProtocol.CONFIG_ATTRS)
+    assert "maxFramePayloadSize" not in vars(protocol)
+
+
+def test_a_log_argument_is_rendered_only_when_formatted() -> None:
+    calls: list[object] = []
+
+    def render(value: object) -> str:
+        calls.append(value)
+        return f"<{value}>"
+
+    argument = WhenLogged(render, "x")
+    assert calls == []
+    assert f"{argument}" == "<x>" and str(argument) == "<x>"
+    assert calls == ["x", "x"]
