@@ -44,8 +44,10 @@ class ClosingWebSocketFactory(WebSocketFactory):
         super().setProtocolOptions(failByDrop=False, **options)
         # Autobahn's _connectionMade copies each option that a protocol does not already have;
         # as class attributes, every connection has them all and nothing is copied.
+        # A function option (perMessageCompressionAccept) is kept from becoming a method.
         for name in LeanWebSocketProtocol.CONFIG_ATTRS:
-            setattr(LeanWebSocketProtocol, name, getattr(self, name))
+            value = getattr(self, name)
+            setattr(LeanWebSocketProtocol, name, staticmethod(value) if callable(value) else value)
 
 
 class WhenLogged:

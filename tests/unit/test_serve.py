@@ -47,6 +47,9 @@ def test_protocol_options_live_on_the_protocol_class_not_on_each_connection() ->
     protocol = LeanWebSocketProtocol()
     assert all(hasattr(protocol, name) for name in LeanWebSocketProtocol.CONFIG_ATTRS)
     assert "maxFramePayloadSize" not in vars(protocol)
+    # Callable options are called as the factory's are, not as methods of the protocol.
+    offers = [object()]
+    assert protocol.perMessageCompressionAccept(offers) == factory.perMessageCompressionAccept(offers)
 
 
 def test_a_log_argument_is_rendered_only_when_formatted() -> None:
