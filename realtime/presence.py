@@ -6,10 +6,14 @@ Every connection has an entry that expires unless its replica refreshes it on a 
   <prefix>:presence:seen          hash, user id -> last time (ms) one of their sockets was alive
   <prefix>:presence:names         hash, user id -> username (for events about expired entries)
 
-A user is in a room while any of their entries there has not expired. A replica that dies
-without running disconnect() stops refreshing; the next sweep (run by every live connection's
-heartbeat for its rooms) removes the expired entries and announces who left, within one TTL.
-Join/leave are decided inside Lua scripts, so two replicas sweeping at once announce a leave once.
+A user is in a room while any of their entries there has not expired. Each process (each event
+loop) has one heartbeat task for all its connections: every beat it refreshes all their entries
+in one pipeline and sweeps each room it has connections in, once. (A new connection's entries
+are first written within 50 ms, in one pipeline with every other connection registered
+meanwhile; a room entered later is written at once.) A replica that dies without running
+disconnect() stops refreshing; the next sweep by a live replica with a connection in that room
+removes the expired entries and announces who left, within one TTL. Join/leave are decided
+inside Lua scripts, so two replicas sweeping at once announce a leave once.
 
 Events are ephemeral frames on the room stream (no seq, no history):
   {"type": "presence", "event": "join" | "leave", "user", "user_id", "stream", "origin"}
@@ -19,15 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 from channels.layers import get_channel_layer
 from django.conf import settings
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from realtime import groups, publish
 
@@ -38,6 +45,22 @@ DEFAULT_HEARTBEAT_SECS = 5.0
 # Three missed heartbeats before an entry counts as dead: one slow beat is not a departure.
 TTL_HEARTBEATS = 3
 REDIS_DOWN = (RedisError, OSError, asyncio.TimeoutError, ConnectionError)
+# 50 ms: a connect storm's new connections are written in one pipeline per 50 ms instead of
+# one per connection, and a page still shows the join at once.
+REGISTER_FLUSH_SECS = 0.05
+# 500 connections (a few thousand commands) per pipeline: building and reading one holds the
+# event loop, and deliveries wait meanwhile; a larger beat is split into several.
+BATCH_CONNECTIONS = 500
+
+
+class _Lua(NamedTuple):
+    source: str
+    sha: str
+
+
+def _lua(source: str) -> _Lua:
+    return _Lua(source, hashlib.sha1(source.encode()).hexdigest())
+
 
 # "Is any live entry of this user left in the room?" shared by the scripts below.
 _HAS_LIVE = """
@@ -82,6 +105,8 @@ end
 return gone
 """
 
+_JOIN, _LEAVE, _SWEEP = _lua(_JOIN_LUA), _lua(_LEAVE_LUA), _lua(_SWEEP_LUA)
+
 
 def heartbeat_secs() -> float:
     return float(getattr(settings, "PRESENCE_HEARTBEAT_SECS", DEFAULT_HEARTBEAT_SECS))
@@ -107,16 +132,40 @@ def _redis() -> Any:
     return get_channel_layer().redis()  # type: ignore[union-attr]
 
 
-_scripts: dict[tuple[int, str], Any] = {}
-
-
-def _run(source: str, keys: list[str], args: list[Any]) -> Any:
+async def _run(script: _Lua, keys: list[str], args: list[Any]) -> Any:
     client = _redis()
-    cache_key = (id(client), source)
-    script = _scripts.get(cache_key)
-    if script is None:
-        script = _scripts[cache_key] = client.register_script(source)
-    return script(keys, args)
+    try:
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        # Redis restarted (or its scripts were flushed) since the script was last loaded.
+        await client.script_load(script.source)
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
+
+
+async def _pipelined(queue: Callable[[Any], None]) -> list[Any]:
+    """Run the commands `queue` adds to a pipeline, in one round trip; their replies.
+
+    Scripts go as bare EVALSHA. redis-py's Script objects would load them too, but a pipeline
+    holding one first sends SCRIPT EXISTS, a second round trip on every beat. Here a NOSCRIPT
+    reply (after a Redis restart) loads the scripts and runs the pipeline again: every script
+    call failed the first time, and the plain commands in it can run twice.
+    """
+    client = _redis()
+    for attempt in range(2):
+        async with client.pipeline(transaction=False) as pipe:
+            queue(pipe)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        if attempt == 0 and any(isinstance(reply, NoScriptError) for reply in replies):
+            async with client.pipeline(transaction=False) as pipe:
+                for script in (_JOIN, _LEAVE, _SWEEP):
+                    pipe.script_load(script.source)
+                await pipe.execute()
+            continue
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        break
+    return replies
 
 
 def _key_ttl(ttl: int) -> int:
@@ -138,25 +187,27 @@ def slug_of(stream: str) -> str | None:
 # --- the operations (each one Redis round trip or script) ---------------------------------------
 
 
+def _join_args(*, user_id: int, conn: str, now: int, ttl: int) -> list[Any]:
+    return [f"{user_id}:", f"{user_id}:{conn}", now + ttl, now, _key_ttl(ttl)]
+
+
 async def room_enter(*, slug: str, user_id: int, username: str, conn: str, ttl: int | None = None) -> bool:
     """Add or refresh a connection's entry; True when the user was not in the room before."""
     ttl = ttl or ttl_ms()
-    now = now_ms()
-    joined = await _run(
-        _JOIN_LUA, [_room_key(slug)], [f"{user_id}:", f"{user_id}:{conn}", now + ttl, now, _key_ttl(ttl)]
-    )
+    args = _join_args(user_id=user_id, conn=conn, now=now_ms(), ttl=ttl)
+    joined = await _run(_JOIN, [_room_key(slug)], args)
     return bool(joined)
 
 
 async def room_exit(*, slug: str, user_id: int, conn: str) -> bool:
     """Remove a connection's entry; True when it was the user's last one in the room."""
-    left = await _run(_LEAVE_LUA, [_room_key(slug)], [f"{user_id}:", f"{user_id}:{conn}", now_ms()])
+    left = await _run(_LEAVE, [_room_key(slug)], [f"{user_id}:", f"{user_id}:{conn}", now_ms()])
     return bool(left)
 
 
 async def room_sweep(*, slug: str, now: int | None = None) -> list[int]:
     """Drop expired entries; the ids of users who thereby left the room."""
-    gone = await _run(_SWEEP_LUA, [_room_key(slug)], [now or now_ms()])
+    gone = await _run(_SWEEP, [_room_key(slug)], [now or now_ms()])
     return [int(uid) for uid in gone]
 
 
@@ -166,17 +217,27 @@ async def room_online(*, slug: str) -> list[int]:
     return sorted({int(m.split(b":", 1)[0]) for m in members})
 
 
+def _queue_touch(pipe: Any, conns: Iterable[tuple[int, str, str]], *, now: int, ttl: int) -> None:
+    """Queue on `pipe` what marks each (user id, username, connection id) alive."""
+    users: dict[int, tuple[str, dict[str, int]]] = {}
+    for user_id, username, conn in conns:
+        users.setdefault(user_id, (username, {}))[1][conn] = now + ttl
+    if not users:
+        return
+    for user_id, (_, expiries) in users.items():
+        key = _user_key(user_id)
+        pipe.zadd(key, expiries)
+        pipe.zremrangebyscore(key, "-inf", f"({now}")
+        pipe.pexpire(key, _key_ttl(ttl))
+    pipe.hset(f"{_prefix()}:seen", mapping={str(u): now for u in users})
+    pipe.hset(f"{_prefix()}:names", mapping={str(u): name for u, (name, _) in users.items()})
+
+
 async def user_touch(*, user_id: int, username: str, conn: str, ttl: int | None = None) -> None:
     """Mark a connection of the user alive (user-level status) and remember when."""
     ttl = ttl or ttl_ms()
     now = now_ms()
-    async with _redis().pipeline(transaction=False) as pipe:
-        pipe.zadd(_user_key(user_id), {conn: now + ttl})
-        pipe.zremrangebyscore(_user_key(user_id), "-inf", f"({now}")
-        pipe.pexpire(_user_key(user_id), _key_ttl(ttl))
-        pipe.hset(f"{_prefix()}:seen", str(user_id), now)
-        pipe.hset(f"{_prefix()}:names", str(user_id), username)
-        await pipe.execute()
+    await _pipelined(lambda pipe: _queue_touch(pipe, [(user_id, username, conn)], now=now, ttl=ttl))
 
 
 async def user_gone(*, user_id: int, conn: str) -> None:
@@ -223,12 +284,60 @@ async def announce(*, slug: str, event: str, user_id: int, username: str) -> Non
     )
 
 
+# --- many connections at once: the heartbeat's writes ------------------------------------------
+
+
+def _queue_refresh(
+    pipe: Any, conns: list[ConnectionPresence], entries: list[tuple[str, ConnectionPresence]],
+    rooms: list[str], *, now: int, ttl: int,
+) -> None:  # fmt: skip
+    _queue_touch(pipe, ((c.user_id, c.username, c.conn) for c in conns), now=now, ttl=ttl)
+    for slug, conn in entries:
+        args = _join_args(user_id=conn.user_id, conn=conn.conn, now=now, ttl=ttl)
+        pipe.evalsha(_JOIN.sha, 1, _room_key(slug), *args)
+    # After the joins: this beat's own entries are fresh when the sweeps run.
+    for slug in rooms:
+        pipe.evalsha(_SWEEP.sha, 1, _room_key(slug), now)
+
+
+async def connections_refresh(conns: list[ConnectionPresence], *, sweep: bool) -> None:
+    """Refresh every entry of `conns` (user and rooms) and announce the joins the scripts report
+    (a user whose entries had expired, or were lost with a Redis restart); with `sweep`, then
+    sweep each of their rooms once and announce who left. One pipeline per BATCH_CONNECTIONS."""
+    joins: list[tuple[str, ConnectionPresence]] = []
+    gone: list[tuple[str, int]] = []
+    for start in range(0, len(conns), BATCH_CONNECTIONS):
+        batch = conns[start : start + BATCH_CONNECTIONS]
+        last = start + BATCH_CONNECTIONS >= len(conns)
+        # Read when the batch is built, not when the beat began: a room left meanwhile is not
+        # written back.
+        entries = [(slug, conn) for conn in batch for slug in conn.rooms]
+        rooms = sorted({slug for conn in conns for slug in conn.rooms}) if sweep and last else []
+        queue = partial(
+            _queue_refresh, conns=batch, entries=entries, rooms=rooms, now=now_ms(), ttl=ttl_ms()
+        )
+        replies = await _pipelined(queue)
+        scripts = replies[len(replies) - len(entries) - len(rooms) :]
+        joined, swept = scripts[: len(entries)], scripts[len(entries) :]
+        joins += [entry for entry, was_new in zip(entries, joined, strict=True) if was_new]
+        gone += [(slug, int(uid)) for slug, uids in zip(rooms, swept, strict=True) for uid in uids]
+    for slug, conn in joins:
+        await announce(slug=slug, event="join", user_id=conn.user_id, username=conn.username)
+    names = await _names([user_id for _, user_id in gone])
+    for (slug, user_id), name in zip(gone, names, strict=True):
+        await announce(slug=slug, event="leave", user_id=user_id, username=name)
+
+
 # --- one connection's presence, driven by the consumer ------------------------------------------
 
 
 class ConnectionPresence:
-    """A socket's entries: added when it subscribes to a room, refreshed on a heartbeat, removed
-    when it unsubscribes or closes. Best effort: Redis trouble never breaks the socket."""
+    """A socket's entries: added when it subscribes to a room, refreshed by its process's
+    heartbeat, removed when it unsubscribes or closes. Best effort: Redis trouble never breaks
+    the socket."""
+
+    # One per socket, so kept small: no __dict__, no task of its own.
+    __slots__ = ("conn", "rooms", "user_id", "username", "wanted")
 
     def __init__(self, *, user_id: int, username: str, scope_query: bytes = b"") -> None:
         self.user_id = user_id
@@ -238,59 +347,160 @@ class ConnectionPresence:
         self.wanted = b"ephemeral=1" in scope_query.split(b"&")
         self.conn = uuid.uuid4().hex[:12]
         self.rooms: set[str] = set()
-        self.task: asyncio.Task[None] | None = None
 
     async def start(self, streams: list[str]) -> None:
-        # Registered by the heartbeat task's first beat, not here: connecting costs no extra
-        # Redis round trips (the benchmark's connect storm measures exactly that).
+        # No Redis round trip here: the heartbeat writes this socket's entries within
+        # REGISTER_FLUSH_SECS, in one pipeline with every socket that connected meanwhile.
         self.rooms.update(slug for slug in map(slug_of, streams) if slug is not None)
-        self.task = asyncio.get_running_loop().create_task(self._beat())
+        _heartbeat().add(self)
 
     async def enter(self, stream: str) -> None:
+        # Written at once, not on the next beat: the user just opened the room's page. The
+        # user-level entry goes in the same pipeline: whoever is in a room is online.
         slug = slug_of(stream)
         if slug is None:
             return
         self.rooms.add(slug)
+        queue = partial(
+            _queue_refresh, conns=[self], entries=[(slug, self)], rooms=[], now=now_ms(),
+            ttl=ttl_ms(),
+        )  # fmt: skip
         with contextlib.suppress(*REDIS_DOWN, publish.RealtimeUnavailable):
-            if await room_enter(slug=slug, user_id=self.user_id, username=self.username, conn=self.conn):
-                await announce(slug=slug, event="join", user_id=self.user_id, username=self.username)
+            if (await _pipelined(queue))[-1]:
+                await self._announce(slug, "join")
 
     async def exit(self, stream: str) -> None:
         slug = slug_of(stream)
         if slug is None or slug not in self.rooms:
             return
         self.rooms.discard(slug)
-        with contextlib.suppress(*REDIS_DOWN, publish.RealtimeUnavailable):
-            if await room_exit(slug=slug, user_id=self.user_id, conn=self.conn):
-                await announce(slug=slug, event="leave", user_id=self.user_id, username=self.username)
+        await _settle()
+        await self._leave(slug)
 
     async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-            self.task = None
+        heartbeat = _heartbeats.get(asyncio.get_running_loop())
+        if heartbeat is not None:
+            heartbeat.discard(self)
+        await _settle()
         for slug in list(self.rooms):
-            await self.exit(groups.room_stream(slug))
+            self.rooms.discard(slug)
+            await self._leave(slug)
         with contextlib.suppress(*REDIS_DOWN):
             await user_gone(user_id=self.user_id, conn=self.conn)
 
-    async def _beat(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except REDIS_DOWN + (publish.RealtimeUnavailable,) as exc:
-                # Entries come back on the next beat after Redis does (a restart wipes them).
-                logger.debug("presence heartbeat failed user=%s: %r", self.username, exc)
-            await asyncio.sleep(heartbeat_secs())
-
     async def refresh(self) -> None:
-        await user_touch(user_id=self.user_id, username=self.username, conn=self.conn)
-        for slug in list(self.rooms):
-            if slug not in self.rooms:
-                continue  # left while this beat was running: do not bring the entry back
-            if await room_enter(slug=slug, user_id=self.user_id, username=self.username, conn=self.conn):
-                await announce(slug=slug, event="join", user_id=self.user_id, username=self.username)
-            gone = await room_sweep(slug=slug)
-            for user_id, name in zip(gone, await _names(gone), strict=True):
-                await announce(slug=slug, event="leave", user_id=user_id, username=name)
+        """Refresh this socket's entries and sweep its rooms now (the heartbeat does it for all)."""
+        await connections_refresh([self], sweep=True)
+
+    async def _leave(self, slug: str) -> None:
+        with contextlib.suppress(*REDIS_DOWN, publish.RealtimeUnavailable):
+            if await room_exit(slug=slug, user_id=self.user_id, conn=self.conn):
+                await self._announce(slug, "leave")
+
+    async def _announce(self, slug: str, event: str) -> None:
+        await announce(slug=slug, event=event, user_id=self.user_id, username=self.username)
+
+
+# --- the heartbeat: one task per process (per event loop) for all its sockets --------------------
+
+
+class _Heartbeat:
+    """The live ConnectionPresence objects of one event loop, and the one task refreshing them.
+
+    The task runs while there are sockets: it ends on the first beat that finds none, and add()
+    starts it again. Sockets added between beats are first written by a flush
+    REGISTER_FLUSH_SECS later, all in one pipeline.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.live: set[ConnectionPresence] = set()
+        self.fresh: set[ConnectionPresence] = set()  # added, not yet written
+        self.task: asyncio.Task[None] | None = None
+        self.flusher: asyncio.Task[None] | None = None
+        # Writes in flight: leaving waits for them, so that a refresh sent before a LEAVE
+        # cannot land after it and bring the entry back.
+        self.writes: set[asyncio.Future[None]] = set()
+
+    def add(self, conn: ConnectionPresence) -> None:
+        self.live.add(conn)
+        self.fresh.add(conn)
+        if self.flusher is None:
+            self.flusher = self.loop.create_task(self._flush_soon(), name="presence-flush")
+        if self.task is None:
+            self.task = self.loop.create_task(self._beat_forever(), name="presence-heartbeat")
+
+    def discard(self, conn: ConnectionPresence) -> None:
+        self.live.discard(conn)
+        self.fresh.discard(conn)
+
+    async def settled(self) -> None:
+        """Return once the writes in flight now have finished."""
+        if self.writes:
+            await asyncio.wait(list(self.writes))
+
+    async def beat(self) -> None:
+        """Refresh every socket's entries and sweep their rooms."""
+        self.fresh.clear()  # written by this beat: the flush has nothing left to do
+        await self._write(list(self.live), sweep=True)
+
+    async def _beat_forever(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(heartbeat_secs())
+                if not self.live:
+                    break
+                await self.beat()
+        finally:
+            self.task = None
+            self._forget_if_idle()
+
+    async def _flush_soon(self) -> None:
+        try:
+            await asyncio.sleep(REGISTER_FLUSH_SECS)
+        finally:
+            self.flusher = None  # sockets added from now on get a flush of their own
+        fresh, self.fresh = list(self.fresh), set()
+        if fresh:
+            await self._write(fresh, sweep=False)
+        self._forget_if_idle()
+
+    async def _write(self, conns: list[ConnectionPresence], *, sweep: bool) -> None:
+        done = self.loop.create_future()
+        self.writes.add(done)
+        try:
+            await connections_refresh(conns, sweep=sweep)
+        except (*REDIS_DOWN, publish.RealtimeUnavailable) as exc:
+            # Entries come back on the next beat after Redis does (a restart wipes them).
+            logger.debug("presence heartbeat failed sockets=%d: %r", len(conns), exc)
+        except Exception:
+            # Logged, and the next beat tries again: a dead heartbeat would take every socket
+            # of this process offline one TTL later.
+            logger.exception(
+                "presence heartbeat failed sockets=%d replica=%s", len(conns), settings.REPLICA_ID
+            )
+        finally:
+            self.writes.discard(done)
+            done.set_result(None)
+
+    def _forget_if_idle(self) -> None:
+        idle = not self.live and self.task is None and self.flusher is None and not self.writes
+        if idle and _heartbeats.get(self.loop) is self:
+            del _heartbeats[self.loop]
+
+
+_heartbeats: dict[asyncio.AbstractEventLoop, _Heartbeat] = {}
+
+
+def _heartbeat() -> _Heartbeat:
+    loop = asyncio.get_running_loop()
+    heartbeat = _heartbeats.get(loop)
+    if heartbeat is None:
+        heartbeat = _heartbeats[loop] = _Heartbeat(loop)
+    return heartbeat
+
+
+async def _settle() -> None:
+    heartbeat = _heartbeats.get(asyncio.get_running_loop())
+    if heartbeat is not None:
+        await heartbeat.settled()

@@ -157,14 +157,25 @@ function setOnline(name, online) {
   if (member) member.replaceWith(personItem(name, { online, lastSeenMs: Date.now() }));
 }
 
+// Presence events that arrive while a snapshot loads: applied again on top of it, since the
+// snapshot may have been read before them (our own join, written just after we connected).
+const presenceReplays = new Set();
+
 async function loadPresence() {
-  const answer = await fetch(config.presenceUrl, { credentials: "same-origin" });
-  if (!answer.ok) return;
-  const body = await answer.json();
-  presenceList.replaceChildren(...body.online.map((p) => personItem(p.user, { online: true })));
-  membersList.replaceChildren(
-    ...body.members.map((m) => personItem(m.user, { online: m.online, lastSeenMs: m.last_seen_ms })),
-  );
+  const replay = [];
+  presenceReplays.add(replay);
+  try {
+    const answer = await fetch(config.presenceUrl, { credentials: "same-origin" });
+    if (!answer.ok) return;
+    const body = await answer.json();
+    presenceList.replaceChildren(...body.online.map((p) => personItem(p.user, { online: true })));
+    membersList.replaceChildren(
+      ...body.members.map((m) => personItem(m.user, { online: m.online, lastSeenMs: m.last_seen_ms })),
+    );
+  } finally {
+    presenceReplays.delete(replay);
+    for (const event of replay) setOnline(event.user, event.event === "join");
+  }
 }
 
 // --- unread counts for the rooms not in view -------------------------------------------------
@@ -244,6 +255,7 @@ client.addEventListener("reset", ({ detail }) => detail.stream === config.stream
 
 client.addEventListener("presence", ({ detail }) => {
   if (detail.stream !== config.stream) return;
+  for (const replay of presenceReplays) replay.push(detail);
   setOnline(detail.user, detail.event === "join");
 });
 

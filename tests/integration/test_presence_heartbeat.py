@@ -1,0 +1,280 @@
+"""Presence's per-process heartbeat against a real Redis: one task and one pipeline per beat for
+all the sockets of a process, a connect storm written in one pipeline, a dead socket's leave
+announced once, entries rebuilt after Redis lost them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from pytest_django.fixtures import Settings
+
+from realtime import presence
+from realtime.layer import StreamChannelLayer
+from realtime.models import Room
+from realtime.presence import ConnectionPresence
+from tests.integration.test_presence import in_room, next_presence
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+Calls = list[list[tuple[Any, ...]]]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, what: str, within: float = 5) -> None:
+    """Poll `check` until it is true; fail naming `what` after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out after {within} s waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def presence_tasks() -> list[asyncio.Task[Any]]:
+    """The tasks presence runs in this loop, by where their coroutine is defined."""
+    found = []
+    for task in asyncio.all_tasks():
+        code = getattr(task.get_coro(), "cr_code", None)
+        if code is not None and code.co_filename.endswith("realtime/presence.py"):
+            found.append(task)
+    return found
+
+
+def heartbeat_names() -> list[str]:
+    return sorted(task.get_name() for task in presence_tasks())
+
+
+@pytest.fixture
+async def beat_by_hand(settings: Settings, layer: StreamChannelLayer) -> AsyncIterator[None]:
+    """A heartbeat that does not beat by itself during the test (tests call beat()); stopped
+    afterwards, before the layer closes its Redis pool."""
+    settings.PRESENCE_HEARTBEAT_SECS = 60
+    yield
+    tasks = presence_tasks()
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=5)
+
+
+@pytest.fixture
+async def round_trips(layer: StreamChannelLayer, monkeypatch: pytest.MonkeyPatch) -> Calls:
+    """Every round trip this process makes on the layer's command pool, as the list of its
+    commands (one for a plain command, all of them for a pipeline)."""
+    calls: Calls = []
+    pool = layer.redis().connection_pool
+    execute_pipeline = aioredis.client.Pipeline.execute
+    execute_command = aioredis.Redis.execute_command
+
+    async def pipeline_execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.connection_pool is pool:
+            calls.append([command for command, _ in self.command_stack])
+        return await execute_pipeline(self, *args, **kwargs)
+
+    async def command_execute(self: Any, *args: Any, **options: Any) -> Any:
+        if self.connection_pool is pool:
+            calls.append([args])
+        return await execute_command(self, *args, **options)
+
+    monkeypatch.setattr(aioredis.client.Pipeline, "execute", pipeline_execute)
+    monkeypatch.setattr(aioredis.Redis, "execute_command", command_execute)
+    return calls
+
+
+def commands(call: list[tuple[Any, ...]], name: str) -> list[tuple[Any, ...]]:
+    return [args for args in call if str(args[0]).upper() == name]
+
+
+def swept_keys(call: list[tuple[Any, ...]]) -> list[str]:
+    return [args[3] for args in commands(call, "EVALSHA") if args[1] == presence._SWEEP.sha]
+
+
+def writes(calls: Calls) -> Calls:
+    """The round trips that wrote presence entries."""
+    return [call for call in calls if commands(call, "EVALSHA") or commands(call, "ZADD")]
+
+
+async def scores(key: str) -> dict[bytes, float]:
+    return dict(await presence._redis().zrange(key, 0, -1, withscores=True))
+
+
+async def start_many(count: int, *, rooms: list[str], users: int) -> list[ConnectionPresence]:
+    """`count` sockets of `users` users spread over `rooms`, started one after another the way
+    consumers connect. start() never yields to the loop, so all are registered before any write."""
+    conns = []
+    for n in range(count):
+        conn = ConnectionPresence(user_id=1000 + n % users, username=f"user{n % users}")
+        await conn.start(["broadcast", f"user:{conn.user_id}", f"room:{rooms[n % len(rooms)]}"])
+        conns.append(conn)
+    return conns
+
+
+def all_written(conns: list[ConnectionPresence]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        entries: set[bytes] = set()
+        for slug in {slug for conn in conns for slug in conn.rooms}:
+            entries |= set(await scores(presence._room_key(slug)))
+        return all(f"{c.user_id}:{c.conn}".encode() in entries for c in conns)
+
+    return check
+
+
+async def online(user_id: int) -> bool:
+    return (await presence.user_statuses(user_ids=[user_id]))[user_id].online
+
+
+async def test_many_sockets_share_one_heartbeat_task(
+    layer: StreamChannelLayer, beat_by_hand: None
+) -> None:
+    conns = await start_many(200, rooms=["a", "b"], users=50)
+    assert heartbeat_names() == ["presence-flush", "presence-heartbeat"]
+    [flush] = [task for task in presence_tasks() if task.get_name() == "presence-flush"]
+    await asyncio.wait_for(asyncio.wait([flush]), timeout=5)
+    assert await all_written(conns)()
+    assert heartbeat_names() == ["presence-heartbeat"], "one task for the process, none per socket"
+    assert len(presence._heartbeats[asyncio.get_running_loop()].live) == 200
+    for conn in conns:
+        await conn.close()
+    assert presence._heartbeats[asyncio.get_running_loop()].live == set()
+
+
+async def test_a_connect_storm_is_written_in_one_pipeline(
+    layer: StreamChannelLayer, beat_by_hand: None, round_trips: Calls
+) -> None:
+    conns = await start_many(300, rooms=["storm"], users=300)
+    assert round_trips == [], "registering a socket costs no round trip"
+    await eventually(all_written(conns), what="the storm's entries")
+    [flush] = writes(round_trips)
+    assert len(commands(flush, "EVALSHA")) == 300 and len(commands(flush, "ZADD")) == 300
+    assert swept_keys(flush) == []  # the beat sweeps; the flush only writes
+    assert list(await scores(presence._user_key(conns[7].user_id))) == [conns[7].conn.encode()]
+    for conn in conns:
+        await conn.close()
+    assert await presence.room_online(slug="storm") == []
+
+
+async def test_a_beat_refreshes_every_entry_in_one_pipeline_and_sweeps_each_room_once(
+    layer: StreamChannelLayer, beat_by_hand: None, round_trips: Calls
+) -> None:
+    rooms = ["r1", "r2", "r3"]
+    conns = await start_many(90, rooms=rooms, users=30)
+    await eventually(all_written(conns), what="the first write")
+    rooms_before = {slug: await scores(presence._room_key(slug)) for slug in rooms}
+    users_before = {c.user_id: await scores(presence._user_key(c.user_id)) for c in conns}
+    written_at = presence.now_ms()
+
+    async def clock_moved() -> bool:
+        return presence.now_ms() > written_at
+
+    await eventually(clock_moved, what="the next millisecond")
+    round_trips.clear()
+    await presence._heartbeats[asyncio.get_running_loop()].beat()
+    assert len(round_trips) == 1, "one round trip refreshes every socket and sweeps every room"
+    assert sorted(swept_keys(round_trips[0])) == [presence._room_key(slug) for slug in rooms]
+    for slug in rooms:
+        after = await scores(presence._room_key(slug))
+        assert after.keys() == rooms_before[slug].keys() and len(after) == 30
+        assert all(after[member] > rooms_before[slug][member] for member in after)
+    for conn in conns:
+        member = conn.conn.encode()
+        after = (await scores(presence._user_key(conn.user_id)))[member]
+        assert after > users_before[conn.user_id][member]
+    for conn in conns:
+        await conn.close()
+    for slug in rooms:
+        assert await presence.room_online(slug=slug) == []
+
+
+async def test_the_heartbeat_stops_with_its_last_socket_and_starts_with_the_next(
+    layer: StreamChannelLayer, settings: Settings
+) -> None:
+    settings.PRESENCE_HEARTBEAT_SECS = 0.1
+    first = ConnectionPresence(user_id=81, username="erin")
+    await first.start(["user:81"])
+    await eventually(lambda: online(81), what="erin online")
+    await first.close()
+    assert not await online(81)
+    await asyncio.wait_for(asyncio.wait(presence_tasks()), timeout=2)
+    assert asyncio.get_running_loop() not in presence._heartbeats  # nothing kept for the loop
+    second = ConnectionPresence(user_id=82, username="fred")
+    await second.start(["user:82"])
+    assert heartbeat_names() == ["presence-flush", "presence-heartbeat"]
+    await eventually(lambda: online(82), what="fred online")
+    await second.close()
+    await asyncio.wait_for(asyncio.wait(presence_tasks()), timeout=2)
+
+
+async def test_a_dead_sockets_leave_is_announced_once_by_the_process_sweep(
+    layer: StreamChannelLayer, settings: Settings
+) -> None:
+    settings.PRESENCE_HEARTBEAT_SECS = 0.2
+    await Room.objects.acreate(slug="cellar", title="Cellar")
+    sockets = [await in_room(91 + n, f"watcher{n}", "cellar") for n in range(3)]
+    # A socket of a replica that died: an entry nobody refreshes, with a 1 s TTL.
+    await presence.user_touch(user_id=99, username="ghost", conn="dead", ttl=1000)
+    assert await presence.room_enter(
+        slug="cellar", user_id=99, username="ghost", conn="dead", ttl=1000
+    )
+    for socket in sockets:
+        left = await next_presence(socket, "ghost", timeout=5)
+        assert (left["event"], left["user_id"]) == ("leave", 99)
+    # Five more beats, each sweeping the room: no socket hears of the ghost again.
+    assert await sockets[0].nothing(timeout=1.0)
+    for socket in sockets[1:]:
+        assert await socket.nothing(timeout=0.1)
+    assert await presence.room_online(slug="cellar") == [91, 92, 93]
+    assert not await online(99)
+    for socket in sockets:
+        await socket.close()
+
+
+async def test_entries_lost_with_redis_return_on_the_next_beat_and_rejoin(
+    layer: StreamChannelLayer, settings: Settings
+) -> None:
+    settings.PRESENCE_HEARTBEAT_SECS = 0.2
+    await Room.objects.acreate(slug="loft", title="Loft")
+    alice = await in_room(95, "alice", "loft")
+    assert (await next_presence(alice, "alice95"))["event"] == "join"
+    # What a Redis restart does to presence: its keys and the loaded scripts are gone, at once.
+    client = presence._redis()
+    keys = [key async for key in client.scan_iter(f"{presence._prefix()}:*")]
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.delete(*keys)
+        pipe.script_flush()
+        await pipe.execute()
+    # The next beat's JOIN finds alice gone (after loading the scripts again) and says so.
+    assert (await next_presence(alice, "alice95"))["event"] == "join"
+    assert await client.script_exists(presence._JOIN.sha, presence._SWEEP.sha) == [True, True]
+    assert await presence.room_online(slug="loft") == [95]
+    assert await online(95)
+    await alice.close()
+    assert await presence.room_online(slug="loft") == []
+
+
+async def test_redis_trouble_breaks_no_socket_and_entries_return_after_it(
+    layer: StreamChannelLayer, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.PRESENCE_HEARTBEAT_SECS = 0.1
+    await Room.objects.acreate(slug="shed", title="Shed")
+    attempts = 0
+
+    async def unreachable(queue: Any) -> list[Any]:
+        nonlocal attempts
+        attempts += 1
+        raise ConnectionError("Redis is restarting")
+
+    async def beats_failed() -> bool:
+        return attempts >= 3
+
+    monkeypatch.setattr(presence, "_pipelined", unreachable)
+    alice = await in_room(97, "alice", "shed")  # the subscribe's enter() failed quietly
+    await eventually(beats_failed, what="beats while Redis is away")
+    await alice.send({"type": "echo", "id": "e", "payload": 1})
+    assert (await alice.receive())["type"] == "echo"
+    assert await presence.room_online(slug="shed") == []
+    monkeypatch.undo()
+    assert (await next_presence(alice, "alice97"))["event"] == "join"
+    assert await presence.room_online(slug="shed") == [97]
+    await alice.close()
