@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from urllib.request import urlopen
 
 from realtime.bench.wire import HttpConnection, WsProtocol, ws_connect
 from realtime.cluster import (
@@ -54,6 +55,27 @@ class Target:
 
     def publisher(self, concurrency: int) -> Publisher:
         raise NotImplementedError
+
+    async def write_counts(self) -> tuple[int, int] | None:
+        """Socket writes of stream frames so far, and the frames that shared a write with
+        another, summed over the replicas' /healthz counters; None where there are none."""
+        if self.cluster is None:
+            return None
+        cluster = self.cluster
+
+        def read() -> tuple[int, int] | None:
+            writes = coalesced = 0
+            for name in cluster.replica_names:
+                try:
+                    with urlopen(f"{cluster.replica_url(name)}/healthz", timeout=2) as answer:
+                        stats = json.load(answer)["stats"]
+                    writes += stats["socket_writes"]
+                    coalesced += stats["frames_coalesced"]
+                except (OSError, ValueError, KeyError):
+                    return None  # a replica down (W4), or one without these counters (stock)
+            return writes, coalesced
+
+        return await asyncio.to_thread(read)
 
     def stop(self) -> None:
         if self.cluster is not None:

@@ -141,6 +141,7 @@ async def _measure(
 ) -> Result:  # fmt: skip
     pool = ctx.pool
     pool.reset_counters()
+    writes_before = await ctx.target.write_counts()
     cpu = ctx.cpu_window()
     published = 0
 
@@ -163,6 +164,13 @@ async def _measure(
     last_ms = max((c.last_rx for c in pool.clients), default=started_ms)
     seconds = max(last_ms - started_ms, publish_secs) / 1000
     used = cpu.stop()
+    writes_after = await ctx.target.write_counts()
+    if writes_before is not None and writes_after is not None:
+        writes = writes_after[0] - writes_before[0]
+        frames = writes + writes_after[1] - writes_before[1]
+        # Frames per send() on the replicas' fast path: above 1 when messages arrived together
+        # and each socket got them in one write (realtime/direct_send.py).
+        extra = {**extra, "frames_per_write": round(frames / writes, 2) if writes else None}
     lost, dup, reorder = order_counts(pool, ranges)
     sent = sum(len(s) for s in seqs.values())
     deliveries = pool.delivered
