@@ -43,14 +43,59 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_TRY_AGAIN_LATER = 4503
 # Errors that mean "Redis is not answering": the caller reports it and nothing else breaks.
 REDIS_DOWN = (RedisError, OSError, asyncio.TimeoutError, ConnectionError)
-# How often a socket records how far it has delivered a user stream (the delivery ledger).
+# How often a process records how far its sockets have delivered user streams (the ledger).
 DELIVERED_MARK_SECS = 0.5
+MARKS_PER_PIPELINE = 100
 
 
 @dataclass
 class Cursor:
     epoch: str | None
     last: int
+
+
+class DeliveredMarks:
+    """The delivery ledger's `delivered` marks for every socket of one event loop: a socket notes
+    how far it has delivered a user stream, and every DELIVERED_MARK_SECS the streams that moved
+    are written together, a pipeline per MARKS_PER_PIPELINE, rather than a script call per
+    socket and stream (which, under a push storm, cost as many round trips as the pushes)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, tuple[str, int]] = {}  # stream -> (epoch, seq)
+        self.timer: asyncio.TimerHandle | None = None
+
+    def note(self, stream: str, epoch: str, seq: int) -> None:
+        noted = self.pending.get(stream)
+        if noted is None or noted[0] != epoch or seq > noted[1]:
+            self.pending[stream] = (epoch, seq)
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(DELIVERED_MARK_SECS, self._flush)
+
+    def _flush(self) -> None:
+        self.timer = None
+        marks, self.pending = self.pending, {}
+        task = asyncio.ensure_future(self._write(list(marks.items())))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _write(self, marks: list[tuple[str, tuple[str, int]]]) -> None:
+        for start in range(0, len(marks), MARKS_PER_PIPELINE):
+            batch = marks[start : start + MARKS_PER_PIPELINE]
+            with contextlib.suppress(*REDIS_DOWN):
+                await history.mark_many([(s, "delivered", epoch, seq) for s, (epoch, seq) in batch])
+
+
+_delivered_marks: dict[asyncio.AbstractEventLoop, DeliveredMarks] = {}
+
+
+def delivered_marks() -> DeliveredMarks:
+    loop = asyncio.get_running_loop()
+    marks = _delivered_marks.get(loop)
+    if marks is None:
+        # One loop per process in production; tests run many, so closed ones are dropped.
+        for old in [other for other in _delivered_marks if other.is_closed()]:
+            del _delivered_marks[old]
+        marks = _delivered_marks[loop] = DeliveredMarks()
+    return marks
 
 
 class RealtimeConsumer(AsyncWebsocketConsumer):
@@ -61,7 +106,6 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         self.writer: asyncio.Task[None] | None = None
         self.ready = False
         self.counted = False
-        self.marking: set[str] = set()
         self.presence: presence.ConnectionPresence | None = None
         # Daphne's socket, for writing in-order stream frames directly (None: the usual path).
         self.wire = direct_send.ws_protocol_of(send)
@@ -378,18 +422,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         self._schedule_mark(stream)
 
     def _schedule_mark(self, stream: str) -> None:
-        if stream.startswith("user:") and stream not in self.marking:
-            self.marking.add(stream)
-            asyncio.get_running_loop().call_later(
-                DELIVERED_MARK_SECS, lambda: asyncio.ensure_future(self._mark_delivered(stream))
-            )
-
-    async def _mark_delivered(self, stream: str) -> None:
-        self.marking.discard(stream)
         cursor = self.cursors.get(stream)
-        if cursor is not None and cursor.epoch is not None:
-            with contextlib.suppress(*REDIS_DOWN):
-                await history.mark(stream, field="delivered", epoch=cursor.epoch, seq=cursor.last)
+        if stream.startswith("user:") and cursor is not None and cursor.epoch is not None:
+            delivered_marks().note(stream, cursor.epoch, cursor.last)
 
     async def _send_resumed(
         self, stream: str, *, recovered: bool, reason: str, epoch: str | None, seq: int,

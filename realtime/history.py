@@ -182,6 +182,17 @@ async def mark(stream: str, *, field: str, epoch: str, seq: int) -> None:
     await _script(_redis(), _MARK_LUA)([meta_key(stream)], [epoch, field, seq])
 
 
+async def mark_many(marks: list[tuple[str, str, str, int]]) -> None:
+    """Several marks, (stream, field, epoch, seq) each, in one round trip."""
+    client = _redis()
+    script = _script(client, _MARK_LUA)
+    async with client.pipeline(transaction=False) as pipe:
+        for stream, field, epoch, seq in marks:
+            assert field in ("delivered", "acked")
+            await script(keys=[meta_key(stream)], args=[epoch, field, seq], client=pipe)
+        await pipe.execute()
+
+
 async def ledger(stream: str, *, count: int = 100) -> dict[str, Any]:
     """The last `count` messages of a stream, each marked sent / delivered / acknowledged."""
     client = _redis()

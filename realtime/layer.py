@@ -47,6 +47,8 @@ FRAME_MARK = b"F"[0]
 # Command connections per process and loop: enough for Redis to pipeline a burst of publishes
 # (each is one short script), few enough that 3 replicas never crowd Redis' connection table.
 MAX_REDIS_CONNECTIONS = 32
+# Groups per pipeline in the membership heartbeat (two commands each).
+MEMBERSHIP_BATCH_GROUPS = 100
 
 
 class StreamSink(Protocol):
@@ -435,8 +437,14 @@ class _LoopLayer:
     async def _heartbeat_forever(self) -> None:
         while True:
             await asyncio.sleep(self.owner.heartbeat_secs)
+            groups = list(self.groups)
             try:
-                await self._write_membership(self.redis, list(self.groups))
+                # In pieces: one pipeline for every group of a busy replica (one per user) holds
+                # the event loop long enough to show in delivery latency.
+                for start in range(0, len(groups), MEMBERSHIP_BATCH_GROUPS):
+                    await self._write_membership(
+                        self.redis, groups[start : start + MEMBERSHIP_BATCH_GROUPS]
+                    )
             except (RedisError, OSError) as exc:
                 logger.debug("membership heartbeat failed: %r", exc)
 

@@ -84,7 +84,8 @@ class PublishLane:
         headers = [(k.lower().encode("latin1"), v.encode("latin1")) for k, v in response.items()]
         headers += SECURITY_HEADERS
         headers.append(self.replica_header)
-        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        start = {"type": "http.response.start", "status": response.status_code, "headers": headers}
+        await send(start)
         await send({"type": "http.response.body", "body": response.content})
 
 

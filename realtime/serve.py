@@ -1,4 +1,4 @@
-"""`python -m realtime.serve [daphne options] project.asgi:application` — Daphne, with a few changes.
+"""`python -m realtime.serve [daphne options] project.asgi:application`: Daphne, a little changed.
 
 Autobahn, under Daphne, fails a connection that breaks the protocol (a frame above the 1 MiB
 limit, say) by dropping TCP, so the client sees only 1006 "abnormal closure". With failByDrop off
@@ -15,11 +15,14 @@ tracemalloc and py-spy on a replica during a connect storm, docs/performance.md)
   replica's CPU in a connect storm). The options are fixed once Daphne has set them, so they
   become attributes of the protocol class (nothing is copied), and the debug arguments are
   rendered only if their line is logged.
+Last, the objects built before serving starts are frozen out of the garbage collector's scans
+(`LeanServer.run`), which shortens the stalls of its full collections.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import pprint
 import sys
 from collections import deque
@@ -99,6 +102,15 @@ class Inbox:
 
 
 class LeanServer(daphne.server.Server):
+    def run(self) -> None:
+        # Everything imported and built so far (Django, Twisted, the app: hundreds of thousands
+        # of objects) lives as long as the process. Frozen, the garbage collector stops
+        # scanning it: a full collection with 333 sockets took 50-170 ms, a stall that showed
+        # as the p99 latency of pushes.
+        gc.collect()
+        gc.freeze()
+        super().run()
+
     def create_application(self, protocol: Any, scope: dict[str, Any]) -> Inbox | None:
         """Daphne's own create_application (4.2), with an Inbox for the queue."""
         assert "application_instance" not in self.connections[protocol]

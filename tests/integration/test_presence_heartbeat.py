@@ -5,6 +5,7 @@ announced once, entries rebuilt after Redis lost them."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -140,22 +141,24 @@ async def test_many_sockets_share_one_heartbeat_task(
     assert presence._heartbeats[asyncio.get_running_loop()].live == set()
 
 
-async def test_a_connect_storm_is_written_in_one_pipeline(
+async def test_a_connect_storm_is_written_in_a_pipeline_per_batch_not_per_socket(
     layer: StreamChannelLayer, beat_by_hand: None, round_trips: Calls
 ) -> None:
     conns = await start_many(300, rooms=["storm"], users=300)
     assert round_trips == [], "registering a socket costs no round trip"
     await eventually(all_written(conns), what="the storm's entries")
-    [flush] = writes(round_trips)
-    assert len(commands(flush, "EVALSHA")) == 300 and len(commands(flush, "ZADD")) == 300
-    assert swept_keys(flush) == []  # the beat sweeps; the flush only writes
+    flushes = writes(round_trips)
+    assert len(flushes) == math.ceil(300 / presence.BATCH_CONNECTIONS)
+    assert sum(len(commands(flush, "EVALSHA")) for flush in flushes) == 300
+    assert sum(len(commands(flush, "ZADD")) for flush in flushes) == 300
+    assert [key for flush in flushes for key in swept_keys(flush)] == []  # the flush only writes
     assert list(await scores(presence._user_key(conns[7].user_id))) == [conns[7].conn.encode()]
     for conn in conns:
         await conn.close()
     assert await presence.room_online(slug="storm") == []
 
 
-async def test_a_beat_refreshes_every_entry_in_one_pipeline_and_sweeps_each_room_once(
+async def test_a_beat_refreshes_every_entry_in_a_pipeline_per_batch_and_sweeps_each_room_once(
     layer: StreamChannelLayer, beat_by_hand: None, round_trips: Calls
 ) -> None:
     rooms = ["r1", "r2", "r3"]
@@ -171,8 +174,9 @@ async def test_a_beat_refreshes_every_entry_in_one_pipeline_and_sweeps_each_room
     await eventually(clock_moved, what="the next millisecond")
     round_trips.clear()
     await presence._heartbeats[asyncio.get_running_loop()].beat()
-    assert len(round_trips) == 1, "one round trip refreshes every socket and sweeps every room"
-    assert sorted(swept_keys(round_trips[0])) == [presence._room_key(slug) for slug in rooms]
+    assert len(round_trips) == math.ceil(90 / presence.BATCH_CONNECTIONS), "a round trip per batch"
+    swept = [key for trip in round_trips for key in swept_keys(trip)]
+    assert sorted(swept) == [presence._room_key(slug) for slug in rooms]
     for slug in rooms:
         after = await scores(presence._room_key(slug))
         assert after.keys() == rooms_before[slug].keys() and len(after) == 30

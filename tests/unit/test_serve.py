@@ -49,7 +49,8 @@ def test_protocol_options_live_on_the_protocol_class_not_on_each_connection() ->
     assert "maxFramePayloadSize" not in vars(protocol)
     # Callable options are called as the factory's are, not as methods of the protocol.
     offers = [object()]
-    assert protocol.perMessageCompressionAccept(offers) == factory.perMessageCompressionAccept(offers)
+    accepted = factory.perMessageCompressionAccept(offers)
+    assert protocol.perMessageCompressionAccept(offers) == accepted
 
 
 def test_a_log_argument_is_rendered_only_when_formatted() -> None:
