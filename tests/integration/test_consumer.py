@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from urllib.parse import quote
 
@@ -10,7 +11,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, User
 
 from realtime import history, publish
-from realtime.consumers import RealtimeConsumer
+from realtime.consumers import RealtimeConsumer, delivered_marks
 from realtime.layer import StreamChannelLayer
 from realtime.models import Room
 from tests.integration.conftest import a_user, open_socket
@@ -201,3 +202,32 @@ async def test_acks_and_deliveries_fill_the_ledger(layer: StreamChannelLayer) ->
     assert states[1] == states[2] == "acknowledged"
     assert frames[2]["seq"] == 3
     await socket.close()
+
+
+async def test_delivered_marks_of_many_streams_are_written_together(
+    layer: StreamChannelLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    round_trips: list[int] = []
+    mark_many = history.mark_many
+
+    async def counted(marks: list[tuple[str, str, str, int]]) -> None:
+        round_trips.append(len(marks))
+        await mark_many(marks)
+
+    monkeypatch.setattr(history, "mark_many", counted)
+    epochs = {}
+    for user_id in range(500, 650):
+        epochs[user_id] = (await publish.push_to_user(user_id=user_id, payload=1)).epoch
+    marks = delivered_marks()
+    for user_id in range(500, 650):
+        marks.note(f"user:{user_id}", epochs[user_id], 1)
+        marks.note(f"user:{user_id}", epochs[user_id], 0)  # a later, lower note never lowers it
+
+    async def all_marked() -> bool:
+        ledgers = [await history.ledger(f"user:{u}", count=1) for u in range(500, 650)]
+        return all(ledger["delivered"] == 1 for ledger in ledgers)
+
+    async with asyncio.timeout(5):
+        while not await all_marked():
+            await asyncio.sleep(0.05)
+    assert round_trips == [100, 50], "150 streams in two pipelines, not 150 calls"
