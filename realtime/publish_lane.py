@@ -82,6 +82,8 @@ class PublishLane:
 
     async def _answer(self, response: HttpResponse, send: Any) -> None:
         headers = [(k.lower().encode("latin1"), v.encode("latin1")) for k, v in response.items()]
+        if not response.has_header("Content-Length"):  # as CommonMiddleware sets it: no chunking
+            headers.append((b"content-length", str(len(response.content)).encode()))
         headers += SECURITY_HEADERS
         headers.append(self.replica_header)
         start = {"type": "http.response.start", "status": response.status_code, "headers": headers}

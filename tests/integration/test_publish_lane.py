@@ -67,6 +67,7 @@ async def test_a_token_broadcast_is_answered_by_the_lane_with_the_apis_answer(
     assert (body["stream"], body["seq"]) == ("broadcast", 1)
     headers = headers_of(response)
     assert headers[b"content-type"] == b"application/json"
+    assert headers[b"content-length"] == str(len(response["body"])).encode()
     assert headers[b"x-content-type-options"] == b"nosniff"
     assert headers[b"x-frame-options"] == b"DENY"
     assert b"x-replica" in headers
