@@ -196,6 +196,9 @@ async def api_publish(request: HttpRequest) -> JsonResponse:
             groups.group_for_stream(stream)
         except groups.InvalidStreamName as exc:
             raise ApiError(400, "bad_stream", str(exc)) from None
+        if stream == groups.OPS_STREAM:
+            # The cluster view trusts what it reads there: only the replicas' reporters write it.
+            raise ApiError(403, "forbidden_stream", "The ops stream is written by the replicas only.")
         return await _publish_answer(request, publisher, stream=stream, payload=_payload_from(body))
 
     return await _answer(handle)

@@ -100,6 +100,8 @@ async def test_the_lane_refuses_what_django_would_refuse(layer: StreamChannelLay
          404, "unknown_user"),
         (await call(lane, "/api/publish", {"stream": "nope!", "payload": 1}, token=secret),
          400, "bad_stream"),
+        (await call(lane, "/api/publish", {"stream": "ops", "payload": 1}, token=secret),
+         403, "forbidden_stream"),
     ]  # fmt: skip
     got = [(r["status"], json.loads(r["body"])["error"]) for r, _, _ in cases]
     assert got == [(status, code) for _, status, code in cases]
