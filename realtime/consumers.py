@@ -30,6 +30,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from redis.exceptions import RedisError
 
 from realtime import chat, direct_send, groups, history, presence, protocol, publish
@@ -297,6 +298,31 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         # and only to sockets that asked for them with ?ephemeral=1 (the chat page does).
         if self.presence is not None and self.presence.wanted and event.get("stream") in self.cursors:
             await self._send_text(event["frame"])
+
+    async def rt_recheck(self, event: dict[str, Any]) -> None:
+        """Access changed while this socket was open (realtime/access.py): check its streams
+        again with a fresh copy of its user; leave what it may no longer read."""
+        user = await get_user_model()._default_manager.filter(pk=self.user.pk).afirst()
+        if user is None or not user.is_active:
+            await self._send_error("access_revoked", "Your account is no longer active.")
+            await self.close(code=CLOSE_UNAUTHORIZED)
+            return
+        self.user = user
+        own = (groups.user_stream(user.pk), groups.BROADCAST_STREAM)
+        streams = [event["stream"]] if event.get("stream") else list(self.cursors)
+        for stream in streams:
+            if stream in own or stream not in self.cursors:
+                continue
+            try:
+                await database_sync_to_async(stream_check_readable)(user=user, stream=stream)
+            except StreamDenied as exc:
+                logger.info("access revoked user=%s stream=%s", user.username, stream)
+                if self.presence is not None:
+                    await self.presence.exit(stream)
+                await self._leave(stream)
+                await self._send_error(
+                    "access_revoked", f"You may no longer read {stream}: {exc.message}"
+                )
 
     async def rt_deliver(self, event: dict[str, Any]) -> None:
         # Only reached if the sink was never attached; kept for Channels' plain path.

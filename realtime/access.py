@@ -1,0 +1,121 @@
+"""Access that changes while sockets are open, and the sockets told about it.
+
+What a socket may read is checked when it subscribes. Without more, a user who lost staff kept
+the ops stream, a member removed from a private room kept reading it, and a deactivated user
+kept their socket, each until they reconnected. Now those changes send `rt.recheck` to the
+sockets concerned, on any replica: to the user's group when a user changes (staff, active, or
+their private-room memberships), to the room's group when a room changes (made private,
+deleted). The consumer then checks its streams again with a fresh copy of its user, leaves the
+ones it may no longer read (error `access_revoked`), and closes the socket of a user who is
+no longer active (4401).
+
+The signals fire inside the admin's and the views' saves; a Redis outage is logged and never
+fails the save (the sockets then keep their streams until they reconnect, as before).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
+from redis.exceptions import RedisError
+
+from realtime import groups
+from realtime.models import Room
+
+logger = logging.getLogger(__name__)
+
+RECHECK = "rt.recheck"
+
+
+async def recheck(*, user_ids: Sequence[int] = (), room_slugs: Sequence[str] = ()) -> None:
+    """Tell the sockets of these users (all their streams) and of these rooms to check again."""
+    layer: Any = get_channel_layer()
+    messages = [(groups.user_stream(uid), {"type": RECHECK}) for uid in user_ids] + [
+        (groups.room_stream(slug), {"type": RECHECK, "stream": groups.room_stream(slug)})
+        for slug in room_slugs
+    ]
+    sends = [layer.group_send(groups.group_for_stream(s), message) for s, message in messages]
+    try:
+        await asyncio.wait_for(asyncio.gather(*sends), timeout=settings.REDIS_TIMEOUT_SECS)
+    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        logger.warning(
+            "access change not sent to sockets (users=%s rooms=%s): %r", user_ids, room_slugs, exc
+        )
+
+
+recheck_sync = async_to_sync(recheck)
+
+
+# --- what triggers it ---------------------------------------------------------------------------
+
+# Fields of a user whose change can take a stream away.
+_ACCESS_FIELDS = ("is_staff", "is_active")
+
+
+def _user_about_to_change(sender: Any, instance: Any, **kwargs: Any) -> None:
+    instance._sb_access_before = None
+    update_fields = kwargs.get("update_fields")
+    untouched = update_fields is not None and not set(update_fields) & set(_ACCESS_FIELDS)
+    if instance.pk is None or untouched:
+        return  # a new user, or a save that cannot touch access (a login's last_login)
+    before = sender._default_manager.filter(pk=instance.pk).values(*_ACCESS_FIELDS).first()
+    instance._sb_access_before = before
+
+
+def _user_changed(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
+    before = getattr(instance, "_sb_access_before", None)
+    if created or before is None:
+        return
+    if any(before[field] and not getattr(instance, field) for field in _ACCESS_FIELDS):
+        recheck_sync(user_ids=[instance.pk])
+
+
+def _room_about_to_change(sender: Any, instance: Room, **kwargs: Any) -> None:
+    rows = Room.objects.filter(pk=instance.pk) if instance.pk is not None else Room.objects.none()
+    before = rows.values("is_private").first()
+    instance._sb_was_private = None if before is None else before["is_private"]  # type: ignore
+
+
+def _room_changed(sender: Any, instance: Room, created: bool, **kwargs: Any) -> None:
+    if not created and getattr(instance, "_sb_was_private", None) is False and instance.is_private:
+        recheck_sync(room_slugs=[instance.slug])
+
+
+def _room_deleted(sender: Any, instance: Room, **kwargs: Any) -> None:
+    recheck_sync(room_slugs=[instance.slug])
+
+
+def _members_changed(
+    sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any
+) -> None:
+    """A private room's members removed (room.members.remove/clear, or user.rooms.remove/clear)."""
+    if action == "pre_clear":
+        # Who was there: post_clear no longer knows.
+        instance._sb_cleared = (
+            [instance.pk] if reverse else list(instance.members.values_list("pk", flat=True))
+        )
+        return
+    if action == "post_clear":
+        recheck_sync(user_ids=getattr(instance, "_sb_cleared", []))
+    elif action == "post_remove":
+        recheck_sync(user_ids=[instance.pk] if reverse else sorted(pk_set or ()))
+
+
+def connect_signals() -> None:
+    user_model = get_user_model()
+    pre_save.connect(_user_about_to_change, sender=user_model, dispatch_uid="sb-access-user-pre")
+    post_save.connect(_user_changed, sender=user_model, dispatch_uid="sb-access-user")
+    pre_save.connect(_room_about_to_change, sender=Room, dispatch_uid="sb-access-room-pre")
+    post_save.connect(_room_changed, sender=Room, dispatch_uid="sb-access-room")
+    post_delete.connect(_room_deleted, sender=Room, dispatch_uid="sb-access-room-deleted")
+    m2m_changed.connect(
+        _members_changed, sender=Room.members.through, dispatch_uid="sb-access-members"
+    )
