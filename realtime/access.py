@@ -3,11 +3,11 @@
 What a socket may read is checked when it subscribes. Without more, a user who lost staff kept
 the ops stream, a member removed from a private room kept reading it, and a deactivated user
 kept their socket, each until they reconnected. Now those changes send `rt.recheck` to the
-sockets concerned, on any replica: to the user's group when a user changes (staff, active, or
-their private-room memberships), to the room's group when a room changes (made private,
-deleted). The consumer then checks its streams again with a fresh copy of its user, leaves the
-ones it may no longer read (error `access_revoked`), and closes the socket of a user who is
-no longer active (4401).
+sockets concerned, on any replica: to the user's group when a user changes (staff, active,
+password, or their private-room memberships), to the room's group when a room changes (made
+private, deleted). The consumer then checks its streams again with a fresh copy of its user,
+leaves the ones it may no longer read (error `access_revoked`), and closes the socket (4401)
+of a user who is no longer active or whose password changed since the socket logged in.
 
 The signals fire inside the admin's and the views' saves; a Redis outage is logged and never
 fails the save (the sockets then keep their streams until they reconnect, as before).
@@ -56,8 +56,9 @@ recheck_sync = async_to_sync(recheck)
 
 # --- what triggers it ---------------------------------------------------------------------------
 
-# Fields of a user whose change can take a stream away.
-_ACCESS_FIELDS = ("is_staff", "is_active")
+# Fields of a user whose change can take a stream away: losing staff or being deactivated, and
+# a new password (Django ends the user's other sessions then; their sockets end too).
+_ACCESS_FIELDS = ("is_staff", "is_active", "password")
 
 
 def _user_about_to_change(sender: Any, instance: Any, **kwargs: Any) -> None:
@@ -74,7 +75,8 @@ def _user_changed(sender: Any, instance: Any, created: bool, **kwargs: Any) -> N
     before = getattr(instance, "_sb_access_before", None)
     if created or before is None:
         return
-    if any(before[field] and not getattr(instance, field) for field in _ACCESS_FIELDS):
+    lost_a_flag = any(before[f] and not getattr(instance, f) for f in ("is_staff", "is_active"))
+    if lost_a_flag or before["password"] != instance.password:
         recheck_sync(user_ids=[instance.pk])
 
 

@@ -154,6 +154,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self._refuse("unauthorized", "Log in first; then reconnect.", CLOSE_UNAUTHORIZED)
             return
         self.user = user
+        # The session's proof of the password it was made with (as Django checks it per request):
+        # a password change since then ends this socket too (rt_recheck).
+        self.auth_hash = user.get_session_auth_hash()
         problems: list[InvalidFrame | StreamDenied] = []
         try:
             resume = protocol.parse_resume_query(self.scope.get("query_string", b""))
@@ -303,8 +306,10 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         """Access changed while this socket was open (realtime/access.py): check its streams
         again with a fresh copy of its user; leave what it may no longer read."""
         user = await get_user_model()._default_manager.filter(pk=self.user.pk).afirst()
-        if user is None or not user.is_active:
-            await self._send_error("access_revoked", "Your account is no longer active.")
+        if user is None or not user.is_active or user.get_session_auth_hash() != self.auth_hash:
+            # Deactivated, deleted, or the password changed: Django logs the session out on its
+            # next request; the socket goes now, and the client must log in again.
+            await self._send_error("access_revoked", "Your login is no longer valid; log in again.")
             await self.close(code=CLOSE_UNAUTHORIZED)
             return
         self.user = user

@@ -91,3 +91,15 @@ async def test_a_deactivated_user_is_disconnected(layer: StreamChannelLayer) -> 
     assert (await next_error(socket))["code"] == "access_revoked"
     closed = await socket.communicator.receive_output(timeout=5)
     assert closed == {"type": "websocket.close", "code": 4401}
+
+
+async def test_a_password_change_ends_the_users_sockets(layer: StreamChannelLayer) -> None:
+    gina = await User.objects.acreate(username="gina-access")
+    await sync_to_async(gina.set_password)("old-pass")
+    await sync_to_async(gina.save)()
+    socket = await socket_of(gina)
+    gina.set_password("new-pass")
+    await sync_to_async(gina.save)()
+    assert (await next_error(socket))["code"] == "access_revoked"
+    closed = await socket.communicator.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": 4401}
