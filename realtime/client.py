@@ -342,6 +342,12 @@ class RealtimeClient:
             self.on_message(frame)
 
     def _on_error(self, frame: Frame) -> None:
+        revoked = frame.get("stream") if frame.get("code") == "access_revoked" else None
+        if revoked:
+            # Taken away by the server: asking for it again after a reconnect would be refused.
+            if revoked in self.wanted:
+                self.wanted.remove(revoked)
+            self.positions.pop(revoked, None)
         entry = self._outbox.get(frame.get("ref") or "")
         if entry is None:
             return

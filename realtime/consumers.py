@@ -326,8 +326,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                     await self.presence.exit(stream)
                 await self._leave(stream)
                 await self._send_error(
-                    "access_revoked", f"You may no longer read {stream}: {exc.message}"
-                )
+                    "access_revoked", f"You may no longer read {stream}: {exc.message}",
+                    stream=stream,
+                )  # fmt: skip
 
     async def rt_deliver(self, event: dict[str, Any]) -> None:
         # Only reached if the sink was never attached; kept for Channels' plain path.
@@ -595,6 +596,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         replica_stats.frames_out += 1
         await self.send(text_data=text)
 
-    async def _send_error(self, code: str, message: str, ref: str | None = None) -> None:
+    async def _send_error(
+        self, code: str, message: str, ref: str | None = None, *, stream: str | None = None
+    ) -> None:
         replica_stats.errors_sent += 1
-        await self._send_text(protocol.error_frame(code, message, ref))
+        await self._send_text(protocol.error_frame(code, message, ref, stream=stream))

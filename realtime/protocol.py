@@ -192,10 +192,14 @@ _VALIDATORS = {
 }
 
 
-def error_frame(code: str, message: str, ref: str | None = None) -> str:
+def error_frame(
+    code: str, message: str, ref: str | None = None, *, stream: str | None = None
+) -> str:
     frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if ref is not None:
         frame["ref"] = ref
+    if stream is not None:
+        frame["stream"] = stream  # the stream it is about: access_revoked names the one taken away
     return encode(frame)
 
 

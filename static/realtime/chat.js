@@ -251,6 +251,12 @@ client.addEventListener("message", ({ detail: frame }) => {
 
 // A fresh subscription (no position) or a lost stretch: fill in from the database.
 client.addEventListener("subscribed", ({ detail }) => detail.stream === config.stream && catchUp("subscribed"));
+client.addEventListener("error", ({ detail }) => {
+  // Removed from this private room (or it was made private) while the page was open.
+  if (detail.code === "access_revoked" && detail.stream === config.stream) {
+    setStatus("down", "you no longer have access to this room");
+  }
+});
 client.addEventListener("reset", ({ detail }) => detail.stream === config.stream && catchUp(detail.reason));
 
 client.addEventListener("presence", ({ detail }) => {

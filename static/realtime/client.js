@@ -256,6 +256,12 @@ export class RealtimeClient extends EventTarget {
 
   _onError(frame) {
     this.debug("error frame", frame.code, frame.message);
+    if (frame.code === "access_revoked" && frame.stream) {
+      // Taken away by the server: asking for it again after a reconnect would only be refused.
+      this.wanted.delete(frame.stream);
+      delete this.positions[frame.stream];
+      this._save();
+    }
     const entry = frame.ref && this.outbox.get(frame.ref);
     if (!entry) return;
     if (frame.code === "unavailable") {

@@ -9,6 +9,7 @@ from typing import Any
 
 from realtime import presence
 from realtime.cluster import Cluster
+from tests.conftest import manage
 from tests.e2e.conftest import LoginPage, screenshot
 
 TEXTS_JS = "() => [...document.querySelectorAll('#messages li.msg[data-id] .text')].map(e => e.textContent)"
@@ -171,3 +172,24 @@ def test_a_user_whose_replica_died_goes_offline_for_the_others_within_the_ttl(
     print(f"carol went offline on alice's page {waited:.1f} s after d3 died (TTL {ttl_secs:.0f} s)")
     assert waited <= ttl_secs + presence.DEFAULT_HEARTBEAT_SECS + 2
     assert alice.locator('#presence li.online[data-user="alice"]').count() == 1
+
+
+def test_a_member_removed_from_a_private_room_is_told_so_on_the_page(
+    browser_user: LoginPage, healthy_cluster: Cluster
+) -> None:
+    slug = f"private-{uuid.uuid4().hex[:6]}"
+    room = f"Room.objects.get(slug='{slug}')"
+    alice_user = "User.objects.get(username='alice')"
+    imports = "from realtime.models import Room; from django.contrib.auth.models import User; "
+    manage(healthy_cluster, "shell", "-c", imports + (
+        f"Room.objects.create(slug='{slug}', title='Private', is_private=True).members.add({alice_user})"
+    ))  # fmt: skip
+    alice = browser_user("alice", replica="d1", path=f"/chat/{slug}/")
+    wait_live(alice)
+    # An operator removes her, from another process: her socket on d1 hears of it through Redis.
+    manage(healthy_cluster, "shell", "-c", imports + f"{room}.members.remove({alice_user})")
+    alice.wait_for_function(
+        "() => document.getElementById('conn-status').textContent.includes('no longer have access')",
+        timeout=15_000,
+    )
+    screenshot(alice, "chat-access-revoked")
