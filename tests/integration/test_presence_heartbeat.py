@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -25,12 +24,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 Calls = list[list[tuple[Any, ...]]]
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], *, what: str, within: float = 5) -> None:
-    """Poll `check` until it is true; fail naming `what` after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out after {within} s waiting for {what}"
-        await asyncio.sleep(0.02)
+async def flushed() -> None:
+    """Wait (5 s at most) for the pending first write of newly started sockets to finish."""
+    [flush] = [task for task in presence_tasks() if task.get_name() == "presence-flush"]
+    await asyncio.wait_for(asyncio.wait([flush]), timeout=5)
 
 
 def presence_tasks() -> list[asyncio.Task[Any]]:
@@ -146,7 +143,8 @@ async def test_a_connect_storm_is_written_in_a_pipeline_per_batch_not_per_socket
 ) -> None:
     conns = await start_many(300, rooms=["storm"], users=300)
     assert round_trips == [], "registering a socket costs no round trip"
-    await eventually(all_written(conns), what="the storm's entries")
+    await flushed()
+    assert await all_written(conns)()
     flushes = writes(round_trips)
     assert len(flushes) == math.ceil(300 / presence.BATCH_CONNECTIONS)
     assert sum(len(commands(flush, "EVALSHA")) for flush in flushes) == 300
@@ -163,15 +161,16 @@ async def test_a_beat_refreshes_every_entry_in_a_pipeline_per_batch_and_sweeps_e
 ) -> None:
     rooms = ["r1", "r2", "r3"]
     conns = await start_many(90, rooms=rooms, users=30)
-    await eventually(all_written(conns), what="the first write")
+    await flushed()
+    assert await all_written(conns)()
+    # Age the entries by a second, so a beat within the same millisecond still shows as newer.
+    keys = {presence._room_key(slug) for slug in rooms}
+    keys |= {presence._user_key(c.user_id) for c in conns}
+    for key in keys:
+        aged = {member: score - 1000 for member, score in (await scores(key)).items()}
+        await presence._redis().zadd(key, aged, xx=True)
     rooms_before = {slug: await scores(presence._room_key(slug)) for slug in rooms}
     users_before = {c.user_id: await scores(presence._user_key(c.user_id)) for c in conns}
-    written_at = presence.now_ms()
-
-    async def clock_moved() -> bool:
-        return presence.now_ms() > written_at
-
-    await eventually(clock_moved, what="the next millisecond")
     round_trips.clear()
     await presence._heartbeats[asyncio.get_running_loop()].beat()
     assert len(round_trips) == math.ceil(90 / presence.BATCH_CONNECTIONS), "a round trip per batch"
@@ -197,7 +196,8 @@ async def test_the_heartbeat_stops_with_its_last_socket_and_starts_with_the_next
     settings.PRESENCE_HEARTBEAT_SECS = 0.1
     first = ConnectionPresence(user_id=81, username="erin")
     await first.start(["user:81"])
-    await eventually(lambda: online(81), what="erin online")
+    await flushed()
+    assert await online(81)
     await first.close()
     assert not await online(81)
     await asyncio.wait_for(asyncio.wait(presence_tasks()), timeout=2)
@@ -205,7 +205,8 @@ async def test_the_heartbeat_stops_with_its_last_socket_and_starts_with_the_next
     second = ConnectionPresence(user_id=82, username="fred")
     await second.start(["user:82"])
     assert heartbeat_names() == ["presence-flush", "presence-heartbeat"]
-    await eventually(lambda: online(82), what="fred online")
+    await flushed()
+    assert await online(82)
     await second.close()
     await asyncio.wait_for(asyncio.wait(presence_tasks()), timeout=2)
 
@@ -263,18 +264,18 @@ async def test_redis_trouble_breaks_no_socket_and_entries_return_after_it(
     settings.PRESENCE_HEARTBEAT_SECS = 0.1
     await Room.objects.acreate(slug="shed", title="Shed")
     attempts = 0
+    three_failed = asyncio.Event()
 
     async def unreachable(queue: Any) -> list[Any]:
         nonlocal attempts
         attempts += 1
+        if attempts >= 3:
+            three_failed.set()
         raise ConnectionError("Redis is restarting")
-
-    async def beats_failed() -> bool:
-        return attempts >= 3
 
     monkeypatch.setattr(presence, "_pipelined", unreachable)
     alice = await in_room(97, "alice", "shed")  # the subscribe's enter() failed quietly
-    await eventually(beats_failed, what="beats while Redis is away")
+    await asyncio.wait_for(three_failed.wait(), timeout=5)  # beats while Redis is away
     await alice.send({"type": "echo", "id": "e", "payload": 1})
     assert (await alice.receive())["type"] == "echo"
     assert await presence.room_online(slug="shed") == []

@@ -16,21 +16,19 @@ async def test_the_inbox_hands_over_items_in_order_whether_put_or_get_comes_firs
     inbox.put_nowait(1)
     inbox.put_nowait(2)
     assert [await inbox.get(), await inbox.get()] == [1, 2]
-    waiting = asyncio.ensure_future(inbox.get())
-    await asyncio.sleep(0)  # let it start waiting
-    inbox.put_nowait(3)
-    inbox.put_nowait(4)
-    assert await asyncio.wait_for(waiting, 1) == 3
+    # The puts run once get() is waiting (it suspends at once: nothing is queued).
+    loop = asyncio.get_running_loop()
+    loop.call_soon(inbox.put_nowait, 3)
+    loop.call_soon(inbox.put_nowait, 4)
+    async with asyncio.timeout(1):  # in this task: get() is waiting before the puts run
+        assert await inbox.get() == 3
     assert await inbox.get() == 4
 
 
 async def test_an_item_put_after_the_reader_was_cancelled_is_kept() -> None:
     inbox = Inbox()
-    waiting = asyncio.ensure_future(inbox.get())
-    await asyncio.sleep(0)
-    waiting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiting
+    with pytest.raises(TimeoutError):  # the reader waits, and is cancelled
+        await asyncio.wait_for(inbox.get(), 0.01)
     inbox.put_nowait("disconnect")
     assert await asyncio.wait_for(inbox.get(), 1) == "disconnect"
 
