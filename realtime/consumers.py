@@ -288,7 +288,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         direct_send.write_frame(wire, frame)
         cursor.last = seq  # after the write: had it failed, the next frame repairs the gap
         replica_stats.frames_out += 1
-        self._schedule_mark(stream)
+        self._note_delivered(stream, cursor)
         return True
 
     async def on_resync(self) -> None:
@@ -390,7 +390,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             replica_stats.gaps_repaired += 1
             await self._replay(stream, cursor, upto=seq - 1)
         cursor.last = seq
-        await self._send_stream_frame(stream, frame)
+        await self._send_stream_frame(stream, cursor, frame)
 
     async def _catch_up(self, stream: str, *, notify: bool) -> None:
         """Compare the cursor with the stream's head and deliver what is missing."""
@@ -442,20 +442,21 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                 )
             for seq, frame in entries:
                 cursor.last = seq
-                await self._send_stream_frame(stream, frame)
+                await self._send_stream_frame(stream, cursor, frame)
                 replayed += 1
         if cursor.last < upto:  # trimmed away entirely
             await self._send_resumed(stream, recovered=False, reason="gap", epoch=cursor.epoch, seq=upto)
             cursor.last = upto
         return replayed
 
-    async def _send_stream_frame(self, stream: str, frame: str) -> None:
+    async def _send_stream_frame(self, stream: str, cursor: Cursor, frame: str) -> None:
         await self._send_text(frame)
-        self._schedule_mark(stream)
+        self._note_delivered(stream, cursor)
 
-    def _schedule_mark(self, stream: str) -> None:
-        cursor = self.cursors.get(stream)
-        if stream.startswith("user:") and cursor is not None and cursor.epoch is not None:
+    @staticmethod
+    def _note_delivered(stream: str, cursor: Cursor) -> None:
+        """For the delivery ledger: how far this socket has delivered a user stream."""
+        if cursor.epoch is not None and stream.startswith("user:"):
             delivered_marks().note(stream, cursor.epoch, cursor.last)
 
     async def _send_resumed(

@@ -75,17 +75,17 @@ def flush() -> None:
     global _pending, _flush_scheduled
     pending, _pending, _flush_scheduled = _pending, {}, False
     for protocol, chunks in pending.items():
-        _write(protocol, chunks[0] if len(chunks) == 1 else b"".join(chunks), len(chunks))
+        _write(protocol, chunks)
 
 
 def flush_socket(protocol: Any) -> None:
     """Write what is queued for this one socket now (before a write by another path)."""
     chunks = _pending.pop(protocol, None)
     if chunks:
-        _write(protocol, b"".join(chunks), len(chunks))
+        _write(protocol, chunks)
 
 
-def _write(protocol: Any, data: bytes, frames: int) -> None:
+def _write(protocol: Any, chunks: list[bytes]) -> None:
     """When Twisted has nothing buffered for the socket, the bytes go straight to send():
     Twisted would otherwise buffer them, register the socket for writability with epoll, and
     write and unregister it on the next loop turn, which profiled at half a replica's time
@@ -94,7 +94,8 @@ def _write(protocol: Any, data: bytes, frames: int) -> None:
     if not is_open(protocol):
         return  # closed since the frame was queued: there is no one to write to
     replica_stats.socket_writes += 1
-    replica_stats.frames_coalesced += frames - 1
+    replica_stats.frames_coalesced += len(chunks) - 1
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     transport = protocol.transport
     if protocol.send_queue or not _idle(transport):
         protocol.sendData(data)

@@ -421,30 +421,28 @@ class _LoopLayer:
             self._membership_writer = None
 
     async def _write_membership(self, client: Any, groups: list[str]) -> None:
-        """Each group's local count, valid for three heartbeats: a dead process's expire."""
+        """Each group's local count, valid for three heartbeats: a dead process's expire.
+
+        In pipelines of MEMBERSHIP_BATCH_GROUPS: one pipeline for every group of a busy replica
+        (one per user) holds the event loop long enough to show in delivery latency."""
         expires_ms = int((time.time() + 3 * self.owner.heartbeat_secs) * 1000)
-        async with client.pipeline(transaction=False) as pipe:
-            for group in groups:
-                key = self.owner.members_key(group)
-                count = len(self.groups.get(group, ()))
-                if count:
-                    pipe.hset(key, self.owner.node, f"{count}@{expires_ms}")
-                    pipe.pexpire(key, int(3 * self.owner.heartbeat_secs * 1000))
-                else:
-                    pipe.hdel(key, self.owner.node)
-            await pipe.execute()
+        for start in range(0, len(groups), MEMBERSHIP_BATCH_GROUPS):
+            async with client.pipeline(transaction=False) as pipe:
+                for group in groups[start : start + MEMBERSHIP_BATCH_GROUPS]:
+                    key = self.owner.members_key(group)
+                    count = len(self.groups.get(group, ()))
+                    if count:
+                        pipe.hset(key, self.owner.node, f"{count}@{expires_ms}")
+                        pipe.pexpire(key, int(3 * self.owner.heartbeat_secs * 1000))
+                    else:
+                        pipe.hdel(key, self.owner.node)
+                await pipe.execute()
 
     async def _heartbeat_forever(self) -> None:
         while True:
             await asyncio.sleep(self.owner.heartbeat_secs)
-            groups = list(self.groups)
             try:
-                # In pieces: one pipeline for every group of a busy replica (one per user) holds
-                # the event loop long enough to show in delivery latency.
-                for start in range(0, len(groups), MEMBERSHIP_BATCH_GROUPS):
-                    await self._write_membership(
-                        self.redis, groups[start : start + MEMBERSHIP_BATCH_GROUPS]
-                    )
+                await self._write_membership(self.redis, list(self.groups))
             except (RedisError, OSError) as exc:
                 logger.debug("membership heartbeat failed: %r", exc)
 
