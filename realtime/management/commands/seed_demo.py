@@ -31,11 +31,21 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         User = get_user_model()
         for username, password, is_admin in DEMO_USERS:
-            user, _ = User.objects.get_or_create(username=username)
-            user.set_password(password)
-            user.is_staff = user.is_superuser = is_admin
-            user.is_active = True
-            user.save()
+            user = User.objects.filter(username=username).first()
+            if user is None:
+                User.objects.create_user(
+                    username, password=password, is_staff=is_admin, is_superuser=is_admin
+                )
+            elif not (
+                user.check_password(password) and user.is_active
+                and user.is_staff == user.is_superuser == is_admin
+            ):  # fmt: skip
+                # Reset only what differs: a new password hash would log the user out of every
+                # session and socket (realtime/access.py), on every `make run`.
+                user.set_password(password)
+                user.is_staff = user.is_superuser = is_admin
+                user.is_active = True
+                user.save()
             role = "admin, staff" if is_admin else "user"
             self.stdout.write(f"  {username:<6} / {password:<11} ({role})")
         for slug, title, is_private, members in DEMO_ROOMS:
