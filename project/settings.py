@@ -139,10 +139,15 @@ CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 # RedisChannelLayer silently lost 33-44% to its per-channel capacity; plus confirmed
 # subscriptions, per-process fan-out of pre-encoded frames, and resync after a Redis outage.
 HEARTBEAT_SECS = env_int("HEARTBEAT_SECS", 10, minimum=1)
-# Frames waiting for one socket before further ones are dropped and fetched from history later.
 # How long a replica trusts an API token it has checked: revoking one takes up to this long.
 API_TOKEN_CACHE_SECS = env_int("API_TOKEN_CACHE_SECS", 5, minimum=0)
+# Frames waiting for one socket before further ones are dropped and fetched from history later.
 DELIVERY_QUEUE_MAX_FRAMES = env_int("DELIVERY_QUEUE_MAX_FRAMES", 1000, minimum=1)
+# A socket written to by a fan-out less than this long ago gets its next frames together, at most
+# this much after that write (realtime/direct_send.py): under broadcast load, several frames per
+# send() instead of one halve the CPU of replicas, HAProxy and clients per delivery. Sockets not
+# reached by a fan-out are never held. 0 writes every frame on the next loop turn.
+SOCKET_WRITE_HOLD_MS = env_int("SOCKET_WRITE_HOLD_MS", 40, minimum=0)
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "realtime.layer.StreamChannelLayer",

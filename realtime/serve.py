@@ -39,6 +39,9 @@ from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
 class LeanWebSocketProtocol(WebSocketProtocol):
     """Daphne's protocol; its factory sets the Autobahn options on this class (see below)."""
 
+    # Loop time of the last fan-out that wrote to this socket (direct_send holds busy sockets).
+    fanned_out_at: float | None = None
+
 
 class ClosingWebSocketFactory(WebSocketFactory):
     protocol = LeanWebSocketProtocol

@@ -1,0 +1,157 @@
+"""direct_send's write coalescing: one send() per socket per loop turn, and a busy socket's
+frames held together for at most SOCKET_WRITE_HOLD_MS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from autobahn.websocket.protocol import WebSocketProtocol
+
+from realtime import direct_send
+
+pytestmark = pytest.mark.unit
+
+
+class FakeWire:
+    """What direct_send uses of Daphne's protocol. Its transport is not Twisted's, so every
+    write goes through sendData, which records it."""
+
+    STATE_OPEN = WebSocketProtocol.STATE_OPEN
+
+    def __init__(self) -> None:
+        self.state = self.STATE_OPEN
+        self.send_queue: list[bytes] = []
+        self.transport = object()
+        self.writes: list[list[str]] = []
+        self.written = asyncio.Event()
+
+    def sendData(self, data: bytes) -> None:  # noqa: N802 (Autobahn's name)
+        self.writes.append(texts_of(data))
+        self.written.set()
+
+
+def texts_of(data: bytes) -> list[str]:
+    """The payloads of the unmasked text frames in `data` (all shorter than 126 bytes here)."""
+    texts = []
+    while data:
+        assert data[0] == 0x81 and data[1] < 126
+        texts.append(data[2 : 2 + data[1]].decode())
+        data = data[2 + data[1] :]
+    return texts
+
+
+def frame(n: int) -> str:
+    return json.dumps({"type": "message", "seq": n})
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_queued(monkeypatch):
+    monkeypatch.setattr(direct_send, "FAN_OUT_SOCKETS", 1)  # one socket counts as a fan-out here
+    yield
+    # The module's queues outlive a test's event loop: frames still held are let go.
+    assert not direct_send._on_turn
+    direct_send._held.clear()
+    direct_send._pending.clear()
+
+
+async def next_turn() -> None:
+    await asyncio.sleep(0)  # one loop turn: the flush scheduled before it has run
+
+
+async def test_frames_queued_in_one_turn_go_out_in_one_write_in_order(settings) -> None:
+    settings.SOCKET_WRITE_HOLD_MS = 0
+    wire, other = FakeWire(), FakeWire()
+    for n in (1, 2, 3):
+        direct_send.write_frame(wire, frame(n))
+    direct_send.write_frame(other, frame(9))
+    assert wire.writes == []  # nothing is written before the turn ends
+    await next_turn()
+    assert wire.writes == [[frame(1), frame(2), frame(3)]]
+    assert other.writes == [[frame(9)]]
+
+
+async def test_a_busy_sockets_frames_are_held_together_for_at_most_the_hold(settings) -> None:
+    settings.SOCKET_WRITE_HOLD_MS = 40
+    wire = FakeWire()
+    loop = asyncio.get_running_loop()
+    direct_send.write_frame(wire, frame(1))
+    await next_turn()
+    assert wire.writes == [[frame(1)]]  # an idle socket's frame is not held
+    wire.written.clear()
+    queued_at = loop.time()
+    direct_send.write_frame(wire, frame(2))  # written to just now: busy
+    await next_turn()
+    direct_send.write_frame(wire, frame(3))
+    await next_turn()
+    assert wire.writes == [[frame(1)]]
+    async with asyncio.timeout(1):
+        await wire.written.wait()
+    assert wire.writes == [[frame(1)], [frame(2), frame(3)]]
+    assert 0.03 <= loop.time() - queued_at < 0.5
+
+
+async def test_a_frame_waits_only_until_a_hold_after_the_sockets_last_write(settings) -> None:
+    settings.SOCKET_WRITE_HOLD_MS = 1000
+    wire, fresh = FakeWire(), FakeWire()
+    loop = asyncio.get_running_loop()
+    wire.fanned_out_at = loop.time() - 0.95  # written to 950 ms ago: 50 ms of hold left
+    fresh.fanned_out_at = loop.time()
+    queued_at = loop.time()
+    direct_send.write_frame(wire, frame(1))
+    direct_send.write_frame(fresh, frame(2))
+    async with asyncio.timeout(0.5):
+        await wire.written.wait()
+    assert wire.writes == [[frame(1)]]
+    assert loop.time() - queued_at >= 0.04
+    assert fresh.writes == []  # its hold has most of a second to go
+    assert len(direct_send._held) == 1
+
+
+async def test_only_a_fan_out_makes_a_socket_busy(settings, monkeypatch) -> None:
+    settings.SOCKET_WRITE_HOLD_MS = 1000
+    monkeypatch.setattr(direct_send, "FAN_OUT_SOCKETS", 3)
+    fan_out = [FakeWire() for _ in range(3)]
+    for wire in fan_out:
+        direct_send.write_frame(wire, frame(1))
+    await next_turn()
+    pushed = FakeWire()
+    direct_send.write_frame(pushed, frame(1))  # a write to one socket: no fan-out
+    await next_turn()
+    for wire in [*fan_out, pushed]:
+        direct_send.write_frame(wire, frame(2))
+    await next_turn()
+    assert pushed.writes == [[frame(1)], [frame(2)]]
+    assert all(wire.writes == [[frame(1)]] for wire in fan_out)  # frame 2 is held
+
+
+async def test_no_hold_when_it_is_zero(settings) -> None:
+    settings.SOCKET_WRITE_HOLD_MS = 0
+    wire = FakeWire()
+    for n in (1, 2):
+        direct_send.write_frame(wire, frame(n))
+        await next_turn()
+    assert wire.writes == [[frame(1)], [frame(2)]]
+
+
+async def test_another_write_first_flushes_the_held_frames(settings) -> None:
+    settings.SOCKET_WRITE_HOLD_MS = 1000
+    wire = FakeWire()
+    direct_send.write_frame(wire, frame(1))
+    await next_turn()
+    direct_send.write_frame(wire, frame(2))  # held for up to a second
+    direct_send.flush_socket(wire)  # what the consumer does before any other send
+    assert wire.writes == [[frame(1)], [frame(2)]]
+    for deadline in list(direct_send._held):
+        direct_send.flush_held(deadline)  # the timer finds nothing left to write
+    assert wire.writes == [[frame(1)], [frame(2)]]
+
+
+async def test_frames_for_a_socket_closed_meanwhile_are_dropped(settings) -> None:
+    settings.SOCKET_WRITE_HOLD_MS = 0
+    wire = FakeWire()
+    direct_send.write_frame(wire, frame(1))
+    wire.state = WebSocketProtocol.STATE_CLOSED
+    await next_turn()
+    assert wire.writes == []
