@@ -148,6 +148,10 @@ DELIVERY_QUEUE_MAX_FRAMES = env_int("DELIVERY_QUEUE_MAX_FRAMES", 1000, minimum=1
 # send() instead of one halve the CPU of replicas, HAProxy and clients per delivery. Sockets not
 # reached by a fan-out are never held. 0 writes every frame on the next loop turn.
 SOCKET_WRITE_HOLD_MS = env_int("SOCKET_WRITE_HOLD_MS", 40, minimum=0)
+# A client that stops reading makes the kernel's buffers fill, then the replica's own: past this
+# many bytes waiting for one socket, the replica drops the connection, so one stuck client costs
+# bounded memory. The client reconnects and resumes from history; nothing is lost within it.
+SOCKET_BACKLOG_MAX_BYTES = env_int("SOCKET_BACKLOG_MAX_BYTES", 1024 * 1024, minimum=64 * 1024)
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "realtime.layer.StreamChannelLayer",

@@ -24,6 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from autobahn.exception import Disconnected
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
@@ -256,7 +257,12 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     async def on_stream_frame(self, stream: str, seq: int, epoch: str, frame: str) -> None:
         if self.send_now(stream, seq, epoch, frame):
             return
-        if len(self.queue) >= settings.DELIVERY_QUEUE_MAX_FRAMES:
+        if self.wire is not None and direct_send.backlogged(self.wire):
+            # The client reads slower than frames come: hold nothing for it but the stream's
+            # name; the writer fetches from history what it missed once the socket drained.
+            self.dirty.add(stream)
+            replica_stats.frames_deferred += 1
+        elif len(self.queue) >= settings.DELIVERY_QUEUE_MAX_FRAMES:
             # Backpressure: drop it, and fetch it from history once the writer has caught up.
             self.dirty.add(stream)
             replica_stats.frames_dropped += 1
@@ -282,7 +288,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         if (
             wire is None or not self.ready or self.writer is not None or self.queue or self.dirty
             or cursor is None or seq != cursor.last + 1 or epoch != cursor.epoch
-            or not direct_send.is_open(wire)
+            or not direct_send.is_open(wire) or direct_send.backlogged(wire)
         ):  # fmt: skip
             return False
         direct_send.write_frame(wire, frame)
@@ -365,6 +371,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                     except REDIS_DOWN:
                         self.dirty.add(stream)
                         return
+        except Disconnected:
+            pass  # the socket closed under a replay; disconnect() is on its way
         finally:
             self.writer = None
 
@@ -450,6 +458,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         return replayed
 
     async def _send_stream_frame(self, stream: str, cursor: Cursor, frame: str) -> None:
+        if self.wire is not None:
+            await direct_send.drained(self.wire)  # a replay waits for a slow client, no faster
         await self._send_text(frame)
         self._note_delivered(stream, cursor)
 

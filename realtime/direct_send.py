@@ -139,6 +139,7 @@ def _write(protocol: Any, chunks: list[bytes]) -> None:
     transport = protocol.transport
     if protocol.send_queue or not _idle(transport):
         protocol.sendData(data)
+        protocol.behind = True
         return
     try:
         sent = transport.socket.send(data)
@@ -148,6 +149,41 @@ def _write(protocol: Any, chunks: list[bytes]) -> None:
         sent = 0  # a dead socket: Twisted's own write meets the error and closes the connection
     if sent < len(data):
         transport.write(data[sent:])
+        protocol.behind = True
+
+
+def backlogged(protocol: Any) -> bool:
+    """More than `SOCKET_BACKLOG_MAX_BYTES` wait for this socket beyond what the kernel took: its
+    client reads slower than frames come (or not at all). Twisted and Autobahn would buffer
+    without limit; the consumer stops writing instead and fetches the frames from history
+    once the socket drained (`drained`), so a stuck client costs a bounded buffer."""
+    if not getattr(protocol, "behind", True):
+        return False  # nothing went to Twisted's buffer since it was last seen empty
+    unsent = unsent_bytes(protocol)
+    if not unsent:
+        protocol.behind = False
+    return unsent > settings.SOCKET_BACKLOG_MAX_BYTES
+
+
+async def drained(protocol: Any) -> None:
+    """Return once this socket's backlog is down to half the limit, or it closed. Polled: the
+    transport's one producer slot, which Twisted would tell when its buffer empties, belongs to
+    Daphne's HTTP channel, and this only runs for a socket that is behind."""
+    limit = settings.SOCKET_BACKLOG_MAX_BYTES // 2
+    while unsent_bytes(protocol) > limit and is_open(protocol):
+        await asyncio.sleep(DRAIN_POLL_SECS)
+
+
+def unsent_bytes(protocol: Any) -> int:
+    """Bytes Autobahn and Twisted hold for the socket that the kernel has not taken yet."""
+    try:
+        transport = protocol.transport
+        unsent = transport._tempDataLen + len(transport.dataBuffer) - transport.offset
+        if protocol.send_queue:
+            unsent += sum(len(item[0]) for item in protocol.send_queue)
+        return int(unsent)
+    except (AttributeError, TypeError):  # not the Twisted transport this was written against
+        return 0
 
 
 def _idle(transport: Any) -> bool:
@@ -175,6 +211,8 @@ _turn_scheduled = False
 _held: dict[float, list[Any]] = {}
 # Sockets written in one flush for it to count as a fan-out, after which they are busy.
 FAN_OUT_SOCKETS = 50
+# How often a writer waiting for a backlogged socket looks again.
+DRAIN_POLL_SECS = 0.01
 
 
 def prepared(frame: str) -> PreparedMessage:

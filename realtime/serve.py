@@ -41,6 +41,8 @@ class LeanWebSocketProtocol(WebSocketProtocol):
 
     # Loop time of the last fan-out that wrote to this socket (direct_send holds busy sockets).
     fanned_out_at: float | None = None
+    # Set when direct_send left bytes in Twisted's buffer: only then is the backlog counted.
+    behind = False
 
 
 class ClosingWebSocketFactory(WebSocketFactory):

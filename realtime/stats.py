@@ -21,6 +21,8 @@ class ReplicaStats:
     # The fast path's socket writes, and the frames that shared a write with an earlier one.
     socket_writes: int = 0
     frames_coalesced: int = 0
+    # Frames not written because their socket was backlogged; fetched from history once drained.
+    frames_deferred: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)

@@ -85,7 +85,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """
     require_binaries("redis-server", "haproxy")
     var_dir = tmp_path_factory.mktemp("cluster")
-    env = {"SWITCHBOARD_VAR_DIR": str(var_dir), "SECRET_KEY": "cluster-tests-secret-key"}
+    env = {
+        "SWITCHBOARD_VAR_DIR": str(var_dir),
+        "SECRET_KEY": "cluster-tests-secret-key",
+        # A client that stops reading is dropped sooner than by default (1 MiB): less to send.
+        "SOCKET_BACKLOG_MAX_BYTES": str(256 * 1024),
+    }
     os.environ.update(env)
     the_cluster = Cluster(ClusterConfig(replicas=3, run_dir=var_dir / "run", env=env))
     for command in (["migrate", "--noinput", "-v0"], ["seed_demo"]):

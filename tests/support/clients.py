@@ -53,18 +53,29 @@ class WsClient:
     # Every client not yet closed, so a fixture can close what a failed test left open.
     open_clients: ClassVar[set[WsClient]] = set()
 
-    def __init__(self, connection: ClientConnection) -> None:
+    def __init__(self, connection: ClientConnection, *, reading: bool = True) -> None:
         self.open_clients.add(self)
         self.connection = connection
         self.frames: list[Frame] = []
         self.raw: list[str | bytes] = []
         self.closed_code: int | None = None
         self._changed = asyncio.Event()
+        # Cleared: the client stops taking frames, as a stuck browser tab does; once websockets'
+        # own queue is full it stops reading the socket, and the server's buffers fill.
+        self.reading = asyncio.Event()
+        if reading:
+            self.reading.set()
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
     async def open(
-        cls, ws_url: str, *, cookie: str = "", origin: str | None = None, **kwargs: Any
+        cls,
+        ws_url: str,
+        *,
+        cookie: str = "",
+        origin: str | None = None,
+        reading: bool = True,
+        **kwargs: Any,
     ) -> WsClient:
         headers = {"Cookie": cookie} if cookie else {}
         if origin is None:
@@ -77,11 +88,13 @@ class WsClient:
             max_size=None,
             **kwargs,
         )
-        return cls(connection)
+        return cls(connection, reading=reading)
 
     async def _read(self) -> None:
         try:
-            async for message in self.connection:
+            while True:
+                await self.reading.wait()
+                message = await self.connection.recv()
                 self.raw.append(message)
                 if isinstance(message, str):
                     self.frames.append(json.loads(message))
@@ -137,6 +150,7 @@ class WsClient:
         await self.connection.send(json.dumps(frame))
 
     async def close(self) -> None:
+        self.reading.set()  # a paused reader would never see the close
         await self.connection.close()
         await asyncio.wait_for(asyncio.shield(self._reader), 10)
 

@@ -155,3 +155,51 @@ async def test_frames_for_a_socket_closed_meanwhile_are_dropped(settings) -> Non
     wire.state = WebSocketProtocol.STATE_CLOSED
     await next_turn()
     assert wire.writes == []
+
+
+class FullSocket:
+    """A kernel socket whose send buffer is full: it takes nothing."""
+
+    def send(self, data: bytes) -> int:
+        raise BlockingIOError
+
+
+class TwistedLikeTransport:
+    """The parts of Twisted's TCP transport that direct_send reads, with an unbounded buffer."""
+
+    def __init__(self) -> None:
+        self.socket = FullSocket()
+        self.dataBuffer = b""
+        self._tempDataLen = 0
+        self.offset = 0
+        self.connected, self.disconnecting, self._writeDisconnected, self.TLS = 1, 0, 0, False
+
+    def write(self, data: bytes) -> None:
+        self.dataBuffer += data
+
+
+async def test_a_socket_is_backlogged_past_the_limit_and_drained_once_its_buffer_empties(
+    settings,
+) -> None:
+    settings.SOCKET_WRITE_HOLD_MS = 0
+    settings.SOCKET_BACKLOG_MAX_BYTES = 64 * 1024
+    wire = FakeWire()
+    wire.transport = TwistedLikeTransport()
+    wire.sendData = wire.transport.write  # Autobahn's sendData writes to the transport
+    big = "y" * 20_000
+    for _ in range(3):
+        direct_send.write_frame(wire, big)
+        await next_turn()
+    assert not direct_send.backlogged(wire)  # 60 KB waiting: under the limit
+    direct_send.write_frame(wire, big)
+    await next_turn()
+    assert direct_send.unsent_bytes(wire) > 64 * 1024
+    assert direct_send.backlogged(wire)
+
+    waiter = asyncio.ensure_future(direct_send.drained(wire))
+    await next_turn()
+    assert not waiter.done()
+    wire.transport.offset = len(wire.transport.dataBuffer) - 10_000  # the kernel took most
+    async with asyncio.timeout(1):
+        await waiter
+    assert not direct_send.backlogged(wire)
