@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from typing import Any
 
 from autobahn.websocket.protocol import PreparedMessage
 from django.conf import settings
 
 from realtime.stats import replica_stats
+
+logger = logging.getLogger(__name__)
 
 # Wrappers between the consumer and Daphne's partial: few; a longer chain is not Daphne's.
 _MAX_WRAPPERS = 8
@@ -59,12 +62,11 @@ def write_frame(protocol: Any, frame: str) -> None:
 
     A socket sent frames by a fan-out (`FAN_OUT_SOCKETS` written together) less than
     `SOCKET_WRITE_HOLD_MS` ago is busy: what comes for it now waits until that long after its
-    last write, so a busy socket gets at most one write per
-    hold, with several frames in it. Like Nagle's algorithm, it trades a bounded delay for
-    fewer writes only where frames already come fast: under broadcast fan-out to 1000 sockets
-    it made ~4 frames per send() instead of 1.15 and cut the CPU per delivery of replicas,
-    HAProxy and clients by half (docs/performance.md). A frame for an idle socket is written
-    on the next loop turn.
+    last write, so a busy socket gets at most one write per hold, with several frames in it.
+    Like Nagle's algorithm, it trades a bounded delay for fewer writes only where frames
+    already come fast: under broadcast fan-out to 1000 sockets it made 4-6 frames per send()
+    instead of 1.15 and halved the CPU per delivery of replicas, HAProxy and clients
+    (docs/performance.md). A frame for a socket that is not busy goes on the next loop turn.
 
     Any other write to the socket must call `flush_socket` first, so frames never overtake
     each other.
@@ -115,7 +117,11 @@ def _flush(protocols: list[Any]) -> None:
         chunks = _pending.pop(protocol, None)
         if chunks:  # None when flush_socket wrote them meanwhile
             protocol.fanned_out_at = written_at
-            _write(protocol, chunks)
+            try:
+                _write(protocol, chunks)
+            except Exception:
+                # One socket's failure must not cost the sockets after it their frames.
+                logger.exception("writing to a socket failed; it will be closed by its errors")
 
 
 def flush_socket(protocol: Any) -> None:

@@ -54,6 +54,7 @@ def nothing_left_queued(monkeypatch):
     assert not direct_send._on_turn
     direct_send._held.clear()
     direct_send._pending.clear()
+    direct_send._turn_scheduled = False
 
 
 async def next_turn() -> None:
@@ -203,3 +204,21 @@ async def test_a_socket_is_backlogged_past_the_limit_and_drained_once_its_buffer
     async with asyncio.timeout(1):
         await waiter
     assert not direct_send.backlogged(wire)
+
+
+async def test_a_socket_whose_write_fails_does_not_cost_the_others_their_frames(settings) -> None:
+    settings.SOCKET_WRITE_HOLD_MS = 0
+    broken, after = FakeWire(), FakeWire()
+
+    def fail(data: bytes) -> None:
+        raise RuntimeError("transport gone wrong")
+
+    broken.sendData = fail
+    direct_send.write_frame(broken, frame(1))
+    direct_send.write_frame(after, frame(1))
+    await next_turn()
+    assert after.writes == [[frame(1)]]
+    del broken.sendData  # the transport works again
+    direct_send.write_frame(broken, frame(2))
+    await next_turn()
+    assert broken.writes == [[frame(2)]]  # nothing of the failed write was left queued
