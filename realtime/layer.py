@@ -285,12 +285,13 @@ class _LoopLayer:
     async def _subscribe(self, group: str) -> None:
         """SUBSCRIBE and wait for Redis to confirm it (see the module docstring for why)."""
         channel = self.owner.group_channel(group)
-        try:
-            # Short: if the subscription connection is not up by then, Redis is down, and the
-            # caller should say so now rather than keep a client waiting.
-            await asyncio.wait_for(self.subscribed_event.wait(), timeout=2)
-        except asyncio.TimeoutError:
-            raise ConnectionError("the layer has no Redis subscription connection") from None
+        if not self.subscribed_event.is_set():  # (checked first: wait_for makes a task)
+            try:
+                # Short: if the subscription connection is not up by then, Redis is down, and
+                # the caller should say so now rather than keep a client waiting.
+                await asyncio.wait_for(self.subscribed_event.wait(), timeout=2)
+            except asyncio.TimeoutError:
+                raise ConnectionError("the layer has no Redis subscription connection") from None
         future = self._pending.get(channel)
         if future is None:
             future = self._pending[channel] = asyncio.get_running_loop().create_future()
