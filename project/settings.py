@@ -152,6 +152,10 @@ SOCKET_WRITE_HOLD_MS = env_int("SOCKET_WRITE_HOLD_MS", 40, minimum=0)
 # many bytes waiting for one socket, the replica drops the connection, so one stuck client costs
 # bounded memory. The client reconnects and resumes from history; nothing is lost within it.
 SOCKET_BACKLOG_MAX_BYTES = env_int("SOCKET_BACKLOG_MAX_BYTES", 1024 * 1024, minimum=64 * 1024)
+# A replica runs Python's full garbage collections this often instead of whenever CPython's
+# thresholds say (realtime/gc_policy.py): each one holds the event loop for tens of ms with many
+# sockets open. 0 leaves CPython's automatic full collections on.
+GC_FULL_COLLECT_SECS = env_int("GC_FULL_COLLECT_SECS", 60, minimum=0)
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "realtime.layer.StreamChannelLayer",

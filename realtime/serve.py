@@ -16,7 +16,8 @@ tracemalloc and py-spy on a replica during a connect storm, docs/performance.md)
   become attributes of the protocol class (nothing is copied), and the debug arguments are
   rendered only if their line is logged.
 Last, the objects built before serving starts are frozen out of the garbage collector's scans
-(`LeanServer.run`), which shortens the stalls of its full collections.
+(`LeanServer.run`), which shortens the stalls of its full collections, and those run on a timer
+(`realtime/gc_policy.py`, GC_FULL_COLLECT_SECS) rather than whenever CPython's thresholds say.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ import autobahn.websocket.protocol
 import daphne.server
 from daphne.cli import CommandLineInterface
 from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
+from django.conf import settings
+from twisted.internet.task import LoopingCall
+
+from realtime import gc_policy
 
 
 class LeanWebSocketProtocol(WebSocketProtocol):
@@ -114,6 +119,9 @@ class LeanServer(daphne.server.Server):
         # as the p99 latency of pushes.
         gc.collect()
         gc.freeze()
+        if settings.GC_FULL_COLLECT_SECS:
+            gc_policy.take_over_full_collections()
+            LoopingCall(gc_policy.collect_full).start(settings.GC_FULL_COLLECT_SECS, now=False)
         super().run()
 
     def create_application(self, protocol: Any, scope: dict[str, Any]) -> Inbox | None:

@@ -23,6 +23,9 @@ class ReplicaStats:
     frames_coalesced: int = 0
     # Frames not written because their socket was backlogged; fetched from history once drained.
     frames_deferred: int = 0
+    # Full garbage collections, run on a timer (realtime/gc_policy.py), and the last one's pause.
+    gc_full_collections: int = 0
+    gc_full_pause_ms: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)

@@ -8,5 +8,7 @@ from project.settings import REDIS_URL
 CHANNEL_LAYERS = {
     "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
 }
+# The runner serves stock with realtime.serve too; CPython's own full collections, as stock has.
+GC_FULL_COLLECT_SECS = 0
 ROOT_URLCONF = "realtime.bench.stock"
 ASGI_APPLICATION = "realtime.bench.stock_asgi.application"
