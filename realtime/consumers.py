@@ -48,6 +48,8 @@ REDIS_DOWN = (RedisError, OSError, asyncio.TimeoutError, ConnectionError)
 # How often a process records how far its sockets have delivered user streams (the ledger).
 DELIVERED_MARK_SECS = 0.5
 MARKS_PER_PIPELINE = 100
+# History entries a replay reads per round trip from Redis, for a socket that keeps up.
+REPLAY_BATCH = 500
 
 
 @dataclass
@@ -440,7 +442,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         """Send frames cursor.last+1 .. upto from history; say so if some are gone for good."""
         replayed = 0
         while cursor.last < upto:
-            entries = await history.read(stream, after=cursor.last, upto=upto)
+            batch = self._replay_batch()
+            entries = await history.read(stream, after=cursor.last, upto=upto, limit=batch)
             if not entries:
                 break
             first = entries[0][0]
@@ -456,6 +459,13 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self._send_resumed(stream, recovered=False, reason="gap", epoch=cursor.epoch, seq=upto)
             cursor.last = upto
         return replayed
+
+    def _replay_batch(self) -> int:
+        """History entries to read at once: many for a socket that keeps up, and for one that is
+        behind only what fits in its backlog limit, since they wait in memory while it drains."""
+        if self.wire is not None and direct_send.unsent_bytes(self.wire):
+            return max(1, settings.SOCKET_BACKLOG_MAX_BYTES // settings.MAX_PAYLOAD_BYTES)
+        return REPLAY_BATCH
 
     async def _send_stream_frame(self, stream: str, cursor: Cursor, frame: str) -> None:
         if self.wire is not None:
