@@ -1,4 +1,4 @@
-"""Writing stream frames straight to a replica's WebSockets: framed once per message, not per socket.
+"""Stream frames written straight to replicas' WebSockets: framed once per message, not per socket.
 
 Profiling a replica under broadcast fan-out (docs/performance.md) showed most of its time in
 the path one `self.send()` takes per socket: Channels' consumer send, the session middleware's
@@ -176,7 +176,7 @@ async def drained(protocol: Any) -> None:
     transport's one producer slot, which Twisted would tell when its buffer empties, belongs to
     Daphne's HTTP channel, and this only runs for a socket that is behind."""
     limit = settings.SOCKET_BACKLOG_MAX_BYTES // 2
-    while unsent_bytes(protocol) > limit and is_open(protocol):
+    while unsent_bytes(protocol) > limit and is_open(protocol):  # noqa: ASYNC110 (no event)
         await asyncio.sleep(DRAIN_POLL_SECS)
 
 

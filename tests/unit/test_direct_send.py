@@ -27,7 +27,7 @@ class FakeWire:
         self.writes: list[list[str]] = []
         self.written = asyncio.Event()
 
-    def sendData(self, data: bytes) -> None:  # noqa: N802 (Autobahn's name)
+    def sendData(self, data: bytes) -> None:  # Autobahn's name
         self.writes.append(texts_of(data))
         self.written.set()
 
