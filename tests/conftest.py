@@ -88,8 +88,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     env = {
         "SWITCHBOARD_VAR_DIR": str(var_dir),
         "SECRET_KEY": "cluster-tests-secret-key",
-        # A client that stops reading is dropped sooner than by default (1 MiB): less to send.
+        # A client that stops reading is held back sooner than by default (1 MiB): less to send.
         "SOCKET_BACKLOG_MAX_BYTES": str(256 * 1024),
+        # Full garbage collections every second (60 by default), so a test can see them run.
+        "GC_FULL_COLLECT_SECS": "1",
     }
     os.environ.update(env)
     the_cluster = Cluster(ClusterConfig(replicas=3, run_dir=var_dir / "run", env=env))

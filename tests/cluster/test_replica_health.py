@@ -1,0 +1,26 @@
+"""What a replica's /healthz reports about its own upkeep."""
+
+from __future__ import annotations
+
+import httpx
+
+from realtime.cluster import Cluster, wait_until
+
+
+def gc_stats(cluster: Cluster, replica: str) -> dict[str, int]:
+    stats = httpx.get(f"{cluster.replica_url(replica)}/healthz", timeout=10).json()["stats"]
+    return {key: value for key, value in stats.items() if key.startswith("gc_")}
+
+
+def test_full_garbage_collections_run_on_the_replicas_timer(cluster: Cluster) -> None:
+    # The test cluster sets GC_FULL_COLLECT_SECS=1 (60 by default).
+    for replica in cluster.replica_names:
+        before = gc_stats(cluster, replica)["gc_full_collections"]
+        wait_until(
+            lambda replica=replica, before=before: (
+                gc_stats(cluster, replica)["gc_full_collections"] >= before + 2
+            ),
+            timeout=10,
+            what=f"two timed full collections on {replica}",
+        )
+        assert 0 <= gc_stats(cluster, replica)["gc_full_pause_ms"] < 1000
