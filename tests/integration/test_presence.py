@@ -36,6 +36,15 @@ async def next_presence(socket: Socket, user: str, timeout: float = 5) -> dict: 
             return frame
 
 
+async def dead_entry_in(slug: str, user_id: int, username: str) -> None:
+    """The entries of a socket whose replica died without running disconnect(): nobody
+    refreshes them, and they expire in 1 s."""
+    await presence.user_touch(user_id=user_id, username=username, conn="dead", ttl=1000)
+    assert await presence.room_enter(
+        slug=slug, user_id=user_id, username=username, conn="dead", ttl=1000
+    )
+
+
 async def test_join_and_leave_are_announced_to_the_room(layer: StreamChannelLayer) -> None:
     await Room.objects.acreate(slug="hall", title="Hall")
     alice = await in_room(21, "alice", "hall")
@@ -104,9 +113,7 @@ async def test_a_dead_connection_expires_and_its_user_leaves(
     await Room.objects.acreate(slug="attic", title="Attic")
     alice = await in_room(51, "alice", "attic")
     await next_presence(alice, "alice51")
-    # carol's replica died without running disconnect(): an entry nobody refreshes, 1 s TTL.
-    await presence.user_touch(user_id=52, username="carol", conn="dead", ttl=1000)
-    assert await presence.room_enter(slug="attic", user_id=52, username="carol", conn="dead", ttl=1000)
+    await dead_entry_in("attic", 52, "carol")  # carol's replica died
     assert 52 in await presence.room_online(slug="attic")
     assert (await presence.user_statuses(user_ids=[52]))[52].online
     started = time.monotonic()

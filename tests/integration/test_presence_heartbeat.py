@@ -17,7 +17,7 @@ from realtime import presence
 from realtime.layer import StreamChannelLayer
 from realtime.models import Room
 from realtime.presence import ConnectionPresence
-from tests.integration.test_presence import in_room, next_presence
+from tests.integration.test_presence import dead_entry_in, in_room, next_presence
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -217,11 +217,7 @@ async def test_a_dead_sockets_leave_is_announced_once_by_the_process_sweep(
     settings.PRESENCE_HEARTBEAT_SECS = 0.2
     await Room.objects.acreate(slug="cellar", title="Cellar")
     sockets = [await in_room(91 + n, f"watcher{n}", "cellar") for n in range(3)]
-    # A socket of a replica that died: an entry nobody refreshes, with a 1 s TTL.
-    await presence.user_touch(user_id=99, username="ghost", conn="dead", ttl=1000)
-    assert await presence.room_enter(
-        slug="cellar", user_id=99, username="ghost", conn="dead", ttl=1000
-    )
+    await dead_entry_in("cellar", 99, "ghost")  # a socket of a replica that died
     for socket in sockets:
         left = await next_presence(socket, "ghost", timeout=5)
         assert (left["event"], left["user_id"]) == ("leave", 99)
