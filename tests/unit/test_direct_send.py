@@ -58,7 +58,10 @@ def nothing_left_queued(monkeypatch):
 
 
 async def next_turn() -> None:
-    await asyncio.sleep(0)  # one loop turn: the flush scheduled before it has run
+    """Return once the callbacks already scheduled (a flush) have run: one turn of the loop."""
+    turned = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_soon(turned.set_result, None)
+    await turned
 
 
 async def test_frames_queued_in_one_turn_go_out_in_one_write_in_order(settings) -> None:
