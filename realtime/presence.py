@@ -134,13 +134,9 @@ def _redis() -> Any:
 
 
 async def _run(script: _Lua, keys: list[str], args: list[Any]) -> Any:
-    client = _redis()
-    try:
-        return await client.evalsha(script.sha, len(keys), *keys, *args)
-    except NoScriptError:
-        # Redis restarted (or its scripts were flushed) since the script was last loaded.
-        await client.script_load(script.source)
-        return await client.evalsha(script.sha, len(keys), *keys, *args)
+    """One script call: a pipeline of one, so a NOSCRIPT is handled as for the heartbeat's."""
+    replies = await _pipelined(lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args))
+    return replies[0]
 
 
 async def _pipelined(queue: Callable[[Any], None]) -> list[Any]:
