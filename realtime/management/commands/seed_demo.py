@@ -1,6 +1,7 @@
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import check_password
 from django.core.management.base import BaseCommand
 
 from realtime.models import Room
@@ -24,8 +25,9 @@ DEMO_ROOMS = [
 
 class Command(BaseCommand):
     help = (
-        "Create (or reset) the demo users alice, bob, carol and admin with their dev passwords, "
-        "and the demo rooms."
+        "Create the demo users alice, bob, carol and admin with their dev passwords, and the demo "
+        "rooms, where they are missing. An existing user or room is never changed: its password, "
+        "role, active flag and members stay as they are."
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -36,21 +38,27 @@ class Command(BaseCommand):
                 User.objects.create_user(
                     username, password=password, is_staff=is_admin, is_superuser=is_admin
                 )
-            elif not (
-                user.check_password(password) and user.is_active
-                and user.is_staff == user.is_superuser == is_admin
-            ):  # fmt: skip
-                # Reset only what differs: a new password hash would log the user out of every
-                # session and socket (realtime/access.py), on every `make run`.
-                user.set_password(password)
-                user.is_staff = user.is_superuser = is_admin
-                user.is_active = True
-                user.save()
-            role = "admin, staff" if is_admin else "user"
-            self.stdout.write(f"  {username:<6} / {password:<11} ({role})")
+                role = "admin, staff" if is_admin else "user"
+                self.stdout.write(f"  {username:<6} / {password:<11} ({role}, created)")
+                continue
+            # A user of that name may be a real account (a deployment's `admin`): resetting its
+            # password, role or active flag would hand it to anyone who has read this file.
+            # check_password without a setter: the stored hash is never rewritten.
+            if check_password(password, user.password):
+                self.stdout.write(f"  {username:<6} / {password:<11} (exists, left as it is)")
+            else:
+                self.stdout.write(
+                    f"  {username:<6} exists with a password of its own; left as it is"
+                )
+        created, kept = [], []
         for slug, title, is_private, members in DEMO_ROOMS:
-            room, _ = Room.objects.get_or_create(
+            room, is_new = Room.objects.get_or_create(
                 slug=slug, defaults={"title": title, "is_private": is_private}
             )
-            room.members.add(*User.objects.filter(username__in=members))
-        self.stdout.write("Demo rooms: " + ", ".join(f"#{slug}" for slug, *_ in DEMO_ROOMS))
+            if is_new:
+                room.members.add(*User.objects.filter(username__in=members))
+            (created if is_new else kept).append(f"#{slug}")
+        if created:
+            self.stdout.write("Demo rooms created: " + ", ".join(created))
+        if kept:
+            self.stdout.write("Demo rooms that exist, left as they are: " + ", ".join(kept))
