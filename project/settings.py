@@ -17,6 +17,17 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("SWITCHBOARD_VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DEBUG", False)
+# The login page's list of demo users and their passwords: development only.
+SHOW_DEMO_LOGINS = env_bool("SHOW_DEMO_LOGINS", DEBUG)
+
+
+def _private_var_dir() -> None:
+    """Make VAR_DIR readable by its owner only: it holds the secret key, the SQLite database
+    and the local cluster's logs. An existing one is tightened too, if it is ours to change."""
+    VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    status = VAR_DIR.stat()
+    if status.st_uid == os.geteuid() and status.st_mode & 0o077:
+        VAR_DIR.chmod(0o700)
 
 
 def _local_secret_key() -> str:
@@ -24,9 +35,9 @@ def _local_secret_key() -> str:
 
     Deployments set SECRET_KEY; a local cluster needs no setup and has no well-known key.
     """
+    _private_var_dir()
     path = VAR_DIR / "secret_key"
     if not path.exists():
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
@@ -88,6 +99,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "realtime.context_processors.replica",
+                "realtime.context_processors.demo_logins",
             ],
         },
     },
@@ -100,7 +112,10 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    if Path(DATABASES["default"]["NAME"]).parent == VAR_DIR:
+        _private_var_dir()
+    else:
+        Path(DATABASES["default"]["NAME"]).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Several replica processes write the same file: WAL lets readers run beside a writer,
     # IMMEDIATE takes the write lock up front instead of failing on upgrade, and the timeout
     # waits out another process's short write instead of raising "database is locked".
@@ -131,8 +146,29 @@ LOGOUT_REDIRECT_URL = "/accounts/login/"
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
-SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+# Messages live in the session, on the server: the default cookie storage is signed but not
+# encrypted, and a message may carry a secret (a new API token, realtime/admin.py).
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
+
+# --- The TLS profile (SWITCHBOARD_TLS=1) --------------------------------------------------------
+# For a deployment whose HAProxy terminates TLS: HTTPS only, secure cookies, HSTS. With it, DEBUG
+# off and a long random SECRET_KEY, `manage.py check --deploy --fail-level WARNING` is clean.
+# Off by default, so a local cluster on http://localhost works: a browser never sends a secure
+# cookie back over plain HTTP.
+SWITCHBOARD_TLS = env_bool("SWITCHBOARD_TLS", False)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", SWITCHBOARD_TLS)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+if SWITCHBOARD_TLS:
+    # Trusted because HAProxy sets X-Forwarded-Proto on every request, replacing the client's.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    # HAProxy checks the replicas directly over plain HTTP; a redirect would fail the check.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+    # A year: what browsers' HSTS preload lists ask for. Preloading is a promise for every
+    # subdomain that is hard to take back; set SECURE_HSTS_PRELOAD=0 if that is not yours to give.
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 365 * 24 * 3600, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
 
 # Switchboard's own layer (realtime/layer.py): Redis pub/sub like channels_redis' pub/sub layer,
 # which, measured with 1000 clients and 2000 unthrottled pushes, lost none where the default

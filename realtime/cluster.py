@@ -193,7 +193,9 @@ class Cluster:
 
     def command_env(self, **extra: str) -> dict[str, str]:
         """The environment a `manage.py` command needs to publish into this cluster."""
-        env = dict(os.environ)
+        # A cluster this runner starts is a development one (`make run`, the tests): its login
+        # page lists the demo users, unless the environment says otherwise.
+        env = {"SHOW_DEMO_LOGINS": "1", **os.environ}
         env.update(self.config.env)
         env.update(
             {
