@@ -145,6 +145,10 @@ class ClusterConfig:
     # Extra environment for every replica (and for commands run with `command_env`).
     env: dict[str, str] = field(default_factory=dict)
     check_inter: str = "1s"
+    # New WebSockets HAProxy accepts per client IP per 10 s (SB_WS_CONNECTS_PER_IP_10S); the
+    # default is haproxy.cfg's. The tests and the benchmark open 1000+ sockets from 127.0.0.1
+    # within seconds, so they raise it.
+    ws_connects_per_ip_10s: int = 100
     # What the replicas serve; the benchmark's stock baseline swaps both.
     settings_module: str = "project.settings"
     asgi_app: str = "project.asgi:application"
@@ -233,6 +237,7 @@ class Cluster:
                 "SB_STATS_BIND": f"127.0.0.1:{self.stats_port}",
                 "SB_ADMIN_SOCKET": self.admin_socket,
                 "SB_CHECK_INTER": self.config.check_inter,
+                "SB_WS_CONNECTS_PER_IP_10S": str(self.config.ws_connects_per_ip_10s),
             }
         )
         for index, (name, port) in enumerate(self.replica_ports.items(), start=1):

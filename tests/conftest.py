@@ -94,7 +94,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "GC_FULL_COLLECT_SECS": "1",
     }
     os.environ.update(env)
-    the_cluster = Cluster(ClusterConfig(replicas=3, run_dir=var_dir / "run", env=env))
+    # The tests open hundreds of sockets from 127.0.0.1 within seconds: no per-IP connect limit
+    # in effect (tests/cluster/test_haproxy_limits.py checks it on a HAProxy of its own).
+    config = ClusterConfig(
+        replicas=3, run_dir=var_dir / "run", env=env, ws_connects_per_ip_10s=1_000_000
+    )
+    the_cluster = Cluster(config)
     for command in (["migrate", "--noinput", "-v0"], ["seed_demo"]):
         manage(the_cluster, *command)
     the_cluster.start()

@@ -177,7 +177,10 @@ def start_cluster(
         stale.unlink()
     env = {"SWITCHBOARD_VAR_DIR": str(var_dir), "SECRET_KEY": f"bench-{secrets.token_hex(16)}",
            "LOG_LEVEL": "WARNING"}  # fmt: skip
-    config = ClusterConfig(replicas=replicas, run_dir=var_dir / "run", env=env)
+    # Every client connects from 127.0.0.1, thousands within seconds: no per-IP connect limit.
+    config = ClusterConfig(
+        replicas=replicas, run_dir=var_dir / "run", env=env, ws_connects_per_ip_10s=1_000_000
+    )
     if stock:
         config.settings_module = "realtime.bench.stock_settings"
         config.asgi_app = "realtime.bench.stock_asgi:application"
