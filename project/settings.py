@@ -9,6 +9,7 @@ import os
 import secrets
 import socket
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import dj_database_url
 from project.env import env_bool, env_float, env_int, env_list, env_str
@@ -230,7 +231,13 @@ OPS_INTERVAL_SECS = env_float("OPS_INTERVAL_SECS", 1.0)
 PRESENCE_HEARTBEAT_SECS = env_float("PRESENCE_HEARTBEAT_SECS", 5.0)
 # HAProxy's read-only stats page (CSV at <url>;csv): how a replica learns what HAProxy thinks of
 # every replica (UP, DRAIN, MAINT, DOWN). Empty: the cluster view shows the state as unknown.
-HAPROXY_STATS_URL = env_str("HAPROXY_STATS_URL", "")
+# With `http://user:password@host:port/` (percent-encoded), the replica logs in with basic auth.
+# The credentials are taken out of the URL here, into settings that Django's error pages and
+# reports hide by name (…PASS…), so the URL carries none wherever it is shown or logged.
+_stats_url = urlsplit(env_str("HAPROXY_STATS_URL", ""))
+HAPROXY_STATS_URL = _stats_url._replace(netloc=_stats_url.netloc.rpartition("@")[2]).geturl()
+HAPROXY_STATS_USER = unquote(_stats_url.username or "")
+HAPROXY_STATS_PASSWORD = unquote(_stats_url.password or "")
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOGGING = {

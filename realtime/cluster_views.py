@@ -15,7 +15,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from realtime.ops import haproxy_states
+from realtime.ops import configured_haproxy_states
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def cluster_page(request: HttpRequest) -> HttpResponse:
     haproxy: dict[str, object] | None = None
     if settings.HAPROXY_STATS_URL:
         try:
-            haproxy = haproxy_states(settings.HAPROXY_STATS_URL)  # type: ignore[assignment]
+            haproxy = configured_haproxy_states()  # type: ignore[assignment]
         except (OSError, ValueError) as exc:
             logger.info("cluster view: HAProxy stats unreadable: %r", exc)
     initial = {"haproxy": haproxy, "interval_secs": settings.OPS_INTERVAL_SECS}

@@ -16,10 +16,12 @@ serves (`with_ops_publisher`); HAProxy's health check makes that happen within a
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
 import io
 import logging
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -67,12 +69,30 @@ def display_status(raw: str) -> str:
     return raw or "unknown"
 
 
-def haproxy_states(stats_url: str) -> HaproxyStates:
-    """HAProxy's view of the replicas, from its stats page (blocking: run it in a thread)."""
-    with urllib.request.urlopen(
-        stats_url.rstrip("/") + "/;csv", timeout=PROBE_TIMEOUT_SECS
-    ) as answer:
-        return parse_haproxy_csv(answer.read().decode())
+def haproxy_states(stats_url: str, *, user: str = "", password: str = "") -> HaproxyStates:
+    """HAProxy's view of the replicas, from its stats page (blocking: run it in a thread).
+
+    With a password, the request logs in with basic auth. The credentials go in a header only,
+    never in the URL, which errors and logs may show."""
+    request = urllib.request.Request(stats_url.rstrip("/") + "/;csv")
+    if password:
+        credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_unredirected_header("Authorization", f"Basic {credentials}")
+    try:
+        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_SECS) as answer:
+            return parse_haproxy_csv(answer.read().decode())
+    except urllib.error.HTTPError as refused:
+        refused.close()  # it holds the connection (401: wrong credentials) until collected
+        raise
+
+
+def configured_haproxy_states() -> HaproxyStates:
+    """haproxy_states() for this replica's HAPROXY_STATS_URL, with its credentials."""
+    return haproxy_states(
+        settings.HAPROXY_STATS_URL,
+        user=settings.HAPROXY_STATS_USER,
+        password=settings.HAPROXY_STATS_PASSWORD,
+    )
 
 
 class RateMeter:
@@ -116,7 +136,7 @@ async def haproxy_view() -> HaproxyStates | None:
     if not settings.HAPROXY_STATS_URL:
         return None
     try:
-        return await asyncio.to_thread(haproxy_states, settings.HAPROXY_STATS_URL)
+        return await asyncio.to_thread(configured_haproxy_states)
     except (OSError, ValueError) as exc:
         logger.debug("HAProxy stats unreadable at %s: %r", settings.HAPROXY_STATS_URL, exc)
         return None

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from django.test import Client
+from django.views.debug import SafeExceptionReporterFilter
 from pytest_django.fixtures import Settings
 
 from realtime.cluster import Cluster, ClusterConfig
@@ -143,3 +144,23 @@ def test_the_local_cluster_runner_is_development_and_shows_the_demo_logins(
         assert cluster.command_env()["SHOW_DEMO_LOGINS"] == "0"
     finally:
         shutil.rmtree(cluster._socket_dir, ignore_errors=True)
+
+
+def test_stats_url_credentials_are_split_off_into_a_setting_error_pages_hide(
+    tmp_path: Path,
+) -> None:
+    values = settings_of(
+        tmp_path / "var", "HAPROXY_STATS_URL", "HAPROXY_STATS_USER", "HAPROXY_STATS_PASSWORD",
+        HAPROXY_STATS_URL="http://stats:p%40ss%3Aw%2Frd@haproxy:8404/",
+    )  # fmt: skip
+    assert values == {
+        "HAPROXY_STATS_URL": "http://haproxy:8404/",
+        "HAPROXY_STATS_USER": "stats",
+        "HAPROXY_STATS_PASSWORD": "p@ss:w/rd",
+    }
+    shown = SafeExceptionReporterFilter().cleanse_setting("HAPROXY_STATS_PASSWORD", "p@ss:w/rd")
+    assert shown == SafeExceptionReporterFilter.cleansed_substitute
+    assert settings_of(tmp_path / "var", "HAPROXY_STATS_URL", "HAPROXY_STATS_PASSWORD") == {
+        "HAPROXY_STATS_URL": "",
+        "HAPROXY_STATS_PASSWORD": "",
+    }
