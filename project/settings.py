@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -72,6 +73,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "axes",
     "realtime",
 ]
 
@@ -84,6 +86,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as axes asks: turns a refused locked-out login into its answer. Async-capable (a
+    # flag check after the view), so it costs no thread hop on other requests.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -144,6 +149,36 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+# --- Login attempts (django-axes; realtime/login_lockout.py) ----------------------------------
+# Axes' backend refuses a locked-out login before the password is checked, on the site's login
+# and the admin's alike.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Wrong passwords for one username from one client IP before that pair is locked out. The pair,
+# not the username alone: then anyone could lock any user out from anywhere, while alice can
+# still log in from another address. Not the IP alone at this strictness: one user's typos
+# would lock out everyone behind the same NAT.
+LOGIN_USER_IP_MAX_FAILURES = env_int("LOGIN_USER_IP_MAX_FAILURES", 5, minimum=1)
+# Wrong passwords from one client IP over all usernames before the IP is locked out: stops one
+# address trying a few passwords on each of many users. Looser, so a NAT's typos lock nobody.
+LOGIN_IP_MAX_FAILURES = env_int("LOGIN_IP_MAX_FAILURES", 20, minimum=1)
+# A failure counts until this long after the latest one for the same username, IP and browser,
+# so a lockout lasts this long after the last attempt; attempts while locked out count too.
+LOGIN_LOCKOUT_SECS = env_int("LOGIN_LOCKOUT_SECS", 15 * 60, minimum=1)
+AXES_FAILURE_LIMIT = LOGIN_USER_IP_MAX_FAILURES
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]  # the per-IP limit: AXES_HANDLER
+AXES_COOLOFF_TIME = timedelta(seconds=LOGIN_LOCKOUT_SECS)
+AXES_HANDLER = "realtime.login_lockout.LoginLockoutHandler"
+# REMOTE_ADDR only: Daphne (--proxy-headers) set it from HAProxy's X-Forwarded-For.
+AXES_CLIENT_IP_CALLABLE = "realtime.login_lockout.client_ip"
+AXES_LOCKOUT_CALLABLE = "realtime.login_lockout.lockout_response"
+# A successful login clears that username-and-IP's failures (only its own rows).
+AXES_RESET_ON_SUCCESS = True
+# No row per successful login: nothing reads them, and the table would only grow.
+AXES_DISABLE_ACCESS_LOG = True
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
@@ -251,5 +286,7 @@ LOGGING = {
     "loggers": {
         "django.channels.server": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
+        # Axes logs every login and logout at INFO; its failures and lockouts are WARNING.
+        "axes": {"level": "WARNING"},
     },
 }
