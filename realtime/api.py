@@ -6,7 +6,6 @@ its own) or holders of an API token (`Authorization: Bearer sb_…`, no cookie, 
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -15,6 +14,7 @@ from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 
+from realtime import protocol
 from realtime.selectors import api_token_authenticate
 from realtime.services import token_digest
 
@@ -42,12 +42,13 @@ def ok_response(data: dict[str, Any], status: int = 200) -> JsonResponse:
 
 
 def parse_json_object(request: HttpRequest) -> dict[str, Any]:
-    if int(request.headers.get("Content-Length") or 0) > MAX_BODY_BYTES:
+    # Content-Length first (nothing read yet); the body's own length for a chunked upload.
+    if int(request.headers.get("Content-Length") or 0) > MAX_BODY_BYTES or len(request.body) > MAX_BODY_BYTES:
         raise ApiError(413, "body_too_large", f"Request bodies may be at most {MAX_BODY_BYTES} bytes.")
     try:
-        body = json.loads(request.body or b"null")
-    except ValueError:
-        raise ApiError(400, "bad_json", "The request body must be a JSON object.") from None
+        body = protocol.loads(request.body or b"null")
+    except protocol.InvalidJson as exc:
+        raise ApiError(400, "bad_json", f"The request body must be a JSON object: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "bad_json", "The request body must be a JSON object.")
     return body

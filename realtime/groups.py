@@ -17,8 +17,14 @@ BROADCAST_GROUP = "broadcast"
 OPS_STREAM = "ops"
 OPS_GROUP = "ops"
 
-# Room slugs: lower-case, start with a letter or digit, at most 50 characters.
-ROOM_SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,49}$")
+# Room slugs: lower-case, start with a letter or digit, at most 50 characters. Always used with
+# fullmatch(): `$` also matches before a final newline, and "lobby\n" passed the old check.
+ROOM_SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,49}")
+# User ids: positive, no leading zero, at most 18 digits (a bigint; 5000 digits overran
+# int()'s digit limit and answered HTTP 500).
+USER_ID_RE = re.compile(r"[1-9][0-9]{0,17}")
+# Longer than any name above: refused before any pattern runs.
+MAX_STREAM_CHARS = 60
 
 
 class InvalidStreamName(ValueError):
@@ -50,19 +56,24 @@ def group_for_stream(stream: str) -> str:
     if stream == OPS_STREAM:
         return OPS_GROUP
     kind, sep, key = stream.partition(":")
-    if sep and kind == "user" and key.isascii() and key.isdigit() and not key.startswith("0"):
-        return user_group(int(key))
-    if sep and kind == "room" and ROOM_SLUG_RE.match(key):
-        return room_group(key)
+    if sep and len(stream) <= MAX_STREAM_CHARS:
+        if kind == "user" and USER_ID_RE.fullmatch(key):
+            return user_group(int(key))
+        if kind == "room" and ROOM_SLUG_RE.fullmatch(key):
+            return room_group(key)
     raise InvalidStreamName(
-        f"{stream!r} is not a stream: use 'user:<id>', 'room:<slug>' (lower-case letters, "
-        "digits and hyphens, at most 50), 'broadcast' or 'ops'."
+        f"{stream[:MAX_STREAM_CHARS]!r} is not a stream: use 'user:<id>', 'room:<slug>' "
+        "(lower-case letters, digits and hyphens, at most 50), 'broadcast' or 'ops'."
     )
 
 
+def is_room_slug(slug: str) -> bool:
+    return ROOM_SLUG_RE.fullmatch(slug) is not None
+
+
 def _check_slug(slug: str) -> None:
-    if not ROOM_SLUG_RE.match(slug):
+    if not is_room_slug(slug):
         raise InvalidStreamName(
-            f"{slug!r} is not a room name: use lower-case letters, digits and hyphens, "
-            "starting with a letter or digit, at most 50 characters."
+            f"{slug[:MAX_STREAM_CHARS]!r} is not a room name: use lower-case letters, digits "
+            "and hyphens, starting with a letter or digit, at most 50 characters."
         )

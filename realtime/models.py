@@ -35,7 +35,7 @@ def validate_room_slug(value: str) -> None:
 
     from realtime.groups import ROOM_SLUG_RE
 
-    if not ROOM_SLUG_RE.match(value):
+    if not ROOM_SLUG_RE.fullmatch(value):
         raise ValidationError(
             "Use lower-case letters, digits and hyphens, starting with a letter or digit (≤ 50)."
         )
@@ -83,8 +83,8 @@ class ChatMessage(models.Model):
         ordering = ["id"]
         constraints = [
             models.UniqueConstraint(
-                fields=["user", "client_id"], condition=~models.Q(client_id=""),
-                name="chat_message_unique_client_id",
+                fields=["user", "room", "client_id"], condition=~models.Q(client_id=""),
+                name="chat_message_unique_client_id_per_room",
             )
         ]  # fmt: skip
 

@@ -25,7 +25,8 @@ Server -> client frames
   ack          {"type": "ack", "id", "stream", "seq", "epoch", "duplicate"}
   echo         {"type": "echo", "replica", "payload", "id"?}
   pong         {"type": "pong", "replica", "id"?}
-  error        {"type": "error", "code", "message", "ref"?}         a frame was refused
+  error        {"type": "error", "code", "message", "ref"?, "stream"?, "retry_after_ms"?}
+               a frame was refused; rate_limited carries retry_after_ms
   lab          {"type": "lab", "way": 3, "replica", "text", "id"}  written straight to the socket
                by the replica holding it (the transport lab; no stream, no seq, no replay)
   push / message / broadcast / ops: the envelope, see `envelope()`, plus "seq" and "epoch"
@@ -35,6 +36,7 @@ Server -> client frames
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +46,15 @@ CLIENT_FRAME_TYPES = frozenset({"echo", "ping", "subscribe", "unsubscribe", "res
 MAX_STREAMS_PER_FRAME = 50
 # A client-made id refers back to a frame in errors and answers; bounded so it cannot be abused.
 MAX_CLIENT_ID_CHARS = 64
+
+
+# JSON nesting deeper than this is refused: no message needs it, and Python's parser and encoder
+# recurse (5000 levels raised RecursionError and crashed the socket).
+MAX_JSON_DEPTH = 32
+
+
+class InvalidJson(ValueError):
+    """Text that is not strict, standard JSON (RFC 8259) within MAX_JSON_DEPTH levels."""
 
 
 class InvalidFrame(Exception):
@@ -64,8 +75,68 @@ class ClientFrame:
 
 
 def encode(frame: dict[str, Any]) -> str:
-    """Compact JSON, the one encoding every frame uses."""
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON, the one encoding every frame uses. Standard JSON only: NaN and Infinity
+    raise ValueError, since browsers' JSON.parse (and Go's, and Node's) refuse them."""
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise InvalidJson(f"{name} is not JSON: send numbers, or null.")
+
+
+# A \u escape of a UTF-16 surrogate: a valid pair is two of them; one alone is no character,
+# and Python would decode it into a string that cannot be encoded again (the socket crashed).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def loads(text: str | bytes) -> Any:
+    """Parse strict JSON from a client (frames, `?resume=`, API bodies, command arguments).
+
+    Refused with InvalidJson: malformed text, NaN/Infinity, nesting deeper than MAX_JSON_DEPTH,
+    lone surrogates. Each check costs nothing for the usual small frame: the depth is walked
+    only when the text has more brackets than the limit, the strings only when it escapes a
+    surrogate.
+    """
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise InvalidJson(f"JSON may nest at most {MAX_JSON_DEPTH} levels.") from None
+    except InvalidJson:
+        raise
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise InvalidJson(f"Not valid JSON ({exc}).") from None
+    opener_count = text.count("[") + text.count("{") if isinstance(text, str) else (
+        text.count(b"[") + text.count(b"{")
+    )
+    surrogates = _SURROGATE_ESCAPE.search(text if isinstance(text, str) else text.decode("latin-1"))
+    if opener_count > MAX_JSON_DEPTH or surrogates:
+        _check_value(value, check_strings=surrogates is not None)
+    return value
+
+
+def _check_value(value: Any, *, check_strings: bool) -> None:
+    """Walk a parsed value without recursion: its depth, and (if asked) its strings."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            if depth > MAX_JSON_DEPTH:
+                raise InvalidJson(f"JSON may nest at most {MAX_JSON_DEPTH} levels.")
+            if check_strings:
+                pending.extend((key, depth) for key in item)
+            pending.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            if depth > MAX_JSON_DEPTH:
+                raise InvalidJson(f"JSON may nest at most {MAX_JSON_DEPTH} levels.")
+            pending.extend((child, depth + 1) for child in item)
+        elif check_strings and isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidJson(
+                    "Strings must be valid Unicode: a \\u escape of a lone surrogate "
+                    "(\\ud800-\\udfff without its pair) is not a character."
+                ) from None
 
 
 def parse_client_frame(text: str, *, max_bytes: int) -> ClientFrame:
@@ -75,10 +146,10 @@ def parse_client_frame(text: str, *, max_bytes: int) -> ClientFrame:
             "frame_too_large", f"Frames may be at most {max_bytes} bytes; split the message."
         )
     try:
-        data = json.loads(text)
-    except ValueError:
+        data = loads(text)
+    except InvalidJson as exc:
         raise InvalidFrame(
-            "bad_json", 'Frames must be JSON objects such as {"type": "ping"}.'
+            "bad_json", f'Frames must be JSON objects such as {{"type": "ping"}}: {exc}'
         ) from None
     if not isinstance(data, dict):
         raise InvalidFrame("bad_frame", 'Frames must be JSON objects such as {"type": "ping"}.')
@@ -141,9 +212,9 @@ def parse_resume_query(query_string: bytes) -> dict[str, Position]:
     if not values:
         return {}
     try:
-        data = json.loads(values[0])
-    except ValueError:
-        raise InvalidFrame("bad_resume", "?resume= must be URL-encoded JSON.") from None
+        data = loads(values[0])
+    except InvalidJson as exc:
+        raise InvalidFrame("bad_resume", f"?resume= must be URL-encoded JSON: {exc}") from None
     return parse_positions(data, where="?resume=")
 
 
@@ -193,13 +264,16 @@ _VALIDATORS = {
 
 
 def error_frame(
-    code: str, message: str, ref: str | None = None, *, stream: str | None = None
-) -> str:
+    code: str, message: str, ref: str | None = None, *, stream: str | None = None,
+    retry_after_ms: int | None = None,
+) -> str:  # fmt: skip
     frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if ref is not None:
         frame["ref"] = ref
     if stream is not None:
         frame["stream"] = stream  # the stream it is about: access_revoked names the one taken away
+    if retry_after_ms is not None:
+        frame["retry_after_ms"] = retry_after_ms  # rate_limited: when sending again may succeed
     return encode(frame)
 
 

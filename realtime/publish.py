@@ -27,6 +27,10 @@ class RealtimeUnavailable(Exception):
     """Redis (the channel layer) could not be reached: nothing was sent. Retry later."""
 
 
+# What a user is told: no address, no password, no exception text (those are logged).
+UNAVAILABLE_MESSAGE = "Messaging is unavailable right now; nothing was sent. Retry shortly."
+
+
 class InvalidPayload(ValueError):
     """The payload cannot be sent: not JSON, or too large."""
 
@@ -54,8 +58,9 @@ def check_payload(payload: Any) -> None:
     """Raise InvalidPayload unless `payload` is JSON that fits in MAX_PAYLOAD_BYTES."""
     try:
         size = len(protocol.encode({"p": payload}).encode())
-    except (TypeError, ValueError) as exc:
-        raise InvalidPayload(f"The payload must be JSON-serialisable: {exc}.") from None
+    except (TypeError, ValueError, RecursionError) as exc:
+        # ValueError: NaN or Infinity (not JSON), or a string with a lone surrogate (not UTF-8).
+        raise InvalidPayload(f"The payload must be standard JSON: {exc}.") from None
     if size > settings.MAX_PAYLOAD_BYTES:
         raise PayloadTooLarge(
             f"The payload is {size} bytes encoded; the limit is {settings.MAX_PAYLOAD_BYTES}."
@@ -96,11 +101,10 @@ async def publish(
             timeout=settings.REDIS_TIMEOUT_SECS,
         )
     except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        # The details (which Redis, why) go to the log; callers show the message to users, and
+        # a Redis URL can carry a password.
         logger.warning("publish failed stream=%s replica=%s error=%r", stream, origin, exc)
-        raise RealtimeUnavailable(
-            f"Redis at {settings.REDIS_URL} is unreachable ({exc.__class__.__name__}); "
-            "nothing was sent. Retry when it is back."
-        ) from exc
+        raise RealtimeUnavailable(UNAVAILABLE_MESSAGE) from exc
     logger.debug("published stream=%s seq=%s replica=%s", stream, appended.seq, origin)
     return PublishResult(
         stream=stream, id=appended.message_id, origin=origin, seq=appended.seq, epoch=appended.epoch,
@@ -133,7 +137,8 @@ async def publish_ephemeral(*, stream: str, frame: dict[str, Any]) -> None:
             timeout=settings.REDIS_TIMEOUT_SECS,
         )
     except (RedisError, OSError, asyncio.TimeoutError) as exc:
-        raise RealtimeUnavailable(f"Redis is unreachable ({exc.__class__.__name__}).") from exc
+        logger.warning("ephemeral publish failed stream=%s error=%r", stream, exc)
+        raise RealtimeUnavailable(UNAVAILABLE_MESSAGE) from exc
 
 
 publish_sync = async_to_sync(publish)

@@ -135,15 +135,17 @@ async def test_history_is_trimmed_by_age(layer: StreamChannelLayer, settings: Se
     assert (await history.heads(["room:aged"]))["room:aged"].seq == 16
 
 
-async def test_publish_with_redis_unreachable_raises_a_clear_error(
+async def test_publish_with_redis_unreachable_raises_a_clear_error_without_its_address(
     settings: SettingsWrapper,
 ) -> None:
-    dead = f"redis://127.0.0.1:{free_port()}/0"
+    dead = f"redis://:hunter2-password@127.0.0.1:{free_port()}/0"
     settings.CHANNEL_LAYERS = {
         "default": {"BACKEND": "realtime.layer.StreamChannelLayer", "CONFIG": {"hosts": [dead]}}
     }
     settings.REDIS_URL = dead
     channel_layers.backends.clear()
-    with pytest.raises(publish.RealtimeUnavailable, match="unreachable"):
+    with pytest.raises(publish.RealtimeUnavailable, match="unavailable") as raised:
         await publish.broadcast(payload=1)
+    # What callers show users (the API, the lab, admin messages): no URL, no password.
+    assert "hunter2" not in str(raised.value) and "127.0.0.1" not in str(raised.value)
     channel_layers.backends.clear()

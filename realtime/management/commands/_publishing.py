@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from realtime import publish
+from realtime import protocol, publish
 
 
 def add_payload_arguments(parser: CommandParser) -> None:
@@ -20,8 +20,8 @@ def payload_from(options: dict[str, Any]) -> Any:
         if options["text"] is not None:
             raise CommandError("Give either TEXT or --json, not both.")
         try:
-            payload = json.loads(options["json_payload"])
-        except ValueError as exc:
+            payload = protocol.loads(options["json_payload"])
+        except protocol.InvalidJson as exc:
             raise CommandError(f"--json is not valid JSON: {exc}.") from None
     elif options["text"] is not None:
         payload = {"text": options["text"]}
