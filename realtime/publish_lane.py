@@ -75,7 +75,9 @@ class PublishLane:
             try:
                 request.get_host()  # what CommonMiddleware would check first
             except DisallowedHost as exc:
-                response = error_response(400, "bad_host", str(exc))
+                # The detail (which host, which setting to change) is for the log, not the caller.
+                logger.info("publish lane refused host: %s", exc)
+                response = error_response(400, "bad_host", "This host name is not served here.")
             else:
                 response = await view(request)
         await self._answer(response, send)

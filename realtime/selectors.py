@@ -54,10 +54,15 @@ def stream_check_readable(*, user: AbstractBaseUser, stream: str) -> None:
             raise StreamDenied("forbidden_stream", f"You may read only your own user stream, user:{user.pk}.")
         return
     room = Room.objects.filter(slug=key).first()
-    if room is None:
-        raise StreamDenied("unknown_room", f"There is no room {key!r}.")
-    if room.is_private and not user.is_staff and not room.members.filter(pk=user.pk).exists():
-        raise StreamDenied("forbidden_stream", f"Room {key!r} is private; ask a member to add you.")
+    if room is None or (
+        room.is_private and not user.is_staff and not room.members.filter(pk=user.pk).exists()
+    ):
+        # One answer for both, as the room page's 404: a non-member must not learn that a
+        # private room exists by probing names.
+        raise StreamDenied(
+            "unknown_room", f"There is no room {key!r} that you may join; a private room's "
+            "members can add you."
+        )  # fmt: skip
 
 
 def stream_check_writable(*, user: AbstractBaseUser, stream: str) -> None:

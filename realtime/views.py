@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
@@ -40,8 +41,25 @@ def home(request: HttpRequest) -> HttpResponse:
     return render(request, "realtime/home.html")
 
 
+def _from_inside(request: HttpRequest) -> bool:
+    """A request straight from this host to the replica, not through HAProxy: health checks,
+    the runner, the bench. HAProxy always adds X-Forwarded-For (and drops the client's), so a
+    request without it did not come through the proxy; with Daphne's --proxy-headers,
+    REMOTE_ADDR is then the real peer."""
+    if "X-Forwarded-For" in request.headers:
+        return False
+    return request.META.get("REMOTE_ADDR") in ("127.0.0.1", "::1")
+
+
 @require_GET
 async def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness for HAProxy (always 200 while the process serves); the counters and Redis
+    details only for staff and for callers on this host (they tell an attacker load and
+    timing, and nothing a user needs)."""
+    if not _from_inside(request):
+        user = await request.auser()
+        if not user.is_staff:
+            return JsonResponse({"replica": settings.REPLICA_ID, "status": "ok"})
     started = time.perf_counter()
     try:
         await asyncio.wait_for(get_redis().ping(), HEALTH_REDIS_TIMEOUT_SECS)
@@ -61,9 +79,19 @@ async def healthz(request: HttpRequest) -> JsonResponse:
             },
             "connections": replica_stats.open_connections,
             "layer_subscribed": get_channel_layer().connected,  # type: ignore[union-attr]
+            "rss_bytes": _rss_bytes(),
             "stats": replica_stats.as_dict(),
         }
     )
+
+
+def _rss_bytes() -> int | None:
+    """This process's resident memory now (Linux), for operators and the memory tests."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @require_GET

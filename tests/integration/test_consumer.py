@@ -110,7 +110,7 @@ async def test_bad_resumes_get_errors_and_the_rest_works(layer: StreamChannelLay
     head = (await history.heads(["user:5"]))["user:5"]
     query = resume_query({
         "user:6": {"epoch": None, "seq": 0},  # someone else's stream
-        "room:secret": {"epoch": None, "seq": 0},  # a private room
+        "room:secret": {"epoch": None, "seq": 0},  # a private room: told as if it were missing
         "room:nowhere": {"epoch": None, "seq": 0},
         "user:5": {"epoch": head.epoch, "seq": 40},  # ahead of the head (1)
     })  # fmt: skip
@@ -118,7 +118,9 @@ async def test_bad_resumes_get_errors_and_the_rest_works(layer: StreamChannelLay
     assert set(hello["streams"]) == {"user:5", "broadcast"}
     frames = await socket.receive_many(5)
     codes = [f.get("code") for f in frames if f["type"] == "error"]
-    assert codes == ["forbidden_stream", "forbidden_stream", "unknown_room", "seq_ahead"]
+    assert codes == ["forbidden_stream", "unknown_room", "unknown_room", "seq_ahead"]
+    private, missing = (f for f in frames if f.get("code") == "unknown_room")
+    assert private["message"].replace("secret", "nowhere") == missing["message"]
     assert frames[-1]["type"] == "resumed" and frames[-1]["recovered"] is False and frames[-1]["seq"] == 1
     await publish.push_to_user(user_id=5, payload="b")
     assert (await socket.receive())["seq"] == 2
