@@ -8,8 +8,12 @@ so every frame sent does a LazyObject lookup. Sockets never write the session, s
 needs is one frame, one scope copy holding the user, and Daphne's own `send` passed through
 (`direct_send.ws_protocol_of` finds Daphne's protocol behind it).
 
-The origin check is Channels' own validator; refusals (a foreign or missing Origin, an unknown
-path) close before accept, as Channels' WebsocketDenier does, so Daphne answers HTTP 403.
+The origin check compares the whole origin, as Django's CSRF check does for a POST: scheme,
+host and port must be the page's own (the request's Host, which must be in ALLOWED_HOSTS, and
+https when the request was secure), or listed in CSRF_TRUSTED_ORIGINS. Channels' validator
+compared host names only, so `http://localhost:1234` (any other program on the machine) was
+accepted. Refusals (a foreign or missing Origin, an unknown path) close before accept, as
+Channels' WebsocketDenier does, so Daphne answers HTTP 403.
 """
 
 from __future__ import annotations
@@ -19,10 +23,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from importlib import import_module
 from types import MappingProxyType
 from typing import Any, cast
-from urllib.parse import urlparse
 
 from asgiref.sync import sync_to_async
-from channels.security.websocket import AllowedHostsOriginValidator
 from django.conf import settings
 from django.contrib.auth import get_user
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -31,6 +33,7 @@ from django.contrib.sessions.backends.base import SessionBase
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections
 from django.http import HttpRequest, parse_cookie
+from django.http.request import split_domain_port, validate_host
 from django.urls import URLPattern
 
 logger = logging.getLogger(__name__)
@@ -54,9 +57,18 @@ class SocketAuthMiddleware:
                     "is an include() or a nested URLRouter: list its routes instead."
                 )
         self.routes = list(routes)
-        # Channels' validator, made by its own factory (ALLOWED_HOSTS, DEBUG's local hosts) and
-        # used only for its checks, so what it accepts and refuses is exactly Channels'.
-        self.origins = AllowedHostsOriginValidator(None)
+        # As HttpRequest.get_host() reads them: DEBUG with no ALLOWED_HOSTS allows local hosts.
+        self.allowed_hosts = list(settings.ALLOWED_HOSTS)
+        if settings.DEBUG and not self.allowed_hosts:
+            self.allowed_hosts = [".localhost", "127.0.0.1", "[::1]"]
+        self.trusted_origins = {origin.lower() for origin in settings.CSRF_TRUSTED_ORIGINS}
+        # SECURE_PROXY_SSL_HEADER names a META key ("HTTP_X_FORWARDED_PROTO"); scopes carry the
+        # raw header name.
+        proxy_ssl = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+        self.proxy_ssl_header = (
+            (proxy_ssl[0].removeprefix("HTTP_").replace("_", "-").lower().encode(), proxy_ssl[1].encode())
+            if proxy_ssl else None
+        )  # fmt: skip
         self.session_store: type[SessionBase] = import_module(settings.SESSION_ENGINE).SessionStore
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -65,14 +77,19 @@ class SocketAuthMiddleware:
                 f"SocketAuthMiddleware serves WebSocket scopes, not {scope['type']!r}: route "
                 "other protocols elsewhere in ProtocolTypeRouter."
             )
-        origin = cookie = None
+        origin = cookie = host = None
+        secure = scope.get("scheme") == "wss"
         for name, value in scope.get("headers", ()):
             if name == b"origin":
                 origin = value  # the last one, as Channels' OriginValidator reads it
             elif name == b"cookie" and cookie is None:
                 cookie = value  # the first one, as Channels' CookieMiddleware reads it
-        if not self._origin_allowed(origin):
-            logger.info("websocket refused: origin %r is not in ALLOWED_HOSTS", origin)
+            elif name == b"host" and host is None:
+                host = value
+            elif self.proxy_ssl_header is not None and name == self.proxy_ssl_header[0]:
+                secure = value == self.proxy_ssl_header[1]
+        if not self._origin_allowed(origin, host, secure=secure):
+            logger.info("websocket refused: origin %r is not this site's (host %r)", origin, host)
             await _deny(receive, send)
             return
         route = self._route(scope)
@@ -82,24 +99,37 @@ class SocketAuthMiddleware:
             return
         app, url_route = route
         # This frame lives as long as the socket: the parsed cookies die in _user, not here.
-        user = await self._user(cookie)
-        await app({**scope, "user": user, "url_route": url_route}, receive, send)
+        user, session_key = await self._user(cookie)
+        await app(
+            {**scope, "user": user, "session_key": session_key, "url_route": url_route},
+            receive, send,
+        )  # fmt: skip
 
-    async def _user(self, cookie: bytes | None) -> AbstractBaseUser | AnonymousUser:
+    async def _user(
+        self, cookie: bytes | None
+    ) -> tuple[AbstractBaseUser | AnonymousUser, str | None]:
+        """The session's user, and the session's key while it has a logged-in user: the socket
+        ends when that session does (logout, deletion, expiry; see realtime/session_watch.py)."""
         cookies = parse_cookie(cookie.decode("latin1")) if cookie else {}
         session_key = cookies.get(settings.SESSION_COOKIE_NAME)
         if not session_key:
-            return AnonymousUser()  # no thread hop for a socket without a session
-        return await _user_of_session(self.session_store, session_key)
+            return AnonymousUser(), None  # no thread hop for a socket without a session
+        user = await _user_of_session(self.session_store, session_key)
+        return user, (session_key if user.is_authenticated else None)
 
-    def _origin_allowed(self, header: bytes | None) -> bool:
-        try:
-            parsed = None if header is None else urlparse(header.decode("latin1"))
-            return bool(self.origins.valid_origin(parsed))
-        except ValueError:
-            # A malformed Origin ("http://[::1"): Channels raises, and Daphne answers 500 with a
-            # traceback in the log; it is refused like any foreign origin.
+    def _origin_allowed(self, origin: bytes | None, host: bytes | None, *, secure: bool) -> bool:
+        """The whole origin (scheme://host[:port]) is this request's own, on an allowed host,
+        or one of CSRF_TRUSTED_ORIGINS. No Origin: refused (browsers always send one)."""
+        if origin is None or host is None:
             return False
+        origin_text = origin.decode("latin1").lower()
+        host_text = host.decode("latin1").lower()
+        domain, _ = split_domain_port(host_text)
+        if not domain or not validate_host(domain, self.allowed_hosts):
+            return False
+        if origin_text == f"{'https' if secure else 'http'}://{host_text}":
+            return True
+        return origin_text in self.trusted_origins
 
     def _route(self, scope: dict[str, Any]) -> tuple[AsgiApp, Any] | None:
         """The consumer and `url_route` for the scope's path, as Channels' URLRouter finds them."""

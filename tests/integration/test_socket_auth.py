@@ -18,6 +18,7 @@ from realtime.socket_auth import SocketAuthMiddleware
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ORIGIN = (b"origin", b"http://localhost:8000")
+HOST = (b"host", b"localhost:8000")
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ async def test_the_consumer_greets_the_user_of_the_session_cookie(
     await client.aforce_login(alice)
     name = settings.SESSION_COOKIE_NAME
     cookie = f"{name}={client.cookies[name].value}".encode()
-    communicator = WebsocketCommunicator(app, "/ws/", headers=[ORIGIN, (b"cookie", cookie)])
+    communicator = WebsocketCommunicator(app, "/ws/", headers=[ORIGIN, HOST, (b"cookie", cookie)])
     accepted, _ = await communicator.connect(timeout=3)
     assert accepted
     hello = json.loads(await communicator.receive_from(timeout=3))
@@ -46,7 +47,7 @@ async def test_the_consumer_greets_the_user_of_the_session_cookie(
 async def test_a_socket_without_a_session_is_closed_by_the_consumer_with_4401(
     app: SocketAuthMiddleware, layer: StreamChannelLayer
 ) -> None:
-    communicator = WebsocketCommunicator(app, "/ws/", headers=[ORIGIN])
+    communicator = WebsocketCommunicator(app, "/ws/", headers=[ORIGIN, HOST])
     await communicator.connect(timeout=3)
     assert json.loads(await communicator.receive_from(timeout=3))["code"] == "unauthorized"
     assert await communicator.receive_output(timeout=3) == {"type": "websocket.close", "code": 4401}

@@ -1,5 +1,6 @@
-"""The WebSocket entry middleware: origins refused as Channels refuses them, the session's user
-logged in as Django checks it, unknown paths refused, and Daphne's `send` handed on untouched."""
+"""The WebSocket entry middleware: whole origins compared (scheme, host and port), the session's
+user logged in as Django checks it, unknown paths refused, and Daphne's `send` handed on
+untouched."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from channels.security.websocket import AllowedHostsOriginValidator
 from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
 from django.contrib.auth.models import User
@@ -25,6 +25,7 @@ from realtime.socket_auth import SocketAuthMiddleware
 pytestmark = pytest.mark.django_db(transaction=True)
 
 OURS = "http://localhost:8000"
+HOST = "localhost:8000"
 
 
 class Consumer:
@@ -55,10 +56,13 @@ def app(settings: Settings, consumer: Consumer) -> SocketAuthMiddleware:
 
 
 async def handshake(
-    app: Any, *, url: str = "/ws/", origin: str | None = OURS, cookie: str | None = None
+    app: Any, *, url: str = "/ws/", origin: str | None = OURS, cookie: str | None = None,
+    host: str = HOST, extra: list[tuple[bytes, bytes]] | None = None,
 ) -> bool:
     """Whether the app accepts the socket (a close before accept is Daphne's HTTP 403)."""
-    headers = [] if origin is None else [(b"origin", origin.encode())]
+    headers = [(b"host", host.encode()), *(extra or [])]
+    if origin is not None:
+        headers.append((b"origin", origin.encode()))
     if cookie is not None:
         headers.append((b"cookie", cookie.encode()))
     communicator = WebsocketCommunicator(app, url, headers=headers)
@@ -79,32 +83,57 @@ def session_cookie(key: str) -> str:
 
 
 @pytest.mark.parametrize(
-    ("allowed_hosts", "debug"),
+    ("origin", "accepted"),
     [
-        (["localhost", ".example.com"], False),
-        ([], True),  # DEBUG with no ALLOWED_HOSTS: the local hosts
-        (["*"], False),
-        (["http://localhost"], False),
+        (OURS, True),
+        ("HTTP://LOCALHOST:8000", True),  # scheme and host are case-insensitive
+        ("http://localhost:1234", False),  # another port: another program on the machine
+        ("http://localhost", False),
+        ("https://localhost:8000", False),  # another scheme
+        ("ws://localhost:8000", False),
+        ("http://localhost:8000.evil.example", False),
+        ("http://evil.example", False),
+        ("http://127.0.0.1:8000", False),  # the same machine under another name: another origin
+        ("null", False),
+        ("file://", False),
+        ("", False),
+        (None, False),
     ],
 )
-async def test_origins_are_accepted_and_refused_exactly_as_by_channels(
-    settings: Settings, allowed_hosts: list[str], debug: bool
+async def test_only_the_pages_own_whole_origin_is_accepted(
+    app: SocketAuthMiddleware, origin: str | None, accepted: bool
 ) -> None:
-    settings.ALLOWED_HOSTS, settings.DEBUG = allowed_hosts, debug
-    ours = SocketAuthMiddleware([path("ws/", Consumer())])
-    stock = AllowedHostsOriginValidator(Consumer())
-    origins = [
-        None, OURS, "http://localhost", "https://localhost", "http://127.0.0.1:8000",
-        "http://[::1]:8000", "http://example.com", "https://chat.example.com",
-        "http://evil.example", "http://localhost.evil.example", "null", "file://", "",
-    ]  # fmt: skip
-    decisions = {
-        origin: (await handshake(ours, origin=origin), await handshake(stock, origin=origin))
-        for origin in origins
-    }
-    assert {o: d for o, d in decisions.items() if d[0] != d[1]} == {}
-    accepted = {origin for origin, (ours_accepts, _) in decisions.items() if ours_accepts}
-    assert accepted and (accepted == set(origins)) == ("*" in allowed_hosts)
+    assert await handshake(app, origin=origin) == accepted
+
+
+async def test_origins_listed_in_csrf_trusted_origins_are_accepted_exactly(
+    settings: Settings,
+) -> None:
+    settings.ALLOWED_HOSTS = ["localhost"]
+    settings.CSRF_TRUSTED_ORIGINS = ["https://app.example.com"]
+    app = SocketAuthMiddleware([path("ws/", Consumer())])
+    assert await handshake(app, origin="https://app.example.com")
+    assert not await handshake(app, origin="http://app.example.com")
+    assert not await handshake(app, origin="https://app.example.com:8443")
+
+
+async def test_a_host_not_in_allowed_hosts_is_refused_even_from_its_own_origin(
+    app: SocketAuthMiddleware,
+) -> None:
+    assert not await handshake(app, host="evil.example", origin="http://evil.example")
+    assert await handshake(app, host="chat.example.com", origin="http://chat.example.com")
+
+
+async def test_behind_a_tls_proxy_the_origin_must_be_https(
+    settings: Settings,
+) -> None:
+    settings.ALLOWED_HOSTS = ["localhost"]
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    app = SocketAuthMiddleware([path("ws/", Consumer())])
+    tls = [(b"x-forwarded-proto", b"https")]
+    assert await handshake(app, origin="https://localhost:8000", extra=tls)
+    assert not await handshake(app, origin="http://localhost:8000", extra=tls)
+    assert await handshake(app, origin="http://localhost:8000")
 
 
 async def test_a_foreign_origin_is_refused_before_accept_and_never_reaches_the_consumer(
@@ -116,12 +145,12 @@ async def test_a_foreign_origin_is_refused_before_accept_and_never_reaches_the_c
     assert consumer.scopes == []
 
 
-async def test_without_an_origin_header_the_socket_is_refused_unless_every_host_is_allowed(
+async def test_without_an_origin_header_the_socket_is_refused_even_if_every_host_is_allowed(
     settings: Settings, app: SocketAuthMiddleware
 ) -> None:
     assert not await handshake(app, origin=None)
     settings.ALLOWED_HOSTS = ["*"]
-    assert await handshake(SocketAuthMiddleware([path("ws/", Consumer())]), origin=None)
+    assert not await handshake(SocketAuthMiddleware([path("ws/", Consumer())]), origin=None)
 
 
 @pytest.mark.parametrize("origin", ["http://[::1", "http://[localhost]"])
@@ -232,7 +261,8 @@ async def test_daphnes_send_reaches_the_consumer_unwrapped_so_the_direct_path_fi
     inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     for message in ({"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1000}):
         inbox.put_nowait(message)
-    scope = {"type": "websocket", "path": "/ws/", "headers": [(b"origin", OURS.encode())]}
+    headers = [(b"origin", OURS.encode()), (b"host", HOST.encode())]
+    scope = {"type": "websocket", "path": "/ws/", "headers": headers}
     await asyncio.wait_for(app(scope, inbox.get, send), timeout=3)
     assert consumer.sends == [send]
     assert direct_send.ws_protocol_of(consumer.sends[0]) is protocol
