@@ -48,14 +48,18 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
     return value
 
 
-def env_float(name: str, default: float) -> float:
+def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
     raw = os.environ.get(name)
     if raw is None:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ImproperlyConfigured(f"{name}={raw!r} is not a number.") from None
+    # `not >=` also refuses NaN, which float() accepts and every comparison then fails.
+    if minimum is not None and not value >= minimum:
+        raise ImproperlyConfigured(f"{name}={raw} is below its minimum of {minimum}.")
+    return value
 
 
 def env_list(name: str, default: list[str]) -> list[str]:

@@ -258,6 +258,47 @@ MAX_PAYLOAD_BYTES = env_int("MAX_PAYLOAD_BYTES", 64 * 1024, minimum=1024)
 # How long a Redis call may take before the API gives up and answers 503.
 REDIS_TIMEOUT_SECS = env_int("REDIS_TIMEOUT_SECS", 3, minimum=1)
 
+# --- Limits: what one client may make us hold or do (realtime/limits.py) ------------------------
+# Each is refused with a clear error frame or status; nobody else notices. Defaults are sized for
+# the bundled pages and clients with room to spare, not for a flood.
+# Frames a socket may send: 50 a second on average, bursts of 200 (a page with 50 streams acks
+# each about once a second; a reconnect resends up to 100 unacknowledged publishes at once).
+# A refused frame gets `rate_limited`; a socket that keeps sending past
+# SOCKET_RATE_LIMIT_STRIKES refusals (one forgiven per second) is closed with 1008.
+SOCKET_FRAMES_PER_SEC = env_float("SOCKET_FRAMES_PER_SEC", 50.0, minimum=1)
+SOCKET_FRAME_BURST = env_int("SOCKET_FRAME_BURST", 200, minimum=1)
+SOCKET_RATE_LIMIT_STRIKES = env_int("SOCKET_RATE_LIMIT_STRIKES", 50, minimum=1)
+# Publishes from one socket (a chat line, an app message): 10 a second, bursts of 100 (the
+# bundled clients keep up to 100 unacknowledged publishes and resend them all on reconnect).
+SOCKET_PUBLISHES_PER_SEC = env_float("SOCKET_PUBLISHES_PER_SEC", 10.0, minimum=0.1)
+SOCKET_PUBLISH_BURST = env_int("SOCKET_PUBLISH_BURST", 100, minimum=1)
+# Typing frames fanned out from one socket: one per 2 s on average (the chat page sends one per
+# 2.5 s while keys are pressed), bursts of 3. The rest are refused, not fanned out.
+SOCKET_TYPING_PER_SEC = env_float("SOCKET_TYPING_PER_SEC", 0.5, minimum=0.01)
+SOCKET_TYPING_BURST = env_int("SOCKET_TYPING_BURST", 3, minimum=1)
+# Streams one socket may hold (its own user stream and broadcast included): each costs a cursor,
+# a group membership and presence entries.
+MAX_STREAMS_PER_SOCKET = env_int("MAX_STREAMS_PER_SOCKET", 50, minimum=2)
+# Open sockets of one user across the whole cluster (tabs, devices); the next is closed with
+# 4429 (`too_many_sockets`), and clients retry later.
+MAX_SOCKETS_PER_USER = env_int("MAX_SOCKETS_PER_USER", 20, minimum=1)
+# Chat lines one user may post per minute, across every socket and replica.
+CHAT_LINES_PER_MIN = env_int("CHAT_LINES_PER_MIN", 30, minimum=1)
+# Rooms one (non-staff) user may have created: rows kept for good.
+MAX_ROOMS_PER_USER = env_int("MAX_ROOMS_PER_USER", 20, minimum=1)
+# History one socket may have replayed to it (resumes, subscribes from a position, repaired
+# gaps): 32 MiB a minute, as a burst too. Past it, the replay goes on at that pace (nothing is
+# lost) and the client is told once (`replay_limited`).
+SOCKET_REPLAY_BYTES_PER_MIN = env_int(
+    "SOCKET_REPLAY_BYTES_PER_MIN", 32 * 1024 * 1024, minimum=1024 * 1024
+)
+# A replay reads history in batches of at most this many bytes (and 500 entries): with the
+# socket's backlog (SOCKET_BACKLOG_MAX_BYTES) that is what a stuck replay can hold.
+REPLAY_BATCH_BYTES = env_int("REPLAY_BATCH_BYTES", 256 * 1024, minimum=64 * 1024)
+# How often each replica checks that its sockets' sessions still exist and have not expired
+# (logout and deleted sessions close sockets at once; expiry is found by this timer).
+SESSION_CHECK_SECS = env_float("SESSION_CHECK_SECS", 60.0, minimum=1)
+
 # --- The cluster view --------------------------------------------------------------------------
 # Each replica publishes its stats to the staff-only `ops` stream this often; 0 turns it off.
 OPS_INTERVAL_SECS = env_float("OPS_INTERVAL_SECS", 1.0)

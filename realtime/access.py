@@ -9,6 +9,10 @@ private, deleted). The consumer then checks its streams again with a fresh copy 
 leaves the ones it may no longer read (error `access_revoked`), and closes the socket (4401)
 of a user who is no longer active or whose password changed since the socket logged in.
 
+A login session that ends (logout, or its row deleted by the admin, `clearsessions` or a
+password change's flush) sends `rt.recheck` with the session's digest to the user's sockets;
+the one opened with that session closes with 4401 (expiry is found by realtime/session_watch.py).
+
 The signals fire inside the admin's and the views' saves; a Redis outage is logged and never
 fails the save (the sockets then keep their streams until they reconnect, as before).
 """
@@ -23,22 +27,30 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.contrib.auth import get_user_model
+from django.contrib.auth import get_user_model, user_logged_out
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
 from redis.exceptions import RedisError
 
 from realtime import groups
 from realtime.models import Room
+from realtime.session_watch import session_digest
 
 logger = logging.getLogger(__name__)
 
 RECHECK = "rt.recheck"
 
 
-async def recheck(*, user_ids: Sequence[int] = (), room_slugs: Sequence[str] = ()) -> None:
-    """Tell the sockets of these users (all their streams) and of these rooms to check again."""
+async def recheck(
+    *, user_ids: Sequence[int] = (), room_slugs: Sequence[str] = (), ended_session: str = ""
+) -> None:
+    """Tell the sockets of these users (all their streams) and of these rooms to check again.
+    With `ended_session` (a session key), the users' sockets opened with it close instead."""
     layer: Any = get_channel_layer()
-    messages = [(groups.user_stream(uid), {"type": RECHECK}) for uid in user_ids] + [
+    user_event = (
+        {"type": RECHECK, "ended_session": session_digest(ended_session)} if ended_session
+        else {"type": RECHECK}
+    )  # fmt: skip
+    messages = [(groups.user_stream(uid), user_event) for uid in user_ids] + [
         (groups.room_stream(slug), {"type": RECHECK, "stream": groups.room_stream(slug)})
         for slug in room_slugs
     ]
@@ -111,7 +123,32 @@ def _members_changed(
         recheck_sync(user_ids=[instance.pk] if reverse else sorted(pk_set or ()))
 
 
+def _session_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """A session row deleted: logout's flush, the admin, `clearsessions`, a password change."""
+    try:
+        user_id = instance.get_decoded().get("_auth_user_id")
+    except Exception:  # a row that no longer decodes (another SECRET_KEY): no socket has it
+        return
+    if user_id is not None:
+        recheck_sync(user_ids=[int(user_id)], ended_session=instance.session_key)
+
+
+def _logged_out(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+    """Logout with a session engine that keeps no rows (cache): the delete signal never fires."""
+    key = getattr(request.session, "session_key", None)
+    if user is not None and key and not hasattr(request.session, "get_model_class"):
+        recheck_sync(user_ids=[user.pk], ended_session=key)
+
+
 def connect_signals() -> None:
+    from importlib import import_module
+
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    if hasattr(store, "get_model_class"):
+        post_delete.connect(
+            _session_deleted, sender=store.get_model_class(), dispatch_uid="sb-session-deleted"
+        )
+    user_logged_out.connect(_logged_out, dispatch_uid="sb-logged-out")
     user_model = get_user_model()
     pre_save.connect(_user_about_to_change, sender=user_model, dispatch_uid="sb-access-user-pre")
     post_save.connect(_user_changed, sender=user_model, dispatch_uid="sb-access-user")

@@ -16,12 +16,13 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 from redis.exceptions import RedisError
 
-from realtime import groups, history, publish
+from realtime import groups, history, limits, publish
 from realtime.models import ChatMessage, Room
 from realtime.protocol import InvalidFrame
 from realtime.selectors import StreamDenied, stream_check_readable
@@ -66,8 +67,11 @@ def room_get_readable(*, user: AbstractBaseUser, slug: str) -> Room:
 
 def room_create(*, user: AbstractBaseUser, slug: str, title: str, is_private: bool) -> Room:
     slug = slug.strip().lower()
-    if not groups.ROOM_SLUG_RE.match(slug):
+    if not groups.is_room_slug(slug):
         raise ChatError("Room names use lower-case letters, digits and hyphens (at most 50).")
+    limit = settings.MAX_ROOMS_PER_USER
+    if not user.is_staff and Room.objects.filter(created_by=user).count() >= limit:
+        raise ChatError(f"You have created {limit} rooms, the most one user may; ask staff for more.")
     if Room.objects.filter(slug=slug).exists():
         raise ChatError(f"There is already a room {slug!r}; pick another name.")
     room = Room.objects.create(
@@ -130,7 +134,8 @@ def message_post(
     if len(text) > MAX_TEXT_CHARS:
         raise ChatError(f"Messages may be at most {MAX_TEXT_CHARS} characters.")
     if client_id:
-        prior = ChatMessage.objects.filter(user=user, client_id=client_id).first()
+        # Per room: the same client id in another room is another message.
+        prior = ChatMessage.objects.filter(user=user, room=room, client_id=client_id).first()
         if prior is not None:
             if prior.seq is None:
                 _announce(prior)
@@ -141,7 +146,7 @@ def message_post(
             transaction.on_commit(lambda: _announce(message))
     except IntegrityError:
         # The same client_id raced in from two sockets: the other one won.
-        return ChatMessage.objects.get(user=user, client_id=client_id), True
+        return ChatMessage.objects.get(user=user, room=room, client_id=client_id), True
     return message, False
 
 
@@ -204,6 +209,11 @@ def room_snapshot(*, room: Room) -> RoomSnapshot:
 # --- from a socket -------------------------------------------------------------------------------
 
 
+def is_typing(stream: str, payload: Any) -> bool:
+    """A socket's typing frame (throttled apart from other publishes: it is ephemeral)."""
+    return stream.startswith("room:") and isinstance(payload, dict) and payload.get("kind") == "typing"
+
+
 async def socket_publish(
     *, user: AbstractBaseUser, stream: str, payload: Any, client_id: str
 ) -> dict[str, Any] | None:
@@ -227,6 +237,12 @@ async def socket_publish(
     text = payload.get("text")
     if not isinstance(text, str):
         raise InvalidFrame("bad_payload", "A chat message needs 'text', a string.", client_id)
+    per_min = settings.CHAT_LINES_PER_MIN
+    if not await limits.within_limit(f"chat:{user.pk}", limit=per_min, window_secs=60):
+        raise InvalidFrame(
+            "rate_limited", f"You may post {per_min} chat lines a minute; this one was not "
+            "posted. Wait a little, then send it again.", client_id,
+        )  # fmt: skip
     room = await database_sync_to_async(Room.objects.get)(slug=stream.partition(":")[2])
     try:
         message, duplicate = await database_sync_to_async(message_post)(

@@ -46,8 +46,8 @@ logger = logging.getLogger(__name__)
 Frame = dict[str, Any]
 
 CLOSE_UNAUTHORIZED = 4401
-# "Try again later": Switchboard's 4503 and the standard 1013.
-CLOSE_TRY_LATER = frozenset({4503, 1013})
+# "Try again later": Switchboard's 4503 and 4429 (too many sockets), and the standard 1013.
+CLOSE_TRY_LATER = frozenset({4503, 4429, 1013})
 
 
 @dataclass(frozen=True)
@@ -353,10 +353,21 @@ class RealtimeClient:
             return
         if frame.get("code") == "unavailable":
             return  # Redis is down: kept, and resent after the next reconnect
+        if frame.get("code") == "rate_limited" and frame.get("retry_after_ms"):
+            # Sent too fast, not acted on: the same frame again once the budget has refilled.
+            ref, delay = frame["ref"], frame["retry_after_ms"] / 1000 * (1 + random.random())
+            asyncio.get_running_loop().call_later(delay, self._resend, ref)
+            return
         self._outbox.pop(frame["ref"])
         if not entry[1].done():
             entry[1].set_exception(PublishRefused(frame))
             entry[1].exception()
+
+    def _resend(self, ref: str) -> None:
+        entry = self._outbox.get(ref)
+        if entry is not None and self.connected:
+            task = asyncio.ensure_future(self._send(entry[0]))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _ack_forever(self) -> None:
         while True:

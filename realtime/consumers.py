@@ -9,10 +9,18 @@ the writer reads the stream's head and fetches whatever is missing. So a slow so
 bounded memory, and nothing is lost within the history's retention.
 
 Close codes a client sees:
-  4401  not logged in: do not retry until the user logs in
+  4401  not logged in, or the login ended (logout, session deleted or expired, password
+        changed, deactivated): do not retry until the user logs in
+  4429  the user has MAX_SOCKETS_PER_USER sockets open already: try again later
   4503  try again later, with backoff (Redis unreachable at connect). RFC 6455's code for this
         is 1013, but Autobahn (under Daphne) lets an application send only 1000 and 3000-4999.
+  1008  policy violation: the socket kept sending past its rate limit (realtime/limits.py)
   1009  frame above Daphne's 1 MiB limit (sent by Daphne itself)
+
+However the consumer ends (a close, a dropped connection, an exception), `_release()` runs once:
+counters, presence, group memberships, the session watch and the user's socket count are given
+back. An unexpected exception while handling one client frame answers `internal_error` and the
+socket stays open.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import traceback
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +44,17 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from redis.exceptions import RedisError
 
-from realtime import chat, direct_send, groups, history, presence, protocol, publish
+from realtime import (
+    chat,
+    direct_send,
+    groups,
+    history,
+    presence,
+    protocol,
+    publish,
+    session_watch,
+)
+from realtime.limits import SocketLimits
 from realtime.protocol import InvalidFrame, Position
 from realtime.selectors import StreamDenied, stream_check_readable, stream_check_writable
 from realtime.stats import replica_stats
@@ -42,13 +62,17 @@ from realtime.stats import replica_stats
 logger = logging.getLogger(__name__)
 
 CLOSE_UNAUTHORIZED = 4401
+CLOSE_TOO_MANY_SOCKETS = 4429
 CLOSE_TRY_AGAIN_LATER = 4503
+CLOSE_POLICY_VIOLATION = 1008
 # Errors that mean "Redis is not answering": the caller reports it and nothing else breaks.
 REDIS_DOWN = (RedisError, OSError, asyncio.TimeoutError, ConnectionError)
 # How often a process records how far its sockets have delivered user streams (the ledger).
 DELIVERED_MARK_SECS = 0.5
 MARKS_PER_PIPELINE = 100
-# History entries a replay reads per round trip from Redis, for a socket that keeps up.
+# History entries a replay reads per round trip from Redis at most; REPLAY_BATCH_BYTES bounds
+# the bytes (the first read assumes entries as large as MAX_PAYLOAD_BYTES, later ones size
+# themselves by the largest entry seen).
 REPLAY_BATCH = 500
 
 
@@ -110,29 +134,40 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         self.writer: asyncio.Task[None] | None = None
         self.ready = False
         self.counted = False
+        self.released = False
         self.presence: presence.ConnectionPresence | None = None
+        self.session_digest: str | None = None
+        # Made on the first frame from the client or the first replay: most sockets only listen.
+        self._limits: SocketLimits | None = None
         # Daphne's socket, for writing in-order stream frames directly (None: the usual path).
         self.wire = direct_send.ws_protocol_of(send)
         layer = get_channel_layer(self.channel_layer_alias)
-        if "sinks" not in getattr(layer, "extensions", ()):
-            await super().__call__(scope, receive, send)
-            return
-        # Channels' own loop would also wait on the layer's inbox for this channel: a queue and
-        # a task per socket. Here every layer message reaches the consumer through its sink
-        # (stream frames, and on_layer_message for the rest), so the only inbox is the socket's.
-        self.scope = scope
-        self.channel_layer = layer
-        self.channel_name = await layer.new_channel()
-        layer.add_sink(self.channel_name, self)
-        self.daphne_send = send
-        self.base_send = send if self.wire is None else self._send_after_queued_frames
         try:
-            while True:
-                await self.dispatch(await receive())
-        except StopConsumer:
-            pass
+            if "sinks" not in getattr(layer, "extensions", ()):
+                await super().__call__(scope, receive, send)
+                return
+            # Channels' own loop would also wait on the layer's inbox for this channel: a queue
+            # and a task per socket. Here every layer message reaches the consumer through its
+            # sink (stream frames, and on_layer_message for the rest), so the only inbox is the
+            # socket's.
+            self.scope = scope
+            self.channel_layer = layer
+            self.channel_name = await layer.new_channel()
+            layer.add_sink(self.channel_name, self)
+            self.daphne_send = send
+            self.base_send = send if self.wire is None else self._send_after_queued_frames
+            try:
+                while True:
+                    await self.dispatch(await receive())
+            except StopConsumer:
+                pass
         finally:
-            layer.discard_channel(self.channel_name)
+            # However it ended: a close, a dropped connection, or an exception that will close
+            # it with 1011. Before, a crash skipped disconnect() and its socket stayed counted
+            # and "online" until the replica restarted.
+            await self._release()
+            if getattr(self, "channel_name", None) is not None:
+                layer.discard_channel(self.channel_name)
 
     async def _send_after_queued_frames(self, message: dict[str, Any]) -> None:
         # Stream frames written by send_now wait for the end of the loop turn (direct_send.py);
@@ -169,6 +204,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         wanted = own + [stream for stream in resume if stream not in own]
         allowed = []
         for stream in wanted:
+            if len(allowed) >= settings.MAX_STREAMS_PER_SOCKET:
+                problems.append(_too_many_streams(stream))
+                continue
             try:
                 if stream not in own:
                     await database_sync_to_async(stream_check_readable)(user=user, stream=stream)
@@ -176,7 +214,28 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             except StreamDenied as exc:
                 problems.append(exc)
         self.channel_layer.add_sink(self.channel_name, self)
+        self.presence = presence.ConnectionPresence(
+            user_id=user.pk, username=user.username, scope_query=self.scope.get("query_string", b"")
+        )
         try:
+            try:
+                admitted = await presence.user_admit(
+                    user_id=user.pk, conn=self.presence.conn, limit=settings.MAX_SOCKETS_PER_USER
+                )
+            except REDIS_DOWN:
+                # Counted like presence, best effort: if the count cannot be read the socket is
+                # let in (the delivery calls below still need Redis, and refuse it if it is down).
+                admitted = True
+            if not admitted:
+                self.presence = None  # registered nowhere: nothing to give back
+                logger.info("user=%s refused: %d sockets open", user.username, settings.MAX_SOCKETS_PER_USER)
+                await self._refuse(
+                    "too_many_sockets",
+                    f"You have {settings.MAX_SOCKETS_PER_USER} connections open already, the most "
+                    "one user may; close a tab or another device's app, then reconnect.",
+                    CLOSE_TOO_MANY_SOCKETS,
+                )  # fmt: skip
+                return
             for stream in allowed:
                 await self.channel_layer.group_add(groups.group_for_stream(stream), self.channel_name)
             heads = await history.heads(allowed)
@@ -212,10 +271,11 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         self.ready = True
         self._wake_writer()
         # Presence: this socket's entries in its rooms, refreshed on a heartbeat (presence.py).
-        self.presence = presence.ConnectionPresence(
-            user_id=user.pk, username=user.username, scope_query=self.scope.get("query_string", b"")
-        )
         await self.presence.start(list(self.cursors))
+        session_key = self.scope.get("session_key")
+        if session_key:
+            self.session_digest = session_watch.session_digest(session_key)
+            session_watch.watch(self, session_key)
 
     def _place_cursor(self, stream: str, wanted: Position | None, head: history.Position) -> None:
         """A fresh subscription starts at the head; a resumed one where the client left off,
@@ -234,15 +294,25 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         await self.close(code=close_code)
 
     async def disconnect(self, code: int) -> None:
+        await self._release()
+
+    async def _release(self) -> None:
+        """Give back all this socket holds; once, however the consumer ends."""
+        if self.released:
+            return
+        self.released = True
+        self.ready = False
+        session_watch.unwatch(self)
         if self.counted:
             replica_stats.open_connections -= 1
             self.counted = False
         if self.writer is not None:
             self.writer.cancel()
         if self.presence is not None:
-            await self.presence.close()
-            self.presence = None
-        await self._leave_all_groups()
+            presence_, self.presence = self.presence, None
+            await presence_.close()
+        if getattr(self, "channel_layer", None) is not None and getattr(self, "channel_name", None):
+            await self._leave_all_groups()
 
     async def _leave_all_groups(self) -> None:
         self.channel_layer.remove_sink(self.channel_name)
@@ -312,7 +382,12 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def rt_recheck(self, event: dict[str, Any]) -> None:
         """Access changed while this socket was open (realtime/access.py): check its streams
-        again with a fresh copy of its user; leave what it may no longer read."""
+        again with a fresh copy of its user; leave what it may no longer read. An event naming
+        an ended session (logout, deletion) closes only the socket opened with it."""
+        if "ended_session" in event:
+            if event["ended_session"] == self.session_digest:
+                await self.session_ended()
+            return
         user = await get_user_model()._default_manager.filter(pk=self.user.pk).afirst()
         if user is None or not user.is_active or user.get_session_auth_hash() != self.auth_hash:
             # Deactivated, deleted, or the password changed: Django logs the session out on its
@@ -337,6 +412,15 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                     "access_revoked", f"You may no longer read {stream}: {exc.message}",
                     stream=stream,
                 )  # fmt: skip
+
+    async def session_ended(self) -> None:
+        """The login session this socket was opened with is gone (session_watch.py)."""
+        if not self.ready:
+            return
+        self.ready = False
+        logger.info("user=%s socket closed: its session ended", self.user.username)
+        await self._send_error("session_ended", "Your login session ended (logged out or expired); log in again.")
+        await self.close(code=CLOSE_UNAUTHORIZED)
 
     async def rt_deliver(self, event: dict[str, Any]) -> None:
         # Only reached if the sink was never attached; kept for Channels' plain path.
@@ -439,33 +523,64 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             )  # fmt: skip
 
     async def _replay(self, stream: str, cursor: Cursor, *, upto: int) -> int:
-        """Send frames cursor.last+1 .. upto from history; say so if some are gone for good."""
+        """Send frames cursor.last+1 .. upto from history; say so if some are gone for good.
+
+        Memory: history is read in batches of at most REPLAY_BATCH_BYTES, and the next batch is
+        read only once this one is written (each write waits for the socket to drain), so a
+        socket that stops reading holds about SOCKET_BACKLOG_MAX_BYTES plus one batch. Before, a
+        batch was 500 entries whatever their size: 30 MB for a room of 60 KB messages, per
+        stuck socket. The socket's replay budget paces what it may ask for (limits.py)."""
         replayed = 0
+        largest = settings.MAX_PAYLOAD_BYTES + 200  # a guess until the first batch is read
         while cursor.last < upto:
-            batch = self._replay_batch()
-            entries = await history.read(stream, after=cursor.last, upto=upto, limit=batch)
+            count = max(1, min(REPLAY_BATCH, settings.REPLAY_BATCH_BYTES // largest))
+            entries = await history.read(stream, after=cursor.last, upto=upto, limit=count)
             if not entries:
                 break
-            first = entries[0][0]
-            if first > cursor.last + 1:
-                await self._send_resumed(
-                    stream, recovered=False, reason="gap", epoch=cursor.epoch, seq=first - 1
-                )
-            for seq, frame in entries:
-                cursor.last = seq
-                await self._send_stream_frame(stream, cursor, frame)
-                replayed += 1
+            sizes = [len(frame) for _, frame in entries]  # characters: bytes for ASCII JSON
+            largest, held = max(sizes), sum(sizes)
+            await self._pace_replay(held)
+            replica_stats.replay_bytes_in_flight += held
+            replica_stats.replay_bytes_in_flight_max = max(
+                replica_stats.replay_bytes_in_flight_max, replica_stats.replay_bytes_in_flight
+            )
+            try:
+                first = entries[0][0]
+                if first > cursor.last + 1:
+                    await self._send_resumed(
+                        stream, recovered=False, reason="gap", epoch=cursor.epoch, seq=first - 1
+                    )
+                for (seq, frame), size in zip(entries, sizes, strict=True):
+                    cursor.last = seq
+                    await self._send_stream_frame(stream, cursor, frame)
+                    replayed += 1
+                    held -= size
+                    replica_stats.replay_bytes_in_flight -= size
+            finally:
+                replica_stats.replay_bytes_in_flight -= held  # what a close left unsent
+            del entries
         if cursor.last < upto:  # trimmed away entirely
             await self._send_resumed(stream, recovered=False, reason="gap", epoch=cursor.epoch, seq=upto)
             cursor.last = upto
         return replayed
 
-    def _replay_batch(self) -> int:
-        """History entries to read at once: many for a socket that keeps up, and for one that is
-        behind only what fits in its backlog limit, since they wait in memory while it drains."""
-        if self.wire is not None and direct_send.unsent_bytes(self.wire):
-            return max(1, settings.SOCKET_BACKLOG_MAX_BYTES // settings.MAX_PAYLOAD_BYTES)
-        return REPLAY_BATCH
+    async def _pace_replay(self, size: int) -> None:
+        """Charge `size` bytes of replay to this socket's budget; past it, wait until it has
+        refilled (the replay goes on, slower) and tell the client once."""
+        limits = self.limits()
+        wait_secs = limits.replay.spend(size)
+        if wait_secs <= 0:
+            return
+        replica_stats.replays_paced += 1
+        if not limits.replay_limited_told:
+            limits.replay_limited_told = True
+            await self._send_error(
+                "replay_limited",
+                f"This connection asked for more history than "
+                f"{settings.SOCKET_REPLAY_BYTES_PER_MIN // (1024 * 1024)} MiB a minute: the "
+                "rest follows at that pace. Nothing is lost.",
+            )  # fmt: skip
+        await asyncio.sleep(wait_secs)
 
     async def _send_stream_frame(self, stream: str, cursor: Cursor, frame: str) -> None:
         if self.wire is not None:
@@ -492,8 +607,19 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     # --- frames from the client ----------------------------------------------------------------
 
+    def limits(self) -> SocketLimits:
+        if self._limits is None:
+            self._limits = SocketLimits()
+        return self._limits
+
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         replica_stats.frames_in += 1
+        if not self.ready:
+            return  # closing (refused, or the session ended): nothing more is handled
+        limits = self.limits()
+        if not limits.frames.take():
+            await self._refuse_frame(limits, text_data)
+            return
         if text_data is None:
             await self._send_error(
                 "binary_not_supported", "Binary frames are not supported; send JSON text frames."
@@ -506,6 +632,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             return
         try:
             await getattr(self, f"on_{frame.type}")(frame)
+        except RateLimited as exc:
+            await self._send_error(exc.code, exc.message, exc.ref, retry_after_ms=exc.retry_after_ms)
         except InvalidFrame as exc:
             await self._send_error(exc.code, exc.message, exc.ref)
         except StreamDenied as exc:
@@ -514,6 +642,50 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self._send_error(
                 "unavailable", "Messaging is unavailable; retry shortly.", frame.id
             )
+        except Disconnected:
+            pass  # the socket closed while answering; _release() is on its way
+        except Exception as exc:
+            # A bug of ours, not the client's: one line with where it happened (the traceback
+            # at DEBUG, so a client repeating the frame cannot flood the log), an answer, and
+            # the socket stays open.
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            logger.warning(
+                "frame %s from user=%s failed: %r at %s:%s", frame.type, self.user.username,
+                exc, where.filename, where.lineno,
+            )  # fmt: skip
+            logger.debug("frame %s failed", frame.type, exc_info=True)
+            replica_stats.internal_errors += 1
+            await self._send_error(
+                "internal_error", "The server failed to handle this frame; it was not acted on. "
+                "Your connection is fine.", frame.id,
+            )  # fmt: skip
+
+    async def _refuse_frame(self, limits: SocketLimits, text: str | None) -> None:
+        """Over the frame rate: answer `rate_limited` (with the frame's id, so a client can
+        send it again later), or close with 1008 once the socket has used up its strikes."""
+        replica_stats.frames_rate_limited += 1
+        if not limits.strikes.take():
+            logger.info("user=%s closed: kept sending past the frame rate", self.user.username)
+            await self._send_error(
+                "rate_limited", f"Closing: this connection kept sending more than "
+                f"{settings.SOCKET_FRAMES_PER_SEC:g} frames a second.",
+            )  # fmt: skip
+            self.ready = False
+            if self.wire is not None:
+                direct_send.close_with_code(self.wire, CLOSE_POLICY_VIOLATION, "rate limit")
+            else:
+                await self.close(code=CLOSE_POLICY_VIOLATION)
+            return
+        ref = None
+        if text is not None:
+            with contextlib.suppress(InvalidFrame):
+                ref = protocol.parse_client_frame(text, max_bytes=settings.MAX_CLIENT_FRAME_BYTES).id
+        await self._send_error(
+            "rate_limited",
+            f"Too many frames: at most {settings.SOCKET_FRAMES_PER_SEC:g} a second (bursts of "
+            f"{settings.SOCKET_FRAME_BURST}). This one was not acted on; send it again later.",
+            ref, retry_after_ms=1000,
+        )  # fmt: skip
 
     async def on_echo(self, frame: protocol.ClientFrame) -> None:
         await self._answer(frame, {"type": "echo", "replica": settings.REPLICA_ID,
@@ -532,7 +704,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         for stream, position in wanted.items():
             try:
                 await self._subscribe_one(stream, position)
-            except StreamDenied as exc:
+            except (StreamDenied, InvalidFrame) as exc:
                 await self._send_error(exc.code, exc.message, ref)
 
     async def _subscribe_one(self, stream: str, position: Position | None) -> None:
@@ -546,6 +718,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             self.queue.append(("catch_up", stream, True))
             self._wake_writer()
             return
+        if len(self.cursors) >= settings.MAX_STREAMS_PER_SOCKET:
+            raise _too_many_streams(stream)
         await self.channel_layer.group_add(groups.group_for_stream(stream), self.channel_name)
         head = (await history.heads([stream]))[stream]
         self._place_cursor(stream, position, head)
@@ -569,7 +743,17 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         await self._answer(frame, {"type": "unsubscribed", "stream": stream})
 
     async def on_publish(self, frame: protocol.ClientFrame) -> None:
-        stream = frame.data["stream"]
+        stream, payload = frame.data["stream"], frame.data["payload"]
+        limits = self.limits()
+        typing = chat.is_typing(stream, payload)
+        budget, what = (limits.typing, "typing frames") if typing else (limits.publishes, "publishes")
+        if not budget.take():
+            raise RateLimited(
+                f"Too many {what}: at most {budget.rate:g} a second (bursts of {budget.burst:g}). "
+                + ("It was not sent; the next keystroke sends another." if typing
+                   else "It was not published; send it again later."),
+                ref=frame.id, retry_after_ms=int(1000 / budget.rate),
+            )  # fmt: skip
         await database_sync_to_async(stream_check_writable)(user=self.user, stream=stream)
         # Chat lines are stored first and published after the commit; typing is ephemeral.
         chat_ack = await chat.socket_publish(
@@ -583,7 +767,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                 stream=stream,
                 payload=frame.data["payload"],
                 sender=self.user.username,
-                idempotency=history.idempotency_key(f"u{self.user.pk}", frame.id or ""),
+                # Per user and stream: the same client id on another stream is another message.
+                idempotency=history.idempotency_key(f"u{self.user.pk}:{stream}", frame.id or ""),
             )
         except publish.InvalidPayload as exc:
             raise InvalidFrame("bad_payload", str(exc), frame.id) from None
@@ -618,7 +803,26 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=text)
 
     async def _send_error(
-        self, code: str, message: str, ref: str | None = None, *, stream: str | None = None
-    ) -> None:
+        self, code: str, message: str, ref: str | None = None, *, stream: str | None = None,
+        retry_after_ms: int | None = None,
+    ) -> None:  # fmt: skip
         replica_stats.errors_sent += 1
-        await self._send_text(protocol.error_frame(code, message, ref, stream=stream))
+        await self._send_text(
+            protocol.error_frame(code, message, ref, stream=stream, retry_after_ms=retry_after_ms)
+        )
+
+
+class RateLimited(InvalidFrame):
+    """A frame refused by one of the socket's budgets: the client may send it again later."""
+
+    def __init__(self, message: str, *, ref: str | None, retry_after_ms: int) -> None:
+        super().__init__("rate_limited", message, ref)
+        self.retry_after_ms = retry_after_ms
+
+
+def _too_many_streams(stream: str) -> InvalidFrame:
+    return InvalidFrame(
+        "too_many_streams",
+        f"Not subscribed to {stream[:60]!r}: a connection may hold at most "
+        f"{settings.MAX_STREAMS_PER_SOCKET} streams. Unsubscribe from one first.",
+    )

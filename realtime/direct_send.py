@@ -131,6 +131,15 @@ def flush_socket(protocol: Any) -> None:
         _write(protocol, chunks)
 
 
+def close_with_code(protocol: Any, code: int, reason: str) -> None:
+    """Close with any RFC 6455 code, after what is queued. Daphne's `websocket.close` goes through
+    Autobahn's sendClose, which allows an application only 1000 and 3000-4999 (1008, "policy
+    violation", raised and crashed the socket with 1011); the close frame itself takes any."""
+    flush_socket(protocol)
+    if is_open(protocol):
+        protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:123], isReply=False)
+
+
 def _write(protocol: Any, chunks: list[bytes]) -> None:
     """When Twisted has nothing buffered for the socket, the bytes go straight to send():
     Twisted would otherwise buffer them, register the socket for writability with epoll, and

@@ -106,7 +106,21 @@ end
 return gone
 """
 
+# KEYS: user set; ARGV: connection id, expiry ms, now ms, limit, key ttl ms. Admits a socket
+# (adds its entry) unless the user already has `limit` live ones, on any replica: the check and
+# the add are one step, so a burst of connects on several replicas cannot all slip past it.
+_ADMIT_LUA = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
 _JOIN, _LEAVE, _SWEEP = _lua(_JOIN_LUA), _lua(_LEAVE_LUA), _lua(_SWEEP_LUA)
+_ADMIT = _lua(_ADMIT_LUA)
 
 
 def heartbeat_secs() -> float:
@@ -154,7 +168,7 @@ async def _pipelined(queue: Callable[[Any], None]) -> list[Any]:
             replies: list[Any] = await pipe.execute(raise_on_error=False)
         if attempt == 0 and any(isinstance(reply, NoScriptError) for reply in replies):
             async with client.pipeline(transaction=False) as pipe:
-                for script in (_JOIN, _LEAVE, _SWEEP):
+                for script in (_JOIN, _LEAVE, _SWEEP, _ADMIT):
                     pipe.script_load(script.source)
                 await pipe.execute()
             continue
@@ -235,6 +249,15 @@ async def user_touch(*, user_id: int, username: str, conn: str, ttl: int | None 
     ttl = ttl or ttl_ms()
     now = now_ms()
     await _pipelined(lambda pipe: _queue_touch(pipe, [(user_id, username, conn)], now=now, ttl=ttl))
+
+
+async def user_admit(*, user_id: int, conn: str, limit: int, ttl: int | None = None) -> bool:
+    """Register a new socket of the user, unless they have `limit` live sockets already (on any
+    replica). Its entry is the one the heartbeat refreshes and close() removes."""
+    ttl = ttl or ttl_ms()
+    now = now_ms()
+    admitted = await _run(_ADMIT, [_user_key(user_id)], [conn, now + ttl, now, limit, _key_ttl(ttl)])
+    return bool(admitted)
 
 
 async def user_gone(*, user_id: int, conn: str) -> None:

@@ -26,6 +26,16 @@ class ReplicaStats:
     # Full garbage collections, run on a timer (realtime/gc_policy.py), and the last one's pause.
     gc_full_collections: int = 0
     gc_full_pause_ms: int = 0
+    # Client frames refused by a socket's frame rate (realtime/limits.py), and frames whose
+    # handling failed with an unexpected exception (answered internal_error, socket kept).
+    frames_rate_limited: int = 0
+    internal_errors: int = 0
+    # History read for replays and not yet written to its socket (bounded per socket by
+    # REPLAY_BATCH_BYTES), now and at its highest since the replica started.
+    replay_bytes_in_flight: int = 0
+    replay_bytes_in_flight_max: int = 0
+    # Replays slowed down by their socket's replay budget (SOCKET_REPLAY_BYTES_PER_MIN).
+    replays_paced: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)

@@ -92,6 +92,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "SOCKET_BACKLOG_MAX_BYTES": str(256 * 1024),
         # Full garbage collections every second (60 by default), so a test can see them run.
         "GC_FULL_COLLECT_SECS": "1",
+        # Sessions checked every second (60 by default), so a test sees an expiry close a socket.
+        "SESSION_CHECK_SECS": "1",
     }
     os.environ.update(env)
     # The tests open hundreds of sockets from 127.0.0.1 within seconds: no per-IP connect limit

@@ -240,7 +240,10 @@ client.addEventListener("open", ({ detail }) => {
 client.addEventListener("message", ({ detail: frame }) => {
   const payload = frame.payload || {};
   if (frame.stream === config.stream) {
-    if (payload.kind === "chat") addMessage(payload);
+    // A chat line names its author in `sender`, which only the server sets (from the login of
+    // whoever posted it). A payload's own "user" is whatever the publisher wrote: a publish
+    // from the API or a staff tool that looks like a chat line is shown as a note instead.
+    if (payload.kind === "chat" && frame.sender) addMessage({ ...payload, user: frame.sender });
     else addNote(`${frame.sender || frame.origin}: ${typeof payload === "string" ? payload : JSON.stringify(payload)}`);
   } else if (frame.stream.startsWith("room:")) {
     if (payload.user_id !== config.me.id) bumpUnread(frame.stream.slice(5));

@@ -23,7 +23,8 @@ export const DEFAULTS = Object.freeze({
   // replica that died do not all return in the same instant.
   backoffBaseMs: 300,
   backoffCapMs: 15000,
-  // 1013 / 4503 "try again later": the server is short of something; start from a longer wait.
+  // 1013 / 4503 / 4429 "try again later": the server is short of something (or the user has
+  // too many connections open); start from a longer wait.
   tryLaterBaseMs: 2000,
   // The retry count resets only after a connection stayed up this long, so a replica that
   // accepts and then drops at once does not get hammered at the base delay.
@@ -45,7 +46,7 @@ export const DEFAULTS = Object.freeze({
 });
 
 const CLOSE_UNAUTHORIZED = 4401;
-const TRY_LATER_CODES = new Set([1013, 4503]);
+const TRY_LATER_CODES = new Set([1013, 4503, 4429]);
 const STREAM_FRAME_TYPES = new Set(["push", "message", "broadcast", "ops"]);
 
 export function newId() {
@@ -267,6 +268,9 @@ export class RealtimeClient extends EventTarget {
     if (frame.code === "unavailable") {
       // Stored or not, the server could not finish: the same id is safe to send again.
       setTimeout(() => this.outbox.has(frame.ref) && this._send(entry.frame), this._delay(this.options.backoffBaseMs, 3));
+    } else if (frame.code === "rate_limited" && frame.retry_after_ms) {
+      // Sent too fast and not acted on: the same frame, once the server's budget has refilled.
+      setTimeout(() => this.outbox.has(frame.ref) && this._send(entry.frame), frame.retry_after_ms * (1 + Math.random()));
     } else {
       this.outbox.delete(frame.ref);
       entry.reject(Object.assign(new Error(frame.message), { code: frame.code }));
