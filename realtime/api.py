@@ -43,8 +43,11 @@ def ok_response(data: dict[str, Any], status: int = 200) -> JsonResponse:
 
 def parse_json_object(request: HttpRequest) -> dict[str, Any]:
     # Content-Length first (nothing read yet); the body's own length for a chunked upload.
-    if int(request.headers.get("Content-Length") or 0) > MAX_BODY_BYTES or len(request.body) > MAX_BODY_BYTES:
-        raise ApiError(413, "body_too_large", f"Request bodies may be at most {MAX_BODY_BYTES} bytes.")
+    declared = int(request.headers.get("Content-Length") or 0)
+    if declared > MAX_BODY_BYTES or len(request.body) > MAX_BODY_BYTES:
+        raise ApiError(
+            413, "body_too_large", f"Request bodies may be at most {MAX_BODY_BYTES} bytes."
+        )
     try:
         body = protocol.loads(request.body or b"null")
     except protocol.InvalidJson as exc:

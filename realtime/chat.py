@@ -71,7 +71,9 @@ def room_create(*, user: AbstractBaseUser, slug: str, title: str, is_private: bo
         raise ChatError("Room names use lower-case letters, digits and hyphens (at most 50).")
     limit = settings.MAX_ROOMS_PER_USER
     if not user.is_staff and Room.objects.filter(created_by=user).count() >= limit:
-        raise ChatError(f"You have created {limit} rooms, the most one user may; ask staff for more.")
+        raise ChatError(
+            f"You have created {limit} rooms, the most one user may; ask staff for more."
+        )
     if Room.objects.filter(slug=slug).exists():
         raise ChatError(f"There is already a room {slug!r}; pick another name.")
     room = Room.objects.create(

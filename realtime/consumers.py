@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
@@ -228,7 +227,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                 admitted = True
             if not admitted:
                 self.presence = None  # registered nowhere: nothing to give back
-                logger.info("user=%s refused: %d sockets open", user.username, settings.MAX_SOCKETS_PER_USER)
+                logger.info(
+                    "user=%s refused: %d sockets open", user.username, settings.MAX_SOCKETS_PER_USER
+                )
                 await self._refuse(
                     "too_many_sockets",
                     f"You have {settings.MAX_SOCKETS_PER_USER} connections open already, the most "
@@ -237,7 +238,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                 )  # fmt: skip
                 return
             for stream in allowed:
-                await self.channel_layer.group_add(groups.group_for_stream(stream), self.channel_name)
+                group = groups.group_for_stream(stream)
+                await self.channel_layer.group_add(group, self.channel_name)
             heads = await history.heads(allowed)
         except REDIS_DOWN as exc:
             logger.warning("user=%s connect failed: Redis unavailable (%r)", user.username, exc)
@@ -419,7 +421,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             return
         self.ready = False
         logger.info("user=%s socket closed: its session ended", self.user.username)
-        await self._send_error("session_ended", "Your login session ended (logged out or expired); log in again.")
+        await self._send_error(
+            "session_ended", "Your login session ended (logged out or expired); log in again."
+        )
         await self.close(code=CLOSE_UNAUTHORIZED)
 
     async def rt_deliver(self, event: dict[str, Any]) -> None:

@@ -77,14 +77,18 @@ class SocketLimits:
     def __init__(self) -> None:
         from django.conf import settings
 
-        self.frames = TokenBucket(rate=settings.SOCKET_FRAMES_PER_SEC, burst=settings.SOCKET_FRAME_BURST)
+        self.frames = TokenBucket(
+            rate=settings.SOCKET_FRAMES_PER_SEC, burst=settings.SOCKET_FRAME_BURST
+        )
         # Refusals, forgiven at one a second: a socket that keeps sending past its rate runs out
         # of them and is closed.
         self.strikes = TokenBucket(rate=1.0, burst=settings.SOCKET_RATE_LIMIT_STRIKES)
         self.publishes = TokenBucket(
             rate=settings.SOCKET_PUBLISHES_PER_SEC, burst=settings.SOCKET_PUBLISH_BURST
         )
-        self.typing = TokenBucket(rate=settings.SOCKET_TYPING_PER_SEC, burst=settings.SOCKET_TYPING_BURST)
+        self.typing = TokenBucket(
+            rate=settings.SOCKET_TYPING_PER_SEC, burst=settings.SOCKET_TYPING_BURST
+        )
         per_min = settings.SOCKET_REPLAY_BYTES_PER_MIN
         self.replay = TokenBucket(rate=per_min / 60, burst=per_min)
         self.replay_limited_told = False

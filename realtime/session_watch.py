@@ -130,5 +130,3 @@ def watched_count() -> int:
 async def check_now() -> None:
     """Check this loop's sockets at once (tests; the timer does it every SESSION_CHECK_SECS)."""
     await _watch().check()
-
-

@@ -65,10 +65,10 @@ class SocketAuthMiddleware:
         # SECURE_PROXY_SSL_HEADER names a META key ("HTTP_X_FORWARDED_PROTO"); scopes carry the
         # raw header name.
         proxy_ssl = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
-        self.proxy_ssl_header = (
-            (proxy_ssl[0].removeprefix("HTTP_").replace("_", "-").lower().encode(), proxy_ssl[1].encode())
-            if proxy_ssl else None
-        )  # fmt: skip
+        self.proxy_ssl_header: tuple[bytes, bytes] | None = None
+        if proxy_ssl:
+            header = proxy_ssl[0].removeprefix("HTTP_").replace("_", "-").lower()
+            self.proxy_ssl_header = (header.encode(), proxy_ssl[1].encode())
         self.session_store: type[SessionBase] = import_module(settings.SESSION_ENGINE).SessionStore
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -193,3 +193,27 @@ def test_a_member_removed_from_a_private_room_is_told_so_on_the_page(
         timeout=15_000,
     )
     screenshot(alice, "chat-access-revoked")
+
+
+def test_a_published_payload_dressed_as_a_chat_line_is_shown_as_a_note_not_as_its_user(
+    browser_user: LoginPage, healthy_cluster: Cluster
+) -> None:
+    """A token holder (or staff) can publish any payload to a room; only the server names a chat
+    line's author (`sender`), so a payload claiming to be bob's line is not shown as one."""
+    from tests.cluster.helpers import api_post
+
+    alice = browser_user("alice", replica="d1", path="/chat/")
+    slug = create_room(alice, "spoof", "Spoof")
+    wait_live(alice)
+    fake = {"kind": "chat", "id": 10**9, "user": "bob", "user_id": 2, "text": "I, bob, resign",
+            "created_at": "2026-01-01T00:00:00+00:00"}  # fmt: skip
+    answer = api_post(healthy_cluster, "/api/publish", {"stream": f"room:{slug}", "payload": fake})
+    assert answer.status_code == 200, answer.text
+    alice.wait_for_function(
+        "() => [...document.querySelectorAll('#messages li.note')].some(n => n.textContent.includes('I, bob, resign'))"
+    )
+    assert texts(alice) == []  # not a chat line of bob's
+    assert alice.locator("#messages li.msg .who", has_text="bob").count() == 0
+    say(alice, "a real line")
+    wait_texts(alice, ["a real line"])
+    assert alice.locator("#messages li.msg .who").all_inner_texts() == ["alice"]

@@ -37,11 +37,13 @@ async def witness_hears(witness: Socket, n: int) -> None:
     assert (frame["payload"], frame["seq"]) == ({"witness": n}, result.seq)
 
 
-async def frames_until_closed(socket: Socket, timeout: float = 5) -> tuple[list[dict[str, Any]], int]:
+async def frames_until_closed(
+    socket: Socket, wait_secs: float = 5
+) -> tuple[list[dict[str, Any]], int]:
     """Every frame up to the close, and the close code."""
     frames = []
     while True:
-        output = await socket.communicator.receive_output(timeout=timeout)
+        output = await socket.communicator.receive_output(timeout=wait_secs)
         if output["type"] == "websocket.close":
             return frames, output.get("code", 1000)
         frames.append(json.loads(output["text"]))
@@ -59,9 +61,19 @@ async def test_crashing_frames_get_errors_the_socket_stays_open_and_the_witness_
         ('{"type": "echo", "payload": NaN}', "bad_json"),
         (json.dumps({"type": "subscribe", "stream": "user:" + "1" * 5000}), "bad_stream"),
         (json.dumps({"type": "subscribe", "stream": "room:lobby\n"}), "bad_stream"),
-        (json.dumps({"type": "publish", "id": "p", "stream": "user:" + "1" * 5000, "payload": 1}), "bad_stream"),
-        (json.dumps({"type": "resume", "streams": {"user:" + "1" * 5000: {"epoch": None, "seq": 0}}}), "bad_stream"),
-    ]  # fmt: skip
+        (
+            json.dumps(
+                {"type": "publish", "id": "p", "stream": "user:" + "1" * 5000, "payload": 1}
+            ),
+            "bad_stream",
+        ),
+        (
+            json.dumps(
+                {"type": "resume", "streams": {"user:" + "1" * 5000: {"epoch": None, "seq": 0}}}
+            ),
+            "bad_stream",
+        ),
+    ]
     for n, (text, code) in enumerate(attacks):
         await rogue.communicator.send_to(text_data=text)
         error = await rogue.receive()
@@ -176,7 +188,9 @@ async def test_typing_frames_past_the_throttle_are_not_fanned_out(
         await socket.send({"type": "subscribe", "stream": "room:keys"})
         assert (await socket.receive())["type"] == "subscribed"
     for n in range(30):
-        await typist.send({"type": "publish", "id": f"t{n}", "stream": "room:keys", "payload": {"kind": "typing"}})
+        await typist.send(
+            {"type": "publish", "id": f"t{n}", "stream": "room:keys", "payload": {"kind": "typing"}}
+        )
     answers = await typist.receive_many(30)
     assert [a["type"] for a in answers].count("ack") == 3
     assert {a["code"] for a in answers if a["type"] == "error"} == {"rate_limited"}
@@ -208,7 +222,9 @@ async def test_a_socket_holds_at_most_max_streams(
     assert (await socket.receive())["type"] == "subscribed"
     await socket.close()
     # The same bound on the streams a reconnect names in its URL.
-    query = "?resume=" + quote(json.dumps({f"room:{s}": {"epoch": None, "seq": 0} for s in ("s1", "s2", "s3", "s4")}))
+    query = "?resume=" + quote(
+        json.dumps({f"room:{s}": {"epoch": None, "seq": 0} for s in ("s1", "s2", "s3", "s4")})
+    )
     socket, hello = await open_socket(a_user(905), query)
     assert len(hello["streams"]) == 4
     codes = [f.get("code") for f in await socket.receive_many(2)]
@@ -236,12 +252,16 @@ async def test_a_user_may_open_at_most_max_sockets_and_a_closed_one_frees_its_pl
         await socket.close()
 
 
-async def test_the_same_publish_id_on_two_streams_is_two_messages(layer: StreamChannelLayer) -> None:
+async def test_the_same_publish_id_on_two_streams_is_two_messages(
+    layer: StreamChannelLayer,
+) -> None:
     for slug in ("one", "two"):
         await Room.objects.acreate(slug=slug, title=slug)
     socket, _ = await open_socket(a_user(907))
     for slug in ("one", "two"):
-        await socket.send({"type": "publish", "id": "same", "stream": f"room:{slug}", "payload": slug})
+        await socket.send(
+            {"type": "publish", "id": "same", "stream": f"room:{slug}", "payload": slug}
+        )
         ack = await socket.receive()
         assert (ack["type"], ack["duplicate"], ack["seq"]) == ("ack", False, 1)
     assert len(await history.read("room:two", after=0)) == 1
@@ -256,7 +276,14 @@ async def test_chat_lines_past_the_per_minute_limit_are_refused(
     user = await User.objects.acreate(username="chatty")
     socket, _ = await open_socket(user)
     for n in range(3):
-        await socket.send({"type": "publish", "id": f"c{n}", "stream": "room:chatty", "payload": {"kind": "chat", "text": f"line {n}"}})
+        await socket.send(
+            {
+                "type": "publish",
+                "id": f"c{n}",
+                "stream": "room:chatty",
+                "payload": {"kind": "chat", "text": f"line {n}"},
+            }
+        )
     answers = [await socket.receive() for _ in range(3)]
     assert [a["type"] for a in answers] == ["ack", "ack", "error"]
     assert answers[2]["code"] == "rate_limited" and "2 chat lines a minute" in answers[2]["message"]
@@ -311,7 +338,9 @@ async def test_a_replay_reads_history_in_batches_bounded_by_bytes_and_is_paced(
         await publish.publish(stream="room:heavy", payload={"n": n, "pad": "x" * 2000})
     replica_stats.replay_bytes_in_flight_max = 0
     socket, _ = await open_socket(a_user(908))
-    await socket.send({"type": "subscribe", "stream": "room:heavy", "from": {"epoch": None, "seq": 0}})
+    await socket.send(
+        {"type": "subscribe", "stream": "room:heavy", "from": {"epoch": None, "seq": 0}}
+    )
     frames = await socket.receive_many(34, timeout=15)
     messages = [f for f in frames if f["type"] == "message"]
     assert [m["payload"]["n"] for m in messages] == list(range(32))  # all, once, in order
@@ -323,7 +352,9 @@ async def test_a_replay_reads_history_in_batches_bounded_by_bytes_and_is_paced(
     await socket.close()
 
 
-async def test_streams_a_user_may_not_read_are_refused_on_every_path(layer: StreamChannelLayer) -> None:
+async def test_streams_a_user_may_not_read_are_refused_on_every_path(
+    layer: StreamChannelLayer,
+) -> None:
     await Room.objects.acreate(slug="vault", title="Vault", is_private=True)
     witness, _ = await open_socket(a_user(WITNESS_ID, "witness"))
     socket, _ = await open_socket(a_user(909))

@@ -46,13 +46,17 @@ def test_json_up_to_the_depth_limit_and_real_surrogate_pairs_are_accepted() -> N
     depth = protocol.MAX_JSON_DEPTH - 1  # the frame object itself is the first level
     text = '{"type": "echo", "payload": ' + "[" * depth + "]" * depth + "}"
     assert protocol.parse_client_frame(text, max_bytes=MAX).type == "echo"
-    emoji = protocol.parse_client_frame('{"type": "echo", "payload": "\\ud83d\\ude00"}', max_bytes=MAX)
+    emoji = protocol.parse_client_frame(
+        '{"type": "echo", "payload": "\\ud83d\\ude00"}', max_bytes=MAX
+    )
     assert emoji.data["payload"] == "😀"
     # A backslash escaped, then "ud800": text, not a surrogate.
     literal = protocol.parse_client_frame('{"type": "echo", "payload": "\\\\ud800"}', max_bytes=MAX)
     assert literal.data["payload"] == "\\ud800"
     # Brackets inside strings are not nesting.
-    brackets = protocol.parse_client_frame(json.dumps({"type": "echo", "payload": "[" * 500}), max_bytes=MAX)
+    brackets = protocol.parse_client_frame(
+        json.dumps({"type": "echo", "payload": "[" * 500}), max_bytes=MAX
+    )
     assert brackets.data["payload"] == "[" * 500
 
 
@@ -102,13 +106,13 @@ def test_payloads_python_code_builds_are_checked_too() -> None:
         "room:" + "a" * 51,
         "room:lob\x00by",
         "room:../lobby",
-        "room:ｌobby",  # full-width letter
+        "room:\uff4cobby",  # a full-width l
         "user:" + "9" * 5000,  # int() refuses more than 4300 digits: was HTTP 500
         "user:" + "1" * 19,  # above a bigint
         "user:0",
         "user:01",
         "user:-1",
-        "user:１",  # full-width digit: isdigit() is true for it
+        "user:\uff11",  # a full-width 1: isdigit() is true for it
         "user:1\n",
         "USER:1",
         "broadcast\n",
