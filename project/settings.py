@@ -272,10 +272,11 @@ SOCKET_RATE_LIMIT_STRIKES = env_int("SOCKET_RATE_LIMIT_STRIKES", 50, minimum=1)
 # bundled clients keep up to 100 unacknowledged publishes and resend them all on reconnect).
 SOCKET_PUBLISHES_PER_SEC = env_float("SOCKET_PUBLISHES_PER_SEC", 10.0, minimum=0.1)
 SOCKET_PUBLISH_BURST = env_int("SOCKET_PUBLISH_BURST", 100, minimum=1)
-# Typing frames fanned out from one socket: one per 2 s on average (the chat page sends one per
-# 2.5 s while keys are pressed), bursts of 3. The rest are refused, not fanned out.
-SOCKET_TYPING_PER_SEC = env_float("SOCKET_TYPING_PER_SEC", 0.5, minimum=0.01)
-SOCKET_TYPING_BURST = env_int("SOCKET_TYPING_BURST", 3, minimum=1)
+# Typing frames fanned out from one socket: one a second on average, bursts of 10 (the chat page
+# sends one per 2.5 s while keys are pressed, and one as each new line starts). The rest are
+# refused, not fanned out.
+SOCKET_TYPING_PER_SEC = env_float("SOCKET_TYPING_PER_SEC", 1.0, minimum=0.01)
+SOCKET_TYPING_BURST = env_int("SOCKET_TYPING_BURST", 10, minimum=1)
 # Streams one socket may hold (its own user stream and broadcast included): each costs a cursor,
 # a group membership and presence entries.
 MAX_STREAMS_PER_SOCKET = env_int("MAX_STREAMS_PER_SOCKET", 50, minimum=2)

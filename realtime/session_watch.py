@@ -83,14 +83,17 @@ class _Watch:
 
     async def check(self) -> None:
         """Close every socket whose session has ended."""
-        if not self.sockets:
+        # Judged: the sockets as they were when the query was made. One that connected while it
+        # ran has a session the query never looked at (closing those was a bug a test found).
+        checked = list(self.sockets.items())
+        if not checked:
             return
         try:
-            live = await database_sync_to_async(live_session_keys)(keys=set(self.sockets.values()))
+            live = await database_sync_to_async(live_session_keys)(keys={key for _, key in checked})
         except DatabaseError as exc:
             logger.warning("session check skipped: %r", exc)
             return
-        ended = [socket for socket, key in self.sockets.items() if key not in live]
+        ended = [socket for socket, key in checked if key not in live and socket in self.sockets]
         for socket in ended:
             self.sockets.pop(socket, None)
             with contextlib.suppress(Exception):

@@ -347,14 +347,14 @@ async def test_typing_floods_are_throttled_and_chat_lines_are_limited_per_minute
         what="150 answers",
     )
     assert {e["code"] for e in typist.of_type("error")} == {"rate_limited"}
-    assert len(typist.of_type("ack")) <= 5  # the burst of 3, and one per 2 s meanwhile
+    assert len(typist.of_type("ack")) <= 12  # the burst of 10, and one a second meanwhile
     await typist.send_json(
         {"type": "echo", "id": "fence", "payload": 1}
     )  # after every typing frame
     await typist.wait_type("echo")
     await listener.send_json({"type": "echo", "id": "fence", "payload": 1})
     await listener.wait_type("echo")
-    assert 1 <= len(listener.of_type("typing")) <= 5  # each of the 150 was fanned out before
+    assert 1 <= len(listener.of_type("typing")) <= 12  # each of the 150 was fanned out before
 
     for n in range(31):
         text = {"kind": "chat", "text": f"line {n}"}

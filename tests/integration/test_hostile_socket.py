@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
@@ -371,3 +372,38 @@ async def test_streams_a_user_may_not_read_are_refused_on_every_path(
         await witness_hears(witness, len(stream))
     assert await socket.nothing()
     await asyncio.gather(socket.close(), witness.close())
+
+
+async def test_a_socket_that_connects_while_sessions_are_checked_is_not_closed(
+    layer: StreamChannelLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = await User.objects.acreate(username="latecomer")
+    first, _ = await logged_in_socket(user)
+
+    class Latecomer:
+        ended = False
+
+        async def session_ended(self) -> None:
+            self.ended = True
+
+    latecomer = Latecomer()
+    loop = asyncio.get_running_loop()
+    real = session_watch.live_session_keys
+
+    def query_during_which_a_socket_connects(*, keys: Any) -> set[str]:
+        registered = threading.Event()
+
+        def connect() -> None:  # on the event loop, while this query runs in its thread
+            session_watch.watch(latecomer, "a-session-this-query-never-saw")
+            registered.set()
+
+        loop.call_soon_threadsafe(connect)
+        assert registered.wait(timeout=5)
+        return real(keys=keys)
+
+    monkeypatch.setattr(session_watch, "live_session_keys", query_during_which_a_socket_connects)
+    await session_watch.check_now()
+    assert not latecomer.ended  # its session is judged by the next check, not by this one
+    assert await first.nothing()
+    session_watch.unwatch(latecomer)
+    await first.close()
