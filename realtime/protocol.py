@@ -1,36 +1,14 @@
 """The wire protocol between browsers and replicas: frame types, the envelope, validation.
 
-Clients speak only the types listed in CLIENT_FRAME_TYPES; the server maps them to its own
-handlers and never lets a client choose a channel-layer message type.
+The protocol is one table, as data, below: CLIENT_FRAMES and SERVER_FRAMES (each frame type with
+its required and optional fields), CLOSE_CODES and ERROR_CODES (each with what a client should do).
+The parser accepts only CLIENT_FRAME_TYPES, which is read from it; the server maps those to its
+own handlers and never lets a client choose a channel-layer message type. A unit test
+(tests/unit/test_protocol_table.py) holds static/realtime/client.js, realtime/client.py and the
+server's code to the table; docs/architecture.md explains it.
 
-Client -> server frames
-  echo         {"type": "echo", "payload", "id"?}
-  ping         {"type": "ping", "id"?}
-  subscribe    {"type": "subscribe", "stream", "from"?: {"epoch", "seq"}}
-  unsubscribe  {"type": "unsubscribe", "stream"}
-  resume       {"type": "resume", "streams": {stream: {"epoch", "seq"}, ...}}
-  publish      {"type": "publish", "id", "stream", "payload"}   id: client-made, for idempotency
-  ack          {"type": "ack", "stream", "seq"}                 "I have everything up to seq"
 A client may also put its positions in the URL, `/ws/?resume=<JSON {stream: {epoch, seq}}>`,
 so that replay starts before any live message (the way the bundled clients reconnect).
-
-Server -> client frames
-  hello        {"type": "hello", "replica", "user", "user_id", "connection",
-                "streams": {stream: {epoch, seq}}}     connection: this socket's id on its replica
-  subscribed   {"type": "subscribed", "stream", "epoch", "seq"}
-  unsubscribed {"type": "unsubscribed", "stream"}
-  resumed      {"type": "resumed", "stream", "recovered", "reason", "epoch", "seq", "replayed"}
-               recovered false: messages were lost to this client (older than the history, or
-               the stream's epoch changed because Redis lost its data): reload your state.
-  ack          {"type": "ack", "id", "stream", "seq", "epoch", "duplicate"}
-  echo         {"type": "echo", "replica", "payload", "id"?}
-  pong         {"type": "pong", "replica", "id"?}
-  error        {"type": "error", "code", "message", "ref"?, "stream"?, "retry_after_ms"?}
-               a frame was refused; rate_limited carries retry_after_ms
-  lab          {"type": "lab", "way": 3, "replica", "text", "id"}  written straight to the socket
-               by the replica holding it (the transport lab; no stream, no seq, no replay)
-  push / message / broadcast / ops: the envelope, see `envelope()`, plus "seq" and "epoch"
-               (ops: the replicas' stats, on the staff-only `ops` stream)
 """
 
 from __future__ import annotations
@@ -38,10 +16,316 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
+from typing import Any, Literal
 
-CLIENT_FRAME_TYPES = frozenset({"echo", "ping", "subscribe", "unsubscribe", "resume", "publish", "ack"})
+# --- The table ---------------------------------------------------------------------------------
+# Every frame's "type" is implied; the fields listed are the others. Adding a frame type, a close
+# code or an error code starts here, and the table test says which client or code must follow.
+
+
+class Handling(StrEnum):
+    """What a client does with a server frame."""
+
+    # An envelope with a seq: dropped if its (epoch, seq) was seen, else delivered once, its
+    # position kept (and sent back as ?resume=) and acknowledged.
+    STREAM = "stream"
+    # Changes the client's own state (positions, outbox, connection): every client handles it.
+    STATE = "state"
+    # Passed to the application as it is (client.js: an event named by its type).
+    EVENT = "event"
+
+
+class CloseAction(StrEnum):
+    """What a client does when its socket closes with a code."""
+
+    STOP = "stop"  # do not reconnect: the user has to log in first
+    TRY_LATER = "try_later"  # reconnect, backing off from a longer base
+    RETRY = "retry"  # reconnect with the ordinary backoff (also any code not in CLOSE_CODES)
+
+
+class ErrorAction(StrEnum):
+    """What a client does with an error frame (`ref` names the frame it refused, if any)."""
+
+    RESEND = "resend"  # not acted on, for a passing reason: the same frame (same id) again later
+    FORGET_STREAM = "forget_stream"  # stop asking for the stream named in the frame's `stream`
+    REFUSED = "refused"  # the frame was refused; sending it again would not help
+    NOTICE = "notice"  # about the socket or a stream, not a frame: show it (a close may follow)
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    handling: Handling | None = None  # server frames only
+    about: str = ""
+
+
+@dataclass(frozen=True)
+class CloseCode:
+    name: str
+    # "consumer": realtime's consumer; "daphne": Daphne or Autobahn itself; "client": a client
+    # closing; "nobody": no part of Switchboard sends it, clients honour it as RFC 6455 says.
+    sent_by: Literal["consumer", "daphne", "client", "nobody"]
+    client_should: CloseAction | None  # None: a code the client sends
+    meaning: str
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    client_should: ErrorAction
+    meaning: str
+
+
+CLIENT_FRAMES: Mapping[str, FrameSpec] = {
+    "echo": FrameSpec((), ("payload", "id"), about="answered with echo, naming the replica"),
+    "ping": FrameSpec((), ("id",), about="answered with pong"),
+    "subscribe": FrameSpec(
+        ("stream",),
+        ("from", "id"),
+        about="from: {epoch, seq} the client has; without it the stream starts at its head "
+        "(answered with subscribed), with it what was missed is replayed, then resumed",
+    ),
+    "unsubscribe": FrameSpec(("stream",), ("id",), about="answered with unsubscribed"),
+    "resume": FrameSpec(
+        ("streams",),
+        ("id",),
+        about="streams: {stream: {epoch, seq}} (at most MAX_STREAMS_PER_FRAME): replay, then "
+        "resumed per stream",
+    ),
+    "publish": FrameSpec(
+        ("id", "stream", "payload"),
+        about="id: client-made, for idempotency (a repeated id is published once and acked "
+        "again); answered with ack",
+    ),
+    "ack": FrameSpec(
+        ("stream", "seq"),
+        ("id",),
+        about="'I have everything up to seq' (recorded for user streams); no answer",
+    ),
+}
+
+
+def _envelope_spec(about: str) -> FrameSpec:
+    # envelope() makes all but seq and epoch, which the publish script adds; a publish from a
+    # socket (and a chat line) adds the sender's username.
+    return FrameSpec(
+        ("stream", "id", "payload", "sent_at", "origin", "seq", "epoch"),
+        ("sender",),
+        Handling.STREAM,
+        about,
+    )
+
+
+SERVER_FRAMES: Mapping[str, FrameSpec] = {
+    "hello": FrameSpec(
+        ("replica", "user", "user_id", "connection", "streams"),
+        (),
+        Handling.STATE,
+        "first on every socket; streams: {stream: {epoch, seq}} where each starts; connection: "
+        "this socket's id on its replica (the transport lab's way 3)",
+    ),
+    "subscribed": FrameSpec(
+        ("stream", "epoch", "seq"), (), Handling.STATE, "a subscribe without from: the head"
+    ),
+    "unsubscribed": FrameSpec(("stream",), ("id",), Handling.EVENT),
+    "resumed": FrameSpec(
+        ("stream", "recovered", "reason", "epoch", "seq", "replayed"),
+        (),
+        Handling.STATE,
+        "after a replay (reason resume); recovered false: messages were lost to this client "
+        "(reason gap: older than the history; epoch: Redis lost the stream; ahead: a seq it "
+        "never reached), reload your state",
+    ),
+    "ack": FrameSpec(
+        ("id", "stream", "seq", "epoch", "duplicate"),
+        ("message_id",),
+        Handling.STATE,
+        "a publish, done; duplicate: its id was published before (this is that seq); typing: "
+        "seq and epoch null; a chat line adds message_id (its row)",
+    ),
+    "echo": FrameSpec(("replica", "payload"), ("id",), Handling.EVENT),
+    "pong": FrameSpec(("replica",), ("id",), Handling.EVENT),
+    "error": FrameSpec(
+        ("code", "message"),
+        ("ref", "stream", "retry_after_ms"),
+        Handling.STATE,
+        "code: one of ERROR_CODES; ref: the refused frame's id; stream: the stream it is about; "
+        "retry_after_ms: when sending again may succeed (rate_limited)",
+    ),
+    "lab": FrameSpec(
+        ("way", "replica", "id", "text"),
+        (),
+        Handling.EVENT,
+        "the transport lab's way 3, written straight to the socket by the replica holding it "
+        "(no stream, no seq, no replay)",
+    ),
+    "presence": FrameSpec(
+        ("event", "user", "user_id", "stream", "origin"),
+        (),
+        Handling.EVENT,
+        "ephemeral (no seq, no history; only with ?ephemeral=1): event is join or leave",
+    ),
+    "typing": FrameSpec(
+        ("user", "user_id", "stream", "origin"),
+        (),
+        Handling.EVENT,
+        "ephemeral (no seq, no history; only with ?ephemeral=1)",
+    ),
+    "push": _envelope_spec("on a user stream, user:<id>"),
+    "message": _envelope_spec("on a room stream, room:<slug>"),
+    "broadcast": _envelope_spec("on the broadcast stream, to every socket"),
+    "ops": _envelope_spec("the replicas' stats, on the staff-only ops stream"),
+}
+
+CLOSE_CODES: Mapping[int, CloseCode] = {
+    4401: CloseCode(
+        "unauthorized",
+        "consumer",
+        CloseAction.STOP,
+        "not logged in, or the login ended (logout, session deleted or expired, password "
+        "changed, deactivated); an error frame (unauthorized, session_ended or access_revoked) "
+        "comes first",
+    ),
+    4429: CloseCode(
+        "too_many_sockets",
+        "consumer",
+        CloseAction.TRY_LATER,
+        "the user has MAX_SOCKETS_PER_USER sockets open on the cluster already",
+    ),
+    4503: CloseCode(
+        "try_again_later",
+        "consumer",
+        CloseAction.TRY_LATER,
+        "Redis unreachable at connect (error unavailable first); RFC 6455's 1013, which "
+        "Autobahn does not let an application send",
+    ),
+    1013: CloseCode(
+        "try_again_later",
+        "nobody",
+        CloseAction.TRY_LATER,
+        "RFC 6455's 'try again later': Switchboard sends 4503 instead; honoured in case a proxy "
+        "or another server sends it",
+    ),
+    1008: CloseCode(
+        "policy_violation",
+        "consumer",
+        CloseAction.RETRY,
+        "the socket kept sending past its frame rate (error rate_limited first); written on "
+        "Daphne's protocol directly, since Autobahn refuses 1008 to applications",
+    ),
+    1009: CloseCode(
+        "message_too_big",
+        "daphne",
+        CloseAction.RETRY,
+        "a frame above Daphne's 1 MiB limit (realtime/serve.py turns failByDrop off so a client "
+        "sees this code, not 1006)",
+    ),
+    1011: CloseCode(
+        "internal_error",
+        "daphne",
+        CloseAction.RETRY,
+        "the consumer raised outside the handling of one frame (a bug of ours; a frame that "
+        "fails is answered with error internal_error and the socket stays open)",
+    ),
+    1000: CloseCode("normal", "client", None, "client.js's close(): final, no reconnect"),
+    4000: CloseCode(
+        "client_gave_up",
+        "client",
+        None,
+        "the client dropped this socket (no answer to a ping, or drop()) and reconnects",
+    ),
+}
+
+ERROR_CODES: Mapping[str, ErrorCode] = {
+    # The frame itself
+    "bad_json": ErrorCode(
+        ErrorAction.REFUSED,
+        "not strict JSON (NaN, Infinity, lone surrogates and nesting past MAX_JSON_DEPTH count)",
+    ),
+    "bad_frame": ErrorCode(ErrorAction.REFUSED, "not a JSON object"),
+    "frame_too_large": ErrorCode(
+        ErrorAction.REFUSED, "above MAX_CLIENT_FRAME_BYTES (Daphne closes with 1009 above 1 MiB)"
+    ),
+    "binary_not_supported": ErrorCode(ErrorAction.REFUSED, "a binary frame: send JSON text"),
+    "bad_id": ErrorCode(
+        ErrorAction.REFUSED, "'id' is not a string of 1 to MAX_CLIENT_ID_CHARS characters"
+    ),
+    "missing_type": ErrorCode(ErrorAction.REFUSED, "no string 'type'"),
+    "unknown_type": ErrorCode(ErrorAction.REFUSED, "a type that is not in CLIENT_FRAMES"),
+    "missing_id": ErrorCode(ErrorAction.REFUSED, "a publish without a client-made 'id'"),
+    "missing_payload": ErrorCode(ErrorAction.REFUSED, "a publish without a 'payload'"),
+    "bad_stream": ErrorCode(
+        ErrorAction.REFUSED, "not a stream name (user:<id>, room:<slug>, broadcast, ops)"
+    ),
+    "bad_position": ErrorCode(
+        ErrorAction.REFUSED, "a position that is not {epoch: short string or null, seq: int >= 0}"
+    ),
+    "bad_resume": ErrorCode(
+        ErrorAction.REFUSED,
+        "'streams' or ?resume= is not a map of at most MAX_STREAMS_PER_FRAME streams to positions",
+    ),
+    "bad_ack": ErrorCode(
+        ErrorAction.REFUSED, "an ack without a whole seq >= 1, or of a seq not delivered here"
+    ),
+    "bad_payload": ErrorCode(
+        ErrorAction.REFUSED,
+        "a payload that cannot be published (not JSON, too large, a chat line without text)",
+    ),
+    # What it asks for
+    "not_subscribed": ErrorCode(ErrorAction.REFUSED, "an unsubscribe from a stream not held"),
+    "forbidden_stream": ErrorCode(
+        ErrorAction.REFUSED, "the user may not read, or not publish to, that stream"
+    ),
+    "unknown_room": ErrorCode(
+        ErrorAction.REFUSED,
+        "no room by that name that the user may join (a private one looks the same to others)",
+    ),
+    "too_many_streams": ErrorCode(
+        ErrorAction.REFUSED, "the socket holds MAX_STREAMS_PER_SOCKET streams already"
+    ),
+    "seq_ahead": ErrorCode(
+        ErrorAction.NOTICE, "a resume from a seq the stream never reached: it goes on from the head"
+    ),
+    # Limits and failures
+    "rate_limited": ErrorCode(
+        ErrorAction.RESEND,
+        "over a socket budget (frames, publishes, typing): send it again after retry_after_ms; "
+        "without retry_after_ms (chat lines a minute) it was not posted, tell the user; a socket "
+        "that keeps on is closed with 1008",
+    ),
+    "replay_limited": ErrorCode(
+        ErrorAction.NOTICE,
+        "said once: the socket asked for more history than SOCKET_REPLAY_BYTES_PER_MIN; the "
+        "replay goes on at that pace, nothing is lost",
+    ),
+    "unavailable": ErrorCode(
+        ErrorAction.RESEND,
+        "Redis unreachable, nothing done: send the same frame again shortly (at connect, "
+        "close 4503 follows)",
+    ),
+    "internal_error": ErrorCode(
+        ErrorAction.REFUSED,
+        "the server failed on this frame (a bug of ours); not acted on, the socket stays open",
+    ),
+    # The login and the socket
+    "unauthorized": ErrorCode(ErrorAction.NOTICE, "not logged in; close 4401 follows"),
+    "session_ended": ErrorCode(
+        ErrorAction.NOTICE, "the login session ended (logout, expiry); close 4401 follows"
+    ),
+    "access_revoked": ErrorCode(
+        ErrorAction.FORGET_STREAM,
+        "the stream named in 'stream' was taken away: stop asking for it; without 'stream' the "
+        "login is no longer valid and close 4401 follows",
+    ),
+    "too_many_sockets": ErrorCode(
+        ErrorAction.NOTICE, "the user has MAX_SOCKETS_PER_USER sockets open; close 4429 follows"
+    ),
+}
+
+CLIENT_FRAME_TYPES = frozenset(CLIENT_FRAMES)
 # A resume or URL may name at most this many streams: a bound on the work one frame causes.
 MAX_STREAMS_PER_FRAME = 50
 # A client-made id refers back to a frame in errors and answers; bounded so it cannot be abused.
@@ -105,8 +389,10 @@ def loads(text: str | bytes) -> Any:
         raise
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise InvalidJson(f"Not valid JSON ({exc}).") from None
-    opener_count = text.count("[") + text.count("{") if isinstance(text, str) else (
-        text.count(b"[") + text.count(b"{")
+    opener_count = (
+        text.count("[") + text.count("{")
+        if isinstance(text, str)
+        else (text.count(b"[") + text.count(b"{"))
     )
     surrogates = _SURROGATE_ESCAPE.search(text if isinstance(text, str) else text.decode("latin-1"))
     if opener_count > MAX_JSON_DEPTH or surrogates:
@@ -182,7 +468,7 @@ class Position:
 
 def parse_position(value: Any, *, where: str, ref: str | None = None) -> Position:
     if not isinstance(value, dict):
-        raise InvalidFrame("bad_position", f"{where} must be {{\"epoch\": str, \"seq\": int}}.", ref)
+        raise InvalidFrame("bad_position", f'{where} must be {{"epoch": str, "seq": int}}.', ref)
     epoch, seq = value.get("epoch"), value.get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise InvalidFrame("bad_position", f"{where}: 'seq' must be a whole number >= 0.", ref)
@@ -220,7 +506,9 @@ def parse_resume_query(query_string: bytes) -> dict[str, Position]:
 
 def _require_stream(data: dict[str, Any], ref: str | None) -> None:
     if not isinstance(data.get("stream"), str) or not data["stream"]:
-        raise InvalidFrame("bad_stream", "'stream' must be a stream name such as 'room:lobby'.", ref)
+        raise InvalidFrame(
+            "bad_stream", "'stream' must be a stream name such as 'room:lobby'.", ref
+        )
 
 
 def _check_subscribe(data: dict[str, Any], ref: str | None) -> None:
@@ -264,9 +552,13 @@ _VALIDATORS = {
 
 
 def error_frame(
-    code: str, message: str, ref: str | None = None, *, stream: str | None = None,
+    code: str,
+    message: str,
+    ref: str | None = None,
+    *,
+    stream: str | None = None,
     retry_after_ms: int | None = None,
-) -> str:  # fmt: skip
+) -> str:
     frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if ref is not None:
         frame["ref"] = ref
