@@ -14,6 +14,10 @@
 //   reset      a resumed frame with recovered: false: messages were lost, reload your state
 //   <type>     any other frame by its type (presence, typing, lab, echo, ...)
 //
+// The frames, their fields and the close codes are realtime/protocol.py's table; a unit test
+// (tests/unit/test_protocol_table.py) checks that the switch in _onFrame, STREAM_FRAME_TYPES,
+// CLOSE_UNAUTHORIZED and TRY_LATER_CODES match it.
+//
 // Positions ({stream: {epoch, seq}}) live in sessionStorage, so a reload of the page resumes
 // where it was: the server replays what was missed before any live frame (?resume= in the URL).
 
@@ -190,9 +194,6 @@ export class RealtimeClient extends EventTarget {
       case "error":
         this._onError(frame);
         break;
-      case "reconnect": // the replica is draining: come back elsewhere, a little later
-        this._drop(`server asked to reconnect after ${frame.after_ms} ms`, frame.after_ms || 0);
-        return;
       default:
         break;
     }
@@ -293,8 +294,8 @@ export class RealtimeClient extends EventTarget {
     this._retry(this._delay(base, this.attempt++), code);
   }
 
-  // Leave a socket that is dead or draining without waiting for its close handshake.
-  _drop(why, delayMs = undefined) {
+  // Leave a dead socket without waiting for its close handshake.
+  _drop(why) {
     this.debug("dropping the socket:", why);
     const socket = this.socket;
     this.socket = null;
@@ -304,7 +305,7 @@ export class RealtimeClient extends EventTarget {
       socket.onmessage = null;
       try { socket.close(4000, "client gave up on this socket"); } catch { /* already closing */ }
     }
-    if (!this.final) this._retry(delayMs ?? this._delay(this.options.backoffBaseMs, this.attempt++), 0);
+    if (!this.final) this._retry(this._delay(this.options.backoffBaseMs, this.attempt++), 0);
   }
 
   _retry(delayMs, code) {
