@@ -150,9 +150,11 @@ class RealtimeClient:
 
     async def wait_connected(self, *, timeout: float = 15) -> None:
         waiter = asyncio.create_task(self._connected.wait())
-        await asyncio.wait(
-            {waiter, self._runner}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED  # type: ignore[arg-type]
-        )
+        # The runner too: it ends when the server refuses us for good.
+        waiting: set[asyncio.Future[Any]] = {waiter}
+        if self._runner is not None:
+            waiting.add(self._runner)
+        await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
         if self.refused:
             raise ClientClosed(self.refused)
@@ -228,7 +230,9 @@ class RealtimeClient:
         while not predicate(self):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what or 'condition'}")
+                raise AssertionError(
+                    f"timed out after {timeout}s waiting for {what or 'condition'}"
+                )
             self._changed.clear()
             if predicate(self):
                 return
@@ -268,7 +272,7 @@ class RealtimeClient:
                 self.closed_code = connection.close_code
             except ConnectionClosed as exc:
                 self.closed_code = exc.rcvd.code if exc.rcvd else None
-            except (OSError, InvalidHandshake, TimeoutError, asyncio.TimeoutError) as exc:
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
                 if isinstance(exc, InvalidStatus) and exc.response.status_code == 403:
                     self.refused = "the server refused the handshake (403: origin or host)"
                 logger.debug("client: connect failed: %r", exc)
@@ -281,13 +285,21 @@ class RealtimeClient:
                 self.refused = "not logged in (4401)"
             if self.refused or self._closing:
                 return
-            if opened_at is not None and time.monotonic() - opened_at >= self.options.min_uptime_secs:
+            if (
+                opened_at is not None
+                and time.monotonic() - opened_at >= self.options.min_uptime_secs
+            ):
                 attempt = 0
             delay = self.rng.uniform(
                 0, min(self.options.backoff_cap_secs, self.options.backoff_base_secs * 2**attempt)
             )
             attempt += 1
-            logger.debug("client: reconnecting in %.2fs (attempt %d, close %s)", delay, attempt, self.closed_code)
+            logger.debug(
+                "client: reconnecting in %.2fs (attempt %d, close %s)",
+                delay,
+                attempt,
+                self.closed_code,
+            )
             await asyncio.sleep(delay)
 
     async def _on_frame(self, frame: Frame) -> None:
@@ -318,7 +330,9 @@ class RealtimeClient:
         self.stats.replicas.append(str(self.replica))
         for stream, position in (frame.get("streams") or {}).items():
             # A stream seen for the first time starts at the head; a resumed one keeps ours.
-            self.positions.setdefault(stream, Position(position.get("epoch"), int(position.get("seq") or 0)))
+            self.positions.setdefault(
+                stream, Position(position.get("epoch"), int(position.get("seq") or 0))
+            )
         self._connected.set()
         for stream in self.wanted:
             if stream not in self.positions:
