@@ -6,7 +6,7 @@ PORT ?= 8000
 REPLICAS ?= 3
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps browser-deps test-e2e run up down status test test-unit test-integration test-cluster lint bench clean
+.PHONY: help install system-deps browser-deps test-e2e run up down status test test-unit test-integration test-cluster lint fmt bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-17s %s\n", $$1, $$2}'
@@ -53,6 +53,18 @@ test-cluster: $(VENV)/.installed ## the cluster tier only (HAProxy + Daphne repl
 
 test-e2e: browser-deps $(VENV)/.installed ## the e2e tier only (headless Chromium on the real pages)
 	@$(PY) -m pytest -m e2e
+
+# Every check runs, so one run shows all that is wrong; the target fails if any did.
+lint: $(VENV)/.installed ## format check, ruff, mypy (django-stubs) and import contracts, as CI runs them
+	@status=0; \
+	for check in "ruff format --check ." "ruff check ." "mypy" "lint-imports --no-logo"; do \
+		echo "== $$check"; $(VENV)/bin/$$check || status=1; \
+	done; \
+	exit $$status
+
+fmt: $(VENV)/.installed ## format the code and apply ruff's safe fixes
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 bench: $(VENV)/.installed ## benchmark 1000 clients over 3 replicas (W1-W4), with stock and raw-websockets ratios
 	@$(PY) manage.py bench --baseline stock --limit

@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
@@ -29,10 +28,9 @@ from django.http import HttpRequest, HttpResponse
 
 from realtime import views
 from realtime.api import MAX_BODY_BYTES, error_response
+from realtime.asgi_types import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
-
-AsgiApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 # The views, by path, exactly as project/urls.py routes them.
 ROUTES: dict[str, Callable[[HttpRequest], Awaitable[HttpResponse]]] = {
@@ -54,11 +52,11 @@ SECURITY_HEADERS = [
 class PublishLane:
     """ASGI app: token-authenticated publish requests to their view, the rest to `app`."""
 
-    def __init__(self, app: AsgiApp) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.replica_header = (b"x-replica", settings.REPLICA_ID.encode())
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         view = ROUTES.get(scope["path"]) if scope["type"] == "http" else None
         if view is None or scope["method"] != "POST" or not _has_authorization(scope):
             await self.app(scope, receive, send)
@@ -82,7 +80,7 @@ class PublishLane:
                 response = await view(request)
         await self._answer(response, send)
 
-    async def _answer(self, response: HttpResponse, send: Any) -> None:
+    async def _answer(self, response: HttpResponse, send: Send) -> None:
         headers = [(k.lower().encode("latin1"), v.encode("latin1")) for k, v in response.items()]
         if not response.has_header("Content-Length"):  # as CommonMiddleware sets it: no chunking
             headers.append((b"content-length", str(len(response.content)).encode()))
@@ -93,11 +91,11 @@ class PublishLane:
         await send({"type": "http.response.body", "body": response.content})
 
 
-def _has_authorization(scope: dict[str, Any]) -> bool:
+def _has_authorization(scope: Scope) -> bool:
     return any(name == b"authorization" for name, _ in scope.get("headers", ()))
 
 
-async def _read_body(receive: Any) -> bytes | None:
+async def _read_body(receive: Receive) -> bytes | None:
     """The request body, read no further than one byte past the limit; None on disconnect."""
     chunks: list[bytes] = []
     size = 0

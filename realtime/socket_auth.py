@@ -19,7 +19,7 @@ Channels' WebsocketDenier does, so Daphne answers HTTP 403.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Mapping, Sequence
 from importlib import import_module
 from types import MappingProxyType
 from typing import Any, cast
@@ -36,9 +36,9 @@ from django.http import HttpRequest, parse_cookie
 from django.http.request import split_domain_port, validate_host
 from django.urls import URLPattern
 
-logger = logging.getLogger(__name__)
+from realtime.asgi_types import ASGIApp, Receive, Scope, Send
 
-AsgiApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+logger = logging.getLogger(__name__)
 
 # `url_route` of a route without parameters (ours): one shared read-only value rather than a
 # dict, a tuple and another dict kept per socket.
@@ -71,7 +71,7 @@ class SocketAuthMiddleware:
             self.proxy_ssl_header = (header.encode(), proxy_ssl[1].encode())
         self.session_store: type[SessionBase] = import_module(settings.SESSION_ENGINE).SessionStore
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket":
             raise ValueError(
                 f"SocketAuthMiddleware serves WebSocket scopes, not {scope['type']!r}: route "
@@ -131,7 +131,7 @@ class SocketAuthMiddleware:
             return True
         return origin_text in self.trusted_origins
 
-    def _route(self, scope: dict[str, Any]) -> tuple[AsgiApp, Any] | None:
+    def _route(self, scope: Scope) -> tuple[ASGIApp, Mapping[str, Any]] | None:
         """The consumer and `url_route` for the scope's path, as Channels' URLRouter finds them."""
         path = scope.get("path")
         if path is None:
@@ -152,7 +152,7 @@ class SocketAuthMiddleware:
         return None
 
 
-async def _deny(receive: Any, send: Any) -> None:
+async def _deny(receive: Receive, send: Send) -> None:
     """Close before accept, as Channels' WebsocketDenier does: Daphne answers HTTP 403."""
     message = await receive()
     if message["type"] == "websocket.connect":
