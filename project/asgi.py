@@ -1,6 +1,7 @@
 """The ASGI entry point Daphne serves: HTTP through Django, WebSockets through Channels."""
 
 import os
+from typing import cast
 
 from django.core.asgi import get_asgi_application
 
@@ -13,14 +14,13 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from realtime.asgi_types import ASGIApp  # noqa: E402
 from realtime.ops import with_ops_publisher  # noqa: E402
 from realtime.publish_lane import PublishLane  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 from realtime.socket_auth import SocketAuthMiddleware  # noqa: E402
 
-# with_ops_publisher: the replica's stats reporter for the cluster view starts with the first
-# request (Daphne sends no lifespan events).
-application = with_ops_publisher(ProtocolTypeRouter(
+router = ProtocolTypeRouter(
     {
         # Static files are served by the replica itself so a local cluster needs no extra web
         # server; only paths under STATIC_URL take this detour. Publish requests with an API
@@ -32,4 +32,8 @@ application = with_ops_publisher(ProtocolTypeRouter(
         # scope copy each for the life of every socket (realtime/socket_auth.py).
         "websocket": SocketAuthMiddleware(websocket_urlpatterns),
     }
-))
+)
+# with_ops_publisher: the replica's stats reporter for the cluster view starts with the first
+# request (Daphne sends no lifespan events). The cast: Channels' stubs type the router with
+# asgiref's TypedDict scopes, ours are plain mappings (realtime/asgi_types.py says why).
+application = with_ops_publisher(cast(ASGIApp, router))

@@ -10,9 +10,11 @@ import secrets
 import socket
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import dj_database_url
+
 from project.env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -317,7 +319,7 @@ HAPROXY_STATS_USER = unquote(_stats_url.username or "")
 HAPROXY_STATS_PASSWORD = unquote(_stats_url.password or "")
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
-LOGGING = {
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {

@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 HAPROXY_CFG = BASE_DIR / "haproxy.cfg"
@@ -166,7 +167,11 @@ class Cluster:
         self.http_port = config.http_port or free_port()
         self.redis_port = config.redis_port or free_port()
         self.stats_port = config.stats_port or free_port()
-        for port, what in [(self.http_port, "HTTP"), (self.redis_port, "Redis"), (self.stats_port, "stats")]:
+        for port, what in [
+            (self.http_port, "HTTP"),
+            (self.redis_port, "Redis"),
+            (self.stats_port, "stats"),
+        ]:
             if not port_is_free(port):
                 raise ClusterError(f"the {what} port {port} is taken; pick another with its option")
         # A Unix socket path must stay under ~100 bytes, so it cannot live in a deep run_dir.
@@ -178,7 +183,7 @@ class Cluster:
         self.processes: dict[str, ManagedProcess] = {}
         self._build_processes()
 
-    # --- addresses ---------------------------------------------------------------------------------
+    # --- addresses -------------------------------------------------------------------------------
 
     @property
     def url(self) -> str:
@@ -211,9 +216,10 @@ class Cluster:
         env.update(extra)
         return env
 
-    # --- building ----------------------------------------------------------------------------------
+    # --- building --------------------------------------------------------------------------------
 
     def _build_processes(self) -> None:
+        # Command lines keep each option beside its value (the formatter would put one per line).
         redis_argv = [
             "redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
             "--dir", str(self.run_dir), "--daemonize", "no", "--save", "",
@@ -240,16 +246,18 @@ class Cluster:
                 "SB_WS_CONNECTS_PER_IP_10S": str(self.config.ws_connects_per_ip_10s),
             }
         )
-        for index, (name, port) in enumerate(self.replica_ports.items(), start=1):
+        for index, port in enumerate(self.replica_ports.values(), start=1):
             haproxy_env[f"SB_D{index}"] = f"127.0.0.1:{port}"
-        self._add("haproxy", ["haproxy", "-db", "-f", str(HAPROXY_CFG)], haproxy_env, self.http_port)
+        self._add(
+            "haproxy", ["haproxy", "-db", "-f", str(HAPROXY_CFG)], haproxy_env, self.http_port
+        )
 
     def _add(self, name: str, argv: list[str], env: dict[str, str], port: int) -> None:
         self.processes[name] = ManagedProcess(
             name=name, argv=argv, env=env, log_path=self.run_dir / f"{name}.log", port=port
         )
 
-    # --- lifecycle ---------------------------------------------------------------------------------
+    # --- lifecycle -------------------------------------------------------------------------------
 
     def start(self, *, timeout: float = 60.0) -> None:
         try:
@@ -278,7 +286,7 @@ class Cluster:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # --- Redis -------------------------------------------------------------------------------------
+    # --- Redis -----------------------------------------------------------------------------------
 
     def start_redis(self, *, timeout: float = 30.0) -> None:
         self.processes["redis"].start()
@@ -300,7 +308,7 @@ class Cluster:
             sock.sendall(b"PING\r\n")
             return sock.recv(64).startswith(b"+PONG")
 
-    # --- replicas ----------------------------------------------------------------------------------
+    # --- replicas --------------------------------------------------------------------------------
 
     def kill_replica(self, name: str) -> None:
         self.processes[name].kill()
@@ -324,7 +332,7 @@ class Cluster:
 
         wait_until(healthy, timeout=timeout, what=f"{name} /healthz")
 
-    # --- HAProxy -----------------------------------------------------------------------------------
+    # --- HAProxy ---------------------------------------------------------------------------------
 
     def haproxy_command(self, command: str) -> str:
         return haproxy_command(self.admin_socket, command)
@@ -361,7 +369,7 @@ class Cluster:
 
         wait_until(all_up, timeout=timeout, interval=0.2, what="HAProxy to report every server UP")
 
-    # --- logs and state ----------------------------------------------------------------------------
+    # --- logs and state --------------------------------------------------------------------------
 
     def tail(self, name: str, lines: int = 30) -> str:
         path = self.processes[name].log_path
@@ -370,7 +378,7 @@ class Cluster:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def write_state(self) -> None:
-        state = {
+        state: ClusterState = {
             "url": self.url,
             "stats_url": self.stats_url,
             "redis_url": self.redis_url,
@@ -389,14 +397,35 @@ class Cluster:
         (self.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
 
-# --- a detached cluster, seen from another process -------------------------------------------------
+# --- a detached cluster, seen from another process ----------------------------------------------
 
 
-def read_state(run_dir: Path) -> dict[str, object] | None:
+class ProcessRecord(TypedDict):
+    """One process in the state file; `pid` and `start_ticks` are None if it never started."""
+
+    name: str
+    pid: int | None
+    start_ticks: int | None
+    port: int
+    argv: list[str]
+
+
+class ClusterState(TypedDict):
+    """The state file (`cluster.json`) a running cluster keeps in its run dir."""
+
+    url: str
+    stats_url: str
+    redis_url: str
+    admin_socket: str
+    processes: list[ProcessRecord]
+
+
+def read_state(run_dir: Path) -> ClusterState | None:
     path = run_dir / STATE_FILE
     if not path.exists():
         return None
-    return json.loads(path.read_text())  # type: ignore[no-any-return]
+    state: ClusterState = json.loads(path.read_text())
+    return state
 
 
 def process_start_ticks(pid: int) -> int | None:
@@ -420,14 +449,22 @@ def pid_runs(pid: int, start_ticks: int) -> bool:
     return process_start_ticks(pid) == start_ticks
 
 
-def stop_detached(run_dir: Path, *, timeout: float = 10.0, say: Callable[[str], None] = print) -> bool:
+def record_runs(record: ProcessRecord) -> bool:
+    """True when the recorded process is still alive; one that never started is not."""
+    pid, started = record["pid"], record["start_ticks"]
+    return pid is not None and started is not None and pid_runs(pid, started)
+
+
+def stop_detached(
+    run_dir: Path, *, timeout: float = 10.0, say: Callable[[str], None] = print
+) -> bool:
     """Stop the processes a detached `cluster up` recorded, in reverse order. False if none."""
     state = read_state(run_dir)
     if state is None:
         return False
-    for entry in reversed(state["processes"]):  # type: ignore[call-overload]
+    for entry in reversed(state["processes"]):
         pid, started = entry["pid"], entry["start_ticks"]
-        if not pid_runs(pid, started):
+        if pid is None or started is None or not pid_runs(pid, started):
             say(f"{entry['name']}: not running")
             continue
         os.kill(pid, signal.SIGTERM)
@@ -453,7 +490,9 @@ class LogFollower:
 
     def start(self) -> None:
         for name, process in self.cluster.processes.items():
-            self._offsets[name] = process.log_path.stat().st_size if process.log_path.exists() else 0
+            self._offsets[name] = (
+                process.log_path.stat().st_size if process.log_path.exists() else 0
+            )
         self._thread.start()
 
     def stop(self) -> None:

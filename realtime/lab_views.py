@@ -20,6 +20,7 @@ from typing import Any
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_POST
@@ -45,6 +46,7 @@ def lab_page(request: HttpRequest) -> HttpResponse:
 async def lab_send(request: HttpRequest, way: str) -> JsonResponse:
     """POST {"text", "id", "connection"?} to /lab/(nosticky/)?(http|direct|relay)."""
     user = await request.auser()
+    assert isinstance(user, User), "login_required lets no anonymous user in"
     try:
         body = parse_json_object(request)
         text, message_id = _text_and_id(body)
@@ -87,7 +89,7 @@ async def _direct(user: Any, connection: Any, text: str, message_id: str) -> dic
             "text": text,
         }
         try:
-            await consumer.send(text_data=protocol.encode(frame))  # type: ignore[union-attr]
+            await consumer.send(text_data=protocol.encode(frame))
             replica_stats.frames_out += 1  # the consumer counts its own sends; this one is ours
             sent = True
         except Exception as exc:  # the socket closed between the lookup and the write

@@ -50,9 +50,12 @@ class Room(models.Model):
     is_private = models.BooleanField(default=False)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="rooms")
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="+",
-    )  # fmt: skip
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -83,10 +86,11 @@ class ChatMessage(models.Model):
         ordering = ["id"]
         constraints = [
             models.UniqueConstraint(
-                fields=["user", "room", "client_id"], condition=~models.Q(client_id=""),
+                fields=["user", "room", "client_id"],
+                condition=~models.Q(client_id=""),
                 name="chat_message_unique_client_id_per_room",
             )
-        ]  # fmt: skip
+        ]
 
     def __str__(self) -> str:
         return f"{self.room_id} #{self.pk}: {self.text[:40]}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 
 from realtime.groups import InvalidStreamName, group_for_stream
 from realtime.models import ApiToken, Room
@@ -16,7 +16,7 @@ def api_token_authenticate(*, raw: str) -> ApiToken | None:
     return ApiToken.objects.filter(digest=token_digest(raw), is_active=True).first()
 
 
-def user_get_by_username(*, username: str) -> AbstractBaseUser | None:
+def user_get_by_username(*, username: str) -> User | None:
     return get_user_model().objects.filter(username=username, is_active=True).first()
 
 
@@ -35,7 +35,7 @@ class StreamDenied(Exception):
         self.message = message
 
 
-def stream_check_readable(*, user: AbstractBaseUser, stream: str) -> None:
+def stream_check_readable(*, user: User, stream: str) -> None:
     """Raise StreamDenied unless `user` may read `stream`: their own user stream, broadcast,
     rooms they may join, and (staff only) the replicas' ops stream."""
     try:
@@ -51,7 +51,9 @@ def stream_check_readable(*, user: AbstractBaseUser, stream: str) -> None:
         return
     if kind == "user":
         if int(key) != user.pk:
-            raise StreamDenied("forbidden_stream", f"You may read only your own user stream, user:{user.pk}.")
+            raise StreamDenied(
+                "forbidden_stream", f"You may read only your own user stream, user:{user.pk}."
+            )
         return
     room = Room.objects.filter(slug=key).first()
     if room is None or (
@@ -60,12 +62,12 @@ def stream_check_readable(*, user: AbstractBaseUser, stream: str) -> None:
         # One answer for both, as the room page's 404: a non-member must not learn that a
         # private room exists by probing names.
         raise StreamDenied(
-            "unknown_room", f"There is no room {key!r} that you may join; a private room's "
-            "members can add you."
-        )  # fmt: skip
+            "unknown_room",
+            f"There is no room {key!r} that you may join; a private room's members can add you.",
+        )
 
 
-def stream_check_writable(*, user: AbstractBaseUser, stream: str) -> None:
+def stream_check_writable(*, user: User, stream: str) -> None:
     """Raise StreamDenied unless `user` may publish to `stream` from a socket: rooms they may
     read; broadcast for staff; never a user stream (those are for the server to push)."""
     stream_check_readable(user=user, stream=stream)

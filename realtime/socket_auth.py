@@ -102,8 +102,9 @@ class SocketAuthMiddleware:
         user, session_key = await self._user(cookie)
         await app(
             {**scope, "user": user, "session_key": session_key, "url_route": url_route},
-            receive, send,
-        )  # fmt: skip
+            receive,
+            send,
+        )
 
     async def _user(
         self, cookie: bytes | None

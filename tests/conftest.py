@@ -53,10 +53,14 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     require_binaries("redis-server")
     run_dir = tmp_path_factory.mktemp("redis")
     port = free_port()
+    # Each option beside its value (the formatter would put one per line).
+    argv = [
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no", "--dir", str(run_dir),
+    ]  # fmt: skip
     process = ManagedProcess(
         name="redis",
-        argv=["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-              "--appendonly", "no", "--dir", str(run_dir)],  # fmt: skip
+        argv=argv,
         env=dict(os.environ),
         log_path=run_dir / "redis.log",
         port=port,
@@ -122,7 +126,9 @@ def manage(cluster: Cluster, *args: str, check: bool = True) -> subprocess.Compl
         timeout=120,
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 

@@ -5,11 +5,13 @@ import os
 os.environ.setdefault("SECRET_KEY", "tests-only-secret-key")
 os.environ.setdefault("SWITCHBOARD_VAR_DIR", "/tmp/switchboard-tests-var")
 
-from project.settings import *  # noqa: E402, F403
+from project.settings import *
 
 # Unit tests run consumers against the in-memory layer; integration and cluster tests point
 # their own layers and processes at a real redis-server started by a fixture.
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}  # overridden per test
+CHANNEL_LAYERS = {
+    "default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}
+}  # overridden per test
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast hashing in tests
 LOGGING["loggers"].update({"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}})
 REPLICA_ID = "unit"

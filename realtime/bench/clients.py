@@ -92,9 +92,12 @@ class BenchClient:
             self.awaiting_resume = set()
         cookie = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
         protocol, headers = await ws_connect(
-            url, cookie=cookie, origin=self.pool.origin, on_messages=self.on_messages,
+            url,
+            cookie=cookie,
+            origin=self.pool.origin,
+            on_messages=self.on_messages,
             timeout=CONNECT_TIMEOUT_SECS,
-        )  # fmt: skip
+        )
         self.protocol = protocol
         self.cookies.update({k: v for k, v in set_cookies(headers).items() if k == "SERVERID"})
         protocol.closed.add_done_callback(lambda _: self._on_closed(protocol))
@@ -110,7 +113,9 @@ class BenchClient:
         """Reconnect with full-jitter backoff until it works (the pool's storm handler)."""
         attempt = 0
         while not self.closing:
-            await asyncio.sleep(random.uniform(0, min(BACKOFF_CAP_SECS, BACKOFF_BASE_SECS * 2**attempt)))
+            await asyncio.sleep(
+                random.uniform(0, min(BACKOFF_CAP_SECS, BACKOFF_BASE_SECS * 2**attempt))
+            )
             try:
                 await self.connect(resume=True)
             except (OSError, HandshakeError, TimeoutError) as exc:
@@ -155,7 +160,9 @@ class BenchClient:
             self.replica = frame.get("replica")
             for stream, position in (frame.get("streams") or {}).items():
                 if stream not in self.tracks:
-                    self.tracks[stream] = StreamTrack(position.get("epoch"), position.get("seq") or 0)
+                    self.tracks[stream] = StreamTrack(
+                        position.get("epoch"), position.get("seq") or 0
+                    )
         elif kind == "resumed":
             self.awaiting_resume.discard(frame.get("stream"))
             if not frame.get("recovered"):

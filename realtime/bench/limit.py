@@ -33,8 +33,12 @@ class LimitServer:
         if socket.request is not None and socket.request.path.startswith("/control"):
             await self.control(socket)
             return
-        hello = {"type": "hello", "replica": "limit", "user_id": next(self.users),
-                 "streams": {"broadcast": {"epoch": None, "seq": self.seq}}}  # fmt: skip
+        hello = {
+            "type": "hello",
+            "replica": "limit",
+            "user_id": next(self.users),
+            "streams": {"broadcast": {"epoch": None, "seq": self.seq}},
+        }
         await socket.send(json.dumps(hello))
         self.sockets.add(socket)
         try:
@@ -47,11 +51,18 @@ class LimitServer:
             request = json.loads(text)
             self.seq += 1
             frame = json.dumps(
-                {"seq": self.seq, "epoch": None, "type": "broadcast", "stream": "broadcast",
-                 "id": uuid.uuid4().hex, "payload": request["payload"],
-                 "sent_at": int(time.time() * 1000), "origin": "limit"},
+                {
+                    "seq": self.seq,
+                    "epoch": None,
+                    "type": "broadcast",
+                    "stream": "broadcast",
+                    "id": uuid.uuid4().hex,
+                    "payload": request["payload"],
+                    "sent_at": int(time.time() * 1000),
+                    "origin": "limit",
+                },
                 separators=(",", ":"),
-            )  # fmt: skip
+            )
             broadcast(self.sockets, frame)
             await socket.send(json.dumps({"id": request["id"], "seq": self.seq}))
 

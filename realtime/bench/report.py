@@ -135,9 +135,8 @@ def ratios(results: list[Result]) -> list[str]:
                 continue
             text = f"ours/{other} {workload}: rate x{ours.rate / them.rate:.2f}"
             if ours.replica_us_per_delivery and them.replica_us_per_delivery:
-                text += (
-                    f", server CPU per delivery x{ours.replica_us_per_delivery / them.replica_us_per_delivery:.2f}"
-                )
+                cpu_ratio = ours.replica_us_per_delivery / them.replica_us_per_delivery
+                text += f", server CPU per delivery x{cpu_ratio:.2f}"
             if ours.p99_ms is not None and them.p99_ms:
                 text += f", p99 x{ours.p99_ms / them.p99_ms:.2f}"
             lines.append(text)

@@ -19,6 +19,7 @@ from asgiref.sync import async_to_sync
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
@@ -38,7 +39,7 @@ def seq_key(stream: str) -> str:
 class StockConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope["user"]
-        if not user.is_authenticated:
+        if user is None or not user.is_authenticated:
             await self.close(code=4401)
             return
         self.joined = [f"user.{user.pk}", "broadcast"]
@@ -52,9 +53,16 @@ class StockConsumer(AsyncWebsocketConsumer):
         heads = await _async_redis.mget([seq_key(s) for s in streams])
         await self.send(
             text_data=json.dumps(
-                {"type": "hello", "replica": settings.REPLICA_ID, "user_id": user.pk,
-                 "streams": {s: {"epoch": None, "seq": int(h or 0)} for s, h in zip(streams, heads)}}
-            )  # fmt: skip
+                {
+                    "type": "hello",
+                    "replica": settings.REPLICA_ID,
+                    "user_id": user.pk,
+                    "streams": {
+                        s: {"epoch": None, "seq": int(h or 0)}
+                        for s, h in zip(streams, heads, strict=True)
+                    },
+                }
+            )
         )
 
     async def disconnect(self, code: int) -> None:
@@ -70,9 +78,20 @@ def _publish(stream: str, group: str, kind: str, payload: Any) -> JsonResponse:
     if _sync_redis is None:
         _sync_redis = redis.Redis.from_url(settings.REDIS_URL)
     seq = _sync_redis.incr(seq_key(stream))
-    envelope = {"seq": seq, "epoch": None, "type": kind, "stream": stream, "id": uuid.uuid4().hex,
-                "payload": payload, "sent_at": now_ms(), "origin": settings.REPLICA_ID}  # fmt: skip
-    async_to_sync(get_channel_layer().group_send)(group, {"type": "stock.deliver", "envelope": envelope})
+    envelope = {
+        "seq": seq,
+        "epoch": None,
+        "type": kind,
+        "stream": stream,
+        "id": uuid.uuid4().hex,
+        "payload": payload,
+        "sent_at": now_ms(),
+        "origin": settings.REPLICA_ID,
+    }
+    layer = get_channel_layer()
+    if layer is None:
+        raise ImproperlyConfigured("The stock baseline needs CHANNEL_LAYERS['default'].")
+    async_to_sync(layer.group_send)(group, {"type": "stock.deliver", "envelope": envelope})
     return JsonResponse({"ok": True, "stream": stream, "seq": seq})
 
 

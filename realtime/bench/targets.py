@@ -23,6 +23,7 @@ from realtime.cluster import (
     BASE_DIR,
     Cluster,
     ClusterConfig,
+    ClusterState,
     ManagedProcess,
     free_port,
     port_is_free,
@@ -157,9 +158,13 @@ class HttpPublisher(Publisher):
 
 def _manage(cluster: Cluster, *args: str) -> str:
     result = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=BASE_DIR, env=cluster.command_env(),
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [sys.executable, "manage.py", *args],
+        cwd=BASE_DIR,
+        env=cluster.command_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result.stdout
@@ -175,8 +180,11 @@ def start_cluster(
     # connect storm, count as memory per connection (up to 3 KiB more after forty runs).
     for stale in var_dir.glob("db.sqlite3*"):
         stale.unlink()
-    env = {"SWITCHBOARD_VAR_DIR": str(var_dir), "SECRET_KEY": f"bench-{secrets.token_hex(16)}",
-           "LOG_LEVEL": "WARNING"}  # fmt: skip
+    env = {
+        "SWITCHBOARD_VAR_DIR": str(var_dir),
+        "SECRET_KEY": f"bench-{secrets.token_hex(16)}",
+        "LOG_LEVEL": "WARNING",
+    }
     # Every client connects from 127.0.0.1, thousands within seconds: no per-IP connect limit.
     config = ClusterConfig(
         replicas=replicas, run_dir=var_dir / "run", env=env, ws_connects_per_ip_10s=1_000_000
@@ -186,20 +194,29 @@ def start_cluster(
         config.asgi_app = "realtime.bench.stock_asgi:application"
     cluster = Cluster(config)
     _manage(cluster, "migrate", "--noinput", "-v0")
-    sessions = json.loads(_manage(cluster, "bench_users", "--count", str(clients), "--prefix", "bench"))
+    sessions = json.loads(
+        _manage(cluster, "bench_users", "--count", str(clients), "--prefix", "bench")
+    )
     token = _manage(cluster, "apitoken", "create", f"bench-{uuid.uuid4().hex[:8]}").strip()
     cluster.start(timeout=120)
     procs = cluster.processes
     return ClusterTarget(
-        name=name, ws_url=cluster.ws_url, origin=cluster.url, sessions=sessions,
-        replica_pids={n: procs[n].pid for n in cluster.replica_names if procs[n].pid},
-        other_pids={n: procs[n].pid for n in ("redis", "haproxy") if procs[n].pid},
-        resumable=not stock, can_batch=not stock, cluster=cluster, base_url=cluster.url, token=token,
+        name=name,
+        ws_url=cluster.ws_url,
+        origin=cluster.url,
+        sessions=sessions,
+        replica_pids={n: pid for n in cluster.replica_names if (pid := procs[n].pid)},
+        other_pids={n: pid for n in ("redis", "haproxy") if (pid := procs[n].pid)},
+        resumable=not stock,
+        can_batch=not stock,
+        cluster=cluster,
+        base_url=cluster.url,
+        token=token,
         replica_names=list(cluster.replica_names),
-    )  # type: ignore[arg-type]  # fmt: skip
+    )
 
 
-def external_cluster(url: str, *, clients: int, state: dict[str, Any] | None) -> ClusterTarget:
+def external_cluster(url: str, *, clients: int, state: ClusterState | None) -> ClusterTarget:
     """A cluster already running at `url`, sharing this process's database (like `make up`).
 
     With the runner's state file (`cluster.json`) its processes' CPU is measured too."""
@@ -213,15 +230,19 @@ def external_cluster(url: str, *, clients: int, state: dict[str, Any] | None) ->
     parts = urlsplit(url)
     pids: dict[str, int] = {}
     if state and state.get("url") == f"{parts.scheme}://{parts.netloc}":
-        pids = {p["name"]: p["pid"] for p in state["processes"]}
+        pids = {p["name"]: p["pid"] for p in state["processes"] if p["pid"] is not None}
     replicas = sorted(n for n in pids if n not in ("redis", "haproxy")) or ["d1", "d2", "d3"]
     return ClusterTarget(
-        name="ours", ws_url=f"ws://{parts.netloc}/ws/", origin=f"{parts.scheme}://{parts.netloc}",
+        name="ours",
+        ws_url=f"ws://{parts.netloc}/ws/",
+        origin=f"{parts.scheme}://{parts.netloc}",
         sessions=json.loads(out.getvalue()),
         replica_pids={n: p for n, p in pids.items() if n in replicas},
         other_pids={n: p for n, p in pids.items() if n in ("redis", "haproxy")},
-        base_url=f"{parts.scheme}://{parts.netloc}", token=token, replica_names=replicas,
-    )  # type: ignore[arg-type]  # fmt: skip
+        base_url=f"{parts.scheme}://{parts.netloc}",
+        token=token,
+        replica_names=replicas,
+    )
 
 
 # --- the raw websockets ceiling -------------------------------------------------------------------
@@ -244,18 +265,27 @@ def start_limit(*, clients: int, var_dir: Path) -> LimitTarget:
     var_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     process = ManagedProcess(
-        name="limit", argv=[sys.executable, "-m", "realtime.bench.limit", "--port", str(port)],
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(BASE_DIR)}, log_path=var_dir / "limit.log",
+        name="limit",
+        argv=[sys.executable, "-m", "realtime.bench.limit", "--port", str(port)],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(BASE_DIR)},
+        log_path=var_dir / "limit.log",
         port=port,
-    )  # fmt: skip
+    )
     process.start()
     wait_until(lambda: not port_is_free(port), timeout=30, what="the limit server's port")
     assert process.pid is not None
     return LimitTarget(
-        name="limit", ws_url=f"ws://127.0.0.1:{port}/", origin=f"http://127.0.0.1:{port}",
-        sessions={f"raw{i}": "" for i in range(clients)}, replica_pids={"limit": process.pid},
-        resumable=False, can_push=False, can_batch=False, process=process, port=port,
-    )  # fmt: skip
+        name="limit",
+        ws_url=f"ws://127.0.0.1:{port}/",
+        origin=f"http://127.0.0.1:{port}",
+        sessions={f"raw{i}": "" for i in range(clients)},
+        replica_pids={"limit": process.pid},
+        resumable=False,
+        can_push=False,
+        can_batch=False,
+        process=process,
+        port=port,
+    )
 
 
 class LimitPublisher(Publisher):

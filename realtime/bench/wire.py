@@ -46,7 +46,9 @@ def mask_frame(opcode: int, payload: bytes) -> bytes:
     if not length:
         return header + key
     stream = (key * (length // 4 + 1))[:length]
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(length, "big")
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(
+        length, "big"
+    )
     return header + key + masked
 
 
@@ -87,7 +89,9 @@ class WsProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.opened.done():
-            self.opened.set_exception(HandshakeError(0, f"connection lost before the upgrade: {exc!r}"))
+            self.opened.set_exception(
+                HandshakeError(0, f"connection lost before the upgrade: {exc!r}")
+            )
             self.opened.exception()  # a caller that gave up waiting must not leave it unretrieved
         if not self.closed.done():
             self.closed.set_result(self.close_code or 1006)
@@ -194,9 +198,13 @@ class WsProtocol(asyncio.Protocol):
 
 
 async def ws_connect(
-    url: str, *, cookie: str = "", origin: str | None = None, on_messages: OnMessages,
+    url: str,
+    *,
+    cookie: str = "",
+    origin: str | None = None,
+    on_messages: OnMessages,
     timeout: float = 10.0,
-) -> tuple[WsProtocol, dict[str, list[str]]]:  # fmt: skip
+) -> tuple[WsProtocol, dict[str, list[str]]]:
     """Open `url` (ws://host:port/path?query) and return the protocol and the 101's headers."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -250,7 +258,11 @@ class HttpConnection:
         if self.writer is None or self.writer.is_closing():
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.netloc}", f"Content-Length: {len(body)}"]
+        lines = [
+            f"{method} {path} HTTP/1.1",
+            f"Host: {self.netloc}",
+            f"Content-Length: {len(body)}",
+        ]
         lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
         self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
         try:
@@ -275,7 +287,7 @@ class HttpConnection:
 
     async def _read_chunked(self) -> bytes:
         assert self.reader is not None
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             size = int((await self.reader.readline()).split(b";")[0], 16)
             chunk = await self.reader.readexactly(size + 2)

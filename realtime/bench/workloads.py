@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from realtime.bench.clients import ClientPool, wait_until
 from realtime.bench.procstat import CpuWindow, rss_bytes
 from realtime.bench.report import Progress, Result, percentiles
-from realtime.bench.targets import PublishError, Publisher, Target
+from realtime.bench.targets import Publisher, PublishError, Target
 
 # How long deliveries may trail the last publish before the rest count as lost.
 SETTLE_SECS = 30.0
@@ -40,14 +40,31 @@ class Context:
         window.start()
         return window
 
-    def result(self, workload: str, messages: int, seconds: float, rate: float, unit: str,
-               cpu: dict[str, float], **kwargs: object) -> Result:  # fmt: skip
+    def result(
+        self,
+        workload: str,
+        messages: int,
+        seconds: float,
+        rate: float,
+        unit: str,
+        cpu: dict[str, float],
+        **kwargs: object,
+    ) -> Result:
         p50, p99, top = percentiles(self.pool.latencies)
         return Result(
-            target=self.target.name, workload=workload, clients=len(self.pool.clients),
-            messages=messages, seconds=round(seconds, 3), rate=round(rate, 1), rate_unit=unit,
-            p50_ms=p50, p99_ms=p99, max_ms=top, cpu_secs=cpu, **kwargs,  # type: ignore[arg-type]
-        )  # fmt: skip
+            target=self.target.name,
+            workload=workload,
+            clients=len(self.pool.clients),
+            messages=messages,
+            seconds=round(seconds, 3),
+            rate=round(rate, 1),
+            rate_unit=unit,
+            p50_ms=p50,
+            p99_ms=p99,
+            max_ms=top,
+            cpu_secs=cpu,
+            **kwargs,  # type: ignore[arg-type]
+        )
 
 
 Published = list[tuple[str, int]]  # (stream, seq) of each message one call published
@@ -112,7 +129,9 @@ async def connect(ctx: Context, *, concurrency: int) -> Result:
         opened = next(done)
 
     started = time.monotonic()
-    async with ctx.progress.ticking(lambda: f"W3 {target.name}: {opened}/{len(pool.clients)} connected"):
+    async with ctx.progress.ticking(
+        lambda: f"W3 {target.name}: {opened}/{len(pool.clients)} connected"
+    ):
         failures = await pool.connect_all(concurrency=concurrency, progress=tick)
     seconds = time.monotonic() - started
     used = cpu.stop()
@@ -125,20 +144,36 @@ async def connect(ctx: Context, *, concurrency: int) -> Result:
     connected = len(pool.connected())
     worst = max(kib_per_conn.values()) if kib_per_conn else None
     return ctx.result(
-        "W3", 0, seconds, connected / seconds, "conn/s", used,
-        extra={"connected": connected, "failed": len(failures), "max_kib_per_conn": worst,
-               "kib_per_conn": kib_per_conn, "per_replica": per_replica,
-               "failures": failures[:5]},
-    )  # fmt: skip
+        "W3",
+        0,
+        seconds,
+        connected / seconds,
+        "conn/s",
+        used,
+        extra={
+            "connected": connected,
+            "failed": len(failures),
+            "max_kib_per_conn": worst,
+            "kib_per_conn": kib_per_conn,
+            "per_replica": per_replica,
+            "failures": failures[:5],
+        },
+    )
 
 
 # --- W1 and W2 ---------------------------------------------------------------------------------
 
 
 async def _measure(
-    ctx: Context, workload: str, messages: int, unit: str, calls: int,
-    publish: Callable[[int], Awaitable[Published]], publisher: Publisher, **extra: object,
-) -> Result:  # fmt: skip
+    ctx: Context,
+    workload: str,
+    messages: int,
+    unit: str,
+    calls: int,
+    publish: Callable[[int], Awaitable[Published]],
+    publisher: Publisher,
+    **extra: object,
+) -> Result:
     pool = ctx.pool
     pool.reset_counters()
     writes_before = await ctx.target.write_counts()
@@ -152,7 +187,13 @@ async def _measure(
         return answer
 
     started_ms = time.time() * 1000
-    status = lambda: f"{workload} {ctx.target.name}: published {published}/{messages}, delivered {pool.delivered}"  # noqa: E731
+
+    def status() -> str:
+        return (
+            f"{workload} {ctx.target.name}: "
+            f"published {published}/{messages}, delivered {pool.delivered}"
+        )
+
     async with ctx.progress.ticking(status):
         try:
             seqs, errors = await publish_many(calls, ctx.concurrency, counted)
@@ -176,12 +217,26 @@ async def _measure(
     deliveries = pool.delivered
     rate = (deliveries if unit == "dlv/s" else sent) / seconds if seconds else 0.0
     return ctx.result(
-        workload, messages, seconds, rate, unit, used, deliveries=deliveries,
-        expected=_expected(pool, ranges), lost=lost, dup=dup, reorder=reorder,
-        extra={"published": sent, "publish_errors": len(errors), "publish_per_sec":
-               round(sent / (publish_secs / 1000), 1) if publish_secs else None,
-               "settled": settled, "errors": errors[:3], **extra},
-    )  # fmt: skip
+        workload,
+        messages,
+        seconds,
+        rate,
+        unit,
+        used,
+        deliveries=deliveries,
+        expected=_expected(pool, ranges),
+        lost=lost,
+        dup=dup,
+        reorder=reorder,
+        extra={
+            "published": sent,
+            "publish_errors": len(errors),
+            "publish_per_sec": round(sent / (publish_secs / 1000), 1) if publish_secs else None,
+            "settled": settled,
+            "errors": errors[:3],
+            **extra,
+        },
+    )
 
 
 def _expected(pool: ClientPool, ranges: dict[str, tuple[int, int]]) -> int:
@@ -282,7 +337,10 @@ async def storm(ctx: Context, *, timeout: float = 60.0) -> Result:
 
     pool.reconnect_on_drop = True
     publishing = asyncio.get_running_loop().create_task(publish_steadily())
-    back = lambda: sum(1 for c in dropped if c.ready.is_set() and c.reconnects)  # noqa: E731
+
+    def back() -> int:
+        return sum(1 for c in dropped if c.ready.is_set() and c.reconnects)
+
     try:
         await asyncio.sleep(1.0)  # some traffic before the kill, to see it continue across
         killed_ms = time.time() * 1000
@@ -310,15 +368,27 @@ async def storm(ctx: Context, *, timeout: float = 60.0) -> Result:
         if client.reconnects:
             new_homes.setdefault(client.replica or "?", []).append(client.ready_at)
     result = ctx.result(
-        "W4", len(seqs), (time.time() * 1000 - killed_ms) / 1000,
-        len(dropped) / resume_secs if resume_secs else 0.0, "resume/s", used,
-        deliveries=pool.delivered, expected=_expected(pool, ranges),
-        lost=lost, dup=dup, reorder=reorder,
-        extra={"killed": victim, "dropped": len(dropped), "back": back(),
-               "resume_secs": round(resume_secs, 2) if resume_secs is not None else None,
-               "peak_conn_per_sec": {name: peak_rate(t) for name, t in new_homes.items()},
-               "unrecovered": pool.unrecovered, "publish_errors": len(errors),
-               "settled": settled},
-    )  # fmt: skip
+        "W4",
+        len(seqs),
+        (time.time() * 1000 - killed_ms) / 1000,
+        len(dropped) / resume_secs if resume_secs else 0.0,
+        "resume/s",
+        used,
+        deliveries=pool.delivered,
+        expected=_expected(pool, ranges),
+        lost=lost,
+        dup=dup,
+        reorder=reorder,
+        extra={
+            "killed": victim,
+            "dropped": len(dropped),
+            "back": back(),
+            "resume_secs": round(resume_secs, 2) if resume_secs is not None else None,
+            "peak_conn_per_sec": {name: peak_rate(t) for name, t in new_homes.items()},
+            "unrecovered": pool.unrecovered,
+            "publish_errors": len(errors),
+            "settled": settled,
+        },
+    )
     target.cluster.start_replica(victim)
     return result

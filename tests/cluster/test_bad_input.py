@@ -10,7 +10,9 @@ from tests.cluster.helpers import api_post, sessions_for, socket_for
 from tests.support.clients import WsClient, origin_of
 
 
-async def test_garbage_frames_get_errors_and_the_bystander_keeps_receiving(cluster: Cluster) -> None:
+async def test_garbage_frames_get_errors_and_the_bystander_keeps_receiving(
+    cluster: Cluster,
+) -> None:
     users = sessions_for(cluster, 2, "garbage")
     rogue = await socket_for(cluster, users["garbage0"], replica="d2")
     bystander = await socket_for(cluster, users["garbage1"], replica="d2")
@@ -32,9 +34,14 @@ async def test_garbage_frames_get_errors_and_the_bystander_keeps_receiving(clust
     await push_to_bystander(1)
     errors = await rogue.wait_type("error", count=7)
     assert [e["code"] for e in errors] == [
-        "bad_json", "binary_not_supported", "unknown_type", "bad_frame", "missing_type",
-        "frame_too_large", "bad_id",
-    ]  # fmt: skip
+        "bad_json",
+        "binary_not_supported",
+        "unknown_type",
+        "bad_frame",
+        "missing_type",
+        "frame_too_large",
+        "bad_id",
+    ]
     assert all(e["message"] for e in errors)
 
     # The connection still works after the errors.

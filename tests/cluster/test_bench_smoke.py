@@ -13,10 +13,19 @@ CLIENTS, MESSAGES = 30, 50
 
 def test_bench_reports_every_delivery_once_and_in_order(healthy_cluster: Cluster) -> None:
     result = manage(
-        healthy_cluster, "bench", "--url", healthy_cluster.url, "--cluster-dir",
-        str(healthy_cluster.run_dir), "--clients", str(CLIENTS), "--messages", str(MESSAGES),
-        "--workloads", "W1,W2",
-    )  # fmt: skip
+        healthy_cluster,
+        "bench",
+        "--url",
+        healthy_cluster.url,
+        "--cluster-dir",
+        str(healthy_cluster.run_dir),
+        "--clients",
+        str(CLIENTS),
+        "--messages",
+        str(MESSAGES),
+        "--workloads",
+        "W1,W2",
+    )
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     by_workload = {line["workload"]: line for line in lines}
     assert sorted(by_workload) == ["W1", "W2"], result.stdout

@@ -24,9 +24,12 @@ async def test_push_reaches_user_on_other_replica(cluster: Cluster) -> None:
     ws = await socket_for(cluster, users["cross0"], replica="d1")
     assert ws.hello["replica"] == "d1"
     answer = await asyncio.to_thread(
-        api_post, cluster, "/api/push",
-        {"user": "cross0", "payload": {"marker": "cross", "n": 1}}, replica="d2",
-    )  # fmt: skip
+        api_post,
+        cluster,
+        "/api/push",
+        {"user": "cross0", "payload": {"marker": "cross", "n": 1}},
+        replica="d2",
+    )
     assert answer.status_code == 200, answer.text
     assert answer.json()["replica"] == "d2"
     assert answer.headers["X-Replica"] == "d2"
@@ -75,11 +78,16 @@ async def test_user_never_receives_another_users_push(cluster: Cluster) -> None:
     alice = await socket_for(cluster, users["private0"], replica="d3")
     bob = await socket_for(cluster, users["private1"], replica="d3")
     for n in range(20):
-        response = api_post(cluster, "/api/push", {"user": "private1", "payload": {"marker": "b", "n": n}})
+        response = api_post(
+            cluster, "/api/push", {"user": "private1", "payload": {"marker": "b", "n": n}}
+        )
         assert response.status_code == 200
     # Published after bob's 20, on the same replica's subscription: when alice has it,
     # anything of bob's that could have leaked to her has arrived too.
-    assert api_post(cluster, "/api/push", {"user": "private0", "payload": {"marker": "a"}}).status_code == 200
+    assert (
+        api_post(cluster, "/api/push", {"user": "private0", "payload": {"marker": "a"}}).status_code
+        == 200
+    )
     await bob.wait_for(lambda _: len(pushes(bob, "b")) == 20, what="bob's 20 pushes")
     await alice.wait_for(lambda _: pushes(alice, "a"), what="alice's own push")
     assert [f["payload"] for f in alice.of_type("push")] == [{"marker": "a"}]
@@ -95,7 +103,11 @@ async def test_burst_of_2000_pushes_to_200_users_loses_and_duplicates_nothing(
     users = sessions_for(cluster, 200, "burst")
     names = sorted(users)
     sockets = dict(
-        zip(names, await asyncio.gather(*(socket_for(cluster, users[n]) for n in names)), strict=True)
+        zip(
+            names,
+            await asyncio.gather(*(socket_for(cluster, users[n]) for n in names)),
+            strict=True,
+        )
     )
     spread = Counter(ws.hello["replica"] for ws in sockets.values())
     assert set(spread) == set(cluster.replica_names), spread
@@ -112,9 +124,11 @@ async def test_burst_of_2000_pushes_to_200_users_loses_and_duplicates_nothing(
     async def sender() -> None:
         # No SERVERID cookie and fresh connections: pushes land on random replicas.
         async with httpx.AsyncClient(
-            base_url=cluster.url, headers={"Authorization": f"Bearer {token}"}, timeout=30,
+            base_url=cluster.url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
             limits=httpx.Limits(max_keepalive_connections=0),
-        ) as client:  # fmt: skip
+        ) as client:
             while not queue.empty():
                 n = queue.get_nowait()
                 body = {"user": names[n % 200], "payload": {"marker": "burst", "n": n}}

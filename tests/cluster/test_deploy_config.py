@@ -135,9 +135,12 @@ def test_haproxy_cfg_is_valid_with_the_compose_environment() -> None:
     require_binaries("haproxy")
     env = haproxy_env(SB_ADMIN_SOCKET="/tmp/sb-config-check.sock")
     result = subprocess.run(
-        ["haproxy", "-c", "-f", str(BASE_DIR / "haproxy.cfg")], env=env, capture_output=True,
-        text=True, timeout=30,
-    )  # fmt: skip
+        ["haproxy", "-c", "-f", str(BASE_DIR / "haproxy.cfg")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Configuration file is valid" in result.stdout
 
@@ -154,9 +157,12 @@ def test_replicas_read_the_stats_page_with_compose_credentials_and_others_are_re
         SB_ADMIN_SOCKET=f"{socket_dir}/admin.sock",
     )
     haproxy = ManagedProcess(
-        name="haproxy", argv=["haproxy", "-db", "-f", str(BASE_DIR / "haproxy.cfg")], env=env,
-        log_path=tmp_path / "haproxy.log", port=stats_port,
-    )  # fmt: skip
+        name="haproxy",
+        argv=["haproxy", "-db", "-f", str(BASE_DIR / "haproxy.cfg")],
+        env=env,
+        log_path=tmp_path / "haproxy.log",
+        port=stats_port,
+    )
     # What a replica is given, pointed at this HAProxy; settings split it the same way.
     given = urlsplit(compose()["services"]["d1"]["environment"]["HAPROXY_STATS_URL"])
     url = f"http://127.0.0.1:{stats_port}/"

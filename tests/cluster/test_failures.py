@@ -90,8 +90,10 @@ async def test_killed_replica_is_marked_down_and_its_clients_come_back_elsewhere
     assert await ws.wait_closed(timeout=10) is not None
 
     # The stale cookie still says d2: HAProxy redispatches to a live replica and re-issues it.
-    with httpx.Client() as client:
-        response = client.get(f"{cluster.url}/api/whoami", headers={"Cookie": f"SERVERID={victim}"})
+    async with httpx.AsyncClient() as client:
+        response = await client.get(
+            f"{cluster.url}/api/whoami", headers={"Cookie": f"SERVERID={victim}"}
+        )
         assert response.headers["X-Replica"] != victim
         assert response.cookies["SERVERID"] == response.headers["X-Replica"]
     again = await socket_for(cluster, users["survivor0"], replica=victim)

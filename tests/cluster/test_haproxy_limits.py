@@ -53,9 +53,11 @@ def all_servers_up(admin_socket: str, count: int) -> bool:
     up = [
         row
         for row in rows
-        if row.get("pxname") == "replicas" and row.get("svname", "").startswith("d")
-        and row.get("status") == "UP" and row.get("check_status") == "L7OK"
-    ]  # fmt: skip
+        if row.get("pxname") == "replicas"
+        and row.get("svname", "").startswith("d")
+        and row.get("status") == "UP"
+        and row.get("check_status") == "L7OK"
+    ]
     return len(up) == count
 
 
@@ -182,8 +184,11 @@ def test_haproxy_cfg_is_valid_with_and_without_a_stats_password(password: str | 
     if password is not None:
         env["SB_STATS_PASSWORD"] = password
     result = subprocess.run(
-        ["haproxy", "-c", "-f", str(HAPROXY_CFG)], env=env, capture_output=True, text=True,
+        ["haproxy", "-c", "-f", str(HAPROXY_CFG)],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=30,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Configuration file is valid" in result.stdout

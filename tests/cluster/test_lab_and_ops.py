@@ -97,8 +97,10 @@ async def test_way4_reaches_the_socket_whichever_replica_took_the_request(
         await ws.wait_type("push", count=3)
         pushes = [f for f in ws.of_type("push") if f["payload"].get("lab") == 4]
         assert [(f["origin"], f["payload"]["text"]) for f in pushes] == [
-            ("d1", "via d1"), ("d2", "via d2"), ("d3", "via d3"),
-        ]  # fmt: skip
+            ("d1", "via d1"),
+            ("d2", "via d2"),
+            ("d3", "via d3"),
+        ]
     finally:
         await ws.close()
         alice.close()
@@ -172,8 +174,10 @@ async def test_ops_stream_refuses_non_staff_and_feeds_staff_reports_from_every_r
         report = admin_ws.of_type("ops")[-1]["payload"]
         assert report["redis"]["reachable"] is True
         assert {name: view["status"] for name, view in report["haproxy"].items()} == {
-            "d1": "UP", "d2": "UP", "d3": "UP",
-        }  # fmt: skip
+            "d1": "UP",
+            "d2": "UP",
+            "d3": "UP",
+        }
         await barrier(alice_ws, "after-ops")
         assert alice_ws.of_type("ops") == [] and alice_url_ws.of_type("ops") == []
     finally:

@@ -31,7 +31,7 @@ async def test_batch_reaches_each_user_in_the_order_given(healthy_cluster: Clust
 
 async def test_batch_with_an_unknown_user_sends_nothing(healthy_cluster: Cluster) -> None:
     sessions = sessions_for(healthy_cluster, 1, "batchnone")
-    (name, key), = sessions.items()
+    ((name, key),) = sessions.items()
     ws = await socket_for(healthy_cluster, key)
     messages = [{"user": name, "payload": 1}, {"user": "nobody-at-all", "payload": 2}]
 

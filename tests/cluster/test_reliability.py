@@ -72,8 +72,11 @@ async def test_fault_harness_redis_restart_starts_new_epochs_and_delivers_all_af
         assert report.received == report.expected_deliveries
         # Every client was told that the broadcast and room streams it held lost their epoch.
         for client in harness.clients:
-            lost = {e["stream"] for e in client.events
-                    if e["type"] == "resumed" and e["recovered"] is False and e["reason"] == "epoch"}  # fmt: skip
+            lost = {
+                e["stream"]
+                for e in client.events
+                if e["type"] == "resumed" and e["recovered"] is False and e["reason"] == "epoch"
+            }
             assert {"broadcast", *harness.room_streams} <= lost, client.events[-5:]
         # No socket had to reconnect: the replicas resubscribed by themselves.
         assert report.reconnects == 0
@@ -84,7 +87,12 @@ async def test_fault_harness_redis_restart_starts_new_epochs_and_delivers_all_af
 def room_with_writer_and_reader(cluster: Cluster, name: str) -> tuple[str, str, str]:
     """A new public room and two new users: (room stream, writer's session, reader's session)."""
     slug = f"{name}-{uuid.uuid4().hex[:6]}"
-    manage(cluster, "shell", "-c", f"from realtime.models import Room; Room.objects.create(slug='{slug}', title='{name}')")
+    manage(
+        cluster,
+        "shell",
+        "-c",
+        f"from realtime.models import Room; Room.objects.create(slug='{slug}', title='{name}')",
+    )
     writer_session, reader_session = sessions_for(cluster, 2, unique_prefix(name)).values()
     return f"room:{slug}", writer_session, reader_session
 
@@ -97,13 +105,17 @@ async def test_resent_publish_after_a_lost_ack_is_published_exactly_once(
     slug = stream.split(":", 1)[1]
     origin = origin_of(cluster.url)
     reader = await RealtimeClient(
-        cluster.ws_url, cookie=f"sessionid={reader_session}; SERVERID=d3", origin=origin,
+        cluster.ws_url,
+        cookie=f"sessionid={reader_session}; SERVERID=d3",
+        origin=origin,
         streams=[f"room:{slug}"],
-    ).start()  # fmt: skip
+    ).start()
     await reader.wait_for(lambda c: f"room:{slug}" in c.positions, what="the reader's subscription")
 
     # The first attempt: published on d1, but the socket dies before its ack is read.
-    first = await WsClient.open(cluster.ws_url, cookie=f"sessionid={writer_session}; SERVERID=d1", origin=origin)
+    first = await WsClient.open(
+        cluster.ws_url, cookie=f"sessionid={writer_session}; SERVERID=d1", origin=origin
+    )
     await first.wait_type("hello")
     frame = {"type": "publish", "id": "msg-1", "stream": f"room:{slug}", "payload": {"n": 1}}
     await first.send_json(frame)
@@ -134,7 +146,9 @@ async def test_outbox_resends_across_dropped_connections_and_each_message_lands_
         cluster.ws_url, cookie=f"sessionid={reader_session}", origin=origin, streams=[stream]
     ).start()
     await reader.wait_for(lambda c: stream in c.positions, what="the reader's subscription")
-    writer = await RealtimeClient(cluster.ws_url, cookie=f"sessionid={writer_session}", origin=origin).start()
+    writer = await RealtimeClient(
+        cluster.ws_url, cookie=f"sessionid={writer_session}", origin=origin
+    ).start()
     sends = [asyncio.create_task(writer.publish(stream, {"n": n}, id=f"m{n}")) for n in range(60)]
     for _ in range(3):  # drop the connection while sends and acks are in flight
         await writer.drop()

@@ -18,8 +18,12 @@ from tests.conftest import BASE_DIR, require_binaries
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "manage.py", "cluster", *args],
-        cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_detached_cluster_comes_up_reports_status_and_goes_down_completely(
@@ -28,7 +32,14 @@ def test_detached_cluster_comes_up_reports_status_and_goes_down_completely(
     require_binaries("redis-server", "haproxy")
     env = {**os.environ, "SWITCHBOARD_VAR_DIR": str(tmp_path), "SECRET_KEY": "runner-test-key"}
     port = free_port()
-    ports = ["--port", str(port), "--redis-port", str(free_port()), "--stats-port", str(free_port())]
+    ports = [
+        "--port",
+        str(port),
+        "--redis-port",
+        str(free_port()),
+        "--stats-port",
+        str(free_port()),
+    ]
     up = run(env, "up", "--detach", "--replicas", "2", *ports)
     try:
         assert up.returncode == 0, up.stdout + up.stderr

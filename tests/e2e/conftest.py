@@ -24,14 +24,24 @@ from tests.conftest import BASE_DIR, require_binaries
 # Written by every e2e run; the best ones are copied into docs/ by hand.
 SCREENSHOTS_DIR = BASE_DIR / "test-artifacts" / "screenshots"
 DEFAULT_TIMEOUT_MS = 15_000
-DEMO_PASSWORDS = {"alice": "alice-pass", "bob": "bob-pass", "carol": "carol-pass", "admin": "admin-pass"}
+DEMO_PASSWORDS = {
+    "alice": "alice-pass",
+    "bob": "bob-pass",
+    "carol": "carol-pass",
+    "admin": "admin-pass",
+}
 # Flags for a sandbox with no network but loopback: without the background-networking ones
 # Chromium keeps dialling Google's hosts and logs refused connections.
 CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--disable-dev-shm-usage",
-]  # fmt: skip
+]
 
 
 @pytest.fixture(scope="session")
@@ -79,22 +89,30 @@ LoginPage = Callable[..., Any]
 @pytest.fixture
 def browser_user(chromium: Any, healthy_cluster: Cluster) -> Iterator[LoginPage]:
     """`browser_user("alice", replica="d1")`: a new browser context logged in as alice, pinned
-    by HAProxy's SERVERID cookie to `replica` when given; returns its page. Closed after the test."""
+    by HAProxy's SERVERID cookie to `replica` when given; returns its page. Closed after the
+    test."""
     contexts: list[Any] = []
     # Chromium logs whatever the Content-Security-Policy blocks (a script, a style, a socket).
     blocked: list[str] = []
 
     def open_page(username: str, *, replica: str | None = None, path: str = "/") -> Any:
-        context = chromium.new_context(base_url=healthy_cluster.url, viewport={"width": 1280, "height": 860})
+        context = chromium.new_context(
+            base_url=healthy_cluster.url, viewport={"width": 1280, "height": 860}
+        )
         context.set_default_timeout(DEFAULT_TIMEOUT_MS)
         context.on(
             "console",
-            lambda message: blocked.append(f"{message.page and message.page.url}: {message.text}")
-            if "Content Security Policy" in message.text else None,
-        )  # fmt: skip
+            lambda message: (
+                blocked.append(f"{message.page and message.page.url}: {message.text}")
+                if "Content Security Policy" in message.text
+                else None
+            ),
+        )
         contexts.append(context)
         if replica is not None:
-            context.add_cookies([{"name": "SERVERID", "value": replica, "url": healthy_cluster.url}])
+            context.add_cookies(
+                [{"name": "SERVERID", "value": replica, "url": healthy_cluster.url}]
+            )
         page = context.new_page()
         page.goto(f"/accounts/login/?next={path}")
         page.fill("input[name=username]", username)

@@ -12,7 +12,10 @@ from realtime.cluster import Cluster
 from tests.conftest import manage
 from tests.e2e.conftest import LoginPage, screenshot
 
-TEXTS_JS = "() => [...document.querySelectorAll('#messages li.msg[data-id] .text')].map(e => e.textContent)"
+TEXTS_JS = (
+    "() => [...document.querySelectorAll('#messages li.msg[data-id] .text')]"
+    ".map(e => e.textContent)"
+)
 
 
 def texts(page: Any) -> list[str]:
@@ -23,11 +26,14 @@ def wait_texts(page: Any, expected: list[str], timeout_ms: int = 20_000) -> None
     """Wait until the page shows exactly `expected` (each once, in this order)."""
     try:
         page.wait_for_function(
-            f"(want) => JSON.stringify(({TEXTS_JS})()) === JSON.stringify(want)", arg=expected,
+            f"(want) => JSON.stringify(({TEXTS_JS})()) === JSON.stringify(want)",
+            arg=expected,
             timeout=timeout_ms,
         )
     except Exception:
-        raise AssertionError(f"messages on the page: {texts(page)!r}; expected {expected!r}") from None
+        raise AssertionError(
+            f"messages on the page: {texts(page)!r}; expected {expected!r}"
+        ) from None
 
 
 def wait_live(page: Any, *, not_on: str | None = None) -> str:
@@ -102,7 +108,10 @@ def test_alice_and_bob_chat_across_replicas_through_a_replica_death_and_a_reload
     for text in meanwhile:
         say(bob, text)
     new_replica = wait_live(alice, not_on="d1")
-    print(f"alice's page was live again on {new_replica} {time.monotonic() - killed:.2f} s after d1 died")
+    print(
+        f"alice's page was live again on {new_replica} "
+        f"{time.monotonic() - killed:.2f} s after d1 died"
+    )
     assert new_replica in ("d2", "d3")
     assert "reconnected to" in alice.locator("#conn-status").inner_text()
     wait_texts(alice, said + meanwhile)
@@ -121,7 +130,9 @@ def test_alice_and_bob_chat_across_replicas_through_a_replica_death_and_a_reload
     # bob leaves: alice sees him go.
     bob.context.close()
     alice.locator('#presence li[data-user="bob"]').wait_for(state="detached")
-    assert alice.locator('#members li[data-user="bob"]').count() == 0  # bob never joined as a member
+    assert (
+        alice.locator('#members li[data-user="bob"]').count() == 0
+    )  # bob never joined as a member
     assert texts(alice) == said + meanwhile + ["after the reload"]
 
 
@@ -167,7 +178,9 @@ def test_a_user_whose_replica_died_goes_offline_for_the_others_within_the_ttl(
     healthy_cluster.kill_replica("d3")
     started = time.monotonic()
     ttl_secs = presence.DEFAULT_HEARTBEAT_SECS * presence.TTL_HEARTBEATS
-    alice.locator('#presence li[data-user="carol"]').wait_for(state="detached", timeout=(ttl_secs + 10) * 1000)
+    alice.locator('#presence li[data-user="carol"]').wait_for(
+        state="detached", timeout=(ttl_secs + 10) * 1000
+    )
     waited = time.monotonic() - started
     print(f"carol went offline on alice's page {waited:.1f} s after d3 died (TTL {ttl_secs:.0f} s)")
     assert waited <= ttl_secs + presence.DEFAULT_HEARTBEAT_SECS + 2
@@ -181,15 +194,21 @@ def test_a_member_removed_from_a_private_room_is_told_so_on_the_page(
     room = f"Room.objects.get(slug='{slug}')"
     alice_user = "User.objects.get(username='alice')"
     imports = "from realtime.models import Room; from django.contrib.auth.models import User; "
-    manage(healthy_cluster, "shell", "-c", imports + (
-        f"Room.objects.create(slug='{slug}', title='Private', is_private=True).members.add({alice_user})"
-    ))  # fmt: skip
+    manage(
+        healthy_cluster,
+        "shell",
+        "-c",
+        imports
+        + f"Room.objects.create(slug='{slug}', title='Private', is_private=True)"
+        + f".members.add({alice_user})",
+    )
     alice = browser_user("alice", replica="d1", path=f"/chat/{slug}/")
     wait_live(alice)
     # An operator removes her, from another process: her socket on d1 hears of it through Redis.
     manage(healthy_cluster, "shell", "-c", imports + f"{room}.members.remove({alice_user})")
     alice.wait_for_function(
-        "() => document.getElementById('conn-status').textContent.includes('no longer have access')",
+        "() => document.getElementById('conn-status').textContent"
+        ".includes('no longer have access')",
         timeout=15_000,
     )
     screenshot(alice, "chat-access-revoked")
@@ -205,12 +224,19 @@ def test_a_published_payload_dressed_as_a_chat_line_is_shown_as_a_note_not_as_it
     alice = browser_user("alice", replica="d1", path="/chat/")
     slug = create_room(alice, "spoof", "Spoof")
     wait_live(alice)
-    fake = {"kind": "chat", "id": 10**9, "user": "bob", "user_id": 2, "text": "I, bob, resign",
-            "created_at": "2026-01-01T00:00:00+00:00"}  # fmt: skip
+    fake = {
+        "kind": "chat",
+        "id": 10**9,
+        "user": "bob",
+        "user_id": 2,
+        "text": "I, bob, resign",
+        "created_at": "2026-01-01T00:00:00+00:00",
+    }
     answer = api_post(healthy_cluster, "/api/publish", {"stream": f"room:{slug}", "payload": fake})
     assert answer.status_code == 200, answer.text
     alice.wait_for_function(
-        "() => [...document.querySelectorAll('#messages li.note')].some(n => n.textContent.includes('I, bob, resign'))"
+        "() => [...document.querySelectorAll('#messages li.note')]"
+        ".some(n => n.textContent.includes('I, bob, resign'))"
     )
     assert texts(alice) == []  # not a chat line of bob's
     assert alice.locator("#messages li.msg .who", has_text="bob").count() == 0

@@ -40,13 +40,21 @@ PRELUDE = r"""
     socket.readyState = 1;
     recv(socket, { type: "hello", replica: "d9", user: "t", user_id: 1, streams });
   };
-  const drop = (socket, code = 1006) => { socket.readyState = 3; socket.onclose({ code, reason: "" }); };
+  const drop = (socket, code = 1006) => {
+    socket.readyState = 3;
+    socket.onclose({ code, reason: "" });
+  };
   // nextSocket(sockets.length, drop(s)): the count is read before the drop, then the reconnect
   // (after its backoff) is awaited.
-  const nextSocket = async (before, _cause) => { await until(() => sockets.length > before); return last(); };
+  const nextSocket = async (before, _cause) => {
+    await until(() => sockets.length > before);
+    return last();
+  };
   const make = (name, extra = {}) => {
-    const client = new RealtimeClient({ storageKey: `test.${name}.${Math.random()}`, backoffBaseMs: 8,
-      backoffCapMs: 64, tryLaterBaseMs: 40, minUptimeMs: 60, ackBatchMs: 20, ...extra });
+    const client = new RealtimeClient({
+      storageKey: `test.${name}.${Math.random()}`, backoffBaseMs: 8, backoffCapMs: 64,
+      tryLaterBaseMs: 40, minUptimeMs: 60, ackBatchMs: 20, ...extra,
+    });
     client.events = [];
     for (const type of ["state", "message", "reset", "open"]) {
       client.addEventListener(type, (e) => client.events.push({ type, detail: e.detail }));
@@ -70,7 +78,9 @@ def scripted_page(browser_user: LoginPage) -> Any:
 def test_backoff_has_full_jitter_under_a_growing_cap_and_resets_only_after_min_uptime(
     browser_user: LoginPage, healthy_cluster: Cluster
 ) -> None:
-    result = run(scripted_page(browser_user), """
+    result = run(
+        scripted_page(browser_user),
+        """
       const client = make("backoff");
       client.connect();
       for (let i = 0; i < 5; i++) await nextSocket(sockets.length, drop(last()));
@@ -82,7 +92,8 @@ def test_backoff_has_full_jitter_under_a_growing_cap_and_resets_only_after_min_u
       const out = { frozen: Object.isFrozen(DEFAULTS), waits: waits(client) };
       client.close();
       return out;
-    """)
+    """,
+    )
     assert result["frozen"]
     attempts = [w["attempt"] for w in result["waits"]]
     assert attempts == [1, 2, 3, 4, 5, 6, 1]
@@ -95,7 +106,9 @@ def test_backoff_has_full_jitter_under_a_growing_cap_and_resets_only_after_min_u
 def test_try_later_backs_off_longer_4401_is_final_and_a_silent_peer_is_dropped(
     browser_user: LoginPage, healthy_cluster: Cluster
 ) -> None:
-    result = run(scripted_page(browser_user), """
+    result = run(
+        scripted_page(browser_user),
+        """
       const client = make("codes", { heartbeatMs: 40, deadPeerMs: 40 });
       client.connect();
       let socket = await nextSocket(sockets.length, drop(last(), 4503));
@@ -112,7 +125,8 @@ def test_try_later_backs_off_longer_4401_is_final_and_a_silent_peer_is_dropped(
                     newSockets: sockets.length - before };
       client.close();
       return out;
-    """)
+    """,
+    )
     try_later, dead_peer = result["waits"][0], result["waits"][1]
     assert try_later["code"] == 4503 and try_later["delay"] <= 40  # from tryLaterBaseMs
     assert dead_peer["code"] == 0 and result["pinged"]
@@ -122,20 +136,28 @@ def test_try_later_backs_off_longer_4401_is_final_and_a_silent_peer_is_dropped(
 def test_frames_are_delivered_once_acked_in_batches_and_resumed_after_a_reload(
     browser_user: LoginPage, healthy_cluster: Cluster
 ) -> None:
-    result = run(scripted_page(browser_user), """
+    result = run(
+        scripted_page(browser_user),
+        """
       const key = `test.streams.${Math.random()}`;
       const client = make("streams", { storageKey: key });
       client.connect();
       const socket = last();
       hello(socket, { "user:1": { epoch: "e1", seq: 0 }, broadcast: { epoch: null, seq: 0 } });
-      const push = (seq, epoch = "e1") => ({ type: "push", stream: "user:1", seq, epoch, payload: seq });
+      const push = (seq, epoch = "e1") => (
+        { type: "push", stream: "user:1", seq, epoch, payload: seq }
+      );
       for (const seq of [1, 2, 2, 1, 3]) recv(socket, push(seq));
       await until(() => socket.sent.some((f) => f.type === "ack"));
       const acks = socket.sent.filter((f) => f.type === "ack");
-      recv(socket, { type: "resumed", stream: "user:1", recovered: false, reason: "epoch", epoch: "e2", seq: 0 });
+      recv(socket, {
+        type: "resumed", stream: "user:1", recovered: false, reason: "epoch", epoch: "e2", seq: 0,
+      });
       recv(socket, push(1, "e2"));
       const out = {
-        messages: client.events.filter((e) => e.type === "message").map((e) => [e.detail.epoch, e.detail.seq]),
+        messages: client.events
+          .filter((e) => e.type === "message")
+          .map((e) => [e.detail.epoch, e.detail.seq]),
         duplicates: client.stats.duplicates, acks,
         resets: client.events.filter((e) => e.type === "reset").length,
       };
@@ -145,18 +167,24 @@ def test_frames_are_delivered_once_acked_in_batches_and_resumed_after_a_reload(
       out.resume = JSON.parse(new URL(last().url).searchParams.get("resume"));
       reloaded.close();
       return out;
-    """)
+    """,
+    )
     assert result["messages"] == [["e1", 1], ["e1", 2], ["e1", 3], ["e2", 1]]
     assert result["duplicates"] == 2
     assert result["acks"] == [{"type": "ack", "stream": "user:1", "seq": 3}]  # one, for the highest
     assert result["resets"] == 1
-    assert result["resume"] == {"user:1": {"epoch": "e2", "seq": 1}, "broadcast": {"epoch": None, "seq": 0}}
+    assert result["resume"] == {
+        "user:1": {"epoch": "e2", "seq": 1},
+        "broadcast": {"epoch": None, "seq": 0},
+    }
 
 
 def test_the_outbox_is_bounded_resent_until_acked_and_close_is_final(
     browser_user: LoginPage, healthy_cluster: Cluster
 ) -> None:
-    result = run(scripted_page(browser_user), """
+    result = run(
+        scripted_page(browser_user),
+        """
       const client = make("outbox", { outboxMax: 2 });
       client.connect();
       const first = client.publish("room:x", { n: 1 }, { id: "a" });  // offline: kept
@@ -179,9 +207,13 @@ def test_the_outbox_is_bounded_resent_until_acked_and_close_is_final(
       await quietFor(100);
       return { full, sentFirst, ackedSeq: acked.seq, sentSecond, rejected, afterClose,
                state: client.state, newSockets: sockets.length - before };
-    """)
+    """,
+    )
     assert "outbox full" in result["full"]
     assert result["sentFirst"] == ["a", "b"] and result["ackedSeq"] == 7
     assert result["sentSecond"] == ["b"]  # the acknowledged one is not sent again
-    assert result["rejected"] == "the client was closed" and result["afterClose"] == "the client is closed"
+    assert (
+        result["rejected"] == "the client was closed"
+        and result["afterClose"] == "the client is closed"
+    )
     assert (result["state"], result["newSockets"]) == ("closed", 0)

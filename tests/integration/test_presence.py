@@ -1,4 +1,5 @@
-"""Presence against a real Redis: join/leave events, several devices, TTL expiry of a dead socket."""
+"""Presence against a real Redis: join/leave events, several devices, TTL expiry of a dead
+socket."""
 
 from __future__ import annotations
 
@@ -51,7 +52,12 @@ async def test_join_and_leave_are_announced_to_the_room(layer: StreamChannelLaye
     bob = await in_room(22, "bob", "hall")
     assert (await next_presence(alice, "alice21"))["event"] == "join"
     joined = await next_presence(alice, "bob22")
-    assert (joined["event"], joined["user"], joined["user_id"], joined["stream"]) == ("join", "bob22", 22, "room:hall")
+    assert (joined["event"], joined["user"], joined["user_id"], joined["stream"]) == (
+        "join",
+        "bob22",
+        22,
+        "room:hall",
+    )
     assert await presence.room_online(slug="hall") == [21, 22]
     statuses = await presence.user_statuses(user_ids=[21, 22, 23])
     assert statuses[22].online and not statuses[23].online and statuses[23].last_seen_ms is None
@@ -64,11 +70,15 @@ async def test_join_and_leave_are_announced_to_the_room(layer: StreamChannelLaye
     await alice.close()
 
 
-async def test_a_socket_resumed_into_several_rooms_is_present_in_each(layer: StreamChannelLayer) -> None:
+async def test_a_socket_resumed_into_several_rooms_is_present_in_each(
+    layer: StreamChannelLayer,
+) -> None:
     for slug in ("one", "two", "three"):
         await Room.objects.acreate(slug=slug, title=slug)
     positions = {f"room:{slug}": {"epoch": None, "seq": 0} for slug in ("one", "two", "three")}
-    socket, hello = await open_socket(a_user(71), "?ephemeral=1&resume=" + quote(json.dumps(positions)))
+    socket, hello = await open_socket(
+        a_user(71), "?ephemeral=1&resume=" + quote(json.dumps(positions))
+    )
     assert set(positions) <= set(hello["streams"])
     joined = [(await next_presence(socket, "alice71"))["stream"] for _ in range(3)]
     assert sorted(joined) == ["room:one", "room:three", "room:two"]
@@ -134,5 +144,7 @@ async def test_two_sweepers_announce_a_leave_once(layer: StreamChannelLayer) -> 
     for conn in ("a", "b"):
         await presence.room_enter(slug="porch", user_id=61, username="dave", conn=conn, ttl=1)
     later = presence.now_ms() + 50
-    results = await asyncio.gather(*(presence.room_sweep(slug="porch", now=later) for _ in range(4)))
+    results = await asyncio.gather(
+        *(presence.room_sweep(slug="porch", now=later) for _ in range(4))
+    )
     assert sorted(results) == [[], [], [], [61]]

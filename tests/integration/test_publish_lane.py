@@ -41,8 +41,15 @@ def fresh_token_cache() -> Iterator[None]:
     api._token_names.clear()
 
 
-async def call(app: Any, path: str, body: Any = None, *, method: str = "POST",
-               token: str | None = None, host: str = "127.0.0.1") -> dict[str, Any]:  # fmt: skip
+async def call(
+    app: Any,
+    path: str,
+    body: Any = None,
+    *,
+    method: str = "POST",
+    token: str | None = None,
+    host: str = "127.0.0.1",
+) -> dict[str, Any]:
     headers = [(b"host", host.encode())]
     if token is not None:
         headers.append((b"authorization", f"Bearer {token}".encode()))
@@ -92,17 +99,32 @@ async def test_the_lane_refuses_what_django_would_refuse(layer: StreamChannelLay
     too_big = b'{"payload": "' + b"x" * MAX_BODY_BYTES + b'"}'
     cases = [
         (await call(lane, "/api/broadcast", too_big, token=secret), 413, "body_too_large"),
-        (await call(lane, "/api/broadcast", {"payload": 1}, token=secret, host="evil.example"),
-         400, "bad_host"),
-        (await call(lane, "/api/broadcast", {"payload": 1}, token="sb_wrong"),
-         401, "invalid_token"),
-        (await call(lane, "/api/push", {"user": "nobody", "payload": 1}, token=secret),
-         404, "unknown_user"),
-        (await call(lane, "/api/publish", {"stream": "nope!", "payload": 1}, token=secret),
-         400, "bad_stream"),
-        (await call(lane, "/api/publish", {"stream": "ops", "payload": 1}, token=secret),
-         403, "forbidden_stream"),
-    ]  # fmt: skip
+        (
+            await call(lane, "/api/broadcast", {"payload": 1}, token=secret, host="evil.example"),
+            400,
+            "bad_host",
+        ),
+        (
+            await call(lane, "/api/broadcast", {"payload": 1}, token="sb_wrong"),
+            401,
+            "invalid_token",
+        ),
+        (
+            await call(lane, "/api/push", {"user": "nobody", "payload": 1}, token=secret),
+            404,
+            "unknown_user",
+        ),
+        (
+            await call(lane, "/api/publish", {"stream": "nope!", "payload": 1}, token=secret),
+            400,
+            "bad_stream",
+        ),
+        (
+            await call(lane, "/api/publish", {"stream": "ops", "payload": 1}, token=secret),
+            403,
+            "forbidden_stream",
+        ),
+    ]
     got = [(r["status"], json.loads(r["body"])["error"]) for r, _, _ in cases]
     assert got == [(status, code) for _, status, code in cases]
 

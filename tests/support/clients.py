@@ -125,7 +125,9 @@ class WsClient:
             except TimeoutError:
                 pass
 
-    async def wait_type(self, frame_type: str, *, count: int = 1, timeout: float = 10) -> list[Frame]:
+    async def wait_type(
+        self, frame_type: str, *, count: int = 1, timeout: float = 10
+    ) -> list[Frame]:
         await self.wait_for(
             lambda frames: len(self.of_type(frame_type)) >= count,
             timeout=timeout,

@@ -10,6 +10,7 @@ client holds, per stream, with what the publishers were told (stream, seq, epoch
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import time
@@ -26,7 +27,9 @@ from tests.conftest import manage
 from tests.support.clients import origin_of
 
 # Reconnects in a test should be quick, but still jittered and backed off.
-HARNESS_CLIENT_OPTIONS = ClientOptions(backoff_base_secs=0.1, backoff_cap_secs=2.0, min_uptime_secs=2.0)
+HARNESS_CLIENT_OPTIONS = ClientOptions(
+    backoff_base_secs=0.1, backoff_cap_secs=2.0, min_uptime_secs=2.0
+)
 
 
 @dataclass
@@ -78,25 +81,33 @@ class Harness:
         slugs = [stream.split(":", 1)[1] for stream in self.room_streams]
         code = (
             "from realtime.models import Room\n"
-            f"for slug in {slugs!r}: Room.objects.get_or_create(slug=slug, defaults={{'title': slug}})"
+            f"for slug in {slugs!r}:\n"
+            "    Room.objects.get_or_create(slug=slug, defaults={'title': slug})"
         )
         await asyncio.to_thread(manage, self.cluster, "shell", "-c", code)
-        sessions = await asyncio.to_thread(sessions_for, self.cluster, self.client_count, self.prefix)
+        sessions = await asyncio.to_thread(
+            sessions_for, self.cluster, self.client_count, self.prefix
+        )
         replicas = self.cluster.replica_names
         for index, session in enumerate(sessions.values()):
             cookie = f"sessionid={session}; SERVERID={replicas[index % len(replicas)]}"
             self.clients.append(
                 RealtimeClient(
-                    self.cluster.ws_url, cookie=cookie, origin=origin_of(self.cluster.url),
-                    streams=self.room_streams, options=HARNESS_CLIENT_OPTIONS,
+                    self.cluster.ws_url,
+                    cookie=cookie,
+                    origin=origin_of(self.cluster.url),
+                    streams=self.room_streams,
+                    options=HARNESS_CLIENT_OPTIONS,
                     rng=random.Random(index),
-                )  # fmt: skip
+                )
             )
         for batch in range(0, len(self.clients), 25):
             await asyncio.gather(*(c.start(timeout=30) for c in self.clients[batch : batch + 25]))
         wanted = 2 + len(self.room_streams)
         for client in self.clients:
-            await client.wait_for(lambda c: len(c.positions) == wanted, timeout=20, what="subscriptions")
+            await client.wait_for(
+                lambda c: len(c.positions) == wanted, timeout=20, what="subscriptions"
+            )
         self.user_streams = [f"user:{client.user_id}" for client in self.clients]
         self.start_positions = [
             {stream: (pos.epoch, pos.seq) for stream, pos in client.positions.items()}
@@ -126,9 +137,13 @@ class Harness:
         await asyncio.wait_for(self._publishing, timeout)
 
     async def publish_all(
-        self, targets: list[str], *, concurrency: int = 8, via_manage: int = 0,
+        self,
+        targets: list[str],
+        *,
+        concurrency: int = 8,
+        via_manage: int = 0,
         progress: Progress | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Publish one message per target through random replicas (and `via_manage` of them with
         `manage.py publish` in a process of its own), each retried until it is answered."""
         queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
@@ -181,9 +196,16 @@ class Harness:
 
     async def _publish_manage(self, stream: str, key: str) -> None:
         result = await asyncio.to_thread(
-            manage, self.cluster, "publish", "--stream", stream, "--idempotency-key", key,
-            "--json", json.dumps({"k": key}),
-        )  # fmt: skip
+            manage,
+            self.cluster,
+            "publish",
+            "--stream",
+            stream,
+            "--idempotency-key",
+            key,
+            "--json",
+            json.dumps({"k": key}),
+        )
         answer = json.loads(result.stdout)
         self.published[stream].add(answer["epoch"], answer["seq"], key)
 
@@ -215,9 +237,11 @@ class Harness:
 
         for index, client in enumerate(self.clients):
             await client.wait_for(
-                lambda c, i=index: caught_up(c, i), timeout=timeout,
-                what=f"client {index} to catch up with {[(s, heads.get(s)) for s in self.streams_of(index)]}",
-            )  # fmt: skip
+                lambda c, i=index: caught_up(c, i),
+                timeout=timeout,
+                what=f"client {index} to catch up with "
+                f"{[(s, heads.get(s)) for s in self.streams_of(index)]}",
+            )
 
     def verify(self, *, epochs: str = "one") -> Report:
         """Count, per client and stream, gaps, duplicates, reorders and payload mismatches in
@@ -236,7 +260,7 @@ class Harness:
                 received += len(seqs)
                 expected += head - first + 1
                 duplicates += len(seqs) - len(set(seqs))
-                reorders += sum(1 for a, b in zip(seqs, seqs[1:], strict=False) if b < a)
+                reorders += sum(1 for a, b in itertools.pairwise(seqs) if b < a)
                 gaps += len(set(range(first, head + 1)) - set(seqs))
                 for frame in frames:
                     key = self.published[stream].by_seq.get((epoch, int(frame["seq"])))
@@ -247,13 +271,16 @@ class Harness:
         return Report(
             clients=len(self.clients),
             published=sum(len(d.by_seq) for d in self.published.values()),
-            expected_deliveries=expected, received=received, gaps=gaps,
+            expected_deliveries=expected,
+            received=received,
+            gaps=gaps,
             duplicates=duplicates,
             duplicates_dropped=sum(c.stats.duplicates_dropped for c in self.clients),
-            reorders=reorders, mismatched=mismatched,
+            reorders=reorders,
+            mismatched=mismatched,
             resets=sum(c.stats.resets for c in self.clients),
             reconnects=sum(c.stats.connects - 1 for c in self.clients),
-        )  # fmt: skip
+        )
 
     async def close(self) -> None:
         if self._publishing is not None:
@@ -283,4 +310,3 @@ class Progress:
 
 def unique_prefix(name: str) -> str:
     return f"{name}{uuid.uuid4().hex[:6]}"
-

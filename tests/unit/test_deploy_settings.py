@@ -25,19 +25,30 @@ from tests.conftest import BASE_DIR
 
 # What the test process sets for itself (tests/settings.py), and what a shell may have set.
 INHERITED = (
-    "SECRET_KEY", "DATABASE_URL", "DEBUG", "SWITCHBOARD_TLS", "SWITCHBOARD_VAR_DIR",
-    "SESSION_COOKIE_SECURE", "SHOW_DEMO_LOGINS", "SECURE_HSTS_PRELOAD", "SECURE_HSTS_SECONDS",
+    "SECRET_KEY",
+    "DATABASE_URL",
+    "DEBUG",
+    "SWITCHBOARD_TLS",
+    "SWITCHBOARD_VAR_DIR",
+    "SESSION_COOKIE_SECURE",
+    "SHOW_DEMO_LOGINS",
+    "SECURE_HSTS_PRELOAD",
+    "SECURE_HSTS_SECONDS",
     "SECURE_HSTS_INCLUDE_SUBDOMAINS",
-)  # fmt: skip
+)
 
 
 def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k not in INHERITED}
     clean.update(DJANGO_SETTINGS_MODULE="project.settings", **env)
     return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=BASE_DIR, env=clean, capture_output=True,
-        text=True, timeout=60,
-    )  # fmt: skip
+        [sys.executable, "manage.py", *args],
+        cwd=BASE_DIR,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 PRINT_SETTINGS = (
@@ -49,9 +60,13 @@ PRINT_SETTINGS = (
 def settings_of(var_dir: Path, *names: str, **env: str) -> dict[str, object]:
     """The named settings as a replica started with `env` would have them (None: unset)."""
     result = manage(
-        "shell", "-c", PRINT_SETTINGS, SWITCHBOARD_VAR_DIR=str(var_dir), NAMES=" ".join(names),
+        "shell",
+        "-c",
+        PRINT_SETTINGS,
+        SWITCHBOARD_VAR_DIR=str(var_dir),
+        NAMES=" ".join(names),
         **env,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -80,10 +95,15 @@ def test_an_existing_var_dir_open_to_others_is_tightened(tmp_path: Path) -> None
 
 def test_the_tls_profile_passes_check_deploy_with_no_warnings(tmp_path: Path) -> None:
     result = manage(
-        "check", "--deploy", "--fail-level", "WARNING",
-        SWITCHBOARD_TLS="1", DEBUG="0", SECRET_KEY=secrets.token_urlsafe(50),
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        SWITCHBOARD_TLS="1",
+        DEBUG="0",
+        SECRET_KEY=secrets.token_urlsafe(50),
         SWITCHBOARD_VAR_DIR=str(tmp_path / "var"),
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues" in result.stdout
     assert "WARNINGS" not in result.stdout + result.stderr
@@ -93,10 +113,15 @@ def test_the_tls_profile_trusts_haproxys_proto_header_and_exempts_health_checks(
     tmp_path: Path,
 ) -> None:
     values = settings_of(
-        tmp_path / "var", "SECURE_PROXY_SSL_HEADER", "SECURE_SSL_REDIRECT",
-        "SECURE_REDIRECT_EXEMPT", "SECURE_HSTS_SECONDS", "SESSION_COOKIE_SECURE",
-        "CSRF_COOKIE_SECURE", SWITCHBOARD_TLS="1",
-    )  # fmt: skip
+        tmp_path / "var",
+        "SECURE_PROXY_SSL_HEADER",
+        "SECURE_SSL_REDIRECT",
+        "SECURE_REDIRECT_EXEMPT",
+        "SECURE_HSTS_SECONDS",
+        "SESSION_COOKIE_SECURE",
+        "CSRF_COOKIE_SECURE",
+        SWITCHBOARD_TLS="1",
+    )
     assert values == {
         "SECURE_PROXY_SSL_HEADER": ["HTTP_X_FORWARDED_PROTO", "https"],
         "SECURE_SSL_REDIRECT": True,
@@ -109,9 +134,13 @@ def test_the_tls_profile_trusts_haproxys_proto_header_and_exempts_health_checks(
 
 def test_without_the_profile_cookies_are_not_secure_so_plain_http_works(tmp_path: Path) -> None:
     values = settings_of(
-        tmp_path / "var", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE", "SECURE_SSL_REDIRECT",
-        "SECURE_PROXY_SSL_HEADER", "SHOW_DEMO_LOGINS",
-    )  # fmt: skip
+        tmp_path / "var",
+        "SESSION_COOKIE_SECURE",
+        "CSRF_COOKIE_SECURE",
+        "SECURE_SSL_REDIRECT",
+        "SECURE_PROXY_SSL_HEADER",
+        "SHOW_DEMO_LOGINS",
+    )
     assert values == {
         "SESSION_COOKIE_SECURE": False,
         "CSRF_COOKIE_SECURE": False,
@@ -150,9 +179,12 @@ def test_stats_url_credentials_are_split_off_into_a_setting_error_pages_hide(
     tmp_path: Path,
 ) -> None:
     values = settings_of(
-        tmp_path / "var", "HAPROXY_STATS_URL", "HAPROXY_STATS_USER", "HAPROXY_STATS_PASSWORD",
+        tmp_path / "var",
+        "HAPROXY_STATS_URL",
+        "HAPROXY_STATS_USER",
+        "HAPROXY_STATS_PASSWORD",
         HAPROXY_STATS_URL="http://stats:p%40ss%3Aw%2Frd@haproxy:8404/",
-    )  # fmt: skip
+    )
     assert values == {
         "HAPROXY_STATS_URL": "http://haproxy:8404/",
         "HAPROXY_STATS_USER": "stats",

@@ -37,9 +37,15 @@ def test_haproxy_csv_gives_each_replica_of_the_main_backend_as_an_operator_reads
 
 @pytest.mark.parametrize(
     ("raw", "shown"),
-    [("UP", "UP"), ("DRAIN", "draining"), ("NOLB", "draining"), ("MAINT (via x)", "maint"),
-     ("DOWN 1/2", "DOWN 1/2"), ("", "unknown")],
-)  # fmt: skip
+    [
+        ("UP", "UP"),
+        ("DRAIN", "draining"),
+        ("NOLB", "draining"),
+        ("MAINT (via x)", "maint"),
+        ("DOWN 1/2", "DOWN 1/2"),
+        ("", "unknown"),
+    ],
+)
 def test_display_status(raw: str, shown: str) -> None:
     assert display_status(raw) == shown
 

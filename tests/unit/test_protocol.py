@@ -51,9 +51,24 @@ def test_streams_map_to_groups(stream: str, group: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "stream", ["user:", "user:0", "user:01", "user:-1", "user:1x", "user:²", "room:", "room:Lobby",
-               "room:a b", "room:" + "a" * 51, "rooms:x", "broadcast:1", "", "user.1"],
-)  # fmt: skip
+    "stream",
+    [
+        "user:",
+        "user:0",
+        "user:01",
+        "user:-1",
+        "user:1x",
+        "user:²",
+        "room:",
+        "room:Lobby",
+        "room:a b",
+        "room:" + "a" * 51,
+        "rooms:x",
+        "broadcast:1",
+        "",
+        "user.1",
+    ],
+)
 def test_malformed_streams_are_refused(stream: str) -> None:
     with pytest.raises(groups.InvalidStreamName):
         groups.group_for_stream(stream)

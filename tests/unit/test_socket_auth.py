@@ -56,8 +56,13 @@ def app(settings: Settings, consumer: Consumer) -> SocketAuthMiddleware:
 
 
 async def handshake(
-    app: Any, *, url: str = "/ws/", origin: str | None = OURS, cookie: str | None = None,
-    host: str = HOST, extra: list[tuple[bytes, bytes]] | None = None,
+    app: Any,
+    *,
+    url: str = "/ws/",
+    origin: str | None = OURS,
+    cookie: str | None = None,
+    host: str = HOST,
+    extra: list[tuple[bytes, bytes]] | None = None,
 ) -> bool:
     """Whether the app accepts the socket (a close before accept is Daphne's HTTP 403)."""
     headers = [(b"host", host.encode()), *(extra or [])]

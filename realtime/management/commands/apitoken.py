@@ -25,7 +25,9 @@ class Command(BaseCommand):
         elif action == "list":
             for token in ApiToken.objects.all():
                 state = "active" if token.is_active else "revoked"
-                self.stdout.write(f"{token.name}\t{token.prefix}…\t{state}\t{token.created_at:%Y-%m-%d}")
+                self.stdout.write(
+                    f"{token.name}\t{token.prefix}…\t{state}\t{token.created_at:%Y-%m-%d}"
+                )
         else:
             updated = ApiToken.objects.filter(name=options["name"]).update(is_active=False)
             if not updated:

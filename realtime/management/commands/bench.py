@@ -33,31 +33,55 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--clients", type=int, default=1000, help="WebSocket clients (N).")
-        parser.add_argument("--messages", type=int, default=1000, help="Broadcasts in W1, pushes in W2 (M).")
+        parser.add_argument(
+            "--messages", type=int, default=1000, help="Broadcasts in W1, pushes in W2 (M)."
+        )
         parser.add_argument("--replicas", type=int, default=3)
-        parser.add_argument("--workloads", default="W1,W2,W3,W4", help="Comma-separated, of W1..W4.")
-        parser.add_argument("--concurrency", type=int, default=4, help="Publish requests in flight.")
         parser.add_argument(
-            "--push-batch", type=int, default=20,
+            "--workloads", default="W1,W2,W3,W4", help="Comma-separated, of W1..W4."
+        )
+        parser.add_argument(
+            "--concurrency", type=int, default=4, help="Publish requests in flight."
+        )
+        parser.add_argument(
+            "--push-batch",
+            type=int,
+            default=20,
             help="W2: pushes per request to POST /api/push/batch (1: one POST /api/push each).",
-        )  # fmt: skip
-        parser.add_argument("--connect-concurrency", type=int, default=100, help="Handshakes in flight.")
-        parser.add_argument("--url", help="Measure the cluster at this URL instead of starting one.")
+        )
         parser.add_argument(
-            "--cluster-dir", type=Path, default=settings.VAR_DIR / "cluster",
+            "--connect-concurrency", type=int, default=100, help="Handshakes in flight."
+        )
+        parser.add_argument(
+            "--url", help="Measure the cluster at this URL instead of starting one."
+        )
+        parser.add_argument(
+            "--cluster-dir",
+            type=Path,
+            default=settings.VAR_DIR / "cluster",
             help="With --url: the runner's run dir, whose cluster.json names the PIDs to measure.",
-        )  # fmt: skip
+        )
         parser.add_argument("--baseline", choices=["stock"], help="Also measure stock Channels.")
-        parser.add_argument("--limit", action="store_true", help="Also measure a raw websockets server.")
+        parser.add_argument(
+            "--limit", action="store_true", help="Also measure a raw websockets server."
+        )
         parser.add_argument("--var-dir", type=Path, default=settings.VAR_DIR / "bench")
 
     def handle(self, *args: Any, **options: Any) -> None:
         wanted = [w.strip().upper() for w in options["workloads"].split(",") if w.strip()]
         if unknown := set(wanted) - set(WORKLOADS):
-            raise CommandError(f"Unknown workload(s) {sorted(unknown)}; pick from {', '.join(WORKLOADS)}.")
+            raise CommandError(
+                f"Unknown workload(s) {sorted(unknown)}; pick from {', '.join(WORKLOADS)}."
+            )
         if options["url"] and "W4" in wanted:
-            raise CommandError("W4 kills a replica, so it needs a cluster the bench starts (drop --url).")
-        names = ["ours"] + (["stock"] if options["baseline"] else []) + (["limit"] if options["limit"] else [])
+            raise CommandError(
+                "W4 kills a replica, so it needs a cluster the bench starts (drop --url)."
+            )
+        names = (
+            ["ours"]
+            + (["stock"] if options["baseline"] else [])
+            + (["limit"] if options["limit"] else [])
+        )
         results: list[Result] = []
         for name in names:
             target = self._start(name, options)
@@ -82,17 +106,24 @@ class Command(BaseCommand):
             target = external_cluster(options["url"], clients=clients, state=state)
         else:
             target = start_cluster(
-                name, replicas=options["replicas"], clients=clients, var_dir=var_dir,
+                name,
+                replicas=options["replicas"],
+                clients=clients,
+                var_dir=var_dir,
                 stock=name == "stock",
-            )  # fmt: skip
+            )
         self.stderr.write(f"{name} is up in {time.monotonic() - started:.1f}s")
         return target
 
-    async def _run(self, target: Target, wanted: list[str], options: dict[str, Any]) -> list[Result]:
+    async def _run(
+        self, target: Target, wanted: list[str], options: dict[str, Any]
+    ) -> list[Result]:
         pool = ClientPool(
-            ws_url=target.ws_url, origin=target.origin, sessions=target.sessions,
+            ws_url=target.ws_url,
+            origin=target.origin,
+            sessions=target.sessions,
             resumable=target.resumable,
-        )  # fmt: skip
+        )
         ctx = workloads.Context(target, pool, Progress(), options["concurrency"])
         results = []
         try:
@@ -100,13 +131,17 @@ class Command(BaseCommand):
             if "W3" in wanted:
                 results.append(connected)
             if not pool.connected():
-                raise CommandError(f"{target.name}: no client could connect: {connected.extra['failures']}")
+                raise CommandError(
+                    f"{target.name}: no client could connect: {connected.extra['failures']}"
+                )
             messages = options["messages"]
             await workloads.warm_up(ctx)
             if "W1" in wanted:
                 results.append(await workloads.fan_out(ctx, messages=messages))
             if "W2" in wanted and target.can_push:
-                results.append(await workloads.push(ctx, messages=messages, batch=options["push_batch"]))
+                results.append(
+                    await workloads.push(ctx, messages=messages, batch=options["push_batch"])
+                )
             if "W4" in wanted and target.cluster is not None:
                 results.append(await workloads.storm(ctx))
         finally:

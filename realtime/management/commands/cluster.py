@@ -1,10 +1,10 @@
 """manage.py cluster up|status|down — the whole cluster as local processes.
 
-  up      start redis-server, N Daphne replicas and HAProxy; wait until HAProxy reports every
-          server UP; print every process's log lines prefixed by its name; Ctrl-C stops it all.
-          --detach leaves it running and returns (stop it with `down`).
-  status  what a detached cluster is running, and HAProxy's view of each replica.
-  down    stop a detached cluster, by the PIDs it recorded, in reverse order.
+up      start redis-server, N Daphne replicas and HAProxy; wait until HAProxy reports every
+        server UP; print every process's log lines prefixed by its name; Ctrl-C stops it all.
+        --detach leaves it running and returns (stop it with `down`).
+status  what a detached cluster is running, and HAProxy's view of each replica.
+down    stop a detached cluster, by the PIDs it recorded, in reverse order.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from realtime.cluster import (
     ClusterError,
     LogFollower,
     haproxy_command,
-    pid_runs,
     read_state,
+    record_runs,
     stop_detached,
 )
 
@@ -38,12 +38,16 @@ class Command(BaseCommand):
         parser.add_argument("--replicas", type=int, default=3)
         parser.add_argument("--port", type=int, default=8000, help="HAProxy's port.")
         parser.add_argument(
-            "--redis-port", type=int, default=6390,
+            "--redis-port",
+            type=int,
+            default=6390,
             help="6390, the default REDIS_URL, so `manage.py push` finds it.",
-        )  # fmt: skip
+        )
         parser.add_argument("--stats-port", type=int, default=8404)
         parser.add_argument("--run-dir", type=Path, default=settings.VAR_DIR / "cluster")
-        parser.add_argument("--persist", action="store_true", help="Redis with an append-only file.")
+        parser.add_argument(
+            "--persist", action="store_true", help="Redis with an append-only file."
+        )
         parser.add_argument("--access-log", action="store_true", help="Daphne access logs.")
         parser.add_argument("--detach", action="store_true", help="Return once the cluster is up.")
 
@@ -59,10 +63,11 @@ class Command(BaseCommand):
 
     def up(self, options: dict[str, Any]) -> None:
         run_dir: Path = options["run_dir"]
-        if read_state(run_dir) is not None and any(
-            pid_runs(p["pid"], p["start_ticks"]) for p in read_state(run_dir)["processes"]  # type: ignore[index]
-        ):
-            raise CommandError(f"A cluster is already running from {run_dir}; `cluster down` first.")
+        state = read_state(run_dir)
+        if state is not None and any(record_runs(p) for p in state["processes"]):
+            raise CommandError(
+                f"A cluster is already running from {run_dir}; `cluster down` first."
+            )
         call_command("migrate", interactive=False, verbosity=0)
         try:
             cluster = Cluster(
@@ -126,11 +131,13 @@ class Command(BaseCommand):
             self.stdout.write(f"No detached cluster recorded in {run_dir}.")
             return
         self.stdout.write(f"{state['url']}  (stats {state['stats_url']})")
-        for entry in state["processes"]:  # type: ignore[attr-defined]
-            alive = "running" if pid_runs(entry["pid"], entry["start_ticks"]) else "NOT RUNNING"
-            self.stdout.write(f"  {entry['name']:<8} pid {entry['pid']:<8} :{entry['port']:<6} {alive}")
+        for entry in state["processes"]:
+            alive = "running" if record_runs(entry) else "NOT RUNNING"
+            self.stdout.write(
+                f"  {entry['name']:<8} pid {entry['pid']!s:<8} :{entry['port']:<6} {alive}"
+            )
         try:
-            answer = haproxy_command(str(state["admin_socket"]), "show stat")
+            answer = haproxy_command(state["admin_socket"], "show stat")
             self.stdout.write("HAProxy's view:")
             for line in answer.splitlines()[1:]:
                 fields = line.split(",")

@@ -50,7 +50,8 @@ class Command(BaseCommand):
                 self.stdout.write(
                     f"  {username:<6} exists with a password of its own; left as it is"
                 )
-        created, kept = [], []
+        created: list[str] = []
+        kept: list[str] = []
         for slug, title, is_private, members in DEMO_ROOMS:
             room, is_new = Room.objects.get_or_create(
                 slug=slug, defaults={"title": title, "is_private": is_private}
