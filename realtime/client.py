@@ -4,8 +4,9 @@ It serves the tests, the benchmark and any Python program that wants a reliable 
   * reconnects with exponential backoff and full jitter; the retry count resets only after the
     connection stayed up for `min_uptime_secs`, so a server that accepts and then drops at once
     cannot pull its clients into a tight loop;
-  * close-code classes: 4401 (not logged in) stops for good, 4503 / 1013 ("try again later")
-    and everything else back off and retry;
+  * close-code classes (realtime/protocol.py's CLOSE_CODES): 4401 (not logged in) stops for
+    good; 4429, 4503 and 1013 ("try again later") back off from the longer
+    `try_later_base_secs`; everything else backs off from `backoff_base_secs`;
   * dead-peer detection through WebSocket pings (a silent peer is dropped after
     `dead_peer_secs`, then the client reconnects);
   * resumes every stream it has seen from its last (epoch, seq) through `/ws/?resume=…`, so
@@ -48,6 +49,11 @@ Frame = dict[str, Any]
 CLOSE_UNAUTHORIZED = 4401
 # "Try again later": Switchboard's 4503 and 4429 (too many sockets), and the standard 1013.
 CLOSE_TRY_LATER = frozenset({4503, 4429, 1013})
+# The server frames this client acts on (protocol.SERVER_FRAMES, a unit test keeps them equal):
+# the stream envelopes, and the frames that change its state. The rest (echo, pong,
+# unsubscribed, presence, typing, lab) it ignores.
+STREAM_FRAME_TYPES = frozenset({"push", "message", "broadcast", "ops"})
+STATE_FRAME_TYPES = frozenset({"hello", "subscribed", "resumed", "ack", "error"})
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,9 @@ class ClientOptions:
     # 10 s: long enough that a thousand clients of a dead replica spread their returns, short
     # enough that a person does not think the page broke.
     backoff_cap_secs: float = 10.0
+    # The base after a "try again later" close (CLOSE_TRY_LATER): the server is short of
+    # something (Redis, or this user's socket slots), so its clients should not return at once.
+    try_later_base_secs: float = 2.0
     # The retry count resets only after a connection lived this long (see the module docstring).
     min_uptime_secs: float = 5.0
     ping_secs: float = 15.0
@@ -290,9 +299,12 @@ class RealtimeClient:
                 and time.monotonic() - opened_at >= self.options.min_uptime_secs
             ):
                 attempt = 0
-            delay = self.rng.uniform(
-                0, min(self.options.backoff_cap_secs, self.options.backoff_base_secs * 2**attempt)
+            base = (
+                self.options.try_later_base_secs
+                if self.closed_code in CLOSE_TRY_LATER
+                else self.options.backoff_base_secs
             )
+            delay = self.rng.uniform(0, min(self.options.backoff_cap_secs, base * 2**attempt))
             attempt += 1
             logger.debug(
                 "client: reconnecting in %.2fs (attempt %d, close %s)",
@@ -304,7 +316,7 @@ class RealtimeClient:
 
     async def _on_frame(self, frame: Frame) -> None:
         kind = frame.get("type")
-        if "seq" in frame and "stream" in frame and kind not in ("ack", "resumed", "subscribed"):
+        if kind in STREAM_FRAME_TYPES and "seq" in frame and "stream" in frame:
             self._on_envelope(frame)
         elif kind == "hello":
             await self._on_hello(frame)
