@@ -29,9 +29,9 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model, user_logged_out
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
-from redis.exceptions import RedisError
 
 from realtime import groups
+from realtime.broker import BrokerUnavailable
 from realtime.models import Room
 from realtime.session_watch import session_digest
 
@@ -57,7 +57,7 @@ async def recheck(
     sends = [layer.group_send(groups.group_for_stream(s), message) for s, message in messages]
     try:
         await asyncio.wait_for(asyncio.gather(*sends), timeout=settings.REDIS_TIMEOUT_SECS)
-    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+    except (BrokerUnavailable, TimeoutError) as exc:
         logger.warning(
             "access change not sent to sockets (users=%s rooms=%s): %r", user_ids, room_slugs, exc
         )

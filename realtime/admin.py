@@ -22,9 +22,9 @@ from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
-from redis.exceptions import RedisError
 
-from realtime import groups, history, presence, publish
+from realtime import broker, groups, presence, publish
+from realtime.broker import BrokerUnavailable
 from realtime.forms import MessageForm
 from realtime.models import ApiToken, ChatMessage, Room
 from realtime.services import api_token_issue
@@ -169,7 +169,7 @@ def presence_view(request: HttpRequest) -> HttpResponse:
     statuses: dict[int, presence.UserStatus] = {}
     try:
         online = async_to_sync(_presence_snapshot)([room.slug for room in rooms], list(users))
-    except (RedisError, OSError) as exc:
+    except BrokerUnavailable as exc:
         logger.warning("presence unreadable: %r", exc)
         messages.error(request, f"Redis is unreachable ({exc.__class__.__name__}); try again.")
     else:
@@ -210,8 +210,8 @@ def ledger_view(request: HttpRequest, user_id: int) -> HttpResponse:
     stream = groups.user_stream(user.pk)
     ledger, rows = None, []
     try:
-        ledger = async_to_sync(history.ledger)(stream, count=LEDGER_ROWS)
-    except (RedisError, OSError) as exc:
+        ledger = async_to_sync(broker.current().ledger)(stream, count=LEDGER_ROWS)
+    except BrokerUnavailable as exc:
         logger.warning("ledger of %s unreadable: %r", stream, exc)
         messages.error(request, f"Redis is unreachable ({exc.__class__.__name__}); try again.")
     if ledger is not None:

@@ -9,7 +9,6 @@ duplicate (see `room_snapshot`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +19,9 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
-from redis.exceptions import RedisError
 
-from realtime import groups, history, limits, publish
+from realtime import broker, groups, limits, publish
+from realtime.broker import BrokerUnavailable
 from realtime.models import ChatMessage, Room
 from realtime.protocol import InvalidFrame
 from realtime.selectors import StreamDenied, stream_check_readable
@@ -160,7 +159,7 @@ def _announce(message: ChatMessage) -> None:
             payload=message_payload(message),
             sender=message.user.get_username(),
             # Keyed by the row: a retried announce of the same row is never published twice.
-            idempotency=history.idempotency_key("chat", str(message.pk)),
+            idempotency=publish.idempotency_key("chat", str(message.pk)),
         )
     except publish.RealtimeUnavailable as exc:
         # The row stands; readers get it from the database (catch-up, reload), and a resend
@@ -200,9 +199,9 @@ def room_snapshot(*, room: Room) -> RoomSnapshot:
     """
     try:
         stream = groups.room_stream(room.slug)
-        head = async_to_sync(history.heads)([stream])[stream]
+        head = async_to_sync(broker.current().heads)([stream])[stream]
         epoch, seq = head.epoch, head.seq
-    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+    except BrokerUnavailable as exc:
         logger.warning("room %s rendered without a stream position: %r", room.slug, exc)
         epoch, seq = None, None
     return RoomSnapshot(messages_recent(room=room), epoch, seq)
@@ -227,12 +226,9 @@ async def socket_publish(
         return None
     kind = payload.get("kind")
     if kind == "typing":
-        try:
-            await publish.publish_ephemeral(
-                stream=stream, frame={"type": "typing", "user": user.get_username(), "user_id": user.pk}
-            )
-        except publish.RealtimeUnavailable as exc:
-            raise ConnectionError(str(exc)) from None
+        await publish.publish_ephemeral(  # RealtimeUnavailable: the socket says "unavailable"
+            stream=stream, frame={"type": "typing", "user": user.get_username(), "user_id": user.pk}
+        )
         return {"type": "ack", "stream": stream, "seq": None, "epoch": None, "duplicate": False}
     if kind != "chat":
         return None
@@ -240,7 +236,13 @@ async def socket_publish(
     if not isinstance(text, str):
         raise InvalidFrame("bad_payload", "A chat message needs 'text', a string.", client_id)
     per_min = settings.CHAT_LINES_PER_MIN
-    if not await limits.within_limit(f"chat:{user.pk}", limit=per_min, window_secs=60):
+    try:
+        within = await limits.within_limit(f"chat:{user.pk}", limit=per_min, window_secs=60)
+    except BrokerUnavailable:
+        # Not counted while Redis is away: the line is stored now (and published when Redis is
+        # back), so it keeps its place among the room's lines; refusing it would reorder it.
+        within = True
+    if not within:
         raise InvalidFrame(
             "rate_limited", f"You may post {per_min} chat lines a minute; this one was not "
             "posted. Wait a little, then send it again.", client_id,
@@ -254,6 +256,6 @@ async def socket_publish(
         raise InvalidFrame("bad_payload", str(exc), client_id) from None
     if message.seq is None:
         # Stored but not announced (Redis down): the client keeps it and resends later.
-        raise ConnectionError("chat message stored but not published")
+        raise BrokerUnavailable("chat message stored but not published")
     return {"type": "ack", "stream": stream, "seq": message.seq, "epoch": message.epoch,
             "duplicate": duplicate, "message_id": message.pk}  # fmt: skip

@@ -19,6 +19,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from realtime import chat, groups, presence
+from realtime.broker import BrokerUnavailable
 from realtime.models import Room
 from realtime.selectors import StreamDenied
 
@@ -141,7 +142,7 @@ def room_presence(request: HttpRequest, slug: str) -> JsonResponse:
     try:
         online_ids = async_to_sync(presence.room_online)(slug=room.slug)
         statuses = async_to_sync(presence.user_statuses)(user_ids=sorted(set(member_ids) | set(online_ids)))
-    except presence.REDIS_DOWN as exc:
+    except BrokerUnavailable as exc:
         logger.warning("presence of %s unavailable: %r", room.slug, exc)
         return JsonResponse({"error": "Presence is unavailable while Redis is; retry shortly."}, status=503)
     names = dict(get_user_model().objects.filter(pk__in=statuses).values_list("pk", "username"))

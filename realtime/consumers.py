@@ -41,18 +41,18 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from redis.exceptions import RedisError
 
 from realtime import (
+    broker,
     chat,
     direct_send,
     groups,
-    history,
     presence,
     protocol,
     publish,
     session_watch,
 )
+from realtime.broker import BrokerUnavailable
 from realtime.limits import SocketLimits
 from realtime.protocol import InvalidFrame, Position
 from realtime.selectors import StreamDenied, stream_check_readable, stream_check_writable
@@ -65,7 +65,6 @@ CLOSE_TOO_MANY_SOCKETS = 4429
 CLOSE_TRY_AGAIN_LATER = 4503
 CLOSE_POLICY_VIOLATION = 1008
 # Errors that mean "Redis is not answering": the caller reports it and nothing else breaks.
-REDIS_DOWN = (RedisError, OSError, asyncio.TimeoutError, ConnectionError)
 # How often a process records how far its sockets have delivered user streams (the ledger).
 DELIVERED_MARK_SECS = 0.5
 MARKS_PER_PIPELINE = 100
@@ -107,8 +106,8 @@ class DeliveredMarks:
     async def _write(self, marks: list[tuple[str, tuple[str, int]]]) -> None:
         for start in range(0, len(marks), MARKS_PER_PIPELINE):
             batch = marks[start : start + MARKS_PER_PIPELINE]
-            with contextlib.suppress(*REDIS_DOWN):
-                await history.mark_many([(s, "delivered", epoch, seq) for s, (epoch, seq) in batch])
+            with contextlib.suppress(BrokerUnavailable):
+                await broker.current().mark_many([(s, "delivered", epoch, seq) for s, (epoch, seq) in batch])
 
 
 _delivered_marks: dict[asyncio.AbstractEventLoop, DeliveredMarks] = {}
@@ -221,7 +220,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                 admitted = await presence.user_admit(
                     user_id=user.pk, conn=self.presence.conn, limit=settings.MAX_SOCKETS_PER_USER
                 )
-            except REDIS_DOWN:
+            except BrokerUnavailable:
                 # Counted like presence, best effort: if the count cannot be read the socket is
                 # let in (the delivery calls below still need Redis, and refuse it if it is down).
                 admitted = True
@@ -240,8 +239,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             for stream in allowed:
                 group = groups.group_for_stream(stream)
                 await self.channel_layer.group_add(group, self.channel_name)
-            heads = await history.heads(allowed)
-        except REDIS_DOWN as exc:
+            heads = await broker.current().heads(allowed)
+        except BrokerUnavailable as exc:
             logger.warning("user=%s connect failed: Redis unavailable (%r)", user.username, exc)
             await self._refuse(
                 "unavailable", "Messaging is unavailable; retry shortly.", CLOSE_TRY_AGAIN_LATER
@@ -279,7 +278,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             self.session_digest = session_watch.session_digest(session_key)
             session_watch.watch(self, session_key)
 
-    def _place_cursor(self, stream: str, wanted: Position | None, head: history.Position) -> None:
+    def _place_cursor(self, stream: str, wanted: Position | None, head: broker.Position) -> None:
         """A fresh subscription starts at the head; a resumed one where the client left off,
         with a catch-up queued before any live frame."""
         if wanted is None:
@@ -323,7 +322,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def _leave(self, stream: str) -> None:
         self.cursors.pop(stream, None)
-        with contextlib.suppress(*REDIS_DOWN):
+        with contextlib.suppress(BrokerUnavailable):
             await self.channel_layer.group_discard(groups.group_for_stream(stream), self.channel_name)
 
     # --- frames from the layer (the sink) ------------------------------------------------------
@@ -447,7 +446,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                             await self._deliver_in_order(*item[1:])
                         else:
                             await self._catch_up(item[1], notify=item[2])
-                    except REDIS_DOWN as exc:
+                    except BrokerUnavailable as exc:
                         # History unreachable: the stream is checked again on the next frame, or
                         # when the layer resyncs after Redis is back.
                         logger.info("catch-up of %s deferred: %r", item[1], exc)
@@ -458,7 +457,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                     stream = self.dirty.pop()
                     try:
                         await self._catch_up(stream, notify=False)
-                    except REDIS_DOWN:
+                    except BrokerUnavailable:
                         self.dirty.add(stream)
                         return
         except Disconnected:
@@ -495,7 +494,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         cursor = self.cursors.get(stream)
         if cursor is None:
             return
-        head = (await history.heads([stream]))[stream]
+        head = (await broker.current().heads([stream]))[stream]
         replayed, recovered, reason = 0, True, "resume"
         if head.epoch is None:
             if cursor.epoch is not None or cursor.last:
@@ -538,7 +537,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         largest = settings.MAX_PAYLOAD_BYTES + 200  # a guess until the first batch is read
         while cursor.last < upto:
             count = max(1, min(REPLAY_BATCH, settings.REPLAY_BATCH_BYTES // largest))
-            entries = await history.read(stream, after=cursor.last, upto=upto, limit=count)
+            entries = await broker.current().read(stream, after=cursor.last, upto=upto, limit=count)
             if not entries:
                 break
             sizes = [len(frame) for _, frame in entries]  # characters: bytes for ASCII JSON
@@ -642,7 +641,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self._send_error(exc.code, exc.message, exc.ref)
         except StreamDenied as exc:
             await self._send_error(exc.code, exc.message, frame.id)
-        except REDIS_DOWN:
+        except BrokerUnavailable:
             await self._send_error(
                 "unavailable", "Messaging is unavailable; retry shortly.", frame.id
             )
@@ -725,7 +724,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         if len(self.cursors) >= settings.MAX_STREAMS_PER_SOCKET:
             raise _too_many_streams(stream)
         await self.channel_layer.group_add(groups.group_for_stream(stream), self.channel_name)
-        head = (await history.heads([stream]))[stream]
+        head = (await broker.current().heads([stream]))[stream]
         self._place_cursor(stream, position, head)
         if position is None:
             await self._send_text(
@@ -772,12 +771,10 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                 payload=frame.data["payload"],
                 sender=self.user.username,
                 # Per user and stream: the same client id on another stream is another message.
-                idempotency=history.idempotency_key(f"u{self.user.pk}:{stream}", frame.id or ""),
+                idempotency=publish.idempotency_key(f"u{self.user.pk}:{stream}", frame.id or ""),
             )
         except publish.InvalidPayload as exc:
             raise InvalidFrame("bad_payload", str(exc), frame.id) from None
-        except publish.RealtimeUnavailable:
-            raise ConnectionError("publish failed") from None
         await self._answer(
             frame,
             {"type": "ack", "stream": stream, "seq": result.seq, "epoch": result.epoch,
@@ -793,7 +790,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
                 frame.id,
             )  # fmt: skip
         if stream.startswith("user:"):
-            await history.mark(stream, field="acked", epoch=cursor.epoch, seq=seq)
+            await broker.current().mark(stream, field="acked", epoch=cursor.epoch, seq=seq)
 
     # --- sending -------------------------------------------------------------------------------
 

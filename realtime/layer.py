@@ -17,8 +17,9 @@ subscribes once per group it has members in. It differs where reliable delivery 
 * A heartbeat writes how many local sockets each group has, so a publish can report how many
   sockets it reached, and so that a Redis restart forgets nothing for longer than one interval.
 
-Wire format on a group's Redis channel: msgpack for ordinary messages; for stream frames
-b"F<seq> <epoch> <stream>\\n<frame JSON>", built by the publish script.
+Redis itself is the broker's (realtime/broker/): this layer takes its connections, key names
+and frame format from there. Wire format on a group's Redis channel: msgpack for ordinary
+messages; stream frames as realtime/broker/frames.py describes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 import uuid
 from collections.abc import Awaitable
 from typing import Any, Protocol
@@ -36,19 +36,10 @@ import msgpack
 import redis.asyncio as aioredis
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+
+from realtime.broker import REDIS_FAILURES, BrokerUnavailable, RedisBroker, frames
 
 logger = logging.getLogger(__name__)
-
-FRAME_MARK = b"F"[0]
-# Command connections per process and loop: enough for Redis to pipeline a burst of publishes
-# (each is one short script), few enough that 3 replicas never crowd Redis' connection table.
-MAX_REDIS_CONNECTIONS = 32
-# Groups per pipeline in the membership heartbeat (two commands each).
-MEMBERSHIP_BATCH_GROUPS = 100
 
 
 class StreamSink(Protocol):
@@ -68,13 +59,6 @@ class StreamSink(Protocol):
 # never calls receive() costs no queue and no waiting task per socket.
 
 
-def parse_frame_message(data: bytes) -> tuple[str, int, str, str]:
-    """b"F<seq> <epoch> <stream>\\n<frame>" -> (stream, seq, epoch, frame)."""
-    header, _, frame = data.partition(b"\n")
-    seq, epoch, stream = header[1:].decode().split(" ", 2)
-    return stream, int(seq), epoch, frame.decode()
-
-
 class StreamChannelLayer(BaseChannelLayer):
     extensions = ["groups", "flush", "sinks"]
 
@@ -91,6 +75,7 @@ class StreamChannelLayer(BaseChannelLayer):
         super().__init__(expiry=expiry, capacity=capacity)
         self.url = (hosts or ["redis://127.0.0.1:6379/0"])[0]
         self.prefix = prefix
+        self.broker = RedisBroker(self.url, prefix=prefix)
         self.node = node or f"{os.uname().nodename}-{os.getpid()}"
         self.heartbeat_secs = heartbeat_secs
         self._loops: dict[asyncio.AbstractEventLoop, _LoopLayer] = {}
@@ -106,10 +91,7 @@ class StreamChannelLayer(BaseChannelLayer):
 
     def group_channel(self, group: str) -> str:
         """The Redis pub/sub channel that carries `group`."""
-        return f"{self.prefix}:g:{group}"
-
-    def members_key(self, group: str) -> str:
-        return f"{self.prefix}:members:{group}"
+        return self.broker.keys.group_channel(group)
 
     # --- Channels' layer API -------------------------------------------------------------------
 
@@ -123,20 +105,29 @@ class StreamChannelLayer(BaseChannelLayer):
         return await self._layer().receive(channel)
 
     async def group_add(self, group: str, channel: str) -> None:
+        """Join `group`; returns once Redis confirmed the subscription (or BrokerUnavailable)."""
         self.require_valid_group_name(group)
-        await self._layer().group_add(group, channel)
+        try:
+            await self._layer().group_add(group, channel)
+        except REDIS_FAILURES as exc:
+            raise BrokerUnavailable(f"subscribing to {group}: {exc!r}") from exc
 
     async def group_discard(self, group: str, channel: str) -> None:
         await self._layer().group_discard(group, channel)
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         self.require_valid_group_name(group)
-        await self._layer().group_send(group, message)
+        try:
+            await self._layer().group_send(group, message)
+        except REDIS_FAILURES as exc:
+            raise BrokerUnavailable(f"sending to {group}: {exc!r}") from exc
 
     async def flush(self) -> None:
+        """End this loop's subscriptions and close its Redis connections (the broker's too)."""
         layer = self._loops.pop(asyncio.get_running_loop(), None)
         if layer is not None:
             await layer.close()
+        await self.broker.close()
 
     # --- the sink extension --------------------------------------------------------------------
 
@@ -161,8 +152,8 @@ class StreamChannelLayer(BaseChannelLayer):
         return self._layer().sinks.get(channel)
 
     def redis(self) -> aioredis.Redis:
-        """This loop's command connection pool (publish scripts, history reads)."""
-        return self._layer().redis
+        """This loop's Redis client (the broker's)."""
+        return self.broker.redis()
 
     @property
     def connected(self) -> bool:
@@ -174,20 +165,10 @@ class _LoopLayer:
 
     def __init__(self, owner: StreamChannelLayer) -> None:
         self.owner = owner
-        # A blocking pool: a burst of concurrent publishes waits for one of a bounded number of
-        # connections instead of failing with MaxConnectionsError (redis-py's default pool).
-        # One retry on a connection error: after a Redis restart every pooled connection is
-        # dead, and the first command on each would otherwise fail although Redis is back. (A
-        # publish retried after its connection died mid-command may be stored twice; clients
-        # that must not see that send an idempotency key.)
-        pool = aioredis.BlockingConnectionPool.from_url(
-            owner.url, max_connections=MAX_REDIS_CONNECTIONS, timeout=5,
-            socket_connect_timeout=3, socket_timeout=5, health_check_interval=0,
-            retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError],
-        )  # fmt: skip
-        self.redis = aioredis.Redis(connection_pool=pool)
+        self.redis = owner.broker.redis()
+        self.keys = owner.broker.keys
         self.process_id = uuid.uuid4().hex[:12]
-        self.process_channel = f"{owner.prefix}:p:{self.process_id}"
+        self.process_channel = self.keys.process_channel(self.process_id)
         self.queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self.groups: dict[str, set[str]] = {}  # group -> local channel names
         self.sinks: dict[str, StreamSink] = {}
@@ -217,7 +198,7 @@ class _LoopLayer:
         if "!" not in channel or len(process_id) != 12:
             raise ValueError(f"{channel!r} is not a channel made by this layer")
         payload = msgpack.packb({"__to": channel, **message}, use_bin_type=True)
-        await self.redis.publish(f"{self.owner.prefix}:p:{process_id}", payload)
+        await self.redis.publish(self.keys.process_channel(process_id), payload)
 
     async def receive(self, channel: str) -> dict[str, Any]:
         queue = self.queues.get(channel)
@@ -301,7 +282,7 @@ class _LoopLayer:
     async def _unsubscribe(self, group: str) -> None:
         if group in self.groups or self._pubsub is None or not self.subscribed_event.is_set():
             return
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(*REDIS_FAILURES):
             await self._pubsub.unsubscribe(self.owner.group_channel(group))
 
     # --- the subscription connection -----------------------------------------------------------
@@ -332,7 +313,7 @@ class _LoopLayer:
                                 await self._resync_sinks()
                     elif message["type"] == "message":
                         await self._on_message(message["channel"], message["data"])
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 if self.subscribed_event.is_set():
                     logger.warning("layer lost its Redis subscription (%r); reconnecting", exc)
                 self.subscribed_event.clear()
@@ -373,12 +354,12 @@ class _LoopLayer:
             with contextlib.suppress(ChannelFull):
                 self._put(message.pop("__to"), message)
             return
-        group = name[len(self.owner.prefix) + 3 :]
+        group = self.keys.group_of_channel(name)
         members = self.groups.get(group)
         if not members:
             return
-        if data and data[0] == FRAME_MARK:
-            stream, seq, epoch, frame = parse_frame_message(data)
+        if frames.is_frame_message(data):
+            stream, seq, epoch, frame = frames.decode_message(data)
             for channel in list(members):
                 sink = self.sinks.get(channel)
                 try:
@@ -416,35 +397,24 @@ class _LoopLayer:
             while self._membership_dirty:
                 changed = list(self._membership_dirty)
                 self._membership_dirty.clear()
-                with contextlib.suppress(RedisError, OSError):
-                    await self._write_membership(self.redis, changed)
+                with contextlib.suppress(BrokerUnavailable):
+                    await self._write_membership(changed)
         finally:
             self._membership_writer = None
 
-    async def _write_membership(self, client: Any, groups: list[str]) -> None:
-        """Each group's local count, valid for three heartbeats: a dead process's expire.
-
-        In pipelines of MEMBERSHIP_BATCH_GROUPS: one pipeline for every group of a busy replica
-        (one per user) holds the event loop long enough to show in delivery latency."""
-        expires_ms = int((time.time() + 3 * self.owner.heartbeat_secs) * 1000)
-        for start in range(0, len(groups), MEMBERSHIP_BATCH_GROUPS):
-            async with client.pipeline(transaction=False) as pipe:
-                for group in groups[start : start + MEMBERSHIP_BATCH_GROUPS]:
-                    key = self.owner.members_key(group)
-                    count = len(self.groups.get(group, ()))
-                    if count:
-                        pipe.hset(key, self.owner.node, f"{count}@{expires_ms}")
-                        pipe.pexpire(key, int(3 * self.owner.heartbeat_secs * 1000))
-                    else:
-                        pipe.hdel(key, self.owner.node)
-                await pipe.execute()
+    async def _write_membership(self, groups: list[str]) -> None:
+        """Each group's local count, valid for three heartbeats: a dead process's expire."""
+        counts = {group: len(self.groups.get(group, ())) for group in groups}
+        await self.owner.broker.write_memberships(
+            self.owner.node, counts, valid_secs=3 * self.owner.heartbeat_secs
+        )
 
     async def _heartbeat_forever(self) -> None:
         while True:
             await asyncio.sleep(self.owner.heartbeat_secs)
             try:
-                await self._write_membership(self.redis, list(self.groups))
-            except (RedisError, OSError) as exc:
+                await self._write_membership(list(self.groups))
+            except BrokerUnavailable as exc:
                 logger.debug("membership heartbeat failed: %r", exc)
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
@@ -459,4 +429,4 @@ class _LoopLayer:
             # Bounded: a reader cancelled while its consumer still runs can linger in redis-py;
             # closing must never hang a shutdown.
             await asyncio.wait(tasks, timeout=2)
-        await self.redis.aclose(close_connection_pool=True)
+        await self.owner.broker.close()

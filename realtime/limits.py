@@ -13,9 +13,9 @@ one answers a clear error frame or status, and costs nobody else anything.
 from __future__ import annotations
 
 import time
-from typing import Any
+from django.conf import settings
 
-from channels.layers import get_channel_layer
+from realtime import broker
 
 
 class TokenBucket:
@@ -50,23 +50,12 @@ class TokenBucket:
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
-# INCR, and start the window's clock on its first hit: a fixed window per key. One script, so
-# a crash between the two can never leave a counter without an expiry.
-_HIT_LUA = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return count
-"""
-
-
 async def within_limit(key: str, *, limit: int, window_secs: float) -> bool:
     """Count one hit on `key` (shared by every replica); False once there were more than
-    `limit` in the current window of `window_secs`. Redis errors propagate: a caller that
+    `limit` in the current window of `window_secs`. BrokerUnavailable propagates: a caller that
     cannot count refuses nothing silently and reports Redis as unavailable."""
-    layer: Any = get_channel_layer()
-    client = layer.redis()
-    count = await client.eval(_HIT_LUA, 1, f"{layer.prefix}:limit:{key}", int(window_secs * 1000))
-    return int(count) <= limit
+    count = await broker.current().hit(key, window_ms=int(window_secs * 1000))
+    return count <= limit
 
 
 class SocketLimits:
@@ -75,8 +64,6 @@ class SocketLimits:
     __slots__ = ("frames", "publishes", "replay", "replay_limited_told", "strikes", "typing")
 
     def __init__(self) -> None:
-        from django.conf import settings
-
         self.frames = TokenBucket(
             rate=settings.SOCKET_FRAMES_PER_SEC, burst=settings.SOCKET_FRAME_BURST
         )

@@ -27,10 +27,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from django.conf import settings
-from redis.exceptions import RedisError
 
-from realtime import groups, publish
-from realtime.redis_client import get_redis
+from realtime import broker, groups, publish
+from realtime.broker import BrokerUnavailable
 from realtime.stats import replica_stats
 
 logger = logging.getLogger(__name__)
@@ -121,8 +120,8 @@ class RateMeter:
 async def redis_health() -> dict[str, Any]:
     started = time.perf_counter()
     try:
-        await asyncio.wait_for(get_redis().ping(), PROBE_TIMEOUT_SECS)
-    except (RedisError, OSError, TimeoutError) as exc:
+        await asyncio.wait_for(broker.current().ping(), PROBE_TIMEOUT_SECS)
+    except (BrokerUnavailable, TimeoutError) as exc:
         return {"reachable": False, "error": exc.__class__.__name__, "latency_ms": None}
     return {
         "reachable": True,

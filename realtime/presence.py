@@ -1,10 +1,8 @@
 """Who is online, per room and per user, across replicas — without trusting disconnect() to run.
 
-Every connection has an entry that expires unless its replica refreshes it on a heartbeat:
-  <prefix>:presence:room:<slug>   sorted set, member "<user id>:<connection id>", score = expiry ms
-  <prefix>:presence:user:<id>     sorted set, member "<connection id>", score = expiry ms
-  <prefix>:presence:seen          hash, user id -> last time (ms) one of their sockets was alive
-  <prefix>:presence:names         hash, user id -> username (for events about expired entries)
+Every connection has an entry that expires unless its replica refreshes it on a heartbeat: one
+in each room it is in and one in its user's set, which is also how many sockets the user has
+open (realtime/broker/keys.py lists the keys; the scripts are realtime/broker/lua/presence_*).
 
 A user is in a room while any of their entries there has not expired. Each process (each event
 loop) has one heartbeat task for all its connections: every beat it refreshes all their entries
@@ -23,20 +21,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
-from channels.layers import get_channel_layer
 from django.conf import settings
-from redis.exceptions import NoScriptError, RedisError
 
-from realtime import groups, publish
+from realtime import broker, groups, publish
+from realtime.broker import BrokerUnavailable, RedisBroker, scripts
+from realtime.broker.errors import translated
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +41,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_HEARTBEAT_SECS = 5.0
 # Three missed heartbeats before an entry counts as dead: one slow beat is not a departure.
 TTL_HEARTBEATS = 3
-REDIS_DOWN = (RedisError, OSError, asyncio.TimeoutError, ConnectionError)
 # 50 ms: a connect storm's new connections are written in one pipeline per 50 ms instead of
 # one per connection, and a page still shows the join at once.
 REGISTER_FLUSH_SECS = 0.05
@@ -52,74 +48,6 @@ REGISTER_FLUSH_SECS = 0.05
 # event loop, and deliveries wait meanwhile. A beat over 333 sockets in one pipeline held it for
 # ~100 ms, which showed as the p99 latency of pushes; in pieces, deliveries run in between.
 BATCH_CONNECTIONS = 50
-
-
-class _Lua(NamedTuple):
-    source: str
-    sha: str
-
-
-def _lua(source: str) -> _Lua:
-    return _Lua(source, hashlib.sha1(source.encode()).hexdigest())
-
-
-# "Is any live entry of this user left in the room?" shared by the scripts below.
-_HAS_LIVE = """
-local function has_live(key, prefix, now)
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', key, now, '+inf')) do
-    if string.sub(m, 1, #prefix) == prefix then return true end
-  end
-  return false
-end
-"""
-
-# KEYS: room set; ARGV: user prefix "<uid>:", member, expiry ms, now ms, key ttl ms
-# Returns 1 when the user was not in the room before (announce a join).
-_JOIN_LUA = _HAS_LIVE + """
-local was = has_live(KEYS[1], ARGV[1], ARGV[4])
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-if was then return 0 end
-return 1
-"""
-
-# KEYS: room set; ARGV: user prefix, member, now ms. Returns 1 when that was the user's last entry.
-_LEAVE_LUA = _HAS_LIVE + """
-if redis.call('ZREM', KEYS[1], ARGV[2]) == 0 then return 0 end
-if has_live(KEYS[1], ARGV[1], ARGV[3]) then return 0 end
-return 1
-"""
-
-# KEYS: room set; ARGV: now ms. Removes expired entries; returns the user ids now gone.
-_SWEEP_LUA = _HAS_LIVE + """
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
-if #expired == 0 then return {} end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
-local gone, seen = {}, {}
-for _, m in ipairs(expired) do
-  local uid = string.match(m, '^(%d+):')
-  if uid and not seen[uid] then
-    seen[uid] = true
-    if not has_live(KEYS[1], uid .. ':', ARGV[1]) then table.insert(gone, uid) end
-  end
-end
-return gone
-"""
-
-# KEYS: user set; ARGV: connection id, expiry ms, now ms, limit, key ttl ms. Admits a socket
-# (adds its entry) unless the user already has `limit` live ones, on any replica: the check and
-# the add are one step, so a burst of connects on several replicas cannot all slip past it.
-_ADMIT_LUA = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
-local known = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not known and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return 1
-"""
-
-_JOIN, _LEAVE, _SWEEP = _lua(_JOIN_LUA), _lua(_LEAVE_LUA), _lua(_SWEEP_LUA)
-_ADMIT = _lua(_ADMIT_LUA)
 
 
 def heartbeat_secs() -> float:
@@ -130,52 +58,25 @@ def ttl_ms() -> int:
     return int(heartbeat_secs() * TTL_HEARTBEATS * 1000)
 
 
-def _prefix() -> str:
-    return f"{get_channel_layer().prefix}:presence"  # type: ignore[union-attr]
+def _broker() -> RedisBroker:
+    return broker.current()
 
 
 def _room_key(slug: str) -> str:
-    return f"{_prefix()}:room:{slug}"
+    return _broker().keys.presence_room(slug)
 
 
 def _user_key(user_id: int) -> str:
-    return f"{_prefix()}:user:{user_id}"
+    return _broker().keys.presence_user(user_id)
 
 
-def _redis() -> Any:
-    return get_channel_layer().redis()  # type: ignore[union-attr]
-
-
-async def _run(script: _Lua, keys: list[str], args: list[Any]) -> Any:
-    """One script call: a pipeline of one, so a NOSCRIPT is handled as for the heartbeat's."""
-    replies = await _pipelined(lambda pipe: pipe.evalsha(script.sha, len(keys), *keys, *args))
-    return replies[0]
+async def _run(script: scripts.Script, keys: list[str], args: list[Any]) -> Any:
+    return await _broker().run(script, keys, args)
 
 
 async def _pipelined(queue: Callable[[Any], None]) -> list[Any]:
-    """Run the commands `queue` adds to a pipeline, in one round trip; their replies.
-
-    Scripts go as bare EVALSHA. redis-py's Script objects would load them too, but a pipeline
-    holding one first sends SCRIPT EXISTS, a second round trip on every beat. Here a NOSCRIPT
-    reply (after a Redis restart) loads the scripts and runs the pipeline again: every script
-    call failed the first time, and the plain commands in it can run twice.
-    """
-    client = _redis()
-    for attempt in range(2):
-        async with client.pipeline(transaction=False) as pipe:
-            queue(pipe)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
-        if attempt == 0 and any(isinstance(reply, NoScriptError) for reply in replies):
-            async with client.pipeline(transaction=False) as pipe:
-                for script in (_JOIN, _LEAVE, _SWEEP, _ADMIT):
-                    pipe.script_load(script.source)
-                await pipe.execute()
-            continue
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        break
-    return replies
+    """One round trip through the broker (which loads the scripts after a NOSCRIPT)."""
+    return await _broker().pipelined(queue, what="presence")
 
 
 def _key_ttl(ttl: int) -> int:
@@ -205,25 +106,27 @@ async def room_enter(*, slug: str, user_id: int, username: str, conn: str, ttl: 
     """Add or refresh a connection's entry; True when the user was not in the room before."""
     ttl = ttl or ttl_ms()
     args = _join_args(user_id=user_id, conn=conn, now=now_ms(), ttl=ttl)
-    joined = await _run(_JOIN, [_room_key(slug)], args)
+    joined = await _run(scripts.PRESENCE_JOIN, [_room_key(slug)], args)
     return bool(joined)
 
 
 async def room_exit(*, slug: str, user_id: int, conn: str) -> bool:
     """Remove a connection's entry; True when it was the user's last one in the room."""
-    left = await _run(_LEAVE, [_room_key(slug)], [f"{user_id}:", f"{user_id}:{conn}", now_ms()])
+    args = [f"{user_id}:", f"{user_id}:{conn}", now_ms()]
+    left = await _run(scripts.PRESENCE_LEAVE, [_room_key(slug)], args)
     return bool(left)
 
 
 async def room_sweep(*, slug: str, now: int | None = None) -> list[int]:
     """Drop expired entries; the ids of users who thereby left the room."""
-    gone = await _run(_SWEEP, [_room_key(slug)], [now or now_ms()])
+    gone = await _run(scripts.PRESENCE_SWEEP, [_room_key(slug)], [now or now_ms()])
     return [int(uid) for uid in gone]
 
 
 async def room_online(*, slug: str) -> list[int]:
     """Ids of the users with a live connection in the room."""
-    members = await _redis().zrangebyscore(_room_key(slug), now_ms(), "+inf")
+    with translated("presence"):
+        members = await _broker().redis().zrangebyscore(_room_key(slug), now_ms(), "+inf")
     return sorted({int(m.split(b":", 1)[0]) for m in members})
 
 
@@ -239,8 +142,9 @@ def _queue_touch(pipe: Any, conns: Iterable[tuple[int, str, str]], *, now: int, 
         pipe.zadd(key, expiries)
         pipe.zremrangebyscore(key, "-inf", f"({now}")
         pipe.pexpire(key, _key_ttl(ttl))
-    pipe.hset(f"{_prefix()}:seen", mapping={str(u): now for u in users})
-    pipe.hset(f"{_prefix()}:names", mapping={str(u): name for u, (name, _) in users.items()})
+    keys = _broker().keys
+    pipe.hset(keys.presence_seen(), mapping={str(u): now for u in users})
+    pipe.hset(keys.presence_names(), mapping={str(u): name for u, (name, _) in users.items()})
 
 
 async def user_touch(*, user_id: int, username: str, conn: str, ttl: int | None = None) -> None:
@@ -255,15 +159,19 @@ async def user_admit(*, user_id: int, conn: str, limit: int, ttl: int | None = N
     replica). Its entry is the one the heartbeat refreshes and close() removes."""
     ttl = ttl or ttl_ms()
     now = now_ms()
-    admitted = await _run(_ADMIT, [_user_key(user_id)], [conn, now + ttl, now, limit, _key_ttl(ttl)])
+    args = [conn, now + ttl, now, limit, _key_ttl(ttl)]
+    admitted = await _run(scripts.PRESENCE_ADMIT, [_user_key(user_id)], args)
     return bool(admitted)
 
 
 async def user_gone(*, user_id: int, conn: str) -> None:
-    async with _redis().pipeline(transaction=False) as pipe:
-        pipe.zrem(_user_key(user_id), conn)
-        pipe.hset(f"{_prefix()}:seen", str(user_id), now_ms())
-        await pipe.execute()
+    key, seen, now = _user_key(user_id), _broker().keys.presence_seen(), now_ms()
+
+    def queue(pipe: Any) -> None:
+        pipe.zrem(key, conn)
+        pipe.hset(seen, str(user_id), now)
+
+    await _pipelined(queue)
 
 
 @dataclass(frozen=True)
@@ -276,12 +184,14 @@ class UserStatus:
 async def user_statuses(*, user_ids: list[int]) -> dict[int, UserStatus]:
     if not user_ids:
         return {}
-    now = now_ms()
-    async with _redis().pipeline(transaction=False) as pipe:
+    now, keys = now_ms(), _broker().keys
+
+    def queue(pipe: Any) -> None:
         for user_id in user_ids:
-            pipe.zcount(_user_key(user_id), now, "+inf")
-        pipe.hmget(f"{_prefix()}:seen", [str(u) for u in user_ids])
-        *counts, seen = await pipe.execute()
+            pipe.zcount(keys.presence_user(user_id), now, "+inf")
+        pipe.hmget(keys.presence_seen(), [str(u) for u in user_ids])
+
+    *counts, seen = await _pipelined(queue)
     return {
         uid: UserStatus(uid, count > 0, int(last) if last else None)
         for uid, count, last in zip(user_ids, counts, seen, strict=True)
@@ -291,7 +201,8 @@ async def user_statuses(*, user_ids: list[int]) -> dict[int, UserStatus]:
 async def _names(user_ids: list[int]) -> list[str]:
     if not user_ids:
         return []  # HMGET needs at least one field
-    names = await _redis().hmget(f"{_prefix()}:names", [str(u) for u in user_ids])
+    key = _broker().keys.presence_names()
+    (names,) = await _pipelined(lambda pipe: pipe.hmget(key, [str(u) for u in user_ids]))
     return [n.decode() if n else f"user {u}" for u, n in zip(user_ids, names, strict=True)]
 
 
@@ -313,10 +224,10 @@ def _queue_refresh(
     _queue_touch(pipe, ((c.user_id, c.username, c.conn) for c in conns), now=now, ttl=ttl)
     for slug, conn in entries:
         args = _join_args(user_id=conn.user_id, conn=conn.conn, now=now, ttl=ttl)
-        pipe.evalsha(_JOIN.sha, 1, _room_key(slug), *args)
+        scripts.PRESENCE_JOIN.queue(pipe, [_room_key(slug)], args)
     # After the joins: this beat's own entries are fresh when the sweeps run.
     for slug in rooms:
-        pipe.evalsha(_SWEEP.sha, 1, _room_key(slug), now)
+        scripts.PRESENCE_SWEEP.queue(pipe, [_room_key(slug)], [now])
 
 
 async def connections_refresh(conns: list[ConnectionPresence], *, sweep: bool) -> None:
@@ -384,7 +295,7 @@ class ConnectionPresence:
             _queue_refresh, conns=[self], entries=[(slug, self)], rooms=[], now=now_ms(),
             ttl=ttl_ms(),
         )  # fmt: skip
-        with contextlib.suppress(*REDIS_DOWN, publish.RealtimeUnavailable):
+        with contextlib.suppress(BrokerUnavailable):
             if (await _pipelined(queue))[-1]:
                 await self._announce(slug, "join")
 
@@ -404,7 +315,7 @@ class ConnectionPresence:
         for slug in list(self.rooms):
             self.rooms.discard(slug)
             await self._leave(slug)
-        with contextlib.suppress(*REDIS_DOWN):
+        with contextlib.suppress(BrokerUnavailable):
             await user_gone(user_id=self.user_id, conn=self.conn)
 
     async def refresh(self) -> None:
@@ -412,7 +323,7 @@ class ConnectionPresence:
         await connections_refresh([self], sweep=True)
 
     async def _leave(self, slug: str) -> None:
-        with contextlib.suppress(*REDIS_DOWN, publish.RealtimeUnavailable):
+        with contextlib.suppress(BrokerUnavailable):
             if await room_exit(slug=slug, user_id=self.user_id, conn=self.conn):
                 await self._announce(slug, "leave")
 
@@ -489,7 +400,7 @@ class _Heartbeat:
         self.writes.add(done)
         try:
             await connections_refresh(conns, sweep=sweep)
-        except (*REDIS_DOWN, publish.RealtimeUnavailable) as exc:
+        except BrokerUnavailable as exc:
             # Entries come back on the next beat after Redis does (a restart wipes them).
             logger.debug("presence heartbeat failed sockets=%d: %r", len(conns), exc)
         except Exception:

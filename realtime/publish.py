@@ -2,8 +2,8 @@
 
 Only this module publishes to streams: views, admin actions, management commands and consumers
 all come through here, so every message gets the same envelope, sequence number, history entry,
-size limit and error handling. (The publish script in history.py does the PUBLISH that
-channels' `group_send` would do, atomically with numbering and storing the message.)
+size limit and error handling. (The broker's publish script does the PUBLISH that channels'
+`group_send` would do, atomically with numbering and storing the message.)
 """
 
 from __future__ import annotations
@@ -17,14 +17,16 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
-from redis.exceptions import RedisError
 
-from realtime import groups, history, protocol
+from realtime import broker, groups, protocol
+from realtime.broker import BrokerUnavailable, StreamPolicy
 
 logger = logging.getLogger(__name__)
 
-class RealtimeUnavailable(Exception):
-    """Redis (the channel layer) could not be reached: nothing was sent. Retry later."""
+
+class RealtimeUnavailable(BrokerUnavailable):
+    """Nothing was sent: Redis could not be reached. Its message is for users (no address, no
+    exception text); callers catching BrokerUnavailable catch it too."""
 
 
 # What a user is told: no address, no password, no exception text (those are logged).
@@ -76,7 +78,7 @@ async def publish(
 ) -> PublishResult:
     """Publish `payload` to `stream` (user:<id>, room:<slug> or broadcast).
 
-    `idempotency` is a key already scoped to its publisher (see history.idempotency_key): a
+    `idempotency` is a key already scoped to its publisher (see `idempotency_key`): a
     repeated key publishes nothing and returns the first publish's seq, so retries are safe.
     """
     group = groups.group_for_stream(stream)
@@ -92,15 +94,20 @@ async def publish(
     # Encoded once here; the publish script adds seq and epoch, and every replica writes the
     # resulting text to its sockets as it is.
     body = protocol.encode(envelope)
+    policy = StreamPolicy(
+        max_len=settings.HISTORY_MAXLEN,
+        max_age_ms=int(settings.HISTORY_MAX_AGE_SECS * 1000),
+        idempotency_ttl_secs=settings.IDEMPOTENCY_TTL_SECS,
+    )
     try:
         appended = await asyncio.wait_for(
-            history.append(
+            broker.current().publish(
                 stream=stream, group=group, body=body, message_id=message_id,
-                idempotency=idempotency,
+                idempotency=idempotency, policy=policy,
             ),  # fmt: skip
             timeout=settings.REDIS_TIMEOUT_SECS,
         )
-    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+    except (BrokerUnavailable, TimeoutError) as exc:
         # The details (which Redis, why) go to the log; callers show the message to users, and
         # a Redis URL can carry a password.
         logger.warning("publish failed stream=%s replica=%s error=%r", stream, origin, exc)
@@ -110,6 +117,12 @@ async def publish(
         stream=stream, id=appended.message_id, origin=origin, seq=appended.seq, epoch=appended.epoch,
         replicas=appended.receivers, sockets=appended.sockets, duplicate=appended.duplicate,
     )  # fmt: skip
+
+
+def idempotency_key(scope: str, key: str) -> str:
+    """The broker's key for a publisher's own message id: `scope` names the publisher (a user and
+    stream, a token, a chat row), so two publishers' ids never collide."""
+    return broker.current().idempotency_key(scope, key)
 
 
 async def push_to_user(*, user_id: int, payload: Any, idempotency: str | None = None) -> PublishResult:
@@ -136,7 +149,7 @@ async def publish_ephemeral(*, stream: str, frame: dict[str, Any]) -> None:
             layer.group_send(group, {"type": "rt.ephemeral", "stream": stream, "frame": text}),  # type: ignore[union-attr]
             timeout=settings.REDIS_TIMEOUT_SECS,
         )
-    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+    except (BrokerUnavailable, TimeoutError) as exc:
         logger.warning("ephemeral publish failed stream=%s error=%r", stream, exc)
         raise RealtimeUnavailable(UNAVAILABLE_MESSAGE) from exc
 

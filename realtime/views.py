@@ -16,9 +16,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
-from redis.exceptions import RedisError
 
-from realtime import groups, history, publish
+from realtime import broker, groups, publish
+from realtime.broker import BrokerUnavailable
 from realtime.api import (
     ApiError,
     authenticate_publisher,
@@ -26,7 +26,6 @@ from realtime.api import (
     ok_response,
     parse_json_object,
 )
-from realtime.redis_client import get_redis
 from realtime.selectors import user_get_by_username, user_ids_by_username
 from realtime.stats import replica_stats
 
@@ -62,9 +61,9 @@ async def healthz(request: HttpRequest) -> JsonResponse:
             return JsonResponse({"replica": settings.REPLICA_ID, "status": "ok"})
     started = time.perf_counter()
     try:
-        await asyncio.wait_for(get_redis().ping(), HEALTH_REDIS_TIMEOUT_SECS)
+        await asyncio.wait_for(broker.current().ping(), HEALTH_REDIS_TIMEOUT_SECS)
         redis_ok, redis_error = True, None
-    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+    except (BrokerUnavailable, TimeoutError) as exc:
         redis_ok, redis_error = False, exc.__class__.__name__
     # 200 even without Redis: every replica shares the one Redis, so failing the check would
     # take the whole cluster out of HAProxy; the replica can still serve pages and say why.
@@ -254,7 +253,7 @@ def _idempotency(request: HttpRequest, publisher: str) -> str | None:
         return None
     if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
         raise ApiError(400, "bad_idempotency_key", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters.")
-    return history.idempotency_key(publisher, key)
+    return publish.idempotency_key(publisher, key)
 
 
 def _payload_from(body: dict[str, Any]) -> Any:

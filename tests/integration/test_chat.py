@@ -11,7 +11,7 @@ from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
 from django.test import AsyncClient
 
-from realtime import chat, history
+from realtime import broker, chat
 from realtime.layer import StreamChannelLayer
 from realtime.models import ChatMessage, Room
 from tests.integration.conftest import open_socket
@@ -45,7 +45,7 @@ async def test_a_chat_line_is_stored_published_once_and_acked_even_when_resent(
     assert (again["type"], again["seq"], again["duplicate"], again["message_id"]) == ("ack", 1, True, row.pk)
     assert await socket.nothing()
     assert await ChatMessage.objects.acount() == 1
-    assert len(await history.read("room:tea", after=0)) == 1
+    assert len(await broker.current().read("room:tea", after=0)) == 1
     await socket.send({"type": "publish", "id": "c-2", "stream": "room:tea", "payload": {"kind": "chat", "text": "  "}})
     assert (await socket.receive())["code"] == "bad_payload"
     await socket.close()

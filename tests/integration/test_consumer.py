@@ -10,7 +10,7 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, User
 
-from realtime import history, publish
+from realtime import broker, publish
 from realtime.consumers import RealtimeConsumer, delivered_marks
 from realtime.layer import StreamChannelLayer
 from realtime.models import Room
@@ -107,7 +107,7 @@ async def test_resume_from_another_epoch_answers_recovered_false(layer: StreamCh
 async def test_bad_resumes_get_errors_and_the_rest_works(layer: StreamChannelLayer) -> None:
     await Room.objects.acreate(slug="secret", title="Secret", is_private=True)
     await publish.push_to_user(user_id=5, payload="a")
-    head = (await history.heads(["user:5"]))["user:5"]
+    head = (await broker.current().heads(["user:5"]))["user:5"]
     query = resume_query({
         "user:6": {"epoch": None, "seq": 0},  # someone else's stream
         "room:secret": {"epoch": None, "seq": 0},  # a private room: told as if it were missing
@@ -148,7 +148,7 @@ async def test_subscribe_to_rooms_and_publish_idempotently(layer: StreamChannelL
     assert (again["type"], again["seq"], again["duplicate"]) == ("ack", 1, True)
     assert [f["seq"] for f in await bob.receive_many(1)] == [1]
     assert await bob.nothing() and await alice.nothing()
-    assert len(await history.read("room:lobby", after=0)) == 1
+    assert len(await broker.current().read("room:lobby", after=0)) == 1
     await alice.send({"type": "publish", "id": "m-2", "stream": "user:9", "payload": 1})
     assert (await alice.receive())["code"] == "forbidden_stream"
     await alice.send({"type": "unsubscribe", "stream": "room:lobby"})
@@ -165,7 +165,7 @@ async def test_a_dropped_frame_is_repaired_from_history(layer: StreamChannelLaye
     await publish.push_to_user(user_id=10, payload=1)
     # Seq 2 is stored but never published, as when a pub/sub message is lost.
     client = layer.redis()
-    meta, log = history.meta_key("user:10"), history.log_key("user:10")
+    meta, log = broker.current().keys.stream_meta("user:10"), broker.current().keys.stream_log("user:10")
     epoch = (await client.hget(meta, "epoch")).decode()
     await client.hincrby(meta, "seq", 1)
     lost = json.dumps({"seq": 2, "epoch": epoch, "type": "push", "stream": "user:10", "payload": 2})
@@ -198,7 +198,7 @@ async def test_acks_and_deliveries_fill_the_ledger(layer: StreamChannelLayer) ->
     await socket.send({"type": "ack", "stream": "user:12", "seq": 2})
     await socket.send({"type": "ack", "stream": "user:12", "seq": 9})  # never delivered
     assert (await socket.receive())["code"] == "bad_ack"
-    ledger = await history.ledger("user:12")
+    ledger = await broker.current().ledger("user:12")
     assert ledger["acked"] == 2 and ledger["seq"] == 3
     states = {row["seq"]: row["state"] for row in ledger["messages"]}
     assert states[1] == states[2] == "acknowledged"
@@ -211,7 +211,7 @@ async def test_delivered_marks_of_many_streams_are_written_together(
 ) -> None:
     round_trips: list[int] = []
     all_written = asyncio.Event()
-    mark_many = history.mark_many
+    mark_many = broker.current().mark_many
 
     async def counted(marks: list[tuple[str, str, str, int]]) -> None:
         round_trips.append(len(marks))
@@ -219,7 +219,7 @@ async def test_delivered_marks_of_many_streams_are_written_together(
         if sum(round_trips) >= 150:
             all_written.set()
 
-    monkeypatch.setattr(history, "mark_many", counted)
+    monkeypatch.setattr(broker.current(), "mark_many", counted)
     epochs = {}
     for user_id in range(500, 650):
         epochs[user_id] = (await publish.push_to_user(user_id=user_id, payload=1)).epoch
@@ -229,6 +229,6 @@ async def test_delivered_marks_of_many_streams_are_written_together(
         marks.note(f"user:{user_id}", epochs[user_id], 0)  # a later, lower note never lowers it
 
     await asyncio.wait_for(all_written.wait(), timeout=5)
-    ledgers = [await history.ledger(f"user:{u}", count=1) for u in range(500, 650)]
+    ledgers = [await broker.current().ledger(f"user:{u}", count=1) for u in range(500, 650)]
     assert all(ledger["delivered"] == 1 for ledger in ledgers)
     assert round_trips == [100, 50], "150 streams in two pipelines, not 150 calls"

@@ -19,7 +19,7 @@ from django.test import AsyncClient
 from django.utils import timezone
 from pytest_django.fixtures import Settings
 
-from realtime import history, presence, publish, session_watch
+from realtime import broker, presence, publish, session_watch
 from realtime.consumers import RealtimeConsumer
 from realtime.layer import StreamChannelLayer
 from realtime.models import Room
@@ -41,11 +41,13 @@ async def witness_hears(witness: Socket, n: int) -> None:
 async def frames_until_closed(
     socket: Socket, wait_secs: float = 5
 ) -> tuple[list[dict[str, Any]], int]:
-    """Every frame up to the close, and the close code."""
+    """Every frame up to the server's close, and its code; then the client side closes too, so
+    the consumer ends (and gives back what it held) before the test's layer is flushed."""
     frames = []
     while True:
         output = await socket.communicator.receive_output(timeout=wait_secs)
         if output["type"] == "websocket.close":
+            await socket.close()
             return frames, output.get("code", 1000)
         frames.append(json.loads(output["text"]))
 
@@ -174,7 +176,7 @@ async def test_publishes_past_the_socket_budget_are_refused_and_not_published(
     errors = [f for f in frames if f["type"] == "error"]
     assert [(e["code"], e["ref"]) for e in errors] == [("rate_limited", "m2")]
     assert errors[0]["retry_after_ms"] == 10_000
-    assert [seq for seq, _ in await history.read("room:budget", after=0)] == [1, 2]
+    assert [seq for seq, _ in await broker.current().read("room:budget", after=0)] == [1, 2]
     await socket.close()
 
 
@@ -265,7 +267,7 @@ async def test_the_same_publish_id_on_two_streams_is_two_messages(
         )
         ack = await socket.receive()
         assert (ack["type"], ack["duplicate"], ack["seq"]) == ("ack", False, 1)
-    assert len(await history.read("room:two", after=0)) == 1
+    assert len(await broker.current().read("room:two", after=0)) == 1
     await socket.close()
 
 

@@ -13,7 +13,8 @@ import pytest
 import redis.asyncio as aioredis
 from pytest_django.fixtures import Settings
 
-from realtime import presence
+from realtime import broker, presence
+from realtime.broker import BrokerUnavailable, scripts
 from realtime.layer import StreamChannelLayer
 from realtime.models import Room
 from realtime.presence import ConnectionPresence
@@ -86,7 +87,7 @@ def commands(call: list[tuple[Any, ...]], name: str) -> list[tuple[Any, ...]]:
 
 
 def swept_keys(call: list[tuple[Any, ...]]) -> list[str]:
-    return [args[3] for args in commands(call, "EVALSHA") if args[1] == presence._SWEEP.sha]
+    return [args[3] for args in commands(call, "EVALSHA") if args[1] == scripts.PRESENCE_SWEEP.sha]
 
 
 def writes(calls: Calls) -> Calls:
@@ -95,7 +96,7 @@ def writes(calls: Calls) -> Calls:
 
 
 async def scores(key: str) -> dict[bytes, float]:
-    return dict(await presence._redis().zrange(key, 0, -1, withscores=True))
+    return dict(await broker.current().redis().zrange(key, 0, -1, withscores=True))
 
 
 async def start_many(count: int, *, rooms: list[str], users: int) -> list[ConnectionPresence]:
@@ -168,7 +169,7 @@ async def test_a_beat_refreshes_every_entry_in_a_pipeline_per_batch_and_sweeps_e
     keys |= {presence._user_key(c.user_id) for c in conns}
     for key in keys:
         aged = {member: score - 1000 for member, score in (await scores(key)).items()}
-        await presence._redis().zadd(key, aged, xx=True)
+        await broker.current().redis().zadd(key, aged, xx=True)
     rooms_before = {slug: await scores(presence._room_key(slug)) for slug in rooms}
     users_before = {c.user_id: await scores(presence._user_key(c.user_id)) for c in conns}
     round_trips.clear()
@@ -239,15 +240,15 @@ async def test_entries_lost_with_redis_return_on_the_next_beat_and_rejoin(
     alice = await in_room(95, "alice", "loft")
     assert (await next_presence(alice, "alice95"))["event"] == "join"
     # What a Redis restart does to presence: its keys and the loaded scripts are gone, at once.
-    client = presence._redis()
-    keys = [key async for key in client.scan_iter(f"{presence._prefix()}:*")]
+    client = broker.current().redis()
+    keys = [key async for key in client.scan_iter(f"{broker.current().keys.prefix}:presence:*")]
     async with client.pipeline(transaction=True) as pipe:
         pipe.delete(*keys)
         pipe.script_flush()
         await pipe.execute()
     # The next beat's JOIN finds alice gone (after loading the scripts again) and says so.
     assert (await next_presence(alice, "alice95"))["event"] == "join"
-    assert await client.script_exists(presence._JOIN.sha, presence._SWEEP.sha) == [True, True]
+    assert await client.script_exists(scripts.PRESENCE_JOIN.sha, scripts.PRESENCE_SWEEP.sha) == [True, True]
     assert await presence.room_online(slug="loft") == [95]
     assert await online(95)
     await alice.close()
@@ -267,7 +268,7 @@ async def test_redis_trouble_breaks_no_socket_and_entries_return_after_it(
         attempts += 1
         if attempts >= 3:
             three_failed.set()
-        raise ConnectionError("Redis is restarting")
+        raise BrokerUnavailable("Redis is restarting")
 
     monkeypatch.setattr(presence, "_pipelined", unreachable)
     alice = await in_room(97, "alice", "shed")  # the subscribe's enter() failed quietly

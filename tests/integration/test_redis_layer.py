@@ -13,7 +13,7 @@ import pytest
 from channels.layers import channel_layers
 from pytest_django.fixtures import Settings as SettingsWrapper
 
-from realtime import history, publish
+from realtime import broker, publish
 from realtime.cluster import free_port
 from realtime.layer import StreamChannelLayer
 
@@ -87,19 +87,19 @@ async def test_seqs_are_contiguous_per_stream_under_concurrent_publishers(
     )
     room_seqs = sorted(r.seq for r in results if r.stream == "room:busy")
     assert room_seqs == list(range(1, 201))
-    stored = await history.read("room:busy", after=0, limit=1000)
+    stored = await broker.current().read("room:busy", after=0, limit=1000)
     assert [seq for seq, _ in stored] == list(range(1, 201))
     assert len({r.epoch for r in results if r.stream == "room:busy"}) == 1
 
 
 async def test_an_idempotency_key_publishes_once(layer: StreamChannelLayer) -> None:
-    key = history.idempotency_key("tests", uuid.uuid4().hex)
+    key = publish.idempotency_key("tests", uuid.uuid4().hex)
     first = await publish.publish(stream="room:once", payload=1, idempotency=key)
     again = await publish.publish(stream="room:once", payload=1, idempotency=key)
     assert (first.seq, first.duplicate) == (1, False)
     assert (again.seq, again.duplicate) == (1, True)
     assert again.id == first.id  # the retry learns the id of the message it already sent
-    assert len(await history.read("room:once", after=0)) == 1
+    assert len(await broker.current().read("room:once", after=0)) == 1
 
 
 async def test_history_is_trimmed_to_its_length(
@@ -108,7 +108,7 @@ async def test_history_is_trimmed_to_its_length(
     settings.HISTORY_MAXLEN = 10
     for n in range(300):
         await publish.publish(stream="room:trim", payload=n)
-    stored = await history.read("room:trim", after=0, limit=1000)
+    stored = await broker.current().read("room:trim", after=0, limit=1000)
     # Redis trims whole radix-tree nodes (MAXLEN ~), so a few more than 10 may stay.
     assert 10 <= len(stored) < 300
     assert stored[-1][0] == 300
@@ -124,15 +124,15 @@ async def test_history_is_trimmed_by_age(layer: StreamChannelLayer, settings: Se
     for n in range(15):
         await publish.publish(stream="room:aged", payload=n)
     # Wait until Redis' own clock (the one the script trims by) is past the entries' max age.
-    newest_ms = int((await layer.redis().xrevrange(history.log_key("room:aged"), count=1))[0][1][b"t"])
+    newest_ms = int((await layer.redis().xrevrange(broker.current().keys.stream_log("room:aged"), count=1))[0][1][b"t"])
     async with asyncio.timeout(5):
         while _redis_ms(await layer.redis().time()) <= newest_ms + 50:
             await asyncio.sleep(0.01)
     await publish.publish(stream="room:aged", payload=15)  # seq 16: the script trims by age
-    stored = await history.read("room:aged", after=0)
+    stored = await broker.current().read("room:aged", after=0)
     assert [seq for seq, _ in stored] == [16]
     # The stream's position survives its log: a resume can still tell "older than history".
-    assert (await history.heads(["room:aged"]))["room:aged"].seq == 16
+    assert (await broker.current().heads(["room:aged"]))["room:aged"].seq == 16
 
 
 async def test_publish_with_redis_unreachable_raises_a_clear_error_without_its_address(

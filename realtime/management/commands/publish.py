@@ -2,7 +2,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from realtime import groups, history, publish
+from realtime import groups, publish
 from realtime.management.commands._publishing import add_payload_arguments, payload_from, report
 
 
@@ -31,7 +31,7 @@ class Command(BaseCommand):
             result = publish.publish_sync(
                 stream=options["stream"],
                 payload=payload,
-                idempotency=history.idempotency_key("cli", key) if key else None,
+                idempotency=publish.idempotency_key("cli", key) if key else None,
             )
         except publish.RealtimeUnavailable as exc:
             raise CommandError(str(exc)) from None

@@ -1,0 +1,79 @@
+"""The Lua scripts (lua/*.lua) and the one runner for them.
+
+Scripts go to Redis as EVALSHA; a NOSCRIPT reply (Redis restarted, or its script cache was
+flushed) loads every script and runs the call or pipeline again — here and nowhere else.
+redis-py's Script objects would do the loading too, but a pipeline holding one first sends
+SCRIPT EXISTS: a second round trip on every presence heartbeat and delivery-mark flush.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+LUA_DIR = Path(__file__).resolve().parent / "lua"
+# Prepended to the presence scripts: Lua has no include.
+_PRELUDES = {"presence_join": "presence_has_live", "presence_leave": "presence_has_live",
+             "presence_sweep": "presence_has_live"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Script:
+    name: str
+    source: str
+    sha: str
+
+    def queue(self, pipe: Any, keys: list[str], args: list[Any]) -> None:
+        """Add a call of this script to a pipeline (run by `pipelined`)."""
+        pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+
+def _load(name: str) -> Script:
+    source = (LUA_DIR / f"{name}.lua").read_text()
+    if name in _PRELUDES:
+        source = (LUA_DIR / f"{_PRELUDES[name]}.lua").read_text() + source
+    return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
+
+
+PUBLISH = _load("publish")
+MARK = _load("mark")
+PRESENCE_JOIN = _load("presence_join")
+PRESENCE_LEAVE = _load("presence_leave")
+PRESENCE_SWEEP = _load("presence_sweep")
+PRESENCE_ADMIT = _load("presence_admit")
+LIMIT_HIT = _load("limit_hit")
+ALL = (PUBLISH, MARK, PRESENCE_JOIN, PRESENCE_LEAVE, PRESENCE_SWEEP, PRESENCE_ADMIT, LIMIT_HIT)
+
+
+async def pipelined(client: Any, queue: Callable[[Any], None]) -> list[Any]:
+    """Run the commands `queue` adds to a pipeline in one round trip; their replies, in order.
+
+    On NOSCRIPT every script is loaded and the pipeline runs again: each script call in it
+    failed the first time, and the plain commands in it can run twice (all of ours are
+    idempotent: ZADD, HSET, PEXPIRE…). Any other error reply is raised."""
+    for attempt in range(2):
+        async with client.pipeline(transaction=False) as pipe:
+            queue(pipe)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        if attempt == 0 and any(isinstance(reply, NoScriptError) for reply in replies):
+            async with client.pipeline(transaction=False) as pipe:
+                for script in ALL:
+                    pipe.script_load(script.source)
+                await pipe.execute()
+            continue
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        break
+    return replies
+
+
+async def run(client: Any, script: Script, keys: list[str], args: list[Any]) -> Any:
+    """One script call (a pipeline of one, so NOSCRIPT is handled as for the others)."""
+    replies = await pipelined(client, lambda pipe: script.queue(pipe, keys, args))
+    return replies[0]
