@@ -47,9 +47,10 @@ async def recheck(
     With `ended_session` (a session key), the users' sockets opened with it close instead."""
     layer: Any = get_channel_layer()
     user_event = (
-        {"type": RECHECK, "ended_session": session_digest(ended_session)} if ended_session
+        {"type": RECHECK, "ended_session": session_digest(ended_session)}
+        if ended_session
         else {"type": RECHECK}
-    )  # fmt: skip
+    )
     messages = [(groups.user_stream(uid), user_event) for uid in user_ids] + [
         (groups.room_stream(slug), {"type": RECHECK, "stream": groups.room_stream(slug)})
         for slug in room_slugs

@@ -271,7 +271,7 @@ class _LoopLayer:
                 # Short: if the subscription connection is not up by then, Redis is down, and
                 # the caller should say so now rather than keep a client waiting.
                 await asyncio.wait_for(self.subscribed_event.wait(), timeout=2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise ConnectionError("the layer has no Redis subscription connection") from None
         future = self._pending.get(channel)
         if future is None:
@@ -299,7 +299,9 @@ class _LoopLayer:
         while True:
             pubsub = self.redis.pubsub()
             try:
-                channels = [self.process_channel] + [self.owner.group_channel(g) for g in self.groups]
+                channels = [self.process_channel] + [
+                    self.owner.group_channel(g) for g in self.groups
+                ]
                 await pubsub.subscribe(*channels)
                 self._pubsub = pubsub
                 self._confirmed_initial = set(channels)
@@ -340,7 +342,11 @@ class _LoopLayer:
         self._pending.clear()
 
     async def _resync_sinks(self) -> None:
-        logger.info("layer resubscribed %d group(s); resyncing %d sink(s)", len(self.groups), len(self.sinks))
+        logger.info(
+            "layer resubscribed %d group(s); resyncing %d sink(s)",
+            len(self.groups),
+            len(self.sinks),
+        )
         for sink in list(self.sinks.values()):
             try:
                 await sink.on_resync()
@@ -368,8 +374,16 @@ class _LoopLayer:
                         if send_now is None or not send_now(stream, seq, epoch, frame):
                             await sink.on_stream_frame(stream, seq, epoch, frame)
                     else:
-                        self._put(channel, {"type": "rt.deliver", "stream": stream, "seq": seq,
-                                            "epoch": epoch, "frame": frame})  # fmt: skip
+                        self._put(
+                            channel,
+                            {
+                                "type": "rt.deliver",
+                                "stream": stream,
+                                "seq": seq,
+                                "epoch": epoch,
+                                "frame": frame,
+                            },
+                        )
                 except ChannelFull:
                     pass  # at-most-once for plain consumers, as in channels_redis
                 except Exception:
@@ -422,7 +436,9 @@ class _LoopLayer:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def close(self) -> None:
-        tasks = [t for t in (self._reader, self._heartbeat, self._membership_writer) if t is not None]
+        tasks = [
+            t for t in (self._reader, self._heartbeat, self._membership_writer) if t is not None
+        ]
         for task in tasks:
             task.cancel()
         if tasks:

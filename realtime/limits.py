@@ -13,6 +13,7 @@ one answers a clear error frame or status, and costs nobody else anything.
 from __future__ import annotations
 
 import time
+
 from django.conf import settings
 
 from realtime import broker

@@ -102,7 +102,9 @@ def _join_args(*, user_id: int, conn: str, now: int, ttl: int) -> list[Any]:
     return [f"{user_id}:", f"{user_id}:{conn}", now + ttl, now, _key_ttl(ttl)]
 
 
-async def room_enter(*, slug: str, user_id: int, username: str, conn: str, ttl: int | None = None) -> bool:
+async def room_enter(
+    *, slug: str, user_id: int, username: str, conn: str, ttl: int | None = None
+) -> bool:
     """Add or refresh a connection's entry; True when the user was not in the room before."""
     ttl = ttl or ttl_ms()
     args = _join_args(user_id=user_id, conn=conn, now=now_ms(), ttl=ttl)
@@ -125,6 +127,7 @@ async def room_sweep(*, slug: str, now: int | None = None) -> list[int]:
 
 async def room_online(*, slug: str) -> list[int]:
     """Ids of the users with a live connection in the room."""
+    members: Any
     with translated("presence"):
         members = await _broker().redis().zrangebyscore(_room_key(slug), now_ms(), "+inf")
     return sorted({int(m.split(b":", 1)[0]) for m in members})
@@ -207,7 +210,9 @@ async def _names(user_ids: list[int]) -> list[str]:
 
 
 async def announce(*, slug: str, event: str, user_id: int, username: str) -> None:
-    logger.info("presence %s room=%s user=%s replica=%s", event, slug, username, settings.REPLICA_ID)
+    logger.info(
+        "presence %s room=%s user=%s replica=%s", event, slug, username, settings.REPLICA_ID
+    )
     await publish.publish_ephemeral(
         stream=groups.room_stream(slug),
         frame={"type": "presence", "event": event, "user": username, "user_id": user_id},
@@ -218,9 +223,14 @@ async def announce(*, slug: str, event: str, user_id: int, username: str) -> Non
 
 
 def _queue_refresh(
-    pipe: Any, conns: list[ConnectionPresence], entries: list[tuple[str, ConnectionPresence]],
-    rooms: list[str], *, now: int, ttl: int,
-) -> None:  # fmt: skip
+    pipe: Any,
+    conns: list[ConnectionPresence],
+    entries: list[tuple[str, ConnectionPresence]],
+    rooms: list[str],
+    *,
+    now: int,
+    ttl: int,
+) -> None:
     _queue_touch(pipe, ((c.user_id, c.username, c.conn) for c in conns), now=now, ttl=ttl)
     for slug, conn in entries:
         args = _join_args(user_id=conn.user_id, conn=conn.conn, now=now, ttl=ttl)
@@ -292,9 +302,13 @@ class ConnectionPresence:
             return
         self.rooms.add(slug)
         queue = partial(
-            _queue_refresh, conns=[self], entries=[(slug, self)], rooms=[], now=now_ms(),
+            _queue_refresh,
+            conns=[self],
+            entries=[(slug, self)],
+            rooms=[],
+            now=now_ms(),
             ttl=ttl_ms(),
-        )  # fmt: skip
+        )
         with contextlib.suppress(BrokerUnavailable):
             if (await _pipelined(queue))[-1]:
                 await self._announce(slug, "join")

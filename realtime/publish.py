@@ -86,9 +86,12 @@ async def publish(
     origin = settings.REPLICA_ID
     message_id = uuid.uuid4().hex
     envelope = protocol.envelope(
-        kind=_KINDS[stream.partition(":")[0]], stream=stream, message_id=message_id,
-        payload=payload, origin=origin,
-    )  # fmt: skip
+        kind=_KINDS[stream.partition(":")[0]],
+        stream=stream,
+        message_id=message_id,
+        payload=payload,
+        origin=origin,
+    )
     if sender is not None:
         envelope["sender"] = sender
     # Encoded once here; the publish script adds seq and epoch, and every replica writes the
@@ -102,9 +105,13 @@ async def publish(
     try:
         appended = await asyncio.wait_for(
             broker.current().publish(
-                stream=stream, group=group, body=body, message_id=message_id,
-                idempotency=idempotency, policy=policy,
-            ),  # fmt: skip
+                stream=stream,
+                group=group,
+                body=body,
+                message_id=message_id,
+                idempotency=idempotency,
+                policy=policy,
+            ),
             timeout=settings.REDIS_TIMEOUT_SECS,
         )
     except (BrokerUnavailable, TimeoutError) as exc:
@@ -114,9 +121,15 @@ async def publish(
         raise RealtimeUnavailable(UNAVAILABLE_MESSAGE) from exc
     logger.debug("published stream=%s seq=%s replica=%s", stream, appended.seq, origin)
     return PublishResult(
-        stream=stream, id=appended.message_id, origin=origin, seq=appended.seq, epoch=appended.epoch,
-        replicas=appended.receivers, sockets=appended.sockets, duplicate=appended.duplicate,
-    )  # fmt: skip
+        stream=stream,
+        id=appended.message_id,
+        origin=origin,
+        seq=appended.seq,
+        epoch=appended.epoch,
+        replicas=appended.receivers,
+        sockets=appended.sockets,
+        duplicate=appended.duplicate,
+    )
 
 
 def idempotency_key(scope: str, key: str) -> str:
@@ -125,9 +138,13 @@ def idempotency_key(scope: str, key: str) -> str:
     return broker.current().idempotency_key(scope, key)
 
 
-async def push_to_user(*, user_id: int, payload: Any, idempotency: str | None = None) -> PublishResult:
+async def push_to_user(
+    *, user_id: int, payload: Any, idempotency: str | None = None
+) -> PublishResult:
     """Send `payload` to every socket of one user, on whichever replica it lives."""
-    return await publish(stream=groups.user_stream(user_id), payload=payload, idempotency=idempotency)
+    return await publish(
+        stream=groups.user_stream(user_id), payload=payload, idempotency=idempotency
+    )
 
 
 async def broadcast(*, payload: Any, idempotency: str | None = None) -> PublishResult:

@@ -53,7 +53,7 @@ class LeanWebSocketProtocol(WebSocketProtocol):
 class ClosingWebSocketFactory(WebSocketFactory):
     protocol = LeanWebSocketProtocol
 
-    def setProtocolOptions(self, **options: Any) -> None:  # noqa: N802 (autobahn's name)
+    def setProtocolOptions(self, **options: Any) -> None:
         super().setProtocolOptions(failByDrop=False, **options)
         # Autobahn's _connectionMade copies each option that a protocol does not already have;
         # as class attributes, every connection has them all and nothing is copied.
@@ -141,11 +141,12 @@ class LeanServer(daphne.server.Server):
 
 
 def main() -> None:
-    daphne.server.WebSocketFactory = ClosingWebSocketFactory  # type: ignore[misc]
+    daphne.server.WebSocketFactory = ClosingWebSocketFactory
     # In autobahn.websocket.protocol these two build debug log arguments only (on the server
     # side; the client's handshake and timing tracking, unused here, use pformat otherwise).
-    autobahn.websocket.protocol.pformat = rendered_when_logged(pprint.pformat)
-    autobahn.websocket.protocol.hltype = rendered_when_logged(autobahn.util.hltype)
+    # (Module globals it imported, not exported: hence setattr.)
+    setattr(autobahn.websocket.protocol, "pformat", rendered_when_logged(pprint.pformat))  # noqa: B010
+    setattr(autobahn.websocket.protocol, "hltype", rendered_when_logged(autobahn.util.hltype))  # noqa: B010
     cli = CommandLineInterface()
     cli.server_class = LeanServer
     cli.run(sys.argv[1:])

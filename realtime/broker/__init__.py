@@ -22,9 +22,14 @@ from realtime.broker.errors import REDIS_FAILURES, BrokerUnavailable
 from realtime.broker.redis_broker import Appended, Position, RedisBroker, StreamPolicy
 
 __all__ = [
-    "REDIS_FAILURES", "Appended", "BrokerUnavailable", "Position", "RedisBroker",
-    "StreamPolicy", "current",
-]  # fmt: skip
+    "REDIS_FAILURES",
+    "Appended",
+    "BrokerUnavailable",
+    "Position",
+    "RedisBroker",
+    "StreamPolicy",
+    "current",
+]
 
 
 def current() -> RedisBroker:

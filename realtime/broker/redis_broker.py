@@ -83,10 +83,15 @@ class RedisBroker:
             # (A publish retried after its connection died mid-command may be stored twice;
             # clients that must not see that send an idempotency key.)
             pool = aioredis.BlockingConnectionPool.from_url(
-                self.url, max_connections=MAX_REDIS_CONNECTIONS, timeout=5,
-                socket_connect_timeout=3, socket_timeout=5, health_check_interval=0,
-                retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError],
-            )  # fmt: skip
+                self.url,
+                max_connections=MAX_REDIS_CONNECTIONS,
+                timeout=5,
+                socket_connect_timeout=3,
+                socket_timeout=5,
+                health_check_interval=0,
+                retry=Retry(NoBackoff(), 1),
+                retry_on_error=[RedisConnectionError],
+            )
             client = self._clients[loop] = aioredis.Redis(connection_pool=pool)
         return client
 
@@ -109,15 +114,21 @@ class RedisBroker:
         with translated(script.name):
             return await scripts.run(self.redis(), script, keys, args)
 
-    # --- streams -----------------------------------------------------------------------------------
+    # --- streams ---------------------------------------------------------------------------------
 
     def idempotency_key(self, scope: str, key: str) -> str:
         return self.keys.idempotency(scope, key)
 
     async def publish(
-        self, *, stream: str, group: str, body: str, message_id: str, idempotency: str | None,
+        self,
+        *,
+        stream: str,
+        group: str,
+        body: str,
+        message_id: str,
+        idempotency: str | None,
         policy: StreamPolicy,
-    ) -> Appended:  # fmt: skip
+    ) -> Appended:
         """Number `body` (envelope JSON without seq/epoch), keep it in the stream's history and
         PUBLISH it on its group's channel, atomically (lua/publish.lua). Because the PUBLISH
         happens inside the script, every subscriber sees a stream's frames in seq order.
@@ -126,14 +137,24 @@ class RedisBroker:
         lost its data starts streams afresh under new epochs, so a client's position from
         before is told apart from the same seq after."""
         keys = [
-            self.keys.stream_meta(stream), self.keys.stream_log(stream), self.keys.members(group),
+            self.keys.stream_meta(stream),
+            self.keys.stream_log(stream),
+            self.keys.members(group),
             idempotency or "",
-        ]  # fmt: skip
+        ]
         args = [
-            uuid.uuid4().hex[:12], body, policy.max_len, policy.max_age_ms,
-            self.keys.group_channel(group), stream, policy.idempotency_ttl_secs, message_id,
-        ]  # fmt: skip
-        seq, epoch, receivers, sockets, duplicate, first_id = await self.run(scripts.PUBLISH, keys, args)
+            uuid.uuid4().hex[:12],
+            body,
+            policy.max_len,
+            policy.max_age_ms,
+            self.keys.group_channel(group),
+            stream,
+            policy.idempotency_ttl_secs,
+            message_id,
+        ]
+        seq, epoch, receivers, sockets, duplicate, first_id = await self.run(
+            scripts.PUBLISH, keys, args
+        )
         return Appended(
             int(seq), _text(epoch), int(receivers), int(sockets), bool(duplicate), _text(first_id)
         )
@@ -155,12 +176,18 @@ class RedisBroker:
         self, stream: str, *, after: int, upto: int | None = None, limit: int = 500
     ) -> list[tuple[int, str]]:
         """Frames with after < seq <= upto (or to the end), oldest first, at most `limit`."""
+        # redis-py types replies loosely; these are lists of (b"<seq>-0", {b"f": …, b"t": …}).
+        entries: Any
         with translated("history read"):
             entries = await self.redis().xrange(
-                self.keys.stream_log(stream), min=f"{after + 1}-0",
-                max=f"{upto}-0" if upto else "+", count=limit,
-            )  # fmt: skip
-        return [(int(entry_id.split(b"-")[0]), fields[b"f"].decode()) for entry_id, fields in entries]
+                self.keys.stream_log(stream),
+                min=f"{after + 1}-0",
+                max=f"{upto}-0" if upto else "+",
+                count=limit,
+            )
+        return [
+            (int(entry_id.split(b"-")[0]), fields[b"f"].decode()) for entry_id, fields in entries
+        ]
 
     async def mark(self, stream: str, *, field: str, epoch: str, seq: int) -> None:
         """Raise the stream's `delivered` or `acked` mark to `seq` (never lowers it)."""
@@ -180,6 +207,8 @@ class RedisBroker:
 
     async def ledger(self, stream: str, *, count: int = 100) -> dict[str, Any]:
         """The last `count` messages of a stream, each marked sent / delivered / acknowledged."""
+        meta: Any
+        entries: Any
         with translated("ledger"):
             meta = await self.redis().hgetall(self.keys.stream_meta(stream))
             entries = await self.redis().xrevrange(self.keys.stream_log(stream), count=count)
@@ -190,9 +219,13 @@ class RedisBroker:
             seq = int(entry_id.split(b"-")[0])
             state = "acknowledged" if seq <= acked else "delivered" if seq <= delivered else "sent"
             rows.append(
-                {"seq": seq, "frame": fields[b"f"].decode(), "stored_at": int(fields[b"t"]),
-                 "state": state}
-            )  # fmt: skip
+                {
+                    "seq": seq,
+                    "frame": fields[b"f"].decode(),
+                    "stored_at": int(fields[b"t"]),
+                    "state": state,
+                }
+            )
         return {
             "epoch": _text(meta[b"epoch"]) if b"epoch" in meta else None,
             "seq": int(meta.get(b"seq", 0)),

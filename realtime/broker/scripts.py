@@ -18,8 +18,11 @@ from redis.exceptions import NoScriptError
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 # Prepended to the presence scripts: Lua has no include.
-_PRELUDES = {"presence_join": "presence_has_live", "presence_leave": "presence_has_live",
-             "presence_sweep": "presence_has_live"}  # fmt: skip
+_PRELUDES = {
+    "presence_join": "presence_has_live",
+    "presence_leave": "presence_has_live",
+    "presence_sweep": "presence_has_live",
+}
 
 
 @dataclass(frozen=True)
