@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from asgiref.sync import async_to_sync
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -41,13 +43,18 @@ class ApiTokenAdmin(admin.ModelAdmin):
     list_filter = ("is_active",)
     readonly_fields = ("prefix", "created_by", "created_at")
 
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return ["name"] if obj is None else ["name", "prefix", "is_active", "created_by", "created_at"]
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        return (
+            ("name",)
+            if obj is None
+            else ("name", "prefix", "is_active", "created_by", "created_at")
+        )
 
     def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
             return
+        assert isinstance(request.user, User), "the admin site lets only staff in"
         token, raw = api_token_issue(name=obj.name, created_by=request.user)
         obj.pk, obj.prefix, obj.digest = token.pk, token.prefix, token.digest
         messages.warning(
@@ -82,14 +89,15 @@ def send_message_to_users(
             "title": "Send a message to the selected users",
             "form": form,
             "users": queryset,
-            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         },
     )
 
 
 class RealtimeUserAdmin(UserAdmin):
     actions = [send_message_to_users]
-    list_display = (*UserAdmin.list_display, "ledger_link")
+    # django-stubs declares list_display per instance; Django reads the class attribute.
+    list_display = (*UserAdmin.list_display, "ledger_link")  # type: ignore[misc]
 
     @admin.display(description="Delivery ledger")
     def ledger_link(self, user: Any) -> str:
@@ -133,7 +141,8 @@ class RoomAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Room, form: Any, change: bool) -> None:
         if not change:
-            obj.created_by = request.user  # type: ignore[assignment]
+            assert isinstance(request.user, User), "the admin site lets only staff in"
+            obj.created_by = request.user
         super().save_model(request, obj, form, change)
 
 
@@ -159,6 +168,11 @@ class ChatMessageAdmin(admin.ModelAdmin):
         return False
 
 
+class _Person(TypedDict):
+    user: AbstractBaseUser
+    status: presence.UserStatus | None
+
+
 def presence_view(request: HttpRequest) -> HttpResponse:
     """Who is online, per room and overall, as the replicas' presence entries in Redis say."""
     if not request.user.has_perm("realtime.view_room"):
@@ -178,10 +192,10 @@ def presence_view(request: HttpRequest) -> HttpResponse:
             (room, [users[uid] for uid in ids if uid in users])
             for room, ids in zip(rooms, room_ids, strict=True)
         ]
-    people = [
+    people: list[_Person] = [
         {"user": user, "status": statuses.get(uid)} for uid, user in users.items()
     ]
-    people.sort(key=lambda p: (not (p["status"] and p["status"].online), p["user"].username))
+    people.sort(key=lambda p: (not (p["status"] and p["status"].online), p["user"].get_username()))
     return TemplateResponse(
         request,
         "admin/realtime/presence.html",

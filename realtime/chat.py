@@ -16,7 +16,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 
@@ -42,7 +42,7 @@ class ChatError(ValueError):
 # --- rooms ---------------------------------------------------------------------------------------
 
 
-def rooms_visible(*, user: AbstractBaseUser) -> QuerySet[Room]:
+def rooms_visible(*, user: User) -> QuerySet[Room]:
     """Rooms the user may open: public ones, private ones they belong to (all, for staff)."""
     rooms = Room.objects.all()
     if not user.is_staff:
@@ -50,11 +50,11 @@ def rooms_visible(*, user: AbstractBaseUser) -> QuerySet[Room]:
     return rooms.order_by("slug")
 
 
-def rooms_joined(*, user: AbstractBaseUser) -> QuerySet[Room]:
+def rooms_joined(*, user: User) -> QuerySet[Room]:
     return Room.objects.filter(members=user).order_by("slug")
 
 
-def room_get_readable(*, user: AbstractBaseUser, slug: str) -> Room:
+def room_get_readable(*, user: User, slug: str) -> Room:
     """The room, or StreamDenied (unknown, malformed or private)."""
     try:
         stream = groups.room_stream(slug)
@@ -64,7 +64,7 @@ def room_get_readable(*, user: AbstractBaseUser, slug: str) -> Room:
     return Room.objects.get(slug=slug)
 
 
-def room_create(*, user: AbstractBaseUser, slug: str, title: str, is_private: bool) -> Room:
+def room_create(*, user: User, slug: str, title: str, is_private: bool) -> Room:
     slug = slug.strip().lower()
     if not groups.is_room_slug(slug):
         raise ChatError("Room names use lower-case letters, digits and hyphens (at most 50).")
@@ -83,16 +83,16 @@ def room_create(*, user: AbstractBaseUser, slug: str, title: str, is_private: bo
     return room
 
 
-def room_join(*, user: AbstractBaseUser, room: Room) -> None:
+def room_join(*, user: User, room: Room) -> None:
     """Add the user to the room's members (it then shows under "your rooms")."""
     room.members.add(user)
 
 
-def room_leave(*, user: AbstractBaseUser, room: Room) -> None:
+def room_leave(*, user: User, room: Room) -> None:
     room.members.remove(user)
 
 
-def room_invite(*, user: AbstractBaseUser, room: Room, username: str) -> AbstractBaseUser:
+def room_invite(*, user: User, room: Room, username: str) -> User:
     """A member adds someone to a (private) room."""
     from realtime.selectors import user_get_by_username
 
@@ -122,7 +122,7 @@ def message_payload(message: ChatMessage) -> dict[str, Any]:
 
 
 def message_post(
-    *, user: AbstractBaseUser, room: Room, text: str, client_id: str = ""
+    *, user: User, room: Room, text: str, client_id: str = ""
 ) -> tuple[ChatMessage, bool]:
     """Store a message and publish it after the commit. Returns (row, duplicate).
 
@@ -143,7 +143,9 @@ def message_post(
             return prior, True
     try:
         with transaction.atomic():
-            message = ChatMessage.objects.create(room=room, user=user, text=text, client_id=client_id)
+            message = ChatMessage.objects.create(
+                room=room, user=user, text=text, client_id=client_id
+            )
             transaction.on_commit(lambda: _announce(message))
     except IntegrityError:
         # The same client_id raced in from two sockets: the other one won.
@@ -212,11 +214,13 @@ def room_snapshot(*, room: Room) -> RoomSnapshot:
 
 def is_typing(stream: str, payload: Any) -> bool:
     """A socket's typing frame (throttled apart from other publishes: it is ephemeral)."""
-    return stream.startswith("room:") and isinstance(payload, dict) and payload.get("kind") == "typing"
+    return (
+        stream.startswith("room:") and isinstance(payload, dict) and payload.get("kind") == "typing"
+    )
 
 
 async def socket_publish(
-    *, user: AbstractBaseUser, stream: str, payload: Any, client_id: str
+    *, user: User, stream: str, payload: Any, client_id: str
 ) -> dict[str, Any] | None:
     """Handle a socket's publish to a room when it is chat ("kind": "chat" | "typing").
 
@@ -244,9 +248,11 @@ async def socket_publish(
         within = True
     if not within:
         raise InvalidFrame(
-            "rate_limited", f"You may post {per_min} chat lines a minute; this one was not "
-            "posted. Wait a little, then send it again.", client_id,
-        )  # fmt: skip
+            "rate_limited",
+            f"You may post {per_min} chat lines a minute; this one was not "
+            "posted. Wait a little, then send it again.",
+            client_id,
+        )
     room = await database_sync_to_async(Room.objects.get)(slug=stream.partition(":")[2])
     try:
         message, duplicate = await database_sync_to_async(message_post)(
@@ -257,5 +263,11 @@ async def socket_publish(
     if message.seq is None:
         # Stored but not announced (Redis down): the client keeps it and resends later.
         raise BrokerUnavailable("chat message stored but not published")
-    return {"type": "ack", "stream": stream, "seq": message.seq, "epoch": message.epoch,
-            "duplicate": duplicate, "message_id": message.pk}  # fmt: skip
+    return {
+        "type": "ack",
+        "stream": stream,
+        "seq": message.seq,
+        "epoch": message.epoch,
+        "duplicate": duplicate,
+        "message_id": message.pk,
+    }

@@ -8,12 +8,12 @@ frame with a client-made id, see chat.socket_publish); the pages here only read 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
@@ -26,18 +26,24 @@ from realtime.selectors import StreamDenied
 logger = logging.getLogger(__name__)
 
 
-def _room_or_404(request: HttpRequest, slug: str) -> Room:
+class AuthedRequest(HttpRequest):
+    """What @login_required lets through: a request whose user is a User, never anonymous."""
+
+    user: User
+
+
+def _room_or_404(request: AuthedRequest, slug: str) -> Room:
     # 404 for private rooms too: a non-member learns nothing about which private rooms exist.
     try:
-        return chat.room_get_readable(user=request.user, slug=slug)  # type: ignore[arg-type]
+        return chat.room_get_readable(user=request.user, slug=slug)
     except StreamDenied:
         raise Http404("No such room") from None
 
 
 @login_required
 @require_GET
-def chat_home(request: HttpRequest) -> HttpResponse:
-    user: Any = request.user
+def chat_home(request: AuthedRequest) -> HttpResponse:
+    user = request.user
     joined = list(chat.rooms_joined(user=user))
     joined_ids = {room.pk for room in joined}
     others = [room for room in chat.rooms_visible(user=user) if room.pk not in joined_ids]
@@ -46,10 +52,10 @@ def chat_home(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def room_create(request: HttpRequest) -> HttpResponse:
+def room_create(request: AuthedRequest) -> HttpResponse:
     try:
         room = chat.room_create(
-            user=request.user,  # type: ignore[arg-type]
+            user=request.user,
             slug=request.POST.get("slug", ""),
             title=request.POST.get("title", ""),
             is_private=request.POST.get("is_private") == "on",
@@ -62,24 +68,26 @@ def room_create(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def room_join(request: HttpRequest, slug: str) -> HttpResponse:
-    chat.room_join(user=request.user, room=_room_or_404(request, slug))  # type: ignore[arg-type]
+def room_join(request: AuthedRequest, slug: str) -> HttpResponse:
+    chat.room_join(user=request.user, room=_room_or_404(request, slug))
     return redirect("chat-room", slug=slug)
 
 
 @login_required
 @require_POST
-def room_leave(request: HttpRequest, slug: str) -> HttpResponse:
-    chat.room_leave(user=request.user, room=_room_or_404(request, slug))  # type: ignore[arg-type]
+def room_leave(request: AuthedRequest, slug: str) -> HttpResponse:
+    chat.room_leave(user=request.user, room=_room_or_404(request, slug))
     return redirect("chat")
 
 
 @login_required
 @require_POST
-def room_invite(request: HttpRequest, slug: str) -> HttpResponse:
+def room_invite(request: AuthedRequest, slug: str) -> HttpResponse:
     room = _room_or_404(request, slug)
     try:
-        invited = chat.room_invite(user=request.user, room=room, username=request.POST.get("username", ""))  # type: ignore[arg-type]
+        invited = chat.room_invite(
+            user=request.user, room=room, username=request.POST.get("username", "")
+        )
     except chat.ChatError as exc:
         messages.error(request, str(exc))
     else:
@@ -89,8 +97,8 @@ def room_invite(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_GET
-def room_page(request: HttpRequest, slug: str) -> HttpResponse:
-    user: Any = request.user
+def room_page(request: AuthedRequest, slug: str) -> HttpResponse:
+    user = request.user
     room = _room_or_404(request, slug)
     snapshot = chat.room_snapshot(room=room)
     joined = list(chat.rooms_joined(user=user))
@@ -99,7 +107,9 @@ def room_page(request: HttpRequest, slug: str) -> HttpResponse:
         "stream": groups.room_stream(room.slug),
         "me": {"id": user.pk, "username": user.get_username()},
         # Resume the live stream exactly where the rendered rows end (see chat.room_snapshot).
-        "position": None if snapshot.seq is None else {"epoch": snapshot.epoch, "seq": snapshot.seq},
+        "position": None
+        if snapshot.seq is None
+        else {"epoch": snapshot.epoch, "seq": snapshot.seq},
         "lastId": snapshot.messages[-1].pk if snapshot.messages else 0,
         "rooms": [r.slug for r in joined if r.slug != room.slug],
         "messagesUrl": f"/chat/{room.slug}/messages",
@@ -120,7 +130,7 @@ def room_page(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_GET
-def room_messages(request: HttpRequest, slug: str) -> JsonResponse:
+def room_messages(request: AuthedRequest, slug: str) -> JsonResponse:
     """GET ?after=<message id>: the rows after it, oldest first (the page's catch-up)."""
     room = _room_or_404(request, slug)
     try:
@@ -129,30 +139,44 @@ def room_messages(request: HttpRequest, slug: str) -> JsonResponse:
         return JsonResponse({"error": "'after' must be a message id (a whole number)."}, status=400)
     rows = chat.messages_after(room=room, after_id=after)
     return JsonResponse(
-        {"messages": [chat.message_payload(row) for row in rows], "more": len(rows) == chat.CATCH_UP_ROWS}
+        {
+            "messages": [chat.message_payload(row) for row in rows],
+            "more": len(rows) == chat.CATCH_UP_ROWS,
+        }
     )
 
 
 @login_required
 @require_GET
-def room_presence(request: HttpRequest, slug: str) -> JsonResponse:
-    """Who is in the room now (any replica), and each member's status: online anywhere, last seen."""
+def room_presence(request: AuthedRequest, slug: str) -> JsonResponse:
+    """Who is in the room now (any replica), and each member's status: online anywhere, last
+    seen."""
     room = _room_or_404(request, slug)
     member_ids = list(room.members.values_list("pk", flat=True))
     try:
         online_ids = async_to_sync(presence.room_online)(slug=room.slug)
-        statuses = async_to_sync(presence.user_statuses)(user_ids=sorted(set(member_ids) | set(online_ids)))
+        statuses = async_to_sync(presence.user_statuses)(
+            user_ids=sorted(set(member_ids) | set(online_ids))
+        )
     except BrokerUnavailable as exc:
         logger.warning("presence of %s unavailable: %r", room.slug, exc)
-        return JsonResponse({"error": "Presence is unavailable while Redis is; retry shortly."}, status=503)
+        return JsonResponse(
+            {"error": "Presence is unavailable while Redis is; retry shortly."}, status=503
+        )
     names = dict(get_user_model().objects.filter(pk__in=statuses).values_list("pk", "username"))
     return JsonResponse(
         {
-            "online": [{"user_id": uid, "user": names.get(uid, f"user {uid}")} for uid in online_ids],
+            "online": [
+                {"user_id": uid, "user": names.get(uid, f"user {uid}")} for uid in online_ids
+            ],
             "members": [
-                {"user_id": uid, "user": names.get(uid, f"user {uid}"), "online": statuses[uid].online,
-                 "last_seen_ms": statuses[uid].last_seen_ms}
+                {
+                    "user_id": uid,
+                    "user": names.get(uid, f"user {uid}"),
+                    "online": statuses[uid].online,
+                    "last_seen_ms": statuses[uid].last_seen_ms,
+                }
                 for uid in member_ids
             ],
-        }  # fmt: skip
+        }
     )

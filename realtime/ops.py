@@ -23,12 +23,12 @@ import logging
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from django.conf import settings
 
 from realtime import broker, groups, publish
+from realtime.asgi_types import ASGIApp, Receive, Scope, Send
 from realtime.broker import BrokerUnavailable
 from realtime.stats import replica_stats
 
@@ -193,13 +193,10 @@ def ensure_started() -> None:
     )
 
 
-AsgiApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
-
-
-def with_ops_publisher(app: AsgiApp) -> AsgiApp:
+def with_ops_publisher(app: ASGIApp) -> ASGIApp:
     """Wrap the ASGI application so the first request of any kind starts the publisher."""
 
-    async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def application(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
             ensure_started()
         await app(scope, receive, send)

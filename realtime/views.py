@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -17,8 +18,7 @@ from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from realtime import broker, groups, publish
-from realtime.broker import BrokerUnavailable
+from realtime import broker, groups, publish, transport
 from realtime.api import (
     ApiError,
     authenticate_publisher,
@@ -26,6 +26,7 @@ from realtime.api import (
     ok_response,
     parse_json_object,
 )
+from realtime.broker import BrokerUnavailable
 from realtime.selectors import user_get_by_username, user_ids_by_username
 from realtime.stats import replica_stats
 
@@ -79,6 +80,8 @@ async def healthz(request: HttpRequest) -> JsonResponse:
             "connections": replica_stats.open_connections,
             "layer_subscribed": get_channel_layer().connected,  # type: ignore[union-attr]
             "rss_bytes": _rss_bytes(),
+            # What sockets write through: Daphne's fast path, or plain ASGI (realtime/transport/).
+            "transport": transport.active_transport,
             "stats": replica_stats.as_dict(),
         }
     )
@@ -152,11 +155,17 @@ async def api_push_batch(request: HttpRequest) -> JsonResponse:
         messages = parse_json_object(request).get("messages")
         if not isinstance(messages, list) or not 0 < len(messages) <= MAX_BATCH_MESSAGES:
             raise ApiError(
-                400, "bad_messages",
-                f"'messages' must be a list of 1 to {MAX_BATCH_MESSAGES} {{user, payload}} objects.",
-            )  # fmt: skip
+                400,
+                "bad_messages",
+                f"'messages' must be a list of 1 to {MAX_BATCH_MESSAGES} "
+                "{user, payload} objects.",
+            )
         for index, item in enumerate(messages):
-            if not isinstance(item, dict) or not isinstance(item.get("user"), str) or not item["user"]:
+            if (
+                not isinstance(item, dict)
+                or not isinstance(item.get("user"), str)
+                or not item["user"]
+            ):
                 raise ApiError(
                     400, "bad_user", f"messages[{index}]: 'user' must be a username string."
                 )
@@ -165,10 +174,11 @@ async def api_push_batch(request: HttpRequest) -> JsonResponse:
         ids = await database_sync_to_async(user_ids_by_username)(usernames=usernames)
         if unknown := sorted(usernames - set(ids)):
             raise ApiError(
-                404, "unknown_user",
+                404,
+                "unknown_user",
                 f"There is no active user {unknown[0][:150]!r} (and {len(unknown) - 1} more); "
                 "nothing was sent.",
-            )  # fmt: skip
+            )
         key = _idempotency(request, publisher)
         by_user: dict[str, list[int]] = {}
         for index, item in enumerate(messages):
@@ -178,9 +188,10 @@ async def api_push_batch(request: HttpRequest) -> JsonResponse:
         async def push_in_order(username: str, indexes: list[int]) -> None:
             for index in indexes:
                 result = await publish.push_to_user(
-                    user_id=ids[username], payload=messages[index]["payload"],
+                    user_id=ids[username],
+                    payload=messages[index]["payload"],
                     idempotency=f"{key}#{index}" if key else None,
-                )  # fmt: skip
+                )
                 results[index] = {"user": username, **result.as_dict()}
 
         outcomes = await asyncio.gather(
@@ -203,7 +214,9 @@ async def api_broadcast(request: HttpRequest) -> JsonResponse:
     async def handle() -> JsonResponse:
         publisher = await authenticate_publisher(request)
         payload = _payload_from(parse_json_object(request))
-        return await _publish_answer(request, publisher, stream=groups.BROADCAST_STREAM, payload=payload)
+        return await _publish_answer(
+            request, publisher, stream=groups.BROADCAST_STREAM, payload=payload
+        )
 
     return await _answer(handle)
 
@@ -218,14 +231,18 @@ async def api_publish(request: HttpRequest) -> JsonResponse:
         body = parse_json_object(request)
         stream = body.get("stream")
         if not isinstance(stream, str):
-            raise ApiError(400, "bad_stream", "'stream' must be a stream name such as 'room:lobby'.")
+            raise ApiError(
+                400, "bad_stream", "'stream' must be a stream name such as 'room:lobby'."
+            )
         try:
             groups.group_for_stream(stream)
         except groups.InvalidStreamName as exc:
             raise ApiError(400, "bad_stream", str(exc)) from None
         if stream == groups.OPS_STREAM:
             # The cluster view trusts what it reads there: only the replicas' reporters write it.
-            raise ApiError(403, "forbidden_stream", "The ops stream is written by the replicas only.")
+            raise ApiError(
+                403, "forbidden_stream", "The ops stream is written by the replicas only."
+            )
         return await _publish_answer(request, publisher, stream=stream, payload=_payload_from(body))
 
     return await _answer(handle)
@@ -252,7 +269,11 @@ def _idempotency(request: HttpRequest, publisher: str) -> str | None:
     if key is None:
         return None
     if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
-        raise ApiError(400, "bad_idempotency_key", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters.")
+        raise ApiError(
+            400,
+            "bad_idempotency_key",
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters.",
+        )
     return publish.idempotency_key(publisher, key)
 
 
@@ -269,7 +290,7 @@ def _payload_from(body: dict[str, Any]) -> Any:
     return payload
 
 
-async def _answer(handle: Any) -> JsonResponse:
+async def _answer(handle: Callable[[], Awaitable[JsonResponse]]) -> JsonResponse:
     try:
         return await handle()
     except ApiError as exc:

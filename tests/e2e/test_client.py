@@ -11,7 +11,10 @@ from tests.conftest import manage
 from tests.e2e.conftest import LoginPage
 from tests.e2e.test_chat import create_room
 
-PUSHES_JS = "() => [...document.querySelectorAll('#log li')].map(li => li.textContent).filter(t => t.includes('note '))"
+PUSHES_JS = (
+    "() => [...document.querySelectorAll('#log li')]"
+    ".map(li => li.textContent).filter(t => t.includes('note '))"
+)
 
 
 def wait_pushes(page: Any, expected: list[str]) -> None:

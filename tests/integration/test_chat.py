@@ -31,22 +31,44 @@ async def test_a_chat_line_is_stored_published_once_and_acked_even_when_resent(
     socket, _ = await open_socket(alice)
     await socket.send({"type": "subscribe", "stream": "room:tea"})
     assert (await socket.receive())["type"] == "subscribed"
-    frame = {"type": "publish", "id": "c-1", "stream": "room:tea", "payload": {"kind": "chat", "text": " <i>hi</i> "}}
+    frame = {
+        "type": "publish",
+        "id": "c-1",
+        "stream": "room:tea",
+        "payload": {"kind": "chat", "text": " <i>hi</i> "},
+    }
     await socket.send(frame)
     got = await socket.receive_many(2)
     message = next(f for f in got if f["type"] == "message")
     ack = next(f for f in got if f["type"] == "ack")
     row = await ChatMessage.objects.aget()
-    assert (row.text, row.seq, row.epoch, row.client_id) == ("<i>hi</i>", 1, message["epoch"], "c-1")
+    assert (row.text, row.seq, row.epoch, row.client_id) == (
+        "<i>hi</i>",
+        1,
+        message["epoch"],
+        "c-1",
+    )
     assert message["payload"]["id"] == row.pk and message["payload"]["text"] == "<i>hi</i>"
     assert (ack["id"], ack["seq"], ack["duplicate"], ack["message_id"]) == ("c-1", 1, False, row.pk)
     await socket.send(frame)  # the resend of a client that lost the ack
     again = await socket.receive()
-    assert (again["type"], again["seq"], again["duplicate"], again["message_id"]) == ("ack", 1, True, row.pk)
+    assert (again["type"], again["seq"], again["duplicate"], again["message_id"]) == (
+        "ack",
+        1,
+        True,
+        row.pk,
+    )
     assert await socket.nothing()
     assert await ChatMessage.objects.acount() == 1
     assert len(await broker.current().read("room:tea", after=0)) == 1
-    await socket.send({"type": "publish", "id": "c-2", "stream": "room:tea", "payload": {"kind": "chat", "text": "  "}})
+    await socket.send(
+        {
+            "type": "publish",
+            "id": "c-2",
+            "stream": "room:tea",
+            "payload": {"kind": "chat", "text": "  "},
+        }
+    )
     assert (await socket.receive())["code"] == "bad_payload"
     await socket.close()
 
@@ -65,7 +87,10 @@ async def test_snapshot_then_resume_shows_every_message_once(layer: StreamChanne
     position = {"room:den": {"epoch": snapshot.epoch, "seq": snapshot.seq}}
     socket, _ = await open_socket(bob, "?resume=" + quote(json.dumps(position)))
     frames = await socket.receive_many(3)
-    assert [f["payload"]["text"] for f in frames if f["type"] == "message"] == ["after 0", "after 1"]
+    assert [f["payload"]["text"] for f in frames if f["type"] == "message"] == [
+        "after 0",
+        "after 1",
+    ]
     assert frames[-1]["type"] == "resumed" and frames[-1]["recovered"]
     assert await socket.nothing()
     await socket.close()
@@ -75,7 +100,9 @@ async def test_catch_up_reads_rows_after_an_id_and_private_rooms_stay_hidden(
     layer: StreamChannelLayer,
 ) -> None:
     alice, bob = await make_user("alice"), await make_user("bob")
-    room = await database_sync_to_async(chat.room_create)(user=alice, slug="secret", title="S", is_private=True)
+    room = await database_sync_to_async(chat.room_create)(
+        user=alice, slug="secret", title="S", is_private=True
+    )
     post = database_sync_to_async(chat.message_post)
     first, _ = await post(user=alice, room=room, text="one")
     await post(user=alice, room=room, text="two")

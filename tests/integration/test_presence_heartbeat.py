@@ -248,7 +248,10 @@ async def test_entries_lost_with_redis_return_on_the_next_beat_and_rejoin(
         await pipe.execute()
     # The next beat's JOIN finds alice gone (after loading the scripts again) and says so.
     assert (await next_presence(alice, "alice95"))["event"] == "join"
-    assert await client.script_exists(scripts.PRESENCE_JOIN.sha, scripts.PRESENCE_SWEEP.sha) == [True, True]
+    assert await client.script_exists(scripts.PRESENCE_JOIN.sha, scripts.PRESENCE_SWEEP.sha) == [
+        True,
+        True,
+    ]
     assert await presence.room_online(slug="loft") == [95]
     assert await online(95)
     await alice.close()

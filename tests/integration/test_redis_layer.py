@@ -63,9 +63,7 @@ async def test_a_publish_reaches_a_sink_on_another_layer_and_nowhere_else(
     await other.flush()
 
 
-async def test_plain_group_messages_cross_layers(
-    layer: StreamChannelLayer, redis_url: str
-) -> None:
+async def test_plain_group_messages_cross_layers(layer: StreamChannelLayer, redis_url: str) -> None:
     other = StreamChannelLayer(hosts=[redis_url], prefix=layer.prefix, node="other")
     channel = await other.new_channel()
     await other.group_add("room.lobby", channel)
@@ -119,14 +117,19 @@ def _redis_ms(time_reply: tuple[int, int]) -> int:
     return seconds * 1000 + micros // 1000
 
 
-async def test_history_is_trimmed_by_age(layer: StreamChannelLayer, settings: SettingsWrapper) -> None:
+async def test_history_is_trimmed_by_age(
+    layer: StreamChannelLayer, settings: SettingsWrapper
+) -> None:
     settings.HISTORY_MAX_AGE_SECS = 0.05
     for n in range(15):
         await publish.publish(stream="room:aged", payload=n)
     # Wait until Redis' own clock (the one the script trims by) is past the entries' max age.
-    newest_ms = int((await layer.redis().xrevrange(broker.current().keys.stream_log("room:aged"), count=1))[0][1][b"t"])
+    log_key = broker.current().keys.stream_log("room:aged")
+    [(_, newest)] = await layer.redis().xrevrange(log_key, count=1)
+    newest_ms = int(newest[b"t"])
     async with asyncio.timeout(5):
-        while _redis_ms(await layer.redis().time()) <= newest_ms + 50:
+        # Polls Redis' clock: there is no event to wait on.
+        while _redis_ms(await layer.redis().time()) <= newest_ms + 50:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
     await publish.publish(stream="room:aged", payload=15)  # seq 16: the script trims by age
     stored = await broker.current().read("room:aged", after=0)
