@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model, user_logged_out
@@ -33,6 +34,8 @@ from django.db.models.signals import m2m_changed, post_delete, post_save, pre_sa
 from realtime import groups
 from realtime.broker import BrokerUnavailable
 from realtime.models import Room
+from realtime.protocol import CLOSE_UNAUTHORIZED
+from realtime.selectors import StreamDenied, stream_check_readable
 from realtime.session_watch import session_digest
 
 logger = logging.getLogger(__name__)
@@ -65,6 +68,40 @@ async def recheck(
 
 
 recheck_sync = async_to_sync(recheck)
+
+
+# --- what a socket does when told ------------------------------------------------------------
+
+
+async def recheck_socket(session: Any, event: dict[str, Any]) -> None:
+    """`rt.recheck` reached a socket (delivery/session.py): check its streams again with a fresh
+    copy of its user and leave what it may no longer read. An event naming an ended session
+    (logout, deletion) closes only the socket opened with it."""
+    if "ended_session" in event:
+        if event["ended_session"] == session.session_digest:
+            await session.session_ended()
+        return
+    user = await get_user_model()._default_manager.filter(pk=session.user.pk).afirst()
+    if user is None or not user.is_active or user.get_session_auth_hash() != session.auth_hash:
+        # Deactivated, deleted, or the password changed: Django logs the session out on its next
+        # request; the socket goes now, and the client must log in again.
+        await session.send_error("access_revoked", "Your login is no longer valid; log in again.")
+        await session.close(CLOSE_UNAUTHORIZED)
+        return
+    session.user = user
+    own = (groups.user_stream(user.pk), groups.BROADCAST_STREAM)
+    streams = [event["stream"]] if event.get("stream") else list(session.cursors)
+    for stream in streams:
+        if stream in own or stream not in session.cursors:
+            continue
+        try:
+            await database_sync_to_async(stream_check_readable)(user=user, stream=stream)
+        except StreamDenied as exc:
+            logger.info("access revoked user=%s stream=%s", user.username, stream)
+            await session.leave(stream)
+            await session.send_error(
+                "access_revoked", f"You may no longer read {stream}: {exc.message}", stream=stream
+            )
 
 
 # --- what triggers it ---------------------------------------------------------------------------

@@ -271,3 +271,15 @@ async def socket_publish(
         "duplicate": duplicate,
         "message_id": message.pk,
     }
+
+
+class ChatPublishHook:
+    """The chat's socket publishes (publish_hooks.py): lines and typing in rooms."""
+
+    def is_ephemeral(self, stream: str, payload: Any) -> bool:
+        return is_typing(stream, payload)
+
+    async def handle(
+        self, *, user: Any, stream: str, payload: Any, client_id: str
+    ) -> dict[str, Any] | None:
+        return await socket_publish(user=user, stream=stream, payload=payload, client_id=client_id)

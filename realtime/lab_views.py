@@ -27,7 +27,6 @@ from django.views.decorators.http import require_POST
 
 from realtime import protocol, publish
 from realtime.api import ApiError, error_response, ok_response, parse_json_object
-from realtime.stats import replica_stats
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +74,10 @@ async def _direct(user: Any, connection: Any, text: str, message_id: str) -> dic
         raise ApiError(
             400, "bad_connection", "'connection' must be the id from your socket's hello frame."
         )
-    consumer = get_channel_layer().local_sink(connection)  # type: ignore[union-attr]
+    session = get_channel_layer().local_sink(connection)  # type: ignore[union-attr]
     # Someone else's socket on this replica is treated as absent: the lab writes only to the
     # requester's own sockets, and says nothing about anyone else's.
-    held = consumer is not None and getattr(getattr(consumer, "user", None), "pk", None) == user.pk
+    held = session is not None and getattr(getattr(session, "user", None), "pk", None) == user.pk
     sent = False
     if held:
         frame = {
@@ -89,8 +88,7 @@ async def _direct(user: Any, connection: Any, text: str, message_id: str) -> dic
             "text": text,
         }
         try:
-            await consumer.send(text_data=protocol.encode(frame))
-            replica_stats.frames_out += 1  # the consumer counts its own sends; this one is ours
+            await session.send_text(protocol.encode(frame))  # the socket's delivery session
             sent = True
         except Exception as exc:  # the socket closed between the lookup and the write
             logger.info("lab direct write failed user=%s: %r", user.get_username(), exc)

@@ -43,7 +43,8 @@ logger = logging.getLogger(__name__)
 
 
 class StreamSink(Protocol):
-    """What a consumer implements to receive stream frames directly from the layer."""
+    """What a socket's session (realtime/delivery/session.py) implements to receive stream
+    frames directly from the layer."""
 
     def on_stream_frame(self, stream: str, seq: int, epoch: str, frame: str) -> Awaitable[None]: ...
 
@@ -146,7 +147,7 @@ class StreamChannelLayer(BaseChannelLayer):
         self._layer().forget(channel)
 
     def local_sink(self, channel: str) -> StreamSink | None:
-        """The consumer behind `channel` if its socket lives in this process (and loop), else
+        """The session behind `channel` if its socket lives in this process (and loop), else
         None. A socket exists in one process's memory only: another replica cannot reach it
         except through a group or its channel, via Redis."""
         return self._layer().sinks.get(channel)

@@ -326,6 +326,11 @@ ERROR_CODES: Mapping[str, ErrorCode] = {
 }
 
 CLIENT_FRAME_TYPES = frozenset(CLIENT_FRAMES)
+# The close codes the server sends, by name (each is in CLOSE_CODES above).
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_TOO_MANY_SOCKETS = 4429
+CLOSE_TRY_AGAIN_LATER = 4503
+CLOSE_POLICY_VIOLATION = 1008
 # A resume or URL may name at most this many streams: a bound on the work one frame causes.
 MAX_STREAMS_PER_FRAME = 50
 # A client-made id refers back to a frame in errors and answers; bounded so it cannot be abused.

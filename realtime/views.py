@@ -18,7 +18,7 @@ from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from realtime import broker, groups, publish
+from realtime import broker, groups, publish, transport
 from realtime.api import (
     ApiError,
     authenticate_publisher,
@@ -80,6 +80,8 @@ async def healthz(request: HttpRequest) -> JsonResponse:
             "connections": replica_stats.open_connections,
             "layer_subscribed": get_channel_layer().connected,  # type: ignore[union-attr]
             "rss_bytes": _rss_bytes(),
+            # What sockets write through: Daphne's fast path, or plain ASGI (realtime/transport/).
+            "transport": transport.active_transport,
             "stats": replica_stats.as_dict(),
         }
     )

@@ -210,7 +210,7 @@ async def _measure(
         writes = writes_after[0] - writes_before[0]
         frames = writes + writes_after[1] - writes_before[1]
         # Frames per send() on the replicas' fast path: above 1 when messages arrived together
-        # and each socket got them in one write (realtime/direct_send.py).
+        # and each socket got them in one write (realtime/transport/daphne.py).
         extra = {**extra, "frames_per_write": round(frames / writes, 2) if writes else None}
     lost, dup, reorder = order_counts(pool, ranges)
     sent = sum(len(s) for s in seqs.values())

@@ -24,3 +24,12 @@ def test_full_garbage_collections_run_on_the_replicas_timer(cluster: Cluster) ->
             what=f"two timed full collections on {replica}",
         )
         assert 0 <= gc_stats(cluster, replica)["gc_full_pause_ms"] < 1000
+
+
+def test_every_replica_writes_sockets_through_the_daphne_fast_path(cluster: Cluster) -> None:
+    """Our server entry point offers the fast path once its start-up check passed; a replica
+    that fell back to plain ASGI would still deliver, several times slower, so it must show."""
+    for replica in cluster.replica_names:
+        health = httpx.get(f"{cluster.replica_url(replica)}/healthz", timeout=10).json()
+        assert health["transport"] == "daphne-fast-path", (replica, health["transport"])
+        assert "fast path is OFF" not in cluster.tail(replica, lines=200)

@@ -8,10 +8,11 @@ from urllib.parse import quote
 
 import pytest
 from channels.testing import WebsocketCommunicator
-from django.contrib.auth.models import AnonymousUser, User
+from django.contrib.auth.models import AnonymousUser
 
 from realtime import broker, publish
-from realtime.consumers import RealtimeConsumer, delivered_marks
+from realtime.consumers import RealtimeConsumer
+from realtime.delivery.marks import delivered_marks
 from realtime.layer import StreamChannelLayer
 from realtime.models import Room
 from tests.integration.conftest import a_user, open_socket
@@ -42,7 +43,9 @@ async def test_anonymous_socket_is_closed_with_4401(layer: StreamChannelLayer) -
     await communicator.disconnect()
 
 
-async def test_pushes_arrive_numbered_in_order_and_only_to_their_user(layer: StreamChannelLayer) -> None:
+async def test_pushes_arrive_numbered_in_order_and_only_to_their_user(
+    layer: StreamChannelLayer,
+) -> None:
     alice, _ = await open_socket(a_user(1))
     bob, _ = await open_socket(a_user(2, "bob"))
     for n in range(5):
@@ -59,7 +62,12 @@ async def test_pushes_arrive_numbered_in_order_and_only_to_their_user(layer: Str
 async def test_echo_ping_and_bad_frames(layer: StreamChannelLayer) -> None:
     socket, _ = await open_socket(a_user(1))
     await socket.send({"type": "echo", "id": "e", "payload": {"a": 1}})
-    assert await socket.receive() == {"type": "echo", "replica": "unit", "payload": {"a": 1}, "id": "e"}
+    assert await socket.receive() == {
+        "type": "echo",
+        "replica": "unit",
+        "payload": {"a": 1},
+        "id": "e",
+    }
     await socket.communicator.send_to(text_data="{{{")
     await socket.communicator.send_to(bytes_data=b"\x00")
     await socket.send({"type": "nope"})
@@ -75,19 +83,21 @@ async def test_echo_ping_and_bad_frames(layer: StreamChannelLayer) -> None:
 async def test_resume_replays_missed_messages_in_order_before_live_ones(
     layer: StreamChannelLayer,
 ) -> None:
-    first, hello = await open_socket(a_user(3))
+    first, _ = await open_socket(a_user(3))
     await publish.push_to_user(user_id=3, payload=1)
     seen = await first.receive()
     await first.close()
     for n in range(2, 6):
         await publish.push_to_user(user_id=3, payload=n)
     query = resume_query({"user:3": {"epoch": seen["epoch"], "seq": seen["seq"]}})
-    again, hello = await open_socket(a_user(3), query)
+    again, _ = await open_socket(a_user(3), query)
     await publish.push_to_user(user_id=3, payload=6)
     frames = await again.receive_many(6)
     assert [f["payload"] for f in frames[:4]] == [2, 3, 4, 5]
-    assert frames[4] == {"type": "resumed", "stream": "user:3", "recovered": True, "reason": "resume",
-                         "epoch": seen["epoch"], "seq": 5, "replayed": 4}  # fmt: skip
+    assert frames[4] == {
+        "type": "resumed", "stream": "user:3", "recovered": True, "reason": "resume",
+        "epoch": seen["epoch"], "seq": 5, "replayed": 4,
+    }  # fmt: skip
     assert frames[5]["payload"] == 6 and frames[5]["seq"] == 6
     assert await again.nothing()
     await again.close()
@@ -121,10 +131,16 @@ async def test_bad_resumes_get_errors_and_the_rest_works(layer: StreamChannelLay
     assert codes == ["forbidden_stream", "unknown_room", "unknown_room", "seq_ahead"]
     private, missing = (f for f in frames if f.get("code") == "unknown_room")
     assert private["message"].replace("secret", "nowhere") == missing["message"]
-    assert frames[-1]["type"] == "resumed" and frames[-1]["recovered"] is False and frames[-1]["seq"] == 1
+    assert (
+        frames[-1]["type"] == "resumed"
+        and frames[-1]["recovered"] is False
+        and frames[-1]["seq"] == 1
+    )
     await publish.push_to_user(user_id=5, payload="b")
     assert (await socket.receive())["seq"] == 2
-    await socket.send({"type": "resume", "streams": {"user:6": {"epoch": None, "seq": 0}}, "id": "r"})
+    await socket.send(
+        {"type": "resume", "streams": {"user:6": {"epoch": None, "seq": 0}}, "id": "r"}
+    )
     assert (await socket.receive())["code"] == "forbidden_stream"
     await socket.close()
 
@@ -135,7 +151,12 @@ async def test_subscribe_to_rooms_and_publish_idempotently(layer: StreamChannelL
     bob, _ = await open_socket(a_user(9, "bob"))
     for socket in (alice, bob):
         await socket.send({"type": "subscribe", "stream": "room:lobby"})
-        assert await socket.receive() == {"type": "subscribed", "stream": "room:lobby", "epoch": None, "seq": 0}
+        assert await socket.receive() == {
+            "type": "subscribed",
+            "stream": "room:lobby",
+            "epoch": None,
+            "seq": 0,
+        }
     message = {"type": "publish", "id": "m-1", "stream": "room:lobby", "payload": {"text": "hi"}}
     await alice.send(message)
     frames = await alice.receive_many(2)
@@ -165,7 +186,10 @@ async def test_a_dropped_frame_is_repaired_from_history(layer: StreamChannelLaye
     await publish.push_to_user(user_id=10, payload=1)
     # Seq 2 is stored but never published, as when a pub/sub message is lost.
     client = layer.redis()
-    meta, log = broker.current().keys.stream_meta("user:10"), broker.current().keys.stream_log("user:10")
+    meta, log = (
+        broker.current().keys.stream_meta("user:10"),
+        broker.current().keys.stream_log("user:10"),
+    )
     epoch = (await client.hget(meta, "epoch")).decode()
     await client.hincrby(meta, "seq", 1)
     lost = json.dumps({"seq": 2, "epoch": epoch, "type": "push", "stream": "user:10", "payload": 2})

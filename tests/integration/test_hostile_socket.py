@@ -21,6 +21,7 @@ from pytest_django.fixtures import Settings
 
 from realtime import broker, presence, publish, session_watch
 from realtime.consumers import RealtimeConsumer
+from realtime.delivery.inbound import Inbound
 from realtime.layer import StreamChannelLayer
 from realtime.models import Room
 from realtime.stats import replica_stats
@@ -92,10 +93,10 @@ async def test_crashing_frames_get_errors_the_socket_stays_open_and_the_witness_
 async def test_an_unexpected_exception_answers_internal_error_and_keeps_the_socket(
     layer: StreamChannelLayer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(self: RealtimeConsumer, frame: Any) -> None:
+    async def broken(self: Inbound, frame: Any) -> None:
         raise RuntimeError("a bug in a handler")
 
-    monkeypatch.setattr(RealtimeConsumer, "on_ping", broken)
+    monkeypatch.setattr(Inbound, "on_ping", broken)
     witness, _ = await open_socket(a_user(WITNESS_ID, "witness"))
     socket, _ = await open_socket(a_user(902))
     await socket.send({"type": "ping", "id": "p1"})
@@ -128,10 +129,10 @@ async def test_a_consumer_that_crashes_still_gives_back_its_count_presence_and_s
     assert replica_stats.open_connections == before + 1
     assert session_watch.watched_count() == 1
 
-    async def crash(self: RealtimeConsumer, message: Any) -> None:
+    async def crash(self: Inbound, text: Any) -> None:
         raise RuntimeError("outside the per-frame guard")
 
-    monkeypatch.setattr(RealtimeConsumer, "websocket_receive", crash)
+    monkeypatch.setattr(Inbound, "receive", crash)
     await socket.send({"type": "ping"})
     with pytest.raises(RuntimeError):
         await communicator.wait(timeout=5)  # the application ended with the exception

@@ -9,7 +9,7 @@ import json
 import pytest
 from autobahn.websocket.protocol import WebSocketProtocol
 
-from realtime import direct_send
+from realtime.transport import daphne as direct_send
 
 pytestmark = pytest.mark.unit
 

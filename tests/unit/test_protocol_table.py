@@ -283,7 +283,7 @@ def server_sources() -> Iterator[tuple[Path, ast.Module]]:
 
 # The calls whose first argument is an error frame's code. RateLimited takes a message: its
 # code is in its __init__'s super().__init__("rate_limited", …), found below.
-CODE_TAKERS = {"_send_error", "_refuse", "error_frame", "InvalidFrame", "StreamDenied"}
+CODE_TAKERS = {"send_error", "_refuse", "error_frame", "InvalidFrame", "StreamDenied"}
 ERROR_BASES = {"InvalidFrame", "StreamDenied"}
 
 

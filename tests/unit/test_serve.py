@@ -6,7 +6,12 @@ import asyncio
 
 import pytest
 
-from realtime.serve import ClosingWebSocketFactory, Inbox, LeanWebSocketProtocol, WhenLogged
+from realtime.transport.server import (
+    ClosingWebSocketFactory,
+    Inbox,
+    LeanWebSocketProtocol,
+    WhenLogged,
+)
 
 pytestmark = pytest.mark.unit
 

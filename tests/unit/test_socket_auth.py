@@ -5,7 +5,6 @@ untouched."""
 from __future__ import annotations
 
 import asyncio
-import functools
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +18,7 @@ from django.urls import path
 from django.utils import timezone
 from pytest_django.fixtures import Settings
 
-from realtime import direct_send
+from realtime import transport
 from realtime.socket_auth import SocketAuthMiddleware
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -247,30 +246,28 @@ async def test_route_parameters_reach_the_consumer_as_urlrouter_gives_them(
     assert consumer.scopes[0]["url_route"] == {"args": (), "kwargs": {"room": "tea"}}
 
 
-async def test_daphnes_send_reaches_the_consumer_unwrapped_so_the_direct_path_finds_it(
+async def test_the_servers_fast_path_reaches_the_consumer_with_send_untouched(
     app: SocketAuthMiddleware, consumer: Consumer
 ) -> None:
-    class DaphneProtocol:
-        """What ws_protocol_of looks for behind Daphne's partial."""
-
-        def sendPreparedMessage(self, message: Any) -> None:
-            raise AssertionError("not used here")
-
+    """Our server offers Daphne's protocol as a scope extension; the middleware must pass the
+    extension and Daphne's own `send` on, so the consumer picks the fast writer."""
+    protocol = object()
     sent: list[dict[str, Any]] = []
 
-    async def handle_reply(protocol: DaphneProtocol, message: dict[str, Any]) -> None:
+    async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    protocol = DaphneProtocol()
-    send = functools.partial(handle_reply, protocol)  # as Daphne's server makes `send`
     inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     for message in ({"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1000}):
         inbox.put_nowait(message)
     headers = [(b"origin", OURS.encode()), (b"host", HOST.encode())]
-    scope = {"type": "websocket", "path": "/ws/", "headers": headers}
+    extensions = {transport.FAST_PATH: {"protocol": protocol}}
+    scope = {"type": "websocket", "path": "/ws/", "headers": headers, "extensions": extensions}
     await asyncio.wait_for(app(scope, inbox.get, send), timeout=3)
     assert consumer.sends == [send]
-    assert direct_send.ws_protocol_of(consumer.sends[0]) is protocol
+    writer = transport.writer_for(consumer.scopes[0], consumer.sends[0])
+    assert writer.name == "daphne-fast-path" and writer.protocol is protocol  # type: ignore[attr-defined]
+    assert transport.writer_for({"type": "websocket"}, send).name == "asgi"
     assert sent == [{"type": "websocket.accept"}]
 
 

@@ -10,42 +10,28 @@ writes those bytes.
 Frames are also coalesced: what is queued for one socket during a turn of the event loop, or
 while a busy socket's frames are held, goes out in one send() (see `write_frame`).
 
-Daphne does not expose its protocol object to the application; it hands the application
-`partial(server.handle_reply, protocol)` as `send`. Our socket middleware passes it through;
-Channels' session middleware would wrap it (keeping the original as `real_send`).
-`ws_protocol_of` follows that chain and returns None when it looks different (another server,
-another Daphne version): the consumer then keeps using the ordinary send path, which stays
-correct, only slower.
+Daphne does not expose its protocol object to the application: our server entry point
+(server.py) offers it as the scope extension `transport.FAST_PATH`, after `check_fast_path()`
+found the Daphne, Twisted and Autobahn it was written against. `DaphneWriter` is the
+SocketWriter over it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import importlib.metadata
+import inspect
 import logging
 from typing import Any
 
+from autobahn.exception import Disconnected
 from autobahn.websocket.protocol import PreparedMessage
 from django.conf import settings
 
 from realtime.stats import replica_stats
+from realtime.transport import SocketClosed
 
 logger = logging.getLogger(__name__)
-
-# Wrappers between the consumer and Daphne's partial: few; a longer chain is not Daphne's.
-_MAX_WRAPPERS = 8
-
-
-def ws_protocol_of(send: Any) -> Any | None:
-    """Daphne's Autobahn protocol behind an ASGI `send` callable, or None."""
-    for _ in range(_MAX_WRAPPERS):
-        if isinstance(send, functools.partial):
-            target = send.args[0] if send.args else None
-            return target if hasattr(target, "sendPreparedMessage") else None
-        send = getattr(getattr(send, "__self__", None), "real_send", None)
-        if send is None:
-            return None
-    return None
 
 
 def is_open(protocol: Any) -> bool:
@@ -240,3 +226,93 @@ def prepared(frame: str) -> PreparedMessage:
     message = PreparedMessage(frame.encode(), isBinary=False, applyMask=False, doNotCompress=True)
     _last = (frame, message)
     return message
+
+
+# --- the writer, and the start-up check -------------------------------------------------------
+
+# Autobahn lets an application close only with 1000 or 3000-4999 (its sendClose raises for the
+# rest); other codes go out as a close frame on the protocol (close_with_code).
+_APP_CLOSE_CODES = range(3000, 5000)
+
+
+class DaphneWriter:
+    """SocketWriter over Daphne's protocol (see the module docstring)."""
+
+    __slots__ = ("protocol", "send")
+    name = "daphne-fast-path"
+
+    def __init__(self, protocol: Any, send: Any) -> None:
+        self.protocol = protocol
+        self.send = send
+
+    def is_open(self) -> bool:
+        return is_open(self.protocol)
+
+    async def accept(self) -> None:
+        await self.send({"type": "websocket.accept"})
+
+    def write_now(self, frame: str) -> bool:
+        if not is_open(self.protocol) or backlogged(self.protocol):
+            return False
+        write_frame(self.protocol, frame)
+        return True
+
+    async def write(self, text: str) -> None:
+        # Frames queued by write_now go out at the end of the loop turn: anything written
+        # another way goes after them, never ahead.
+        flush_socket(self.protocol)
+        try:
+            await self.send({"type": "websocket.send", "text": text})
+        except Disconnected:
+            raise SocketClosed("the socket closed") from None
+
+    def backlog_bytes(self) -> int:
+        return unsent_bytes(self.protocol)
+
+    def backlogged(self) -> bool:
+        return backlogged(self.protocol)
+
+    async def drained(self) -> None:
+        await drained(self.protocol)
+
+    async def close(self, code: int, reason: str = "") -> None:
+        if code == 1000 or code in _APP_CLOSE_CODES:
+            flush_socket(self.protocol)
+            await self.send({"type": "websocket.close", "code": code})
+        else:
+            close_with_code(self.protocol, code, reason)
+
+
+# Versions the fast path was written and measured against (docs/performance.md). Others may
+# work; they are not assumed to.
+KNOWN_GOOD = {
+    "daphne": ("4.2",),
+    "twisted": ("24.", "25.", "26."),
+    "autobahn": ("24.", "25.", "26."),
+}
+
+
+def check_fast_path() -> list[str]:
+    """What keeps the fast path from running here: [] when Daphne, Twisted and Autobahn are
+    versions it knows and have every attribute it reads."""
+    problems = []
+    for package, prefixes in KNOWN_GOOD.items():
+        version = importlib.metadata.version(package)
+        if not version.startswith(prefixes):
+            problems.append(f"{package} {version} is not one of {', '.join(prefixes)}x")
+    from autobahn.websocket.protocol import WebSocketProtocol
+    from twisted.internet import abstract, tcp
+
+    needed = [
+        (WebSocketProtocol, ("sendPreparedMessage", "sendCloseFrame", "sendData", "STATE_OPEN")),
+        (abstract.FileDescriptor, ("dataBuffer", "offset", "_writeDisconnected")),
+        (tcp.Connection, ("TLS",)),
+    ]
+    for owner, names in needed:
+        for name in names:
+            if not hasattr(owner, name):
+                problems.append(f"{owner.__module__}.{owner.__name__} has no {name}")
+    # Set per instance in __init__ (making one here would import, and so install, a reactor).
+    if "self._tempDataLen" not in inspect.getsource(abstract.FileDescriptor.__init__):
+        problems.append("twisted.internet.abstract.FileDescriptor keeps no _tempDataLen")
+    return problems

@@ -1,0 +1,385 @@
+"""One socket's streams, delivered in order whatever the transport.
+
+Per stream the session keeps a cursor (delivery/cursor.py). Frames from the layer go into one
+bounded queue per socket, and one writer task drains it in order, repairing gaps from history.
+The common case skips all that: the next seq, nothing queued, written at once through the
+transport's fast path (`send_now`). When the queue is full a frame is dropped and its stream
+marked dirty; once the queue is empty the writer reads the stream's head and fetches whatever
+is missing. So a slow socket costs bounded memory, and nothing is lost within the history's
+retention. The session is the layer's sink for its channel (realtime/layer.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import Any
+
+from django.conf import settings
+
+from realtime import broker, groups, presence, protocol, session_watch
+from realtime.broker import BrokerUnavailable
+from realtime.delivery.cursor import Cursor, Decision
+from realtime.delivery.marks import delivered_marks
+from realtime.limits import SocketLimits
+from realtime.protocol import Position
+from realtime.stats import replica_stats
+from realtime.transport import SocketClosed, SocketWriter
+
+logger = logging.getLogger(__name__)
+
+# History entries a replay reads per round trip from Redis at most; REPLAY_BATCH_BYTES bounds
+# the bytes (the first read assumes entries as large as MAX_PAYLOAD_BYTES, later ones size
+# themselves by the largest entry seen).
+REPLAY_BATCH = 500
+
+
+class Session:
+    """A socket's delivery state. Made by the consumer once the socket is accepted."""
+
+    def __init__(
+        self, *, user: Any, writer: SocketWriter, layer: Any, channel_name: str,
+        presence_: presence.ConnectionPresence | None = None,
+    ) -> None:  # fmt: skip
+        self.user = user
+        self.writer = writer
+        self.layer = layer
+        self.channel_name = channel_name
+        self.presence = presence_
+        self.cursors: dict[str, Cursor] = {}
+        self.queue: deque[tuple[Any, ...]] = deque()
+        self.dirty: set[str] = set()
+        self.task: asyncio.Task[None] | None = None
+        self.ready = False  # accepted and greeted; False again once it is closing
+        self.released = False
+        self.session_digest: str | None = None
+        self.auth_hash = ""  # the login's password proof when the socket opened (access.py)
+        # Made on the first frame from the client or the first replay: most sockets only listen.
+        self._limits: SocketLimits | None = None
+        self.handlers: dict[str, Any] = {}  # layer message type -> async handler(event)
+
+    def limits(self) -> SocketLimits:
+        if self._limits is None:
+            self._limits = SocketLimits()
+        return self._limits
+
+    # --- streams ---------------------------------------------------------------------------
+
+    def place_cursor(self, stream: str, wanted: Position | None, head: broker.Position) -> None:
+        """A fresh subscription starts at the head; a resumed one where the client left off,
+        with a catch-up queued before any live frame."""
+        if wanted is None:
+            self.cursors[stream] = Cursor(head.epoch, head.seq)
+        else:
+            self.cursors[stream] = Cursor(wanted.epoch, wanted.seq)
+            self.queue.appendleft(("catch_up", stream, True))
+
+    async def join(self, stream: str) -> None:
+        """Join the stream's group; returns once Redis confirmed it, so a head read after this
+        cannot miss a message published in between."""
+        await self.layer.group_add(groups.group_for_stream(stream), self.channel_name)
+
+    def catch_up_soon(self, stream: str) -> None:
+        self.queue.append(("catch_up", stream, True))
+        self.wake()
+
+    async def leave(self, stream: str) -> None:
+        self.cursors.pop(stream, None)
+        if self.presence is not None:
+            await self.presence.exit(stream)
+        with contextlib.suppress(BrokerUnavailable):
+            await self.layer.group_discard(groups.group_for_stream(stream), self.channel_name)
+
+    async def release(self) -> None:
+        """Give back all this socket holds; once, however it ends."""
+        if self.released:
+            return
+        self.released = True
+        self.ready = False
+        session_watch.unwatch(self)
+        if self.task is not None:
+            self.task.cancel()
+        if self.presence is not None:
+            presence_, self.presence = self.presence, None
+            await presence_.close()
+        self.layer.remove_sink(self.channel_name)
+        for stream in list(self.cursors):
+            await self.leave(stream)
+
+    async def close(self, code: int, reason: str = "") -> None:
+        self.ready = False
+        await self.writer.close(code, reason)
+
+    async def session_ended(self) -> None:
+        """The login session this socket was opened with is gone (session_watch.py)."""
+        if not self.ready:
+            return
+        logger.info("user=%s socket closed: its session ended", self.user.username)
+        await self.send_error(
+            "session_ended", "Your login session ended (logged out or expired); log in again."
+        )
+        await self.close(protocol.CLOSE_UNAUTHORIZED)
+
+    # --- the layer's sink ------------------------------------------------------------------
+
+    def send_now(self, stream: str, seq: int, epoch: str, frame: str) -> bool:
+        """Write the common case at once: the next seq, nothing queued, no writer running. It
+        skips the queue and a writer task per socket. The layer calls it first for every local
+        socket (layer.StreamSink)."""
+        cursor = self.cursors.get(stream)
+        if (
+            not self.ready or self.task is not None or self.queue or self.dirty
+            or cursor is None or not cursor.is_next(seq, epoch)
+            or not self.writer.write_now(frame)
+        ):  # fmt: skip
+            return False
+        cursor.last = seq  # after the write: had it failed, the next frame repairs the gap
+        replica_stats.frames_out += 1
+        self._note_delivered(stream, cursor)
+        return True
+
+    async def on_stream_frame(self, stream: str, seq: int, epoch: str, frame: str) -> None:
+        if self.send_now(stream, seq, epoch, frame):
+            return
+        if self.writer.backlogged():
+            # The client reads slower than frames come: hold nothing for it but the stream's
+            # name; the writer fetches from history what it missed once the socket drained.
+            self.dirty.add(stream)
+            replica_stats.frames_deferred += 1
+        elif len(self.queue) >= settings.DELIVERY_QUEUE_MAX_FRAMES:
+            # Backpressure: drop it, and fetch it from history once the writer has caught up.
+            self.dirty.add(stream)
+            replica_stats.frames_dropped += 1
+        else:
+            self.queue.append(("frame", stream, seq, epoch, frame))
+        self.wake()
+
+    def on_layer_message(self, message: dict[str, Any]) -> None:
+        """Any other message for this socket from the layer (typing, presence, rechecks): in
+        line with the stream frames, through the same bounded queue."""
+        if len(self.queue) >= settings.DELIVERY_QUEUE_MAX_FRAMES:
+            replica_stats.frames_dropped += 1  # ephemeral: nothing to fetch back later
+            return
+        self.queue.append(("message", message))
+        self.wake()
+
+    async def on_resync(self) -> None:
+        """The layer lost Redis for a while: anything may have been published meanwhile."""
+        self.dirty.update(self.cursors)
+        self.wake()
+
+    async def on_ephemeral(self, event: dict[str, Any]) -> None:
+        # Typing and presence frames (publish.publish_ephemeral): no seq, written as they come,
+        # and only to sockets that asked for them with ?ephemeral=1 (the chat page does).
+        wanted = self.presence is not None and self.presence.wanted
+        if wanted and event.get("stream") in self.cursors:
+            await self.send_text(event["frame"])
+
+    async def on_deliver(self, event: dict[str, Any]) -> None:
+        # Only reached if the sink was never attached; kept for Channels' plain path.
+        await self.on_stream_frame(event["stream"], event["seq"], event["epoch"], event["frame"])
+
+    # --- the writer task -------------------------------------------------------------------
+
+    def wake(self) -> None:
+        if self.ready and self.task is None and (self.queue or self.dirty):
+            self.task = asyncio.get_running_loop().create_task(self._drain_queue())
+
+    async def _drain_queue(self) -> None:
+        try:
+            while self.queue or self.dirty:
+                if self.queue:
+                    item = self.queue.popleft()
+                    if item[0] == "message":
+                        await self._handle_quietly(item[1])
+                        continue
+                    try:
+                        if item[0] == "frame":
+                            await self._deliver_in_order(*item[1:])
+                        else:
+                            await self._catch_up(item[1], notify=item[2])
+                    except BrokerUnavailable as exc:
+                        # History unreachable: the stream is checked again on the next frame, or
+                        # when the layer resyncs after Redis is back.
+                        logger.info("catch-up of %s deferred: %r", item[1], exc)
+                        self.dirty.add(item[1])
+                        if not self.queue:
+                            return
+                else:
+                    stream = self.dirty.pop()
+                    try:
+                        await self._catch_up(stream, notify=False)
+                    except BrokerUnavailable:
+                        self.dirty.add(stream)
+                        return
+        except SocketClosed:
+            pass  # the socket closed under a replay; release() is on its way
+        finally:
+            self.task = None
+
+    async def _handle_quietly(self, message: dict[str, Any]) -> None:
+        handler = self.handlers.get(message.get("type", ""))
+        if handler is None:
+            logger.warning("no handler for layer message %r", message.get("type"))
+            return
+        try:
+            await handler(message)
+        except Exception:
+            # A bad layer message must not stop the writer (and with it the streams).
+            logger.exception("handling %s failed", message.get("type"))
+
+    async def _deliver_in_order(self, stream: str, seq: int, epoch: str, frame: str) -> None:
+        cursor = self.cursors.get(stream)
+        if cursor is None:
+            return  # unsubscribed meanwhile
+        if cursor.new_epoch(epoch):
+            await self.send_resumed(stream, recovered=False, reason="epoch", epoch=epoch, seq=0)
+        decision = cursor.decide(seq)
+        if decision is Decision.DUPLICATE:
+            replica_stats.duplicates_dropped += 1
+            return
+        if decision is Decision.GAP:
+            replica_stats.gaps_repaired += 1
+            await self._replay(stream, cursor, upto=seq - 1)
+        cursor.last = seq
+        await self._send_stream_frame(stream, cursor, frame)
+
+    async def _catch_up(self, stream: str, *, notify: bool) -> None:
+        """Compare the cursor with the stream's head and deliver what is missing."""
+        cursor = self.cursors.get(stream)
+        if cursor is None:
+            return
+        head = (await broker.current().heads([stream]))[stream]
+        replayed, recovered, reason = 0, True, "resume"
+        if head.epoch is None:
+            if cursor.restart(None):
+                # The stream is gone (Redis lost it) and nothing new was sent yet: say so now,
+                # whether or not the client asked, since its position means nothing any more.
+                await self.send_resumed(stream, recovered=False, reason="epoch", epoch=None, seq=0)
+                notify = False
+        elif head.epoch != cursor.epoch:
+            if cursor.new_epoch(head.epoch):
+                recovered, reason = False, "epoch"
+                await self.send_resumed(
+                    stream, recovered=False, reason=reason, epoch=head.epoch, seq=0
+                )
+                notify = False
+            replayed = await self._replay(stream, cursor, upto=head.seq)
+        elif head.seq < cursor.last:
+            await self.send_error(
+                "seq_ahead",
+                f"{stream} is at seq {head.seq}; you resumed from {cursor.last}, which it never "
+                "reached. Continuing from the head.",
+            )
+            cursor.last, recovered, reason = head.seq, False, "ahead"
+        elif head.seq > cursor.last:
+            replayed = await self._replay(stream, cursor, upto=head.seq)
+        if notify:
+            await self.send_resumed(
+                stream, recovered=recovered, reason=reason, epoch=cursor.epoch, seq=cursor.last,
+                replayed=replayed,
+            )  # fmt: skip
+
+    async def _replay(self, stream: str, cursor: Cursor, *, upto: int) -> int:
+        """Send frames cursor.last+1 .. upto from history; say so if some are gone for good.
+
+        Memory: history is read in batches of at most REPLAY_BATCH_BYTES, and the next batch is
+        read only once this one is written (each write waits for the socket to drain), so a
+        socket that stops reading holds about SOCKET_BACKLOG_MAX_BYTES plus one batch. Before, a
+        batch was 500 entries whatever their size: 30 MB for a room of 60 KB messages, per
+        stuck socket. The socket's replay budget paces what it may ask for (limits.py)."""
+        replayed = 0
+        largest = settings.MAX_PAYLOAD_BYTES + 200  # a guess until the first batch is read
+        while cursor.last < upto:
+            count = max(1, min(REPLAY_BATCH, settings.REPLAY_BATCH_BYTES // largest))
+            entries = await broker.current().read(stream, after=cursor.last, upto=upto, limit=count)
+            if not entries:
+                break
+            sizes = [len(frame) for _, frame in entries]  # characters: bytes for ASCII JSON
+            largest, held = max(sizes), sum(sizes)
+            await self._pace_replay(held)
+            replica_stats.replay_bytes_in_flight += held
+            replica_stats.replay_bytes_in_flight_max = max(
+                replica_stats.replay_bytes_in_flight_max, replica_stats.replay_bytes_in_flight
+            )
+            try:
+                first = entries[0][0]
+                if first > cursor.last + 1:
+                    await self.send_resumed(
+                        stream, recovered=False, reason="gap", epoch=cursor.epoch, seq=first - 1
+                    )
+                for (seq, frame), size in zip(entries, sizes, strict=True):
+                    cursor.last = seq
+                    await self._send_stream_frame(stream, cursor, frame)
+                    replayed += 1
+                    held -= size
+                    replica_stats.replay_bytes_in_flight -= size
+            finally:
+                replica_stats.replay_bytes_in_flight -= held  # what a close left unsent
+            del entries
+        if cursor.last < upto:  # trimmed away entirely
+            await self.send_resumed(
+                stream, recovered=False, reason="gap", epoch=cursor.epoch, seq=upto
+            )
+            cursor.last = upto
+        return replayed
+
+    async def _pace_replay(self, size: int) -> None:
+        """Charge `size` bytes of replay to this socket's budget; past it, wait until it has
+        refilled (the replay goes on, slower) and tell the client once."""
+        limits = self.limits()
+        wait_secs = limits.replay.spend(size)
+        if wait_secs <= 0:
+            return
+        replica_stats.replays_paced += 1
+        if not limits.replay_limited_told:
+            limits.replay_limited_told = True
+            await self.send_error(
+                "replay_limited",
+                f"This connection asked for more history than "
+                f"{settings.SOCKET_REPLAY_BYTES_PER_MIN // (1024 * 1024)} MiB a minute: the "
+                "rest follows at that pace. Nothing is lost.",
+            )  # fmt: skip
+        await asyncio.sleep(wait_secs)
+
+    async def _send_stream_frame(self, stream: str, cursor: Cursor, frame: str) -> None:
+        await self.writer.drained()  # a replay waits for a slow client, no faster
+        await self.send_text(frame)
+        self._note_delivered(stream, cursor)
+
+    @staticmethod
+    def _note_delivered(stream: str, cursor: Cursor) -> None:
+        """For the delivery ledger: how far this socket has delivered a user stream."""
+        if cursor.epoch is not None and stream.startswith("user:"):
+            delivered_marks().note(stream, cursor.epoch, cursor.last)
+
+    # --- writing ---------------------------------------------------------------------------
+
+    async def send_text(self, text: str) -> None:
+        replica_stats.frames_out += 1
+        await self.writer.write(text)
+
+    async def send_frame(self, frame: dict[str, Any], *, ref: str | None = None) -> None:
+        if ref is not None:
+            frame["id"] = ref
+        await self.send_text(protocol.encode(frame))
+
+    async def send_error(
+        self, code: str, message: str, ref: str | None = None, *, stream: str | None = None,
+        retry_after_ms: int | None = None,
+    ) -> None:  # fmt: skip
+        replica_stats.errors_sent += 1
+        await self.send_text(
+            protocol.error_frame(code, message, ref, stream=stream, retry_after_ms=retry_after_ms)
+        )
+
+    async def send_resumed(
+        self, stream: str, *, recovered: bool, reason: str, epoch: str | None, seq: int,
+        replayed: int = 0,
+    ) -> None:  # fmt: skip
+        await self.send_frame(
+            {"type": "resumed", "stream": stream, "recovered": recovered, "reason": reason,
+             "epoch": epoch, "seq": seq, "replayed": replayed}
+        )  # fmt: skip

@@ -1,0 +1,180 @@
+"""Switchboard's Daphne (`python -m realtime.serve [daphne options] project.asgi:application`).
+
+It offers the application the fast write path (transport.FAST_PATH in each WebSocket scope,
+with Daphne's protocol object) once `daphne.check_fast_path()` has found the versions and
+attributes that path reads; otherwise it says so loudly at start-up and sockets write through
+plain ASGI `send`.
+
+Autobahn, under Daphne, fails a connection that breaks the protocol (a frame above the 1 MiB
+limit, say) by dropping TCP, so the client sees only 1006 "abnormal closure". With failByDrop off
+it sends a close frame with the real code first (1009 "message too big"), which a client can
+act on. Daphne exposes no option for this, hence the factory subclass.
+
+The others make a connection cheaper, in memory and in CPU at the handshake (measured with
+tracemalloc and py-spy on a replica during a connect storm, docs/performance.md):
+- each connection's application gets a lighter input queue (`Inbox`): Daphne makes an
+  asyncio.Queue per connection, three deques and an Event, about 3.8 KiB of a socket's memory,
+  where Daphne only ever calls put_nowait() and the application only get();
+- Autobahn copies its ~40 protocol options from the factory onto every connection, and
+  pretty-prints them (and names methods) for debug lines that are normally not written (8% of a
+  replica's CPU in a connect storm). The options are fixed once Daphne has set them, so they
+  become attributes of the protocol class (nothing is copied), and the debug arguments are
+  rendered only if their line is logged.
+Last, the objects built before serving starts are frozen out of the garbage collector's scans
+(`LeanServer.run`), which shortens the stalls of its full collections, and those run on a timer
+(`realtime/gc_policy.py`, GC_FULL_COLLECT_SECS) rather than whenever CPython's thresholds say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import pprint
+import sys
+from collections import deque
+from functools import partial
+from typing import Any
+
+import autobahn.util
+import autobahn.websocket.protocol
+import daphne.server
+from daphne.cli import CommandLineInterface
+from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
+from django.conf import settings
+from twisted.internet.task import LoopingCall
+
+from realtime import gc_policy, transport
+from realtime.transport import daphne as fast_path
+
+
+class LeanWebSocketProtocol(WebSocketProtocol):
+    """Daphne's protocol; its factory sets the Autobahn options on this class (see below)."""
+
+    # Loop time of the last fan-out that wrote to this socket (direct_send holds busy sockets).
+    fanned_out_at: float | None = None
+    # Set when direct_send left bytes in Twisted's buffer: only then is the backlog counted.
+    behind = False
+
+
+class ClosingWebSocketFactory(WebSocketFactory):
+    protocol = LeanWebSocketProtocol
+
+    def setProtocolOptions(self, **options: Any) -> None:
+        super().setProtocolOptions(failByDrop=False, **options)
+        # Autobahn's _connectionMade copies each option that a protocol does not already have;
+        # as class attributes, every connection has them all and nothing is copied.
+        # A function option (perMessageCompressionAccept) is kept from becoming a method.
+        for name in LeanWebSocketProtocol.CONFIG_ATTRS:
+            value = getattr(self, name)
+            setattr(LeanWebSocketProtocol, name, staticmethod(value) if callable(value) else value)
+
+
+class WhenLogged:
+    """A log argument rendered when the log line is written, not when it is not. Autobahn's
+    protocol module renders its debug arguments eagerly (pprint.pformat of ~40 options, and
+    `hltype` names of methods) on every connection, for lines that are normally discarded."""
+
+    __slots__ = ("render", "value")
+
+    def __init__(self, render: Any, value: Any) -> None:
+        self.render = render
+        self.value = value
+
+    def __str__(self) -> str:
+        return str(self.render(self.value))
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def rendered_when_logged(render: Any) -> Any:
+    return lambda value: WhenLogged(render, value)
+
+
+class Inbox:
+    """An application's input queue as Daphne uses it: put_nowait() from the server, get() from
+    the one task that reads it. Unbounded, like the asyncio.Queue it replaces."""
+
+    __slots__ = ("items", "waiter")
+
+    def __init__(self) -> None:
+        self.items: deque[Any] | None = None
+        self.waiter: asyncio.Future[Any] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(item)
+            return
+        if self.items is None:
+            self.items = deque()
+        self.items.append(item)
+
+    async def get(self) -> Any:
+        if self.items:
+            return self.items.popleft()
+        self.waiter = asyncio.get_running_loop().create_future()
+        return await self.waiter
+
+
+class LeanServer(daphne.server.Server):
+    fast_path = False  # set by main() after the start-up check
+
+    def run(self) -> None:
+        # Everything imported and built so far (Django, Twisted, the app: hundreds of thousands
+        # of objects) lives as long as the process. Frozen, the garbage collector stops
+        # scanning it: a full collection with 333 sockets took 50-170 ms, a stall that showed
+        # as the p99 latency of pushes.
+        gc.collect()
+        gc.freeze()
+        if settings.GC_FULL_COLLECT_SECS:
+            gc_policy.take_over_full_collections()
+            LoopingCall(gc_policy.collect_full).start(settings.GC_FULL_COLLECT_SECS, now=False)
+        super().run()
+
+    def create_application(self, protocol: Any, scope: dict[str, Any]) -> Inbox | None:
+        """Daphne's own create_application (4.2), with an Inbox for the queue."""
+        assert "application_instance" not in self.connections[protocol]
+        input_queue = Inbox()
+        scope.setdefault("asgi", {"version": "3.0"})
+        if self.fast_path and scope.get("type") == "websocket":
+            scope["extensions"] = {
+                **scope.get("extensions", {}),
+                transport.FAST_PATH: {"protocol": protocol},
+            }
+        application_instance = self.application(
+            scope=scope, receive=input_queue.get, send=partial(self.handle_reply, protocol)
+        )
+        if protocol not in self.connections:
+            return None
+        self.connections[protocol]["application_instance"] = asyncio.ensure_future(
+            application_instance, loop=asyncio.get_event_loop()
+        )
+        return input_queue
+
+
+def main() -> None:
+    daphne.server.WebSocketFactory = ClosingWebSocketFactory
+    # In autobahn.websocket.protocol these two build debug log arguments only (on the server
+    # side; the client's handshake and timing tracking, unused here, use pformat otherwise).
+    # (Module globals it imported, not exported: hence setattr.)
+    setattr(autobahn.websocket.protocol, "pformat", rendered_when_logged(pprint.pformat))  # noqa: B010
+    setattr(autobahn.websocket.protocol, "hltype", rendered_when_logged(autobahn.util.hltype))  # noqa: B010
+    problems = fast_path.check_fast_path()
+    LeanServer.fast_path = not problems
+    transport.active_transport = "asgi" if problems else fast_path.DaphneWriter.name
+    if problems:
+        print(
+            "switchboard: the Daphne fast path is OFF (" + "; ".join(problems) + "): sockets "
+            "write through plain ASGI send, correct but several times slower under fan-out, and "
+            "a client that stops reading is not held back. Install the versions in "
+            "requirements.txt.",
+            file=sys.stderr,
+        )
+    cli = CommandLineInterface()
+    cli.server_class = LeanServer
+    cli.run(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()
