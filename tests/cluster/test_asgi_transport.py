@@ -22,6 +22,7 @@ def uvicorn_replica(cluster: Cluster) -> Iterator[str]:
     """One more replica, `u1`, under uvicorn on the cluster's Redis and database: its URL."""
     port = free_port()
     env = cluster.command_env(REPLICA_ID="u1")
+    # Each option beside its value (the formatter would put one per line).
     argv = [
         sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1",
         "--port", str(port), "--ws", "websockets", "--no-access-log",
@@ -47,9 +48,10 @@ def _healthy(url: str) -> bool:
 
 async def socket_on(url: str, session: str, query: str = "") -> WsClient:
     ws = await WsClient.open(
-        url.replace("http://", "ws://") + "/ws/" + query, cookie=f"sessionid={session}",
+        url.replace("http://", "ws://") + "/ws/" + query,
+        cookie=f"sessionid={session}",
         origin=url,
-    )  # fmt: skip
+    )
     await ws.wait_type("hello")
     assert ws.hello["replica"] == "u1"
     return ws

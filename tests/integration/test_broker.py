@@ -24,17 +24,24 @@ async def test_the_publish_scripts_frame_is_what_the_decoder_and_clients_read(
 ) -> None:
     the_broker = broker.current()
     envelope = protocol.envelope(
-        kind="message", stream="room:codec", message_id="m1", payload={"text": "hé \u2028 \"q\""},
+        kind="message",
+        stream="room:codec",
+        message_id="m1",
+        payload={"text": 'hé \u2028 "q"'},
         origin="unit",
-    )  # fmt: skip
+    )
     body = protocol.encode(envelope)
     pubsub = the_broker.redis().pubsub()
     await pubsub.subscribe(the_broker.keys.group_channel("room.codec"))
     try:
         appended = await the_broker.publish(
-            stream="room:codec", group="room.codec", body=body, message_id="m1", idempotency=None,
+            stream="room:codec",
+            group="room.codec",
+            body=body,
+            message_id="m1",
+            idempotency=None,
             policy=POLICY,
-        )  # fmt: skip
+        )
         async with asyncio.timeout(5):
             while (
                 message := await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
@@ -67,14 +74,22 @@ async def test_a_stream_s_keys_share_one_hash_tag(layer: StreamChannelLayer) -> 
 async def test_scripts_are_loaded_again_after_redis_forgets_them(layer: StreamChannelLayer) -> None:
     the_broker = broker.current()
     await the_broker.publish(
-        stream="room:flushed", group="room.flushed", body='{"type":"message"}', message_id="a",
-        idempotency=None, policy=POLICY,
-    )  # fmt: skip
+        stream="room:flushed",
+        group="room.flushed",
+        body='{"type":"message"}',
+        message_id="a",
+        idempotency=None,
+        policy=POLICY,
+    )
     await the_broker.redis().script_flush()
     appended = await the_broker.publish(
-        stream="room:flushed", group="room.flushed", body='{"type":"message"}', message_id="b",
-        idempotency=None, policy=POLICY,
-    )  # fmt: skip
+        stream="room:flushed",
+        group="room.flushed",
+        body='{"type":"message"}',
+        message_id="b",
+        idempotency=None,
+        policy=POLICY,
+    )
     assert appended.seq == 2
     assert await the_broker.redis().script_exists(*(s.sha for s in scripts.ALL)) == [True] * len(
         scripts.ALL
@@ -89,9 +104,15 @@ async def test_redis_trouble_is_one_error_type() -> None:
             dead.heads(["room:x"]),
             dead.read("room:x", after=0),
             dead.hit("k", window_ms=1000),
-            dead.publish(stream="room:x", group="room.x", body="{}", message_id="m",
-                         idempotency=None, policy=POLICY),
-        ):  # fmt: skip
+            dead.publish(
+                stream="room:x",
+                group="room.x",
+                body="{}",
+                message_id="m",
+                idempotency=None,
+                policy=POLICY,
+            ),
+        ):
             with pytest.raises(BrokerUnavailable):
                 await call
     finally:

@@ -95,9 +95,14 @@ async def test_resume_replays_missed_messages_in_order_before_live_ones(
     frames = await again.receive_many(6)
     assert [f["payload"] for f in frames[:4]] == [2, 3, 4, 5]
     assert frames[4] == {
-        "type": "resumed", "stream": "user:3", "recovered": True, "reason": "resume",
-        "epoch": seen["epoch"], "seq": 5, "replayed": 4,
-    }  # fmt: skip
+        "type": "resumed",
+        "stream": "user:3",
+        "recovered": True,
+        "reason": "resume",
+        "epoch": seen["epoch"],
+        "seq": 5,
+        "replayed": 4,
+    }
     assert frames[5]["payload"] == 6 and frames[5]["seq"] == 6
     assert await again.nothing()
     await again.close()
@@ -118,12 +123,14 @@ async def test_bad_resumes_get_errors_and_the_rest_works(layer: StreamChannelLay
     await Room.objects.acreate(slug="secret", title="Secret", is_private=True)
     await publish.push_to_user(user_id=5, payload="a")
     head = (await broker.current().heads(["user:5"]))["user:5"]
-    query = resume_query({
-        "user:6": {"epoch": None, "seq": 0},  # someone else's stream
-        "room:secret": {"epoch": None, "seq": 0},  # a private room: told as if it were missing
-        "room:nowhere": {"epoch": None, "seq": 0},
-        "user:5": {"epoch": head.epoch, "seq": 40},  # ahead of the head (1)
-    })  # fmt: skip
+    query = resume_query(
+        {
+            "user:6": {"epoch": None, "seq": 0},  # someone else's stream
+            "room:secret": {"epoch": None, "seq": 0},  # a private room: told as if it were missing
+            "room:nowhere": {"epoch": None, "seq": 0},
+            "user:5": {"epoch": head.epoch, "seq": 40},  # ahead of the head (1)
+        }
+    )
     socket, hello = await open_socket(a_user(5), query)
     assert set(hello["streams"]) == {"user:5", "broadcast"}
     frames = await socket.receive_many(5)

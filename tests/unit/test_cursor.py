@@ -15,6 +15,7 @@ def test_the_next_seq_in_the_same_epoch_is_delivered() -> None:
 
 def test_seen_seqs_are_duplicates_and_later_ones_are_gaps() -> None:
     cursor = Cursor("e1", 4)
+    # One decision per seq, in the seqs' order (the formatter would put one per line).
     assert [cursor.decide(seq) for seq in (1, 4, 5, 6, 40)] == [
         Decision.DUPLICATE, Decision.DUPLICATE, Decision.DELIVER, Decision.GAP, Decision.GAP,
     ]  # fmt: skip
