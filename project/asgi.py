@@ -17,15 +17,19 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 from realtime.asgi_types import ASGIApp  # noqa: E402
 from realtime.ops import with_ops_publisher  # noqa: E402
 from realtime.publish_lane import PublishLane  # noqa: E402
-from realtime.routing import websocket_urlpatterns  # noqa: E402
-from realtime.socket_auth import SocketAuthMiddleware  # noqa: E402
+from realtime.routing import event_stream_urlpatterns, websocket_urlpatterns  # noqa: E402
+from realtime.socket_auth import EventStreams, SocketAuthMiddleware  # noqa: E402
 
 router = ProtocolTypeRouter(
     {
         # Static files are served by the replica itself so a local cluster needs no extra web
         # server; only paths under STATIC_URL take this detour. Publish requests with an API
-        # token skip Django's request cycle (realtime/publish_lane.py).
-        "http": PublishLane(ASGIStaticFilesHandler(django_asgi_app)),
+        # token skip Django's request cycle (realtime/publish_lane.py). GET /sse/ is the SSE
+        # transport's stream, served by the same consumer as /ws/.
+        "http": EventStreams(
+            SocketAuthMiddleware(event_stream_urlpatterns),
+            PublishLane(ASGIStaticFilesHandler(django_asgi_app)),
+        ),
         # Browsers send Origin on every WebSocket handshake; one that is not ours is refused, so
         # another site cannot open a socket with the user's cookies. One middleware checks it,
         # logs the session's user in and routes: Channels' stack of five kept a frame and a

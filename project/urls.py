@@ -8,6 +8,8 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("api/whoami", views.whoami, name="whoami"),
+    # The SSE transport's client frames (GET /sse/, the stream, is served before Django).
+    path("sse/send", views.sse_send, name="sse-send"),
     path("api/push", views.api_push, name="api-push"),
     path("api/push/batch", views.api_push_batch, name="api-push-batch"),
     path("api/broadcast", views.api_broadcast, name="api-broadcast"),

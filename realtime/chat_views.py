@@ -16,6 +16,7 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
 from realtime import chat, groups, presence
@@ -40,6 +41,7 @@ def _room_or_404(request: AuthedRequest, slug: str) -> Room:
         raise Http404("No such room") from None
 
 
+@ensure_csrf_cookie  # client.js posts SSE frames with it
 @login_required
 @require_GET
 def chat_home(request: AuthedRequest) -> HttpResponse:
@@ -95,6 +97,7 @@ def room_invite(request: AuthedRequest, slug: str) -> HttpResponse:
     return redirect("chat-room", slug=slug)
 
 
+@ensure_csrf_cookie  # client.js posts SSE frames with it
 @login_required
 @require_GET
 def room_page(request: AuthedRequest, slug: str) -> HttpResponse:

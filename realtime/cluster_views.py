@@ -14,12 +14,14 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.views.decorators.csrf import ensure_csrf_cookie
 
 from realtime.ops import configured_haproxy_states
 
 logger = logging.getLogger(__name__)
 
 
+@ensure_csrf_cookie  # client.js posts SSE frames with it
 @login_required
 def cluster_page(request: HttpRequest) -> HttpResponse:
     if not request.user.is_staff:

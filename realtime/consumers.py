@@ -9,6 +9,7 @@ session's `release()` gives back what it held, once.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from typing import Any
@@ -25,12 +26,15 @@ from realtime.delivery.session import Session
 from realtime.protocol import InvalidFrame
 from realtime.selectors import StreamDenied, stream_check_readable
 from realtime.stats import replica_stats
+from realtime.transport import sse
 
 logger = logging.getLogger(__name__)
 
 
 class RealtimeConsumer:
-    """The ASGI application behind /ws/ (realtime/routing.py), one instance per socket."""
+    """The ASGI application behind /ws/ and /sse/ (realtime/routing.py), one per socket: the same
+    session over a WebSocket or over Server-Sent Events (realtime/transport/sse.py), whose
+    client frames arrive through the channel layer from POST /sse/send on any replica."""
 
     @classmethod
     def as_asgi(cls) -> ASGIApp:
@@ -46,7 +50,7 @@ class RealtimeConsumer:
         session: Session | None = None
         counted = False
         try:
-            if (await receive())["type"] != "websocket.connect":
+            if not await _connected(scope, receive):
                 return
             session = await self._open(scope, writer, layer, channel)
             if session is None:
@@ -55,6 +59,10 @@ class RealtimeConsumer:
             replica_stats.connections_total += 1
             counted = True
             inbound = Inbound(session)
+            session.handlers["rt.client_frame"] = inbound.relayed
+            if scope["type"] == "http":
+                await _until_disconnected(receive, writer)
+                return
             while True:
                 message = await receive()
                 if message["type"] == "websocket.receive":
@@ -165,6 +173,27 @@ class RealtimeConsumer:
             session.session_digest = session_watch.session_digest(scope["session_key"])
             session_watch.watch(session, scope["session_key"])
         return session
+
+
+async def _connected(scope: Scope, receive: Receive) -> bool:
+    """The opening message: a WebSocket's connect, or an SSE request's (empty) body."""
+    message = await receive()
+    if scope["type"] == "websocket":
+        return bool(message["type"] == "websocket.connect")
+    while message["type"] == "http.request" and message.get("more_body"):
+        message = await receive()
+    return bool(message["type"] == "http.request")
+
+
+async def _until_disconnected(receive: Receive, writer: transport.SocketWriter) -> None:
+    """An SSE stream's life: a comment every HEARTBEAT_SECS until the client goes away."""
+    while writer.is_open():
+        try:
+            async with asyncio.timeout(sse.HEARTBEAT_SECS):
+                if (await receive())["type"] == "http.disconnect":
+                    return
+        except TimeoutError:
+            await sse.heartbeat(writer)
 
 
 async def _admitted(user: Any, conn: str) -> bool:

@@ -23,6 +23,7 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_POST
 
 from realtime import protocol, publish
@@ -35,6 +36,7 @@ MAX_LAB_TEXT_CHARS = 500
 MAX_LAB_ID_CHARS = 64
 
 
+@ensure_csrf_cookie  # client.js posts SSE frames with it
 @login_required
 def lab_page(request: HttpRequest) -> HttpResponse:
     return render(request, "realtime/lab.html")

@@ -72,13 +72,37 @@ class SocketAuthMiddleware:
         self.session_store: type[SessionBase] = import_module(settings.SESSION_ENGINE).SessionStore
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._serve_event_stream(scope, receive, send)
+            return
         if scope["type"] != "websocket":
             raise ValueError(
-                f"SocketAuthMiddleware serves WebSocket scopes, not {scope['type']!r}: route "
-                "other protocols elsewhere in ProtocolTypeRouter."
+                f"SocketAuthMiddleware serves WebSocket and SSE scopes, not {scope['type']!r}: "
+                "route other protocols elsewhere in ProtocolTypeRouter."
             )
+        await self._serve(scope, receive, send, deny=_deny)
+
+    async def _serve_event_stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The SSE transport's GET (realtime/transport/sse.py), checked like a handshake. A
+        same-origin EventSource sends no Origin (fetch only adds it to cross-origin GETs), so
+        there the browser's Sec-Fetch-Site must not say cross-site."""
+        if scope.get("method") != "GET":
+            await _http_refusal(
+                send, 405, b"GET /sse/ opens an event stream; frames go to POST /sse/send."
+            )
+            return
+        fetch_site = next((v for k, v in scope.get("headers", ()) if k == b"sec-fetch-site"), None)
+        if fetch_site not in (None, b"same-origin", b"none"):
+            logger.info("event stream refused: Sec-Fetch-Site %r", fetch_site)
+            await _http_refusal(send, 403, b"Event streams open from this site's pages only.")
+            return
+        await self._serve(scope, receive, send, deny=_deny_http, origin_required=False)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, *, deny: Any, origin_required: bool = True
+    ) -> None:
         origin = cookie = host = None
-        secure = scope.get("scheme") == "wss"
+        secure = scope.get("scheme") in ("wss", "https")
         for name, value in scope.get("headers", ()):
             if name == b"origin":
                 origin = value  # the last one, as Channels' OriginValidator reads it
@@ -88,14 +112,16 @@ class SocketAuthMiddleware:
                 host = value
             elif self.proxy_ssl_header is not None and name == self.proxy_ssl_header[0]:
                 secure = value == self.proxy_ssl_header[1]
-        if not self._origin_allowed(origin, host, secure=secure):
-            logger.info("websocket refused: origin %r is not this site's (host %r)", origin, host)
-            await _deny(receive, send)
+        if (origin is not None or origin_required) and not self._origin_allowed(
+            origin, host, secure=secure
+        ):
+            logger.info("socket refused: origin %r is not this site's (host %r)", origin, host)
+            await deny(receive, send)
             return
         route = self._route(scope)
         if route is None:
-            logger.info("websocket refused: no route for path %r", scope.get("path"))
-            await _deny(receive, send)
+            logger.info("socket refused: no route for path %r", scope.get("path"))
+            await deny(receive, send)
             return
         app, url_route = route
         # This frame lives as long as the socket: the parsed cookies die in _user, not here.
@@ -153,6 +179,16 @@ class SocketAuthMiddleware:
         return None
 
 
+async def _http_refusal(send: Send, status: int, text: bytes) -> None:
+    headers = [(b"content-type", b"text/plain; charset=utf-8")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": text})
+
+
+async def _deny_http(receive: Receive, send: Send) -> None:
+    await _http_refusal(send, 403, b"This origin may not open an event stream here.")
+
+
 async def _deny(receive: Receive, send: Send) -> None:
     """Close before accept, as Channels' WebsocketDenier does: Daphne answers HTTP 403."""
     message = await receive()
@@ -198,3 +234,17 @@ def _user_of_session(
         for connection in connections.all(initialized_only=True):
             connection.close()
         raise
+
+
+class EventStreams:
+    """HTTP requests for /sse/ to the socket stack (the SSE transport), the rest to `app`."""
+
+    def __init__(self, streams: ASGIApp, app: ASGIApp) -> None:
+        self.streams = streams
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path") == "/sse/":
+            await self.streams(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)

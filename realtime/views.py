@@ -15,7 +15,7 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
-from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
 from realtime import broker, groups, publish, transport
@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 HEALTH_REDIS_TIMEOUT_SECS = 0.5
 
 
+@ensure_csrf_cookie  # client.js posts SSE frames with it
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
     return render(request, "realtime/home.html")
@@ -94,6 +95,40 @@ def _rss_bytes() -> int | None:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+@require_POST
+async def sse_send(request: HttpRequest) -> JsonResponse:
+    """POST {"connection": <hello's connection>, "frame": "<frame JSON text>"}: a client frame of
+    the SSE transport (realtime/transport/sse.py). Any replica takes it; the channel layer
+    carries it to the replica holding that connection, and the answer comes back on the
+    stream. CSRF applies as to any form post (X-CSRFToken)."""
+    user = await request.auser()
+    if not user.is_authenticated:
+        return error_response(401, "not_authenticated", "Log in first; then reconnect.")
+    try:
+        body = parse_json_object(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    connection, frame = body.get("connection"), body.get("frame")
+    if not isinstance(connection, str) or not isinstance(frame, str):
+        return error_response(
+            400, "bad_frame", 'Send {"connection": <from hello>, "frame": <frame JSON text>}.'
+        )
+    if len(frame) > settings.MAX_CLIENT_FRAME_BYTES:
+        return error_response(
+            413,
+            "frame_too_large",
+            f"Frames may be at most {settings.MAX_CLIENT_FRAME_BYTES} bytes.",
+        )
+    message = {"type": "rt.client_frame", "text": frame, "user_id": user.pk}
+    try:
+        await get_channel_layer().send(connection, message)  # type: ignore[union-attr]
+    except ValueError:
+        return error_response(400, "bad_connection", "'connection' must be the id from hello.")
+    except BrokerUnavailable:
+        return error_response(503, "unavailable", "Messaging is unavailable; retry shortly.")
+    return JsonResponse({"ok": True, "replica": settings.REPLICA_ID}, status=202)
 
 
 @require_GET

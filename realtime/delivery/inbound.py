@@ -102,6 +102,15 @@ class Inbound:
                 "Your connection is fine.", frame.id,
             )  # fmt: skip
 
+    async def relayed(self, event: dict[str, Any]) -> None:
+        """A frame POSTed to /sse/send on any replica and relayed here (rt.client_frame): only
+        the socket's own user may send on it."""
+        if event.get("user_id") != self.session.user.pk:
+            logger.warning("relayed frame for user=%s from user id %s dropped",
+                           self.session.user.username, event.get("user_id"))  # fmt: skip
+            return
+        await self.receive(event.get("text"))
+
     async def _refuse_frame(self, limits: SocketLimits, text: str | None) -> None:
         """Over the frame rate: answer `rate_limited` (with the frame's id, so a client can
         send it again later), or close with 1008 once the socket has used up its strikes."""

@@ -1,7 +1,7 @@
 """The seam between a socket's session and the server it runs on.
 
-A session (realtime/delivery/) writes through a `SocketWriter` and never sees the server. Two
-writers:
+A session (realtime/delivery/) writes through a `SocketWriter` and never sees the server or
+the protocol. Three writers:
 - `AsgiWriter` (asgi.py): plain ASGI `send`; runs on any ASGI server (Daphne, uvicorn, the
   test communicator).
 - `DaphneWriter` (daphne.py): Daphne's fast path. A stream frame is framed once per replica and
@@ -12,6 +12,8 @@ writers:
   The server checks at start-up that Daphne, Twisted and Autobahn are the versions and shapes
   the fast path was written against, and says loudly when they are not (then sockets get the
   ASGI writer: slower, still correct).
+- `SseWriter` (sse.py): Server-Sent Events over a streaming HTTP response, for networks that
+  block WebSockets; the client's frames come back by POST through the channel layer.
 
 Only this package imports daphne, twisted or autobahn (an import-linter contract holds it).
 """
@@ -62,7 +64,12 @@ class SocketWriter(Protocol):
 
 
 def writer_for(scope: dict[str, Any], send: Any) -> SocketWriter:
-    """The fast path where our server offers it, the plain ASGI writer elsewhere."""
+    """SSE for an HTTP scope; for a WebSocket the fast path where our server offers it, the
+    plain ASGI writer elsewhere."""
+    if scope["type"] == "http":
+        from realtime.transport.sse import SseWriter
+
+        return SseWriter(send)
     offered = scope.get("extensions", {}).get(FAST_PATH)
     if offered is not None:
         from realtime.transport.daphne import DaphneWriter

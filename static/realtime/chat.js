@@ -233,6 +233,8 @@ client.addEventListener("open", ({ detail }) => {
   } else {
     setStatus("open", `live on ${detail.replica}`);
   }
+  // Where WebSockets are blocked the client falls back to Server-Sent Events: say so.
+  if (client.transport === "sse") status.textContent += " (over SSE)";
   status.dataset.replica = detail.replica;
   loadPresence();
 });

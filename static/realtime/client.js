@@ -1,4 +1,5 @@
-// Switchboard's browser client: one WebSocket to /ws/, resumable streams, an outbox, events.
+// Switchboard's browser client: one WebSocket to /ws/ (or, where WebSockets are blocked, Server-
+// Sent Events from /sse/ with frames POSTed back), resumable streams, an outbox, events.
 //
 //   const client = new RealtimeClient();
 //   client.addEventListener("message", (e) => show(e.detail));   // stream frames, once, in order
@@ -23,6 +24,13 @@
 
 export const DEFAULTS = Object.freeze({
   path: "/ws/",
+  // "auto": a WebSocket, and Server-Sent Events once WebSockets failed `sseAfterFailures` times
+  // in a row without ever opening (a proxy or firewall that blocks them); "websocket" or "sse"
+  // to choose. The SSE stream is GET `ssePath`; the client's frames go to POST `sseSendPath`.
+  transport: "auto",
+  sseAfterFailures: 3,
+  ssePath: "/sse/",
+  sseSendPath: "/sse/send",
   // Reconnect delay: random(0, min(cap, base * 2^attempt)) — "full jitter", so the clients of a
   // replica that died do not all return in the same instant.
   backoffBaseMs: 300,
@@ -49,6 +57,7 @@ export const DEFAULTS = Object.freeze({
   logPrefix: "[switchboard]",
 });
 
+const OPEN = 1; // WebSocket.OPEN, and EventStreamSocket's
 const CLOSE_UNAUTHORIZED = 4401;
 const TRY_LATER_CODES = new Set([1013, 4503, 4429]);
 const STREAM_FRAME_TYPES = new Set(["push", "message", "broadcast", "ops"]);
@@ -75,6 +84,8 @@ export class RealtimeClient extends EventTarget {
     this.final = false;
     this.stats = { duplicates: 0, reconnects: 0, delivered: 0 };
     this._timers = {};
+    this.transport = this.options.transport === "sse" ? "sse" : "websocket";
+    this._failedOpens = 0; // WebSockets in a row that closed before their hello
   }
 
   // --- public API ------------------------------------------------------------------------------
@@ -87,14 +98,21 @@ export class RealtimeClient extends EventTarget {
         resume[stream] = position;
       }
     }
-    const scheme = location.protocol === "https:" ? "wss" : "ws";
     const query = new URLSearchParams();
     if (Object.keys(resume).length) query.set("resume", JSON.stringify(resume));
     if (this.options.ephemeral) query.set("ephemeral", "1");
-    const url = `${scheme}://${location.host}${this.options.path}${query.size ? `?${query}` : ""}`;
-    this._setState("connecting", { attempt: this.attempt });
-    this.debug("connecting", url);
-    const socket = new WebSocket(url);
+    const search = query.size ? `?${query}` : "";
+    this._setState("connecting", { attempt: this.attempt, transport: this.transport });
+    let socket;
+    if (this.transport === "sse") {
+      this.debug("connecting over SSE", this.options.ssePath + search);
+      socket = new EventStreamSocket(this.options.ssePath + search, this.options.sseSendPath);
+    } else {
+      const scheme = location.protocol === "https:" ? "wss" : "ws";
+      const url = `${scheme}://${location.host}${this.options.path}${search}`;
+      this.debug("connecting", url);
+      socket = new WebSocket(url);
+    }
     this.socket = socket;
     socket.onmessage = (event) => this._onFrame(event.data);
     socket.onclose = (event) => this._onClose(socket, event.code, event.reason);
@@ -201,6 +219,7 @@ export class RealtimeClient extends EventTarget {
   }
 
   _onHello(frame) {
+    this._failedOpens = 0;
     const previousReplica = this.replica;
     this.replica = frame.replica;
     this.userId = frame.user_id;
@@ -290,6 +309,15 @@ export class RealtimeClient extends EventTarget {
       this._setState("unauthorized", { code, reason });
       return;
     }
+    if (this.state === "connecting" && this.transport === "websocket" && this.options.transport === "auto") {
+      // Closed before it ever said hello: blocked on the way, maybe. Enough of those in a row,
+      // and the next connection (and every one after) is an event stream.
+      this._failedOpens += 1;
+      if (this._failedOpens >= this.options.sseAfterFailures) {
+        this.debug(`${this._failedOpens} WebSockets failed to open: falling back to SSE`);
+        this.transport = "sse";
+      }
+    }
     const base = TRY_LATER_CODES.has(code) ? this.options.tryLaterBaseMs : this.options.backoffBaseMs;
     this._retry(this._delay(base, this.attempt++), code);
   }
@@ -351,7 +379,7 @@ export class RealtimeClient extends EventTarget {
 
   _send(frame) {
     const socket = this.socket;
-    if (!socket || socket.readyState !== WebSocket.OPEN || this.state !== "open") return false;
+    if (!socket || socket.readyState !== OPEN || this.state !== "open") return false;
     socket.send(JSON.stringify(frame));
     return true;
   }
@@ -386,4 +414,72 @@ export class RealtimeClient extends EventTarget {
   _emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
+}
+
+// The SSE transport behind a WebSocket's interface (readyState, send, close, onmessage, onclose),
+// so the client above does not care which it has. Frames arrive as the events of GET /sse/;
+// a close is an "close" event carrying the code a WebSocket would have closed with. Each frame
+// sent is a POST to /sse/send naming this stream's connection (from hello): any replica takes
+// it and the channel layer carries it to the one holding the stream. The browser's own
+// EventSource reconnect is switched off: the client reconnects with its positions in the URL.
+export class EventStreamSocket {
+  constructor(url, sendUrl) {
+    this.readyState = 0;
+    this.sendUrl = sendUrl;
+    this.connection = null;
+    this.onmessage = null;
+    this.onclose = null;
+    this.onerror = null;
+    this._queue = Promise.resolve();
+    const source = new EventSource(url, { withCredentials: true });
+    this.source = source;
+    source.onopen = () => { this.readyState = OPEN; };
+    source.onmessage = (event) => {
+      if (this.readyState !== OPEN) this.readyState = OPEN;
+      if (this.connection === null && event.data.includes('"hello"')) {
+        try { this.connection = JSON.parse(event.data).connection || null; } catch { /* not hello */ }
+      }
+      this.onmessage?.({ data: event.data });
+    };
+    source.addEventListener("close", (event) => {
+      let code = 1000;
+      let reason = "";
+      try { ({ code, reason } = JSON.parse(event.data)); } catch { /* a bare close */ }
+      this._closed(code, reason);
+    });
+    source.onerror = () => {
+      this.onerror?.();
+      this._closed(1006, "the event stream broke");
+    };
+  }
+
+  // Frames go out in order, one POST after another.
+  send(text) {
+    if (this.readyState !== OPEN || !this.connection) return;
+    const body = JSON.stringify({ connection: this.connection, frame: text });
+    this._queue = this._queue.then(() => fetch(this.sendUrl, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
+      body,
+    }).then((answer) => {
+      if (!answer.ok && answer.status !== 202) this._closed(1006, `POST answered ${answer.status}`);
+    }, () => this._closed(1006, "a POST failed")));
+  }
+
+  close(code = 1000, reason = "") {
+    this._closed(code, reason);
+  }
+
+  _closed(code, reason) {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    this.source.close();
+    this.onclose?.({ code, reason });
+  }
+}
+
+function csrfToken() {
+  const match = document.cookie.match(/(?:^|; )csrftoken=([^;]*)/);
+  return match ? decodeURIComponent(match[1]) : "";
 }

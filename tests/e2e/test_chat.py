@@ -243,3 +243,25 @@ def test_a_published_payload_dressed_as_a_chat_line_is_shown_as_a_note_not_as_it
     say(alice, "a real line")
     wait_texts(alice, ["a real line"])
     assert alice.locator("#messages li.msg .who").all_inner_texts() == ["alice"]
+
+
+def test_the_chat_works_over_sse_when_websockets_are_blocked(
+    browser_user: LoginPage, healthy_cluster: Cluster
+) -> None:
+    """A network that lets no WebSocket through: alice's page falls back to Server-Sent Events
+    by itself after a few failed sockets, and she chats with bob (on a WebSocket) both ways."""
+    alice = browser_user("alice", replica="d1", path="/chat/")
+    slug = create_room(alice, "sse", "Over SSE")
+    alice.context.route_web_socket("**/ws/**", lambda ws: ws.close(code=4000, reason="blocked"))
+    alice.goto(f"/chat/{slug}/")
+    wait_live(alice)
+    assert alice.evaluate("window.switchboard.transport") == "sse"
+    bob = browser_user("bob", replica="d2", path=f"/chat/{slug}/")
+    wait_live(bob)
+    assert bob.evaluate("window.switchboard.transport") == "websocket"
+    say(alice, "hello over SSE")
+    wait_texts(bob, ["hello over SSE"])
+    say(bob, "hello over a WebSocket")
+    wait_texts(alice, ["hello over SSE", "hello over a WebSocket"])
+    alice.locator('#presence li.online[data-user="bob"]').wait_for()
+    screenshot(alice, "chat-over-sse")

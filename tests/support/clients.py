@@ -7,6 +7,7 @@ A `WsClient` reads every frame into `frames` in the background, so tests wait fo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -168,3 +169,103 @@ async def open_user_socket(
     ws = await WsClient.open(ws_url, cookie=cookie_header(client.cookies, sticky=sticky))
     await ws.wait_type("hello", timeout=timeout)
     return ws
+
+
+class SseClient:
+    """The SSE transport from the outside: GET /sse/ read in the background into `frames`, and
+    frames sent with POST /sse/send (which may land on any replica)."""
+
+    def __init__(self, base_url: str, cookie: str, query: str = "") -> None:
+        self.base_url = base_url
+        self.cookie = cookie
+        self.query = query
+        self.frames: list[Frame] = []
+        self.closed_code: int | None = None
+        self.stream_replica: str | None = None
+        self._changed = asyncio.Event()
+        self._client = httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(10, read=60))
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> SseClient:
+        self._reader = asyncio.create_task(self._read())
+        await self.wait_for(
+            lambda frames: bool(frames) or self.closed_code is not None, what="hello"
+        )
+        return self
+
+    async def _read(self) -> None:
+        event = "message"
+        try:
+            async with self._client.stream(
+                "GET", f"/sse/{self.query}", headers={"Cookie": self.cookie}
+            ) as response:
+                self.stream_replica = response.headers.get("x-replica")
+                async for line in response.aiter_lines():
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: "):
+                        data = json.loads(line[6:])
+                        if event == "close":
+                            self.closed_code = data["code"]
+                        else:
+                            self.frames.append(data)
+                        event = "message"
+                        self._changed.set()
+        except httpx.HTTPError:
+            pass
+        finally:
+            if self.closed_code is None:
+                self.closed_code = 1006
+            self._changed.set()
+
+    async def send(self, frame: Frame, *, replica: str | None = None) -> httpx.Response:
+        """POST one frame; `replica` pins the POST to a replica (by its SERVERID cookie)."""
+        token = "s" * 32  # any well-formed CSRF secret, the same in the cookie and the header
+        cookie = f"{self.cookie}; csrftoken={token}"
+        if replica:
+            cookie = ";".join(p for p in cookie.split(";") if "SERVERID" not in p)
+            cookie += f"; SERVERID={replica}"
+        connection = self.hello["connection"]
+        body = {"connection": connection, "frame": json.dumps(frame)}
+        return await self._client.post(
+            "/sse/send", json=body, headers={"Cookie": cookie, "X-CSRFToken": token}
+        )
+
+    @property
+    def hello(self) -> Frame:
+        hellos = self.of_type("hello")
+        assert hellos, f"no hello frame; frames: {self.frames}"
+        return hellos[0]
+
+    def of_type(self, frame_type: str) -> list[Frame]:
+        return [f for f in self.frames if f.get("type") == frame_type]
+
+    async def wait_for(
+        self, predicate: Callable[[list[Frame]], bool], *, timeout: float = 10, what: str = ""
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.frames):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"timed out waiting for {what}; have {self.frames[-5:]}")
+            self._changed.clear()
+            if predicate(self.frames):
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    async def wait_type(
+        self, frame_type: str, *, count: int = 1, timeout: float = 10
+    ) -> list[Frame]:
+        await self.wait_for(
+            lambda frames: len(self.of_type(frame_type)) >= count, timeout=timeout,
+            what=f"{count} {frame_type!r}",
+        )  # fmt: skip
+        return self.of_type(frame_type)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._client.aclose()

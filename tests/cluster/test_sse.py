@@ -1,0 +1,98 @@
+"""The SSE transport through HAProxy: the same frames and the same resume as a WebSocket, with
+the client's frames POSTed to any replica."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from urllib.parse import quote
+
+from realtime.cluster import Cluster
+from tests.cluster.helpers import api_post, sessions_for
+from tests.conftest import manage
+from tests.support.clients import SseClient
+
+
+def cookie_for(session: str, replica: str) -> str:
+    return f"sessionid={session}; SERVERID={replica}"
+
+
+async def test_an_event_stream_gets_pushes_and_answers_frames_posted_to_another_replica(
+    cluster: Cluster,
+) -> None:
+    manage(cluster, "shell", "-v", "0", "-c", "from realtime.models import Room; "
+           "Room.objects.get_or_create(slug='sse-room', defaults={'title': 'SSE'})")  # fmt: skip
+    users = sessions_for(cluster, 1, "sse")
+    stream = await SseClient(cluster.url, cookie_for(users["sse0"], "d1")).start()
+    try:
+        hello = stream.hello
+        assert (hello["replica"], stream.stream_replica) == ("d1", "d1")
+        for n in range(5):
+            body = {"user": "sse0", "payload": {"n": n}}
+            assert (
+                await asyncio.to_thread(api_post, cluster, "/api/push", body)
+            ).status_code == 200
+        pushes = await stream.wait_type("push", count=5)
+        assert [p["payload"]["n"] for p in pushes] == list(range(5))
+        assert [p["seq"] for p in pushes] == list(range(pushes[0]["seq"], pushes[0]["seq"] + 5))
+        # Frames POSTed to d2 and d3 reach the session on d1, and are answered on the stream.
+        answer = await stream.send({"type": "echo", "id": "e1", "payload": "hi"}, replica="d2")
+        assert (answer.status_code, answer.headers["x-replica"]) == (202, "d2")
+        echo = (await stream.wait_type("echo"))[0]
+        assert (echo["id"], echo["replica"], echo["payload"]) == ("e1", "d1", "hi")
+        await stream.send({"type": "subscribe", "stream": "room:sse-room", "id": "s"}, replica="d3")
+        await stream.wait_type("subscribed")
+        publish = {"type": "publish", "id": "m1", "stream": "room:sse-room", "payload": {"t": 1}}
+        await stream.send(publish, replica="d2")
+        ack = (await stream.wait_type("ack"))[0]
+        message = (await stream.wait_type("message"))[0]
+        assert (ack["id"], ack["seq"]) == ("m1", message["seq"])
+        # Hostile input over SSE gets the same answers as over a WebSocket.
+        raw = {"connection": hello["connection"], "frame": "[" * 5000}
+        bad = await stream._client.post(
+            "/sse/send", json=raw,
+            headers={"Cookie": f"{stream.cookie}; csrftoken={'s' * 32}", "X-CSRFToken": "s" * 32},
+        )  # fmt: skip
+        assert bad.status_code == 202
+        assert (await stream.wait_type("error"))[0]["code"] == "bad_json"
+    finally:
+        await stream.close()
+
+
+async def test_an_event_stream_resumes_from_the_url_and_frames_of_others_are_dropped(
+    cluster: Cluster,
+) -> None:
+    users = sessions_for(cluster, 2, "sseres")
+    first = await SseClient(cluster.url, cookie_for(users["sseres0"], "d2")).start()
+    user_stream = f"user:{first.hello['user_id']}"
+    await asyncio.to_thread(api_post, cluster, "/api/push", {"user": "sseres0", "payload": 0})
+    seen = (await first.wait_type("push"))[0]
+    # Another user POSTs a frame naming this stream's connection: it is not acted on.
+    intruder = SseClient(cluster.url, cookie_for(users["sseres1"], "d1"))
+    intruder.frames.append({"type": "hello", "connection": first.hello["connection"]})
+    await intruder.send({"type": "echo", "id": "x", "payload": "not yours"})
+    await intruder._client.aclose()
+    await first.close()
+    for n in range(1, 4):
+        await asyncio.to_thread(api_post, cluster, "/api/push", {"user": "sseres0", "payload": n})
+    position = {user_stream: {"epoch": seen["epoch"], "seq": seen["seq"]}}
+    again = await SseClient(
+        cluster.url, cookie_for(users["sseres0"], "d3"), "?resume=" + quote(json.dumps(position))
+    ).start()
+    try:
+        resumed = (await again.wait_type("resumed"))[0]
+        assert [p["payload"] for p in again.of_type("push")] == [1, 2, 3]
+        assert (resumed["recovered"], resumed["replayed"]) == (True, 3)
+    finally:
+        await again.close()
+    assert first.of_type("echo") == []
+
+
+async def test_an_event_stream_without_a_login_is_closed_with_4401(cluster: Cluster) -> None:
+    anonymous = await SseClient(cluster.url, "SERVERID=d1").start()
+    try:
+        await anonymous.wait_for(lambda f: anonymous.closed_code is not None, what="the close")
+        assert anonymous.closed_code == 4401
+        assert anonymous.frames[0]["code"] == "unauthorized"
+    finally:
+        await anonymous.close()
