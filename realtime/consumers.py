@@ -83,9 +83,11 @@ class RealtimeConsumer:
         user = scope["user"]
         if not user.is_authenticated:
             await _refuse(
-                writer, code="unauthorized", message="Log in first; then reconnect.",
+                writer,
+                code="unauthorized",
+                message="Log in first; then reconnect.",
                 close_code=protocol.CLOSE_UNAUTHORIZED,
-            )  # fmt: skip
+            )
             return None
         problems: list[InvalidFrame | StreamDenied] = []
         try:
@@ -125,11 +127,12 @@ class RealtimeConsumer:
                 await session.release()
                 logger.info("user=%s refused: too many sockets open", user.username)
                 await _refuse(
-                    writer, code="too_many_sockets",
+                    writer,
+                    code="too_many_sockets",
                     message=f"You have {settings.MAX_SOCKETS_PER_USER} connections open already, "
                     "the most one user may; close a tab or another device's app, then reconnect.",
                     close_code=protocol.CLOSE_TOO_MANY_SOCKETS,
-                )  # fmt: skip
+                )
                 return None
             for stream in allowed:
                 await session.join(stream)
@@ -138,9 +141,11 @@ class RealtimeConsumer:
             logger.warning("user=%s connect failed: Redis unavailable (%r)", user.username, exc)
             await session.release()
             await _refuse(
-                writer, code="unavailable", message="Messaging is unavailable; retry shortly.",
+                writer,
+                code="unavailable",
+                message="Messaging is unavailable; retry shortly.",
                 close_code=protocol.CLOSE_TRY_AGAIN_LATER,
-            )  # fmt: skip
+            )
             return None
         for stream in allowed:
             session.place_cursor(stream, resume.get(stream), heads[stream])
@@ -153,7 +158,9 @@ class RealtimeConsumer:
         )
         await session.send_frame(
             {
-                "type": "hello", "replica": settings.REPLICA_ID, "user": user.username,
+                "type": "hello",
+                "replica": settings.REPLICA_ID,
+                "user": user.username,
                 "user_id": user.pk,
                 # Names this socket on its replica: the transport lab's "direct" answer finds
                 # it with the layer's local_sink() only on that replica.
@@ -162,7 +169,7 @@ class RealtimeConsumer:
                     s: {"epoch": c.epoch, "seq": c.last} for s, c in session.cursors.items()
                 },
             }
-        )  # fmt: skip
+        )
         for problem in problems:
             await session.send_error(problem.code, problem.message)
         session.ready = True

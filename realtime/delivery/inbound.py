@@ -92,22 +92,31 @@ class Inbound:
             # the socket stays open.
             where = traceback.extract_tb(exc.__traceback__)[-1]
             logger.warning(
-                "frame %s from user=%s failed: %r at %s:%s", frame.type,
-                session.user.username, exc, where.filename, where.lineno,
-            )  # fmt: skip
+                "frame %s from user=%s failed: %r at %s:%s",
+                frame.type,
+                session.user.username,
+                exc,
+                where.filename,
+                where.lineno,
+            )
             logger.debug("frame %s failed", frame.type, exc_info=True)
             replica_stats.internal_errors += 1
             await session.send_error(
-                "internal_error", "The server failed to handle this frame; it was not acted on. "
-                "Your connection is fine.", frame.id,
-            )  # fmt: skip
+                "internal_error",
+                "The server failed to handle this frame; it was not acted on. "
+                "Your connection is fine.",
+                frame.id,
+            )
 
     async def relayed(self, event: dict[str, Any]) -> None:
         """A frame POSTed to /sse/send on any replica and relayed here (rt.client_frame): only
         the socket's own user may send on it."""
         if event.get("user_id") != self.session.user.pk:
-            logger.warning("relayed frame for user=%s from user id %s dropped",
-                           self.session.user.username, event.get("user_id"))  # fmt: skip
+            logger.warning(
+                "relayed frame for user=%s from user id %s dropped",
+                self.session.user.username,
+                event.get("user_id"),
+            )
             return
         await self.receive(event.get("text"))
 
@@ -119,9 +128,10 @@ class Inbound:
         if not limits.strikes.take():
             logger.info("user=%s closed: kept sending past the frame rate", session.user.username)
             await session.send_error(
-                "rate_limited", f"Closing: this connection kept sending more than "
+                "rate_limited",
+                f"Closing: this connection kept sending more than "
                 f"{settings.SOCKET_FRAMES_PER_SEC:g} frames a second.",
-            )  # fmt: skip
+            )
             await session.close(protocol.CLOSE_POLICY_VIOLATION, "rate limit")
             return
         ref = None
@@ -134,8 +144,9 @@ class Inbound:
             "rate_limited",
             f"Too many frames: at most {settings.SOCKET_FRAMES_PER_SEC:g} a second (bursts of "
             f"{settings.SOCKET_FRAME_BURST}). This one was not acted on; send it again later.",
-            ref, retry_after_ms=1000,
-        )  # fmt: skip
+            ref,
+            retry_after_ms=1000,
+        )
 
     # --- one handler per frame type (protocol.CLIENT_FRAMES) ---------------------------------
 
@@ -211,10 +222,14 @@ class Inbound:
         if not budget.take():
             raise RateLimited(
                 f"Too many {what}: at most {budget.rate:g} a second (bursts of {budget.burst:g}). "
-                + ("It was not sent; the next keystroke sends another." if typing
-                   else "It was not published; send it again later."),
-                ref=frame.id, retry_after_ms=int(1000 / budget.rate),
-            )  # fmt: skip
+                + (
+                    "It was not sent; the next keystroke sends another."
+                    if typing
+                    else "It was not published; send it again later."
+                ),
+                ref=frame.id,
+                retry_after_ms=int(1000 / budget.rate),
+            )
         await database_sync_to_async(stream_check_writable)(user=session.user, stream=stream)
         # An app's own kinds of publish (the chat's lines and typing: realtime/chat.py).
         app_ack = await publish_hooks.handle(
@@ -225,14 +240,21 @@ class Inbound:
             return
         try:
             result = await publish.publish(
-                stream=stream, payload=payload, sender=session.user.username,
+                stream=stream,
+                payload=payload,
+                sender=session.user.username,
                 # Per user and stream: the same client id on another stream is another message.
                 idempotency=publish.idempotency_key(f"u{session.user.pk}:{stream}", frame.id or ""),
-            )  # fmt: skip
+            )
         except publish.InvalidPayload as exc:
             raise InvalidFrame("bad_payload", str(exc), frame.id) from None
-        ack = {"type": "ack", "stream": stream, "seq": result.seq, "epoch": result.epoch,
-               "duplicate": result.duplicate}  # fmt: skip
+        ack = {
+            "type": "ack",
+            "stream": stream,
+            "seq": result.seq,
+            "epoch": result.epoch,
+            "duplicate": result.duplicate,
+        }
         await session.send_frame(ack, ref=frame.id)
 
     async def on_ack(self, frame: ClientFrame) -> None:
@@ -240,9 +262,10 @@ class Inbound:
         cursor = self.session.cursors.get(stream)
         if cursor is None or seq > cursor.last or cursor.epoch is None:
             raise InvalidFrame(
-                "bad_ack", f"You cannot ack {stream[:120]!r} seq {seq}: it was not delivered here.",
+                "bad_ack",
+                f"You cannot ack {stream[:120]!r} seq {seq}: it was not delivered here.",
                 frame.id,
-            )  # fmt: skip
+            )
         if stream.startswith("user:"):
             await broker.current().mark(stream, field="acked", epoch=cursor.epoch, seq=seq)
 

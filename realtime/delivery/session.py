@@ -40,9 +40,14 @@ class Session:
     """A socket's delivery state. Made by the consumer once the socket is accepted."""
 
     def __init__(
-        self, *, user: Any, writer: SocketWriter, layer: Any, channel_name: str,
+        self,
+        *,
+        user: Any,
+        writer: SocketWriter,
+        layer: Any,
+        channel_name: str,
         presence_: presence.ConnectionPresence | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.user = user
         self.writer = writer
         self.layer = layer
@@ -130,10 +135,14 @@ class Session:
         socket (layer.StreamSink)."""
         cursor = self.cursors.get(stream)
         if (
-            not self.ready or self.task is not None or self.queue or self.dirty
-            or cursor is None or not cursor.is_next(seq, epoch)
+            not self.ready
+            or self.task is not None
+            or self.queue
+            or self.dirty
+            or cursor is None
+            or not cursor.is_next(seq, epoch)
             or not self.writer.write_now(frame)
-        ):  # fmt: skip
+        ):
             return False
         cursor.last = seq  # after the write: had it failed, the next frame repairs the gap
         replica_stats.frames_out += 1
@@ -278,9 +287,13 @@ class Session:
             replayed = await self._replay(stream, cursor, upto=head.seq)
         if notify:
             await self.send_resumed(
-                stream, recovered=recovered, reason=reason, epoch=cursor.epoch, seq=cursor.last,
+                stream,
+                recovered=recovered,
+                reason=reason,
+                epoch=cursor.epoch,
+                seq=cursor.last,
                 replayed=replayed,
-            )  # fmt: skip
+            )
 
     async def _replay(self, stream: str, cursor: Cursor, *, upto: int) -> int:
         """Send frames cursor.last+1 .. upto from history; say so if some are gone for good.
@@ -341,7 +354,7 @@ class Session:
                 f"This connection asked for more history than "
                 f"{settings.SOCKET_REPLAY_BYTES_PER_MIN // (1024 * 1024)} MiB a minute: the "
                 "rest follows at that pace. Nothing is lost.",
-            )  # fmt: skip
+            )
         await asyncio.sleep(wait_secs)
 
     async def _send_stream_frame(self, stream: str, cursor: Cursor, frame: str) -> None:
@@ -367,19 +380,37 @@ class Session:
         await self.send_text(protocol.encode(frame))
 
     async def send_error(
-        self, code: str, message: str, ref: str | None = None, *, stream: str | None = None,
+        self,
+        code: str,
+        message: str,
+        ref: str | None = None,
+        *,
+        stream: str | None = None,
         retry_after_ms: int | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         replica_stats.errors_sent += 1
         await self.send_text(
             protocol.error_frame(code, message, ref, stream=stream, retry_after_ms=retry_after_ms)
         )
 
     async def send_resumed(
-        self, stream: str, *, recovered: bool, reason: str, epoch: str | None, seq: int,
+        self,
+        stream: str,
+        *,
+        recovered: bool,
+        reason: str,
+        epoch: str | None,
+        seq: int,
         replayed: int = 0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         await self.send_frame(
-            {"type": "resumed", "stream": stream, "recovered": recovered, "reason": reason,
-             "epoch": epoch, "seq": seq, "replayed": replayed}
-        )  # fmt: skip
+            {
+                "type": "resumed",
+                "stream": stream,
+                "recovered": recovered,
+                "reason": reason,
+                "epoch": epoch,
+                "seq": seq,
+                "replayed": replayed,
+            }
+        )

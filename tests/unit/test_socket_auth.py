@@ -272,5 +272,48 @@ async def test_the_servers_fast_path_reaches_the_consumer_with_send_untouched(
 
 
 async def test_other_scope_types_are_a_configuration_error(app: SocketAuthMiddleware) -> None:
-    with pytest.raises(ValueError, match="WebSocket scopes, not 'http'"):
-        await app({"type": "http", "path": "/ws/", "headers": []}, None, None)
+    with pytest.raises(ValueError, match="WebSocket and SSE scopes, not 'lifespan'"):
+        await app({"type": "lifespan"}, None, None)
+
+
+async def event_stream_status(
+    app: SocketAuthMiddleware, *, method: str = "GET", headers: list[tuple[bytes, bytes]]
+) -> int:
+    """The status of GET /sse/ through the middleware (200: it reached the consumer)."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": "/sse/", "headers": headers}
+    await asyncio.wait_for(app(scope, receive, send), timeout=3)
+    return int(sent[0]["status"]) if sent else 200
+
+
+async def test_an_event_stream_is_refused_cross_site_and_for_other_methods(
+    settings: Settings,
+) -> None:
+    settings.ALLOWED_HOSTS = ["localhost"]
+    reached: list[dict[str, Any]] = []
+
+    async def consumer(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        reached.append(scope)
+
+    app = SocketAuthMiddleware([path("sse/", consumer)])
+    host = (b"host", HOST.encode())
+    # Same-origin EventSource: no Origin header (fetch adds none to same-origin GETs).
+    assert (
+        await event_stream_status(app, headers=[host, (b"sec-fetch-site", b"same-origin")]) == 200
+    )
+    assert await event_stream_status(app, headers=[host]) == 200  # not a browser
+    assert await event_stream_status(app, headers=[host, (b"origin", OURS.encode())]) == 200
+    assert len(reached) == 3
+    cross_site = [host, (b"sec-fetch-site", b"cross-site")]
+    assert await event_stream_status(app, headers=cross_site) == 403
+    foreign = [host, (b"origin", b"http://evil.example")]
+    assert await event_stream_status(app, headers=foreign) == 403
+    assert await event_stream_status(app, method="POST", headers=[host]) == 405
+    assert len(reached) == 3
