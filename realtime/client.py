@@ -14,7 +14,9 @@ It serves the tests, the benchmark and any Python program that wants a reliable 
   * drops duplicates by (stream, epoch, seq) and reports `recovered: false` resets;
   * keeps an outbox of `publish` frames with client-made ids and resends the unacknowledged ones
     after a reconnect (the server publishes a repeated id once and acknowledges it again);
-  * acknowledges what it received, batched, so publishers can see delivered/read state.
+  * acknowledges what it received, batched, so publishers can see delivered/read state;
+  * speaks the same protocol over Server-Sent Events (`transport="sse"`: GET /sse/ for the
+    server's frames, POST /sse/send for its own) where WebSockets cannot pass.
 
 Usage:
     client = RealtimeClient(ws_url, cookie="sessionid=…", streams=["room:lobby"])
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
@@ -98,6 +101,32 @@ class ClientStats:
         return len(self.replicas)
 
 
+# The server writes a comment on an idle event stream this often (realtime/transport/sse.py).
+EVENT_STREAM_HEARTBEAT_SECS = 15.0
+
+
+class EventStreamConnection:
+    """The SSE transport's connection, as the client uses a WebSocket's: send() POSTs a frame
+    to /sse/send naming the stream's connection (any replica takes it); close() ends the GET."""
+
+    def __init__(
+        self, http: httpx.AsyncClient, response: httpx.Response, cookie: str, token: str
+    ) -> None:
+        self.http = http
+        self.response = response
+        self.headers = {"Cookie": cookie, "X-CSRFToken": token}
+        self.id: str | None = None
+
+    async def send(self, text: str) -> None:
+        if self.id is None:
+            return  # before hello: the client sends (again) once it is open
+        body = {"connection": self.id, "frame": text}
+        await self.http.post("/sse/send", json=body, headers=self.headers)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self.response.aclose()
+
+
 class ClientClosed(Exception):
     """The client was closed, or the server refused it for good (4401)."""
 
@@ -121,7 +150,11 @@ class RealtimeClient:
         options: ClientOptions | None = None,
         on_message: Callable[[Frame], None] | None = None,
         rng: random.Random | None = None,
+        transport: str = "websocket",
     ) -> None:
+        if transport not in ("websocket", "sse"):
+            raise ValueError(f"transport is 'websocket' or 'sse', not {transport!r}")
+        self.transport = transport
         self.ws_url = ws_url.split("?")[0]
         self.cookie = cookie
         parts = urlsplit(ws_url.replace("ws://", "http://", 1).replace("wss://", "https://", 1))
@@ -140,7 +173,8 @@ class RealtimeClient:
         self.refused: str | None = None  # why the server refused us for good
         self._outbox: dict[str, tuple[Frame, asyncio.Future[Frame]]] = {}
         self._acked_upto: dict[str, Position] = {}
-        self._connection: ClientConnection | None = None
+        self._connection: ClientConnection | EventStreamConnection | None = None
+        self._http: httpx.AsyncClient | None = None  # the SSE transport's
         self._changed = asyncio.Event()
         self._connected = asyncio.Event()
         self._closing = False
@@ -181,6 +215,8 @@ class RealtimeClient:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        if self._http is not None:
+            await self._http.aclose()
         for _, future in self._outbox.values():
             if not future.done():
                 future.set_exception(ClientClosed("closed before the server acknowledged"))
@@ -227,7 +263,7 @@ class RealtimeClient:
         connection = self._connection
         if connection is None:
             return  # sent (again) after the next connect
-        with contextlib.suppress(ConnectionClosed):
+        with contextlib.suppress(ConnectionClosed, httpx.HTTPError):
             await connection.send(json.dumps(frame))
 
     # --- waiting -------------------------------------------------------------------------------
@@ -263,33 +299,10 @@ class RealtimeClient:
         attempt = 0
         while not self._closing:
             opened_at = None
-            try:
-                async with connect(
-                    self._url(),
-                    additional_headers={"Cookie": self.cookie} if self.cookie else {},
-                    origin=self.origin,  # type: ignore[arg-type]
-                    open_timeout=self.options.open_timeout_secs,
-                    ping_interval=self.options.ping_secs,
-                    ping_timeout=self.options.dead_peer_secs,
-                    max_size=None,
-                ) as connection:
-                    opened_at = time.monotonic()
-                    self._connection = connection
-                    async for message in connection:
-                        if isinstance(message, str):
-                            await self._on_frame(json.loads(message))
-                self.closed_code = connection.close_code
-            except ConnectionClosed as exc:
-                self.closed_code = exc.rcvd.code if exc.rcvd else None
-            except (OSError, InvalidHandshake, TimeoutError) as exc:
-                if isinstance(exc, InvalidStatus) and exc.response.status_code == 403:
-                    self.refused = "the server refused the handshake (403: origin or host)"
-                logger.debug("client: connect failed: %r", exc)
-                self.closed_code = None
-            finally:
-                self._connection = None
-                self._connected.clear()
-                self._changed.set()
+            if self.transport == "sse":
+                opened_at = await self._run_event_stream()
+            else:
+                opened_at = await self._run_websocket()
             if self.closed_code == CLOSE_UNAUTHORIZED:
                 self.refused = "not logged in (4401)"
             if self.refused or self._closing:
@@ -313,6 +326,84 @@ class RealtimeClient:
                 self.closed_code,
             )
             await asyncio.sleep(delay)
+
+    async def _run_event_stream(self) -> float | None:
+        """One SSE connection, until it ends; when it opened (None: it did not). One HTTP client
+        serves every stream and POST of this RealtimeClient, closed by close()."""
+        if self._http is None:
+            timeout = httpx.Timeout(
+                self.options.open_timeout_secs,
+                read=EVENT_STREAM_HEARTBEAT_SECS + self.options.dead_peer_secs,
+            )
+            self._http = httpx.AsyncClient(base_url=self.origin, timeout=timeout)
+        http = self._http
+        token = uuid.uuid4().hex  # a CSRF secret of ours, in the cookie and in the header
+        cookie = f"{self.cookie}; csrftoken={token}" if self.cookie else f"csrftoken={token}"
+        query = self._url()[len(self.ws_url) :]
+        opened_at = None
+        self.closed_code = None
+        try:
+            async with http.stream("GET", f"/sse/{query}", headers={"Cookie": cookie}) as response:
+                if response.status_code == 403:
+                    self.refused = "the server refused the event stream (403: origin)"
+                    return None
+                opened_at = time.monotonic()
+                connection = EventStreamConnection(http, response, cookie, token)
+                self._connection = connection
+                event = "message"
+                async for line in response.aiter_lines():
+                    if line.startswith("event: "):
+                        event = line[7:]
+                        continue
+                    if not line.startswith("data: "):
+                        continue
+                    data = json.loads(line[6:])
+                    if event == "close":
+                        self.closed_code = int(data.get("code") or 1000)
+                        break
+                    event = "message"
+                    if data.get("type") == "hello":
+                        connection.id = data.get("connection")
+                    await self._on_frame(data)
+        except httpx.HTTPError as exc:
+            logger.debug("client: event stream failed: %r", exc)
+        finally:
+            self._connection = None
+            self._connected.clear()
+            self._changed.set()
+        return opened_at
+
+    async def _run_websocket(self) -> float | None:
+        """One WebSocket connection, until it closes; when it opened (None: it did not)."""
+        opened_at = None
+        try:
+            async with connect(
+                self._url(),
+                additional_headers={"Cookie": self.cookie} if self.cookie else {},
+                origin=self.origin,  # type: ignore[arg-type]
+                open_timeout=self.options.open_timeout_secs,
+                ping_interval=self.options.ping_secs,
+                ping_timeout=self.options.dead_peer_secs,
+                max_size=None,
+            ) as connection:
+                opened_at = time.monotonic()
+                self._connection = connection
+                async for message in connection:
+                    if isinstance(message, str):
+                        await self._on_frame(json.loads(message))
+            self.closed_code = connection.close_code
+        except ConnectionClosed as exc:
+            self.closed_code = exc.rcvd.code if exc.rcvd else None
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            if isinstance(exc, InvalidStatus) and exc.response.status_code == 403:
+                self.refused = "the server refused the handshake (403: origin or host)"
+            logger.debug("client: connect failed: %r", exc)
+            self.closed_code = None
+        finally:
+            self._connection = None
+            self._connected.clear()
+            self._changed.set()
+        return opened_at
 
     async def _on_frame(self, frame: Frame) -> None:
         kind = frame.get("type")

@@ -96,3 +96,37 @@ async def test_an_event_stream_without_a_login_is_closed_with_4401(cluster: Clus
         assert anonymous.frames[0]["code"] == "unauthorized"
     finally:
         await anonymous.close()
+
+
+async def test_the_python_client_over_sse_publishes_and_resumes_across_dropped_streams(
+    cluster: Cluster,
+) -> None:
+    from realtime.client import RealtimeClient
+    from tests.cluster.test_reliability import room_with_writer_and_reader
+    from tests.support.clients import origin_of
+
+    stream, writer_session, reader_session = room_with_writer_and_reader(cluster, "ssepy")
+    origin = origin_of(cluster.url)
+    reader = await RealtimeClient(
+        cluster.ws_url, cookie=f"sessionid={reader_session}", origin=origin, streams=[stream],
+        transport="sse",
+    ).start()  # fmt: skip
+    await reader.wait_for(lambda c: stream in c.positions, what="the reader's subscription")
+    writer = await RealtimeClient(
+        cluster.ws_url, cookie=f"sessionid={writer_session}", origin=origin, transport="sse"
+    ).start()
+    try:
+        sends = [
+            asyncio.create_task(writer.publish(stream, {"n": n}, id=f"m{n}")) for n in range(30)
+        ]
+        await reader.drop()  # the reader's stream breaks; it comes back with its position
+        await writer.drop()  # the writer's too, while its publishes are in flight
+        acks = await asyncio.gather(*sends)
+        assert sorted(a["seq"] for a in acks) == list(range(1, 31))
+        await reader.wait_for(lambda c: len(c.received[stream]) >= 30, what="30 messages")
+        assert [f["seq"] for f in reader.received[stream]] == list(range(1, 31))
+        assert sorted(p["n"] for p in reader.payloads(stream)) == list(range(30))
+        assert reader.stats.connects >= 2 and writer.stats.connects >= 2
+    finally:
+        await writer.close()
+        await reader.close()
