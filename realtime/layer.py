@@ -7,10 +7,10 @@ subscribes once per group it has members in. It differs where reliable delivery 
   (for `send()` to a specific consumer) and its groups. Consumers do not cost a SUBSCRIBE each.
 * `group_add()` returns only once Redis has confirmed the SUBSCRIBE, so a consumer that reads a
   stream's head right after it cannot miss a message published in between.
-* Stream frames (published by the Lua script in history.py, already JSON-encoded) are handed
-  to a consumer's *sink* directly: decoded once per process, never per recipient, and with no
-  per-message task or queue hop through Channels' dispatch loop. Consumers without a sink get
-  them as ordinary `rt.deliver` messages.
+* Stream frames (published by the broker's Lua script, already JSON-encoded) go to the local
+  hub (realtime/hub.py), which hands them to each socket's session (its *sink*) directly:
+  decoded once per process, never per recipient, with no per-message task or queue hop through
+  Channels' dispatch loop. Consumers without a sink get them as ordinary `rt.deliver` messages.
 * When the subscription connection drops (Redis restarted, or dropped us for a full output
   buffer), it reconnects with backoff, resubscribes everything, and tells every sink to resync:
   what was published meanwhile is then fetched from stream history.
@@ -30,34 +30,16 @@ import logging
 import os
 import uuid
 from collections.abc import Awaitable
-from typing import Any, Protocol
+from typing import Any
 
 import msgpack
 import redis.asyncio as aioredis
-from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
-from realtime.broker import REDIS_FAILURES, BrokerUnavailable, RedisBroker, frames
+from realtime.broker import REDIS_FAILURES, BrokerUnavailable, RedisBroker
+from realtime.hub import Hub, StreamSink
 
 logger = logging.getLogger(__name__)
-
-
-class StreamSink(Protocol):
-    """What a socket's session (realtime/delivery/session.py) implements to receive stream
-    frames directly from the layer."""
-
-    def on_stream_frame(self, stream: str, seq: int, epoch: str, frame: str) -> Awaitable[None]: ...
-
-    def on_resync(self) -> Awaitable[None]: ...
-
-
-# A sink may also have `send_now(stream, seq, epoch, frame) -> bool`: a synchronous write of the
-# common case (the next seq, nothing queued). When it returns True the layer skips
-# on_stream_frame, so a fan-out to N local sockets costs no coroutine per socket.
-#
-# And a sink may have `on_layer_message(message) -> None`: it then takes every other message for
-# its channel (group_send, send) directly, and its channel has no inbox queue: a consumer that
-# never calls receive() costs no queue and no waiting task per socket.
 
 
 class StreamChannelLayer(BaseChannelLayer):
@@ -133,13 +115,10 @@ class StreamChannelLayer(BaseChannelLayer):
     # --- the sink extension --------------------------------------------------------------------
 
     def add_sink(self, channel: str, sink: StreamSink) -> None:
-        layer = self._layer()
-        layer.sinks[channel] = sink
-        if hasattr(sink, "on_layer_message"):
-            layer.queues.pop(channel, None)  # everything goes to the sink from now on
+        self._layer().hub.attach(channel, sink)
 
     def remove_sink(self, channel: str) -> None:
-        self._layer().sinks.pop(channel, None)
+        self._layer().hub.detach(channel)
 
     def discard_channel(self, channel: str) -> None:
         """Forget a channel that will never receive() again: its inbox, sink and groups. What
@@ -150,7 +129,7 @@ class StreamChannelLayer(BaseChannelLayer):
         """The session behind `channel` if its socket lives in this process (and loop), else
         None. A socket exists in one process's memory only: another replica cannot reach it
         except through a group or its channel, via Redis."""
-        return self._layer().sinks.get(channel)
+        return self._layer().hub.sink(channel)
 
     def redis(self) -> aioredis.Redis:
         """This loop's Redis client (the broker's)."""
@@ -170,9 +149,7 @@ class _LoopLayer:
         self.keys = owner.broker.keys
         self.process_id = uuid.uuid4().hex[:12]
         self.process_channel = self.keys.process_channel(self.process_id)
-        self.queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
-        self.groups: dict[str, set[str]] = {}  # group -> local channel names
-        self.sinks: dict[str, StreamSink] = {}
+        self.hub = Hub(capacity=owner.capacity)
         self.subscribed_event = asyncio.Event()
         self._pubsub: Any = None
         self._pending: dict[str, asyncio.Future[None]] = {}
@@ -187,12 +164,12 @@ class _LoopLayer:
     async def new_channel(self, prefix: str) -> str:
         self._ensure_started()
         name = f"{self.owner.prefix}.{prefix}{self.process_id}!{uuid.uuid4().hex}"
-        self.queues[name] = asyncio.Queue()
+        self.hub.open_inbox(name)
         return name
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
-        if channel in self.queues or channel in self.sinks:
-            self._put(channel, message)
+        if self.hub.is_local(channel):
+            self.hub.put(channel, message)
             return
         # Channel names end in "<process id: 12 hex>!<uuid>"; the process id names its inbox.
         process_id = channel.partition("!")[0][-12:]
@@ -202,45 +179,23 @@ class _LoopLayer:
         await self.redis.publish(self.keys.process_channel(process_id), payload)
 
     async def receive(self, channel: str) -> dict[str, Any]:
-        queue = self.queues.get(channel)
-        if queue is None:
-            queue = self.queues[channel] = asyncio.Queue()
         try:
-            return await queue.get()
+            return await self.hub.receive(channel)
         except asyncio.CancelledError:
             # Channels cancels receive() when the consumer ends: forget the channel entirely.
             self.forget(channel)
             raise
 
     def forget(self, channel: str) -> None:
-        self.queues.pop(channel, None)
-        self.sinks.pop(channel, None)
-        for group in [g for g, members in self.groups.items() if channel in members]:
-            self.groups[group].discard(channel)
-            if not self.groups[group]:
-                del self.groups[group]
-                self._spawn(self._unsubscribe(group))
-
-    def _put(self, channel: str, message: dict[str, Any]) -> None:
-        sink = self.sinks.get(channel)
-        on_layer_message = getattr(sink, "on_layer_message", None)
-        if on_layer_message is not None:
-            on_layer_message(message)
-            return
-        queue = self.queues.get(channel)
-        if queue is None:
-            return
-        if queue.qsize() >= self.owner.capacity:
-            raise ChannelFull(channel)
-        queue.put_nowait(message)
+        for group in self.hub.forget(channel):
+            self._spawn(self._unsubscribe(group))
+            self._membership_changed(group)
 
     # --- groups --------------------------------------------------------------------------------
 
     async def group_add(self, group: str, channel: str) -> None:
         self._ensure_started()
-        members = self.groups.setdefault(group, set())
-        first = not members
-        members.add(channel)
+        first = self.hub.join(group, channel)
         if first or self.owner.group_channel(group) in self._pending:
             try:
                 await self._subscribe(group)
@@ -250,12 +205,10 @@ class _LoopLayer:
         self._membership_changed(group)
 
     async def group_discard(self, group: str, channel: str) -> None:
-        members = self.groups.get(group)
-        if not members or channel not in members:
+        emptied = self.hub.leave(group, channel)
+        if emptied is None:
             return
-        members.discard(channel)
-        if not members:
-            del self.groups[group]
+        if emptied:
             await self._unsubscribe(group)
         self._membership_changed(group)
 
@@ -281,7 +234,7 @@ class _LoopLayer:
         await asyncio.wait_for(asyncio.shield(future), timeout=5)
 
     async def _unsubscribe(self, group: str) -> None:
-        if group in self.groups or self._pubsub is None or not self.subscribed_event.is_set():
+        if self.hub.count(group) or self._pubsub is None or not self.subscribed_event.is_set():
             return
         with contextlib.suppress(*REDIS_FAILURES):
             await self._pubsub.unsubscribe(self.owner.group_channel(group))
@@ -301,7 +254,7 @@ class _LoopLayer:
             pubsub = self.redis.pubsub()
             try:
                 channels = [self.process_channel] + [
-                    self.owner.group_channel(g) for g in self.groups
+                    self.owner.group_channel(g) for g in self.hub.groups
                 ]
                 await pubsub.subscribe(*channels)
                 self._pubsub = pubsub
@@ -313,7 +266,7 @@ class _LoopLayer:
                             self.subscribed_event.set()
                             backoff = 0.05
                             if resync:
-                                await self._resync_sinks()
+                                await self.hub.resync()
                     elif message["type"] == "message":
                         await self._on_message(message["channel"], message["data"])
             except REDIS_FAILURES as exc:
@@ -342,59 +295,12 @@ class _LoopLayer:
                 future.exception()  # consumed here, so an unawaited one is not reported
         self._pending.clear()
 
-    async def _resync_sinks(self) -> None:
-        logger.info(
-            "layer resubscribed %d group(s); resyncing %d sink(s)",
-            len(self.groups),
-            len(self.sinks),
-        )
-        for sink in list(self.sinks.values()):
-            try:
-                await sink.on_resync()
-            except Exception:
-                logger.exception("a sink failed to resync")
-
     async def _on_message(self, redis_channel: bytes, data: bytes) -> None:
         name = redis_channel.decode()
         if name == self.process_channel:
-            message = msgpack.unpackb(data, raw=False)
-            with contextlib.suppress(ChannelFull):
-                self._put(message.pop("__to"), message)
-            return
-        group = self.keys.group_of_channel(name)
-        members = self.groups.get(group)
-        if not members:
-            return
-        if frames.is_frame_message(data):
-            stream, seq, epoch, frame = frames.decode_message(data)
-            for channel in list(members):
-                sink = self.sinks.get(channel)
-                try:
-                    if sink is not None:
-                        send_now = getattr(sink, "send_now", None)
-                        if send_now is None or not send_now(stream, seq, epoch, frame):
-                            await sink.on_stream_frame(stream, seq, epoch, frame)
-                    else:
-                        self._put(
-                            channel,
-                            {
-                                "type": "rt.deliver",
-                                "stream": stream,
-                                "seq": seq,
-                                "epoch": epoch,
-                                "frame": frame,
-                            },
-                        )
-                except ChannelFull:
-                    pass  # at-most-once for plain consumers, as in channels_redis
-                except Exception:
-                    # One broken socket must not stop delivery to the others.
-                    logger.exception("delivery to %s failed", channel)
-            return
-        message = msgpack.unpackb(data, raw=False)
-        for channel in list(members):
-            with contextlib.suppress(ChannelFull):
-                self._put(channel, dict(message))
+            self.hub.deliver_to_channel(data)
+        else:
+            await self.hub.deliver(self.keys.group_of_channel(name), data)
 
     # --- membership counts -----------------------------------------------------------------
 
@@ -419,7 +325,7 @@ class _LoopLayer:
 
     async def _write_membership(self, groups: list[str]) -> None:
         """Each group's local count, valid for three heartbeats: a dead process's expire."""
-        counts = {group: len(self.groups.get(group, ())) for group in groups}
+        counts = {group: self.hub.count(group) for group in groups}
         await self.owner.broker.write_memberships(
             self.owner.node, counts, valid_secs=3 * self.owner.heartbeat_secs
         )
@@ -428,7 +334,7 @@ class _LoopLayer:
         while True:
             await asyncio.sleep(self.owner.heartbeat_secs)
             try:
-                await self._write_membership(list(self.groups))
+                await self._write_membership(list(self.hub.groups))
             except BrokerUnavailable as exc:
                 logger.debug("membership heartbeat failed: %r", exc)
 

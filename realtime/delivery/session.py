@@ -132,7 +132,7 @@ class Session:
     def send_now(self, stream: str, seq: int, epoch: str, frame: str) -> bool:
         """Write the common case at once: the next seq, nothing queued, no writer running. It
         skips the queue and a writer task per socket. The layer calls it first for every local
-        socket (layer.StreamSink)."""
+        socket (hub.StreamSink)."""
         cursor = self.cursors.get(stream)
         if (
             not self.ready

@@ -140,7 +140,7 @@ async def test_a_consumer_that_crashes_still_gives_back_its_count_presence_and_s
     assert await presence.room_online(slug="crashpad") == []
     assert (await presence.user_statuses(user_ids=[user.pk]))[user.pk].online is False
     assert session_watch.watched_count() == 0
-    assert layer._layer().sinks == {} and layer._layer().groups == {}
+    assert layer._layer().hub.sinks == {} and layer._layer().hub.groups == {}
 
 
 async def test_past_the_frame_rate_frames_are_refused_then_the_socket_is_closed_with_1008(
