@@ -4,8 +4,9 @@ The protocol is one table, as data, below: CLIENT_FRAMES and SERVER_FRAMES (each
 its required and optional fields), CLOSE_CODES and ERROR_CODES (each with what a client should do).
 The parser accepts only CLIENT_FRAME_TYPES, which is read from it; the server maps those to its
 own handlers and never lets a client choose a channel-layer message type. A unit test
-(tests/unit/test_protocol_table.py) holds static/realtime/client.js, realtime/client.py and the
-server's code to the table; docs/architecture.md explains it.
+(tests/unit/test_protocol_table.py) holds static/realtime/client.js, the Python client
+(clients/python/switchboard_client) and the server's code to the table; docs/architecture.md
+explains it.
 
 A client may also put its positions in the URL, `/ws/?resume=<JSON {stream: {epoch, seq}}>`,
 so that replay starts before any live message (the way the bundled clients reconnect).

@@ -12,8 +12,8 @@ import uuid
 
 import pytest
 
-from realtime.client import RealtimeClient
 from realtime.cluster import Cluster
+from switchboard_client import RealtimeClient
 from tests.cluster.helpers import sessions_for
 from tests.conftest import manage
 from tests.support.clients import WsClient, origin_of

@@ -101,7 +101,7 @@ async def test_an_event_stream_without_a_login_is_closed_with_4401(cluster: Clus
 async def test_the_python_client_over_sse_publishes_and_resumes_across_dropped_streams(
     cluster: Cluster,
 ) -> None:
-    from realtime.client import RealtimeClient
+    from switchboard_client import RealtimeClient
     from tests.cluster.test_reliability import room_with_writer_and_reader
     from tests.support.clients import origin_of
 

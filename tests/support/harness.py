@@ -1,6 +1,6 @@
 """The fault harness: many reliable clients, many publishers, and a way to count what arrived.
 
-Clients are `realtime.client.RealtimeClient`s (reconnect, resume, de-duplication) spread over
+Clients are `switchboard_client.RealtimeClient`s (reconnect, resume, de-duplication) spread over
 the replicas by the SERVERID cookie. Publishers POST through HAProxy with an Idempotency-Key and
 retry until they get an answer, as a careful producer does; so every message is published
 exactly once even when its replica dies mid-request. Afterwards `verify()` compares what every
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from realtime.client import ClientOptions, RealtimeClient
 from realtime.cluster import Cluster
+from switchboard_client import ClientOptions, RealtimeClient
 from tests.cluster.helpers import api_token, sessions_for
 from tests.conftest import manage
 from tests.support.clients import origin_of

@@ -27,7 +27,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
 
-from realtime import client as py_client
+import switchboard_client as py_client
 from realtime.protocol import (
     CLIENT_FRAMES,
     CLOSE_CODES,
@@ -45,7 +45,7 @@ from realtime.protocol import (
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_JS = ROOT / "static" / "realtime" / "client.js"
-CLIENT_PY = ROOT / "realtime" / "client.py"
+CLIENT_PY = ROOT / "clients" / "python" / "switchboard_client" / "__init__.py"
 # Server code is every Python file of the project but these: the clients, the tests, and the
 # benchmark's stand-in servers (realtime/bench: stock Channels and a limit server, not ours).
 NOT_SERVER = {".venv", ".git", "tests", "var", "test-artifacts", "node_modules", "migrations"}
