@@ -77,6 +77,8 @@ INSTALLED_APPS = [
     "channels",
     "axes",
     "realtime",
+    # The cluster runner, the benchmark and the seeds (manage.py cluster, bench, seed_demo).
+    "devtools",
 ]
 
 MIDDLEWARE = [

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from realtime.cluster import Cluster, ClusterConfig, ManagedProcess, free_port, wait_until
+from devtools.cluster import Cluster, ClusterConfig, ManagedProcess, free_port, wait_until
 
 TIERS = ("unit", "integration", "cluster", "e2e")
 BASE_DIR = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from realtime.cluster import Cluster
+from devtools.cluster import Cluster
 from tests.conftest import manage
 from tests.support.clients import WsClient, origin_of
 

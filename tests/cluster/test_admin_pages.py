@@ -7,7 +7,7 @@ import uuid
 
 import httpx
 
-from realtime.cluster import Cluster, wait_until
+from devtools.cluster import Cluster, wait_until
 from tests.cluster.helpers import api_post
 from tests.support.clients import WsClient, cookie_header, login, open_user_socket
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from realtime.cluster import Cluster
+from devtools.cluster import Cluster
 from tests.cluster.helpers import api_post
 from tests.support.clients import login
 

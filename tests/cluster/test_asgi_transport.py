@@ -12,7 +12,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from realtime.cluster import Cluster, ManagedProcess, free_port, wait_until
+from devtools.cluster import Cluster, ManagedProcess, free_port, wait_until
 from tests.cluster.helpers import api_post, sessions_for
 from tests.support.clients import WsClient
 

@@ -8,7 +8,7 @@ import asyncio
 
 import httpx
 
-from realtime.cluster import Cluster
+from devtools.cluster import Cluster
 from tests.cluster.helpers import api_post, sessions_for, socket_for
 
 PAYLOAD = "x" * 30_000  # frames of ~30 KB: the backlog grows fast

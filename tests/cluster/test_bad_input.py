@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from realtime.cluster import Cluster
+from devtools.cluster import Cluster
 from tests.cluster.helpers import api_post, sessions_for, socket_for
 from tests.support.clients import WsClient, origin_of
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from realtime.cluster import Cluster
+from devtools.cluster import Cluster
 from tests.conftest import manage
 
 CLIENTS, MESSAGES = 30, 50

@@ -9,7 +9,7 @@ from collections import Counter
 
 import httpx
 
-from realtime.cluster import Cluster
+from devtools.cluster import Cluster
 from tests.cluster.helpers import api_post, api_token, sessions_for, socket_for
 from tests.conftest import manage
 from tests.support.clients import login

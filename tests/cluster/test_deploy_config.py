@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import yaml
 
-from realtime.cluster import ManagedProcess, free_port, wait_until
+from devtools.cluster import ManagedProcess, free_port, wait_until
 from realtime.ops import haproxy_states
 from tests.conftest import BASE_DIR, require_binaries
 

@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from realtime.cluster import Cluster, wait_until
+from devtools.cluster import Cluster, wait_until
 from tests.cluster.helpers import api_post, sessions_for, socket_for
 from tests.support.clients import WsClient
 

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from realtime.cluster import (
+from devtools.cluster import (
     HAPROXY_CFG,
     Cluster,
     ClusterConfig,

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import redis
 
-from realtime.cluster import Cluster
+from devtools.cluster import Cluster
 from tests.cluster.helpers import api_post, sessions_for, socket_for
 from tests.conftest import manage
 from tests.support.clients import WsClient, cookie_header, login, origin_of

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from realtime.cluster import Cluster
+from devtools.cluster import Cluster
 from tests.support.clients import WsClient, cookie_header, login, open_user_socket
 
 PASSWORDS = {"alice": "alice-pass", "bob": "bob-pass", "admin": "admin-pass"}

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from realtime.cluster import Cluster
+from devtools.cluster import Cluster
 from tests.conftest import manage
 from tests.support.clients import login
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from realtime.cluster import Cluster
+from devtools.cluster import Cluster
 from tests.cluster.helpers import api_post, sessions_for, socket_for
 
 

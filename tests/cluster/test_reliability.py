@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from realtime.cluster import Cluster
+from devtools.cluster import Cluster
 from switchboard_client import RealtimeClient
 from tests.cluster.helpers import sessions_for
 from tests.conftest import manage

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from realtime.cluster import Cluster, wait_until
+from devtools.cluster import Cluster, wait_until
 
 
 def gc_stats(cluster: Cluster, replica: str) -> dict[str, int]:

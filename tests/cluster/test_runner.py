@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from realtime.cluster import free_port, pid_runs
+from devtools.cluster import free_port, pid_runs
 from tests.conftest import BASE_DIR, require_binaries
 
 

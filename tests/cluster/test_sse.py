@@ -7,7 +7,7 @@ import asyncio
 import json
 from urllib.parse import quote
 
-from realtime.cluster import Cluster
+from devtools.cluster import Cluster
 from tests.cluster.helpers import api_post, sessions_for
 from tests.conftest import manage
 from tests.support.clients import SseClient

@@ -4,7 +4,7 @@ from collections import Counter
 
 import httpx
 
-from realtime.cluster import Cluster, wait_until
+from devtools.cluster import Cluster, wait_until
 
 
 def replica_of(response: httpx.Response) -> str:

@@ -18,7 +18,7 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from realtime.cluster import Cluster
+from devtools.cluster import Cluster
 from tests.conftest import BASE_DIR, require_binaries
 
 # Written by every e2e run; the best ones are copied into docs/ by hand.

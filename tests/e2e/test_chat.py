@@ -7,8 +7,8 @@ import time
 import uuid
 from typing import Any
 
+from devtools.cluster import Cluster
 from realtime import presence
-from realtime.cluster import Cluster
 from tests.conftest import manage
 from tests.e2e.conftest import LoginPage, screenshot
 

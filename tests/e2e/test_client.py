@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from realtime.cluster import Cluster
+from devtools.cluster import Cluster
 from tests.conftest import manage
 from tests.e2e.conftest import LoginPage
 from tests.e2e.test_chat import create_room

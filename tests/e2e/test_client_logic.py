@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from realtime.cluster import Cluster
+from devtools.cluster import Cluster
 from tests.e2e.conftest import LoginPage
 
 # Shared by every scenario: a WebSocket stand-in the test scripts, and small helpers.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from realtime.cluster import Cluster
+from devtools.cluster import Cluster
 from tests.e2e.conftest import LoginPage, screenshot
 
 

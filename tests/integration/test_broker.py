@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
+from devtools.cluster import free_port
 from realtime import broker, protocol
 from realtime.broker import BrokerUnavailable, RedisBroker, StreamPolicy, frames, scripts
-from realtime.cluster import free_port
 from realtime.layer import StreamChannelLayer
 
 pytestmark = pytest.mark.django_db(transaction=True)

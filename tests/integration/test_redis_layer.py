@@ -13,8 +13,8 @@ import pytest
 from channels.layers import channel_layers
 from pytest_django.fixtures import Settings as SettingsWrapper
 
+from devtools.cluster import free_port
 from realtime import broker, publish
-from realtime.cluster import free_port
 from realtime.layer import StreamChannelLayer
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from realtime.cluster import Cluster
+from devtools.cluster import Cluster
 from switchboard_client import ClientOptions, RealtimeClient
 from tests.cluster.helpers import api_token, sessions_for
 from tests.conftest import manage

@@ -20,7 +20,7 @@ from django.test import Client
 from django.views.debug import SafeExceptionReporterFilter
 from pytest_django.fixtures import Settings
 
-from realtime.cluster import Cluster, ClusterConfig
+from devtools.cluster import Cluster, ClusterConfig
 from tests.conftest import BASE_DIR
 
 # What the test process sets for itself (tests/settings.py), and what a shell may have set.

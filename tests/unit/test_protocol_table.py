@@ -47,10 +47,10 @@ ROOT = Path(__file__).resolve().parents[2]
 CLIENT_JS = ROOT / "static" / "realtime" / "client.js"
 CLIENT_PY = ROOT / "clients" / "python" / "switchboard_client" / "__init__.py"
 # Server code is every Python file of the project but these: the clients, the tests, and the
-# benchmark's stand-in servers (realtime/bench: stock Channels and a limit server, not ours).
+# benchmark's stand-in servers (devtools/bench: stock Channels and a limit server, not ours).
 NOT_SERVER = {".venv", ".git", "tests", "var", "test-artifacts", "node_modules", "migrations"}
 NOT_SERVER_FILES = {CLIENT_PY}
-NOT_SERVER_DIRS = {ROOT / "realtime" / "bench"}
+NOT_SERVER_DIRS = {ROOT / "devtools" / "bench"}
 
 
 def server_types(*handling: Handling) -> set[str]:

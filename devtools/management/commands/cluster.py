@@ -18,7 +18,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from realtime.cluster import (
+from devtools.cluster import (
     Cluster,
     ClusterConfig,
     ClusterError,

@@ -1,4 +1,4 @@
-"""`python -m realtime.bench.limit --port P`: the practical ceiling of Python fan-out here.
+"""`python -m devtools.bench.limit --port P`: the practical ceiling of Python fan-out here.
 
 One process, the `websockets` library, no Django, no Redis, no HAProxy: every socket on `/`
 gets a hello, and each frame on `/control` ({"id", "payload"}) is numbered, encoded once and

@@ -17,10 +17,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from realtime.bench.clients import ClientPool, wait_until
-from realtime.bench.procstat import CpuWindow, rss_bytes
-from realtime.bench.report import Progress, Result, percentiles
-from realtime.bench.targets import Publisher, PublishError, Target
+from devtools.bench.clients import ClientPool, wait_until
+from devtools.bench.procstat import CpuWindow, rss_bytes
+from devtools.bench.report import Progress, Result, percentiles
+from devtools.bench.targets import Publisher, PublishError, Target
 
 # How long deliveries may trail the last publish before the rest count as lost.
 SETTLE_SECS = 30.0

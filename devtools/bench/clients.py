@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from realtime.bench.wire import HandshakeError, WsProtocol, set_cookies, ws_connect
+from devtools.bench.wire import HandshakeError, WsProtocol, set_cookies, ws_connect
 
 logger = logging.getLogger(__name__)
 

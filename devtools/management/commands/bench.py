@@ -1,7 +1,7 @@
 """manage.py bench — measure the cluster: fan-out, pushes, connects, a reconnect storm.
 
 Starts a cluster with the one runner (or uses --url), opens N real WebSocket clients through
-HAProxy, runs the workloads (see realtime/bench/workloads.py), and prints progress on stderr,
+HAProxy, runs the workloads (see devtools/bench/workloads.py), and prints progress on stderr,
 then a table and one JSON line per workload on stdout. --baseline stock and --limit measure
 the same workloads against stock Channels and a raw `websockets` server, as ratios.
 """
@@ -17,11 +17,11 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from realtime.bench import workloads
-from realtime.bench.clients import ClientPool
-from realtime.bench.report import Progress, Result, json_line, ratios, table
-from realtime.bench.targets import Target, external_cluster, start_cluster, start_limit
-from realtime.cluster import read_state
+from devtools.bench import workloads
+from devtools.bench.clients import ClientPool
+from devtools.bench.report import Progress, Result, json_line, ratios, table
+from devtools.bench.targets import Target, external_cluster, start_cluster, start_limit
+from devtools.cluster import read_state
 
 logger = logging.getLogger(__name__)
 

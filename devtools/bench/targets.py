@@ -18,8 +18,8 @@ from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import urlopen
 
-from realtime.bench.wire import HttpConnection, WsProtocol, ws_connect
-from realtime.cluster import (
+from devtools.bench.wire import HttpConnection, WsProtocol, ws_connect
+from devtools.cluster import (
     BASE_DIR,
     Cluster,
     ClusterConfig,
@@ -190,8 +190,8 @@ def start_cluster(
         replicas=replicas, run_dir=var_dir / "run", env=env, ws_connects_per_ip_10s=1_000_000
     )
     if stock:
-        config.settings_module = "realtime.bench.stock_settings"
-        config.asgi_app = "realtime.bench.stock_asgi:application"
+        config.settings_module = "devtools.bench.stock_settings"
+        config.asgi_app = "devtools.bench.stock_asgi:application"
     cluster = Cluster(config)
     _manage(cluster, "migrate", "--noinput", "-v0")
     sessions = json.loads(
@@ -266,7 +266,7 @@ def start_limit(*, clients: int, var_dir: Path) -> LimitTarget:
     port = free_port()
     process = ManagedProcess(
         name="limit",
-        argv=[sys.executable, "-m", "realtime.bench.limit", "--port", str(port)],
+        argv=[sys.executable, "-m", "devtools.bench.limit", "--port", str(port)],
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(BASE_DIR)},
         log_path=var_dir / "limit.log",
         port=port,

@@ -1,5 +1,5 @@
 """Settings of the stock baseline (`manage.py bench --baseline stock`): the project's own, with
-channels_redis' default RedisChannelLayer and the stock publish path of realtime/bench/stock.py."""
+channels_redis' default RedisChannelLayer and the stock publish path of devtools/bench/stock.py."""
 
 from project.settings import *
 from project.settings import REDIS_URL
@@ -13,5 +13,5 @@ CHANNEL_LAYERS = {
 }
 # The runner serves stock with realtime.serve too; CPython's own full collections, as stock has.
 GC_FULL_COLLECT_SECS = 0
-ROOT_URLCONF = "realtime.bench.stock"
-ASGI_APPLICATION = "realtime.bench.stock_asgi.application"
+ROOT_URLCONF = "devtools.bench.stock"
+ASGI_APPLICATION = "devtools.bench.stock_asgi.application"
