@@ -14,8 +14,8 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from ops.reports import with_ops_publisher  # noqa: E402
 from realtime.asgi_types import ASGIApp  # noqa: E402
-from realtime.ops import with_ops_publisher  # noqa: E402
 from realtime.publish_lane import PublishLane  # noqa: E402
 from realtime.routing import event_stream_urlpatterns, websocket_urlpatterns  # noqa: E402
 from realtime.socket_auth import EventStreams, SocketAuthMiddleware  # noqa: E402

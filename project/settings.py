@@ -79,6 +79,9 @@ INSTALLED_APPS = [
     "realtime",
     # The cluster runner, the benchmark and the seeds (manage.py cluster, bench, seed_demo).
     "devtools",
+    # The transport lab (/lab/) and the cluster view (/cluster/, the replicas' reports).
+    "lab",
+    "ops",
 ]
 
 MIDDLEWARE = [

@@ -2,7 +2,9 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path, re_path
 
-from realtime import chat_views, cluster_views, lab_views, views
+from lab import views as lab_views
+from ops import views as ops_views
+from realtime import chat_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -17,7 +19,7 @@ urlpatterns = [
     path("lab/", lab_views.lab_page, name="lab"),
     # /lab/nosticky/...: the same views; HAProxy routes them ignoring the SERVERID cookie.
     re_path(r"^lab/(?:nosticky/)?(?P<way>http|direct|relay)$", lab_views.lab_send, name="lab-send"),
-    path("cluster/", cluster_views.cluster_page, name="cluster"),
+    path("cluster/", ops_views.cluster_page, name="cluster"),
     path("chat/", chat_views.chat_home, name="chat"),
     path("chat/create/", chat_views.room_create, name="chat-create"),
     path("chat/<slug:slug>/", chat_views.room_page, name="chat-room"),

@@ -11,7 +11,7 @@ import re
 
 BROADCAST_STREAM = "broadcast"
 BROADCAST_GROUP = "broadcast"
-# Each replica's stats, about once a second (realtime/ops.py); read by staff only, on the
+# Each replica's stats, about once a second (ops/reports.py); read by staff only, on the
 # cluster view. It goes through the same publish path as everything else, so the view shows
 # the realtime system working, or not.
 OPS_STREAM = "ops"

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from devtools.cluster import ManagedProcess, free_port, wait_until
-from realtime.ops import haproxy_states
+from ops.reports import haproxy_states
 from tests.conftest import BASE_DIR, require_binaries
 
 REQUIRED = {"SECRET_KEY": "k" * 60, "SB_STATS_PASSWORD": "0123abcd" * 3}

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from ops.reports import display_status, parse_haproxy_csv
 from realtime import groups
-from realtime.ops import display_status, parse_haproxy_csv
 from realtime.selectors import StreamDenied, stream_check_readable, stream_check_writable
 
 # Trimmed from a real `show stat` (columns kept in HAProxy's order; the parser goes by name).

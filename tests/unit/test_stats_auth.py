@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from pytest_django.fixtures import Settings
 
-from realtime.ops import configured_haproxy_states, haproxy_states, haproxy_view
+from ops.reports import configured_haproxy_states, haproxy_states, haproxy_view
 
 USER, PASSWORD = "stats", "p@ss:w/rd"
 CSV = "# pxname,svname,scur,status,check_status,\nreplicas,d1,2,UP,L7OK,\n"
@@ -73,7 +73,7 @@ async def test_the_configured_credentials_are_used_and_never_logged(
     assert configured_haproxy_states()["d1"]["status"] == "UP"
 
     settings.HAPROXY_STATS_PASSWORD = "wrong " + PASSWORD
-    with caplog.at_level(logging.DEBUG, logger="realtime.ops"):
+    with caplog.at_level(logging.DEBUG, logger="ops.reports"):
         assert await haproxy_view() is None
     assert "401" in caplog.text
     assert PASSWORD not in caplog.text and USER + ":" not in caplog.text

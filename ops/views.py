@@ -1,7 +1,7 @@
 """The cluster view (staff only): every replica as HAProxy sees it, live from the `ops` stream.
 
 The page is drawn once with HAProxy's current view, so every replica has a row before the first
-report arrives; from then on it updates from the reports the replicas publish (realtime/ops.py)
+report arrives; from then on it updates from the reports the replicas publish (ops/reports.py)
 over the page's own WebSocket.
 """
 
@@ -16,7 +16,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 
-from realtime.ops import configured_haproxy_states
+from ops.reports import configured_haproxy_states
 
 logger = logging.getLogger(__name__)
 
