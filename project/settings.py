@@ -77,6 +77,8 @@ INSTALLED_APPS = [
     "channels",
     "axes",
     "realtime",
+    # The chat demo (/chat/, rooms and their lines): realtime's streams room:<slug> are its rooms.
+    "chat",
     # The cluster runner, the benchmark and the seeds (manage.py cluster, bench, seed_demo).
     "devtools",
     # The transport lab (/lab/) and the cluster view (/cluster/, the replicas' reports).

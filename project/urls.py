@@ -2,9 +2,10 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path, re_path
 
+from chat import views as chat_views
 from lab import views as lab_views
 from ops import views as ops_views
-from realtime import chat_views, views
+from realtime import views
 
 urlpatterns = [
     path("", views.home, name="home"),

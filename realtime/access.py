@@ -4,10 +4,11 @@ What a socket may read is checked when it subscribes. Without more, a user who l
 the ops stream, a member removed from a private room kept reading it, and a deactivated user
 kept their socket, each until they reconnected. Now those changes send `rt.recheck` to the
 sockets concerned, on any replica: to the user's group when a user changes (staff, active,
-password, or their private-room memberships), to the room's group when a room changes (made
-private, deleted). The consumer then checks its streams again with a fresh copy of its user,
-leaves the ones it may no longer read (error `access_revoked`), and closes the socket (4401)
-of a user who is no longer active or whose password changed since the socket logged in.
+password); the apps that own streams call `recheck` / `recheck_sync` for their own changes
+(chat/access.py: private-room memberships, a room made private or deleted). The consumer then
+checks its streams again with a fresh copy of its user, leaves the ones it may no longer read
+(error `access_revoked`), and closes the socket (4401) of a user who is no longer active or
+whose password changed since the socket logged in.
 
 A login session that ends (logout, or its row deleted by the admin, `clearsessions` or a
 password change's flush) sends `rt.recheck` with the session's digest to the user's sockets;
@@ -29,11 +30,10 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model, user_logged_out
-from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
+from django.db.models.signals import post_delete, post_save, pre_save
 
 from realtime import groups
 from realtime.broker import BrokerUnavailable
-from realtime.models import Room
 from realtime.protocol import CLOSE_UNAUTHORIZED
 from realtime.selectors import StreamDenied, stream_check_readable
 from realtime.session_watch import session_digest
@@ -130,37 +130,6 @@ def _user_changed(sender: Any, instance: Any, created: bool, **kwargs: Any) -> N
         recheck_sync(user_ids=[instance.pk])
 
 
-def _room_about_to_change(sender: Any, instance: Room, **kwargs: Any) -> None:
-    rows = Room.objects.filter(pk=instance.pk) if instance.pk is not None else Room.objects.none()
-    before = rows.values("is_private").first()
-    instance._sb_was_private = None if before is None else before["is_private"]  # type: ignore
-
-
-def _room_changed(sender: Any, instance: Room, created: bool, **kwargs: Any) -> None:
-    if not created and getattr(instance, "_sb_was_private", None) is False and instance.is_private:
-        recheck_sync(room_slugs=[instance.slug])
-
-
-def _room_deleted(sender: Any, instance: Room, **kwargs: Any) -> None:
-    recheck_sync(room_slugs=[instance.slug])
-
-
-def _members_changed(
-    sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any
-) -> None:
-    """A private room's members removed (room.members.remove/clear, or user.rooms.remove/clear)."""
-    if action == "pre_clear":
-        # Who was there: post_clear no longer knows.
-        instance._sb_cleared = (
-            [instance.pk] if reverse else list(instance.members.values_list("pk", flat=True))
-        )
-        return
-    if action == "post_clear":
-        recheck_sync(user_ids=getattr(instance, "_sb_cleared", []))
-    elif action == "post_remove":
-        recheck_sync(user_ids=[instance.pk] if reverse else sorted(pk_set or ()))
-
-
 def _session_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
     """A session row deleted: logout's flush, the admin, `clearsessions`, a password change."""
     try:
@@ -190,9 +159,3 @@ def connect_signals() -> None:
     user_model = get_user_model()
     pre_save.connect(_user_about_to_change, sender=user_model, dispatch_uid="sb-access-user-pre")
     post_save.connect(_user_changed, sender=user_model, dispatch_uid="sb-access-user")
-    pre_save.connect(_room_about_to_change, sender=Room, dispatch_uid="sb-access-room-pre")
-    post_save.connect(_room_changed, sender=Room, dispatch_uid="sb-access-room")
-    post_delete.connect(_room_deleted, sender=Room, dispatch_uid="sb-access-room-deleted")
-    m2m_changed.connect(
-        _members_changed, sender=Room.members.through, dispatch_uid="sb-access-members"
-    )

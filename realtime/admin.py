@@ -1,4 +1,4 @@
-"""Admin: API tokens, rooms, "send a message to the selected users", a broadcast page, and
+"""Admin: API tokens, "send a message to the selected users", a broadcast page, and
 each user's delivery ledger (what was sent to their stream, delivered, acknowledged).
 
 Everything here publishes through realtime.publish, like the API and the commands.
@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Any, TypedDict
+from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
-from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -25,10 +24,10 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from realtime import broker, groups, presence, publish
+from realtime import broker, groups, publish
 from realtime.broker import BrokerUnavailable
 from realtime.forms import MessageForm
-from realtime.models import ApiToken, ChatMessage, Room
+from realtime.models import ApiToken
 from realtime.services import api_token_issue
 
 logger = logging.getLogger(__name__)
@@ -127,95 +126,6 @@ def broadcast_view(request: HttpRequest) -> HttpResponse:
     )
 
 
-@admin.register(Room)
-class RoomAdmin(admin.ModelAdmin):
-    list_display = ("slug", "title", "is_private", "member_count", "created_by", "created_at")
-    list_filter = ("is_private",)
-    search_fields = ("slug", "title")
-    filter_horizontal = ("members",)
-    readonly_fields = ("created_by", "created_at")
-
-    @admin.display(description="Members")
-    def member_count(self, room: Room) -> int:
-        return room.members.count()
-
-    def save_model(self, request: HttpRequest, obj: Room, form: Any, change: bool) -> None:
-        if not change:
-            assert isinstance(request.user, User), "the admin site lets only staff in"
-            obj.created_by = request.user
-        super().save_model(request, obj, form, change)
-
-
-@admin.register(ChatMessage)
-class ChatMessageAdmin(admin.ModelAdmin):
-    """Read-only: a chat line is the row *and* its stream message, so an edit here would make
-    the two disagree. Staff with the delete permission may remove a line (moderation)."""
-
-    list_display = ("created_at", "room", "user", "short_text", "seq")
-    list_filter = ("room",)
-    search_fields = ("text", "user__username", "room__slug")
-    list_select_related = ("room", "user")
-    readonly_fields = ("room", "user", "text", "created_at", "client_id", "seq", "epoch")
-
-    @admin.display(description="Text")
-    def short_text(self, message: ChatMessage) -> str:
-        return message.text if len(message.text) <= 80 else message.text[:79] + "…"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-class _Person(TypedDict):
-    user: AbstractBaseUser
-    status: presence.UserStatus | None
-
-
-def presence_view(request: HttpRequest) -> HttpResponse:
-    """Who is online, per room and overall, as the replicas' presence entries in Redis say."""
-    if not request.user.has_perm("realtime.view_room"):
-        raise PermissionDenied("Viewing presence needs the 'view room' permission.")
-    rooms = list(Room.objects.order_by("slug"))
-    users = {user.pk: user for user in User.objects.filter(is_active=True).order_by("username")}
-    online_by_room: list[tuple[Room, list[Any]]] = []
-    statuses: dict[int, presence.UserStatus] = {}
-    try:
-        online = async_to_sync(_presence_snapshot)([room.slug for room in rooms], list(users))
-    except BrokerUnavailable as exc:
-        logger.warning("presence unreadable: %r", exc)
-        messages.error(request, f"Redis is unreachable ({exc.__class__.__name__}); try again.")
-    else:
-        room_ids, statuses = online
-        online_by_room = [
-            (room, [users[uid] for uid in ids if uid in users])
-            for room, ids in zip(rooms, room_ids, strict=True)
-        ]
-    people: list[_Person] = [
-        {"user": user, "status": statuses.get(uid)} for uid, user in users.items()
-    ]
-    people.sort(key=lambda p: (not (p["status"] and p["status"].online), p["user"].get_username()))
-    return TemplateResponse(
-        request,
-        "admin/realtime/presence.html",
-        {
-            **admin.site.each_context(request),
-            "title": "Presence (read-only)",
-            "rooms": online_by_room,
-            "people": people,
-            "ttl_secs": presence.ttl_ms() / 1000,
-        },
-    )
-
-
-async def _presence_snapshot(
-    slugs: list[str], user_ids: list[int]
-) -> tuple[list[list[int]], dict[int, presence.UserStatus]]:
-    rooms = [await presence.room_online(slug=slug) for slug in slugs]
-    return rooms, await presence.user_statuses(user_ids=user_ids)
-
-
 def ledger_view(request: HttpRequest, user_id: int) -> HttpResponse:
     """One user's stream, newest first: each message sent, delivered to a socket, or acked."""
     if not request.user.has_perm("auth.view_user"):
@@ -270,11 +180,6 @@ def _get_urls() -> list[Any]:
             name="realtime-broadcast",
         ),
         path(
-            "realtime/presence/",
-            admin.site.admin_view(presence_view),
-            name="realtime-presence",
-        ),
-        path(
             "realtime/ledger/<int:user_id>/",
             admin.site.admin_view(ledger_view),
             name="realtime-ledger",
@@ -283,5 +188,6 @@ def _get_urls() -> list[Any]:
     return extra + _original_get_urls()
 
 
-# The default site, extended by one page; a custom AdminSite class would need its own app config.
+# The default site, extended by two pages (chat/admin.py adds the presence page); a custom
+# AdminSite class would need its own app config.
 admin.site.get_urls = _get_urls  # type: ignore[method-assign]

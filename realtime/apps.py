@@ -7,9 +7,6 @@ class RealtimeConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from realtime import publish_hooks
         from realtime.access import connect_signals
-        from realtime.chat import ChatPublishHook
 
         connect_signals()
-        publish_hooks.register(ChatPublishHook())

@@ -5,9 +5,13 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 
+from realtime import streams
 from realtime.groups import InvalidStreamName, group_for_stream
-from realtime.models import ApiToken, Room
+from realtime.models import ApiToken
 from realtime.services import token_digest
+from realtime.streams import StreamDenied
+
+__all__ = ["StreamDenied"]  # here too: the place readers of streams have always imported it
 
 
 def api_token_authenticate(*, raw: str) -> ApiToken | None:
@@ -26,18 +30,10 @@ def user_ids_by_username(*, usernames: set[str]) -> dict[str, int]:
     return dict(rows.values_list("username", "pk"))
 
 
-class StreamDenied(Exception):
-    """The user may not read (or write) that stream. `code` is stable, `message` explains."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 def stream_check_readable(*, user: User, stream: str) -> None:
     """Raise StreamDenied unless `user` may read `stream`: their own user stream, broadcast,
-    rooms they may join, and (staff only) the replicas' ops stream."""
+    (staff only) the replicas' ops stream, and what the app owning the stream's kind allows
+    (rooms they may join: realtime/streams.py)."""
     try:
         group_for_stream(stream)
     except InvalidStreamName as exc:
@@ -55,16 +51,11 @@ def stream_check_readable(*, user: User, stream: str) -> None:
                 "forbidden_stream", f"You may read only your own user stream, user:{user.pk}."
             )
         return
-    room = Room.objects.filter(slug=key).first()
-    if room is None or (
-        room.is_private and not user.is_staff and not room.members.filter(pk=user.pk).exists()
-    ):
-        # One answer for both, as the room page's 404: a non-member must not learn that a
-        # private room exists by probing names.
-        raise StreamDenied(
-            "unknown_room",
-            f"There is no room {key!r} that you may join; a private room's members can add you.",
-        )
+    can_read = streams.reader(kind)
+    if can_read is None:
+        raise StreamDenied("bad_stream", f"No app here serves {kind!r} streams.")
+    # An app's kind (room: the chat, chat/access.py): its rows decide.
+    can_read(user, key)
 
 
 def stream_check_writable(*, user: User, stream: str) -> None:

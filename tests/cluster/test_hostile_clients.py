@@ -78,8 +78,7 @@ def room_online(cluster: Cluster, slug: str) -> set[int]:
 
 
 CAROLS_ROOMS = (
-    "from realtime.models import Room; "
-    "print(Room.objects.filter(created_by__username='carol').count())"
+    "from chat.models import Room; print(Room.objects.filter(created_by__username='carol').count())"
 )
 
 
@@ -173,7 +172,7 @@ async def test_a_stuck_replay_holds_a_bounded_number_of_bytes_on_its_replica(
     witness = await Witness.on(cluster, "replay")
     shell(
         cluster,
-        "from realtime.models import Room; "
+        "from chat.models import Room; "
         "Room.objects.get_or_create(slug='archive60k', defaults={'title': 'Archive'})",
     )
     # 400 publishes in one process (the API would take ~40 s through HAProxy for 24 MB).
@@ -373,7 +372,7 @@ async def test_typing_floods_are_throttled_and_chat_lines_are_limited_per_minute
 async def test_streams_per_socket_and_rooms_per_user_are_capped(cluster: Cluster) -> None:
     shell(
         cluster,
-        "from realtime.models import Room\n"
+        "from chat.models import Room\n"
         "for n in range(50): "
         "Room.objects.get_or_create(slug=f'cap-{n}', defaults={'title': 'cap'})",
     )

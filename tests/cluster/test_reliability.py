@@ -91,7 +91,7 @@ def room_with_writer_and_reader(cluster: Cluster, name: str) -> tuple[str, str, 
         cluster,
         "shell",
         "-c",
-        f"from realtime.models import Room; Room.objects.create(slug='{slug}', title='{name}')",
+        f"from chat.models import Room; Room.objects.create(slug='{slug}', title='{name}')",
     )
     writer_session, reader_session = sessions_for(cluster, 2, unique_prefix(name)).values()
     return f"room:{slug}", writer_session, reader_session

@@ -20,7 +20,7 @@ def cookie_for(session: str, replica: str) -> str:
 async def test_an_event_stream_gets_pushes_and_answers_frames_posted_to_another_replica(
     cluster: Cluster,
 ) -> None:
-    manage(cluster, "shell", "-v", "0", "-c", "from realtime.models import Room; "
+    manage(cluster, "shell", "-v", "0", "-c", "from chat.models import Room; "
            "Room.objects.get_or_create(slug='sse-room', defaults={'title': 'SSE'})")  # fmt: skip
     users = sessions_for(cluster, 1, "sse")
     stream = await SseClient(cluster.url, cookie_for(users["sse0"], "d1")).start()

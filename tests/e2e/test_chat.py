@@ -193,7 +193,7 @@ def test_a_member_removed_from_a_private_room_is_told_so_on_the_page(
     slug = f"private-{uuid.uuid4().hex[:6]}"
     room = f"Room.objects.get(slug='{slug}')"
     alice_user = "User.objects.get(username='alice')"
-    imports = "from realtime.models import Room; from django.contrib.auth.models import User; "
+    imports = "from chat.models import Room; from django.contrib.auth.models import User; "
     manage(
         healthy_cluster,
         "shell",

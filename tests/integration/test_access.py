@@ -7,10 +7,10 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 
+from chat.models import Room
 from realtime import publish
 from realtime.consumers import RealtimeConsumer
 from realtime.layer import StreamChannelLayer
-from realtime.models import Room
 from tests.integration.conftest import Socket
 
 pytestmark = pytest.mark.django_db(transaction=True)

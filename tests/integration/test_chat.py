@@ -11,9 +11,10 @@ from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
 from django.test import AsyncClient
 
-from realtime import broker, chat
+from chat import services
+from chat.models import ChatMessage, Room
+from realtime import broker
 from realtime.layer import StreamChannelLayer
-from realtime.models import ChatMessage, Room
 from tests.integration.conftest import open_socket
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -76,10 +77,10 @@ async def test_a_chat_line_is_stored_published_once_and_acked_even_when_resent(
 async def test_snapshot_then_resume_shows_every_message_once(layer: StreamChannelLayer) -> None:
     alice, bob = await make_user("alice"), await make_user("bob")
     room = await Room.objects.acreate(slug="den", title="Den")
-    post = database_sync_to_async(chat.message_post)
+    post = database_sync_to_async(services.message_post)
     for n in range(3):
         await post(user=alice, room=room, text=f"before {n}")
-    snapshot = await database_sync_to_async(chat.room_snapshot)(room=room)
+    snapshot = await database_sync_to_async(services.room_snapshot)(room=room)
     assert [m.text for m in snapshot.messages] == ["before 0", "before 1", "before 2"]
     assert snapshot.seq == 3
     for n in range(2):  # said while the page was on its way to the browser
@@ -100,10 +101,10 @@ async def test_catch_up_reads_rows_after_an_id_and_private_rooms_stay_hidden(
     layer: StreamChannelLayer,
 ) -> None:
     alice, bob = await make_user("alice"), await make_user("bob")
-    room = await database_sync_to_async(chat.room_create)(
+    room = await database_sync_to_async(services.room_create)(
         user=alice, slug="secret", title="S", is_private=True
     )
-    post = database_sync_to_async(chat.message_post)
+    post = database_sync_to_async(services.message_post)
     first, _ = await post(user=alice, room=room, text="one")
     await post(user=alice, room=room, text="two")
     await post(user=alice, room=room, text="<three>")
@@ -119,5 +120,5 @@ async def test_catch_up_reads_rows_after_an_id_and_private_rooms_stay_hidden(
     for path in ("/chat/secret/", "/chat/secret/messages", "/chat/secret/presence"):
         assert (await outsider.get(path)).status_code == 404
     assert b"secret" not in (await outsider.get("/chat/")).content
-    await database_sync_to_async(chat.room_invite)(user=alice, room=room, username="bob")
+    await database_sync_to_async(services.room_invite)(user=alice, room=room, username="bob")
     assert (await outsider.get("/chat/secret/messages")).status_code == 200

@@ -10,11 +10,11 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser
 
+from chat.models import Room
 from realtime import broker, publish
 from realtime.consumers import RealtimeConsumer
 from realtime.delivery.marks import delivered_marks
 from realtime.layer import StreamChannelLayer
-from realtime.models import Room
 from tests.integration.conftest import a_user, open_socket
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -19,11 +19,11 @@ from django.test import AsyncClient
 from django.utils import timezone
 from pytest_django.fixtures import Settings
 
+from chat.models import Room
 from realtime import broker, presence, publish, session_watch
 from realtime.consumers import RealtimeConsumer
 from realtime.delivery.inbound import Inbound
 from realtime.layer import StreamChannelLayer
-from realtime.models import Room
 from realtime.stats import replica_stats
 from tests.integration.conftest import Socket, a_user, open_socket
 

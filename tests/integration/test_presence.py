@@ -11,9 +11,9 @@ from urllib.parse import quote
 import pytest
 from pytest_django.fixtures import Settings
 
+from chat.models import Room
 from realtime import presence
 from realtime.layer import StreamChannelLayer
-from realtime.models import Room
 from tests.integration.conftest import Socket, a_user, open_socket
 
 pytestmark = pytest.mark.django_db(transaction=True)

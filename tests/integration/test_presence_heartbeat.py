@@ -13,10 +13,10 @@ import pytest
 import redis.asyncio as aioredis
 from pytest_django.fixtures import Settings
 
+from chat.models import Room
 from realtime import broker, presence
 from realtime.broker import BrokerUnavailable, scripts
 from realtime.layer import StreamChannelLayer
-from realtime.models import Room
 from realtime.presence import ConnectionPresence
 from tests.integration.test_presence import dead_entry_in, in_room, next_presence
 

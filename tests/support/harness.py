@@ -80,7 +80,7 @@ class Harness:
     async def open_clients(self) -> None:
         slugs = [stream.split(":", 1)[1] for stream in self.room_streams]
         code = (
-            "from realtime.models import Room\n"
+            "from chat.models import Room\n"
             f"for slug in {slugs!r}:\n"
             "    Room.objects.get_or_create(slug=slug, defaults={'title': slug})"
         )

@@ -8,7 +8,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
 
-from realtime.models import Room
+from chat.models import Room
 
 pytestmark = pytest.mark.django_db
 

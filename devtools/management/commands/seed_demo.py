@@ -4,7 +4,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import check_password
 from django.core.management.base import BaseCommand
 
-from realtime.models import Room
+from chat.models import Room
 
 # Development passwords, printed by `make run`. Never use these users outside a dev machine.
 DEMO_USERS = [

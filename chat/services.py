@@ -20,9 +20,9 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 
+from chat.models import ChatMessage, Room
 from realtime import broker, groups, limits, publish
 from realtime.broker import BrokerUnavailable
-from realtime.models import ChatMessage, Room
 from realtime.protocol import InvalidFrame
 from realtime.selectors import StreamDenied, stream_check_readable
 

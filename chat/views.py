@@ -1,8 +1,9 @@
 """The chat pages: room list (create, join, leave), a room with history and live messages, and
 the two JSON reads the room page uses (catch-up from the database, presence).
 
-Views parse, call realtime.chat, and answer. Messages are sent over the WebSocket (a `publish`
-frame with a client-made id, see chat.socket_publish); the pages here only read and manage rooms.
+Views parse, call chat/services.py, and answer. Messages are sent over the WebSocket (a
+`publish` frame with a client-made id, see services.socket_publish); the pages here only read
+and manage rooms.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from django.shortcuts import redirect, render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
-from realtime import chat, groups, presence
+from chat import services
+from chat.models import Room
+from realtime import groups, presence
 from realtime.broker import BrokerUnavailable
-from realtime.models import Room
 from realtime.selectors import StreamDenied
 
 logger = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ class AuthedRequest(HttpRequest):
 def _room_or_404(request: AuthedRequest, slug: str) -> Room:
     # 404 for private rooms too: a non-member learns nothing about which private rooms exist.
     try:
-        return chat.room_get_readable(user=request.user, slug=slug)
+        return services.room_get_readable(user=request.user, slug=slug)
     except StreamDenied:
         raise Http404("No such room") from None
 
@@ -46,9 +48,9 @@ def _room_or_404(request: AuthedRequest, slug: str) -> Room:
 @require_GET
 def chat_home(request: AuthedRequest) -> HttpResponse:
     user = request.user
-    joined = list(chat.rooms_joined(user=user))
+    joined = list(services.rooms_joined(user=user))
     joined_ids = {room.pk for room in joined}
-    others = [room for room in chat.rooms_visible(user=user) if room.pk not in joined_ids]
+    others = [room for room in services.rooms_visible(user=user) if room.pk not in joined_ids]
     return render(request, "realtime/chat/index.html", {"joined": joined, "others": others})
 
 
@@ -56,13 +58,13 @@ def chat_home(request: AuthedRequest) -> HttpResponse:
 @require_POST
 def room_create(request: AuthedRequest) -> HttpResponse:
     try:
-        room = chat.room_create(
+        room = services.room_create(
             user=request.user,
             slug=request.POST.get("slug", ""),
             title=request.POST.get("title", ""),
             is_private=request.POST.get("is_private") == "on",
         )
-    except chat.ChatError as exc:
+    except services.ChatError as exc:
         messages.error(request, str(exc))
         return redirect("chat")
     return redirect("chat-room", slug=room.slug)
@@ -71,14 +73,14 @@ def room_create(request: AuthedRequest) -> HttpResponse:
 @login_required
 @require_POST
 def room_join(request: AuthedRequest, slug: str) -> HttpResponse:
-    chat.room_join(user=request.user, room=_room_or_404(request, slug))
+    services.room_join(user=request.user, room=_room_or_404(request, slug))
     return redirect("chat-room", slug=slug)
 
 
 @login_required
 @require_POST
 def room_leave(request: AuthedRequest, slug: str) -> HttpResponse:
-    chat.room_leave(user=request.user, room=_room_or_404(request, slug))
+    services.room_leave(user=request.user, room=_room_or_404(request, slug))
     return redirect("chat")
 
 
@@ -87,10 +89,10 @@ def room_leave(request: AuthedRequest, slug: str) -> HttpResponse:
 def room_invite(request: AuthedRequest, slug: str) -> HttpResponse:
     room = _room_or_404(request, slug)
     try:
-        invited = chat.room_invite(
+        invited = services.room_invite(
             user=request.user, room=room, username=request.POST.get("username", "")
         )
-    except chat.ChatError as exc:
+    except services.ChatError as exc:
         messages.error(request, str(exc))
     else:
         messages.success(request, f"{invited.get_username()} may now open this room.")
@@ -103,13 +105,13 @@ def room_invite(request: AuthedRequest, slug: str) -> HttpResponse:
 def room_page(request: AuthedRequest, slug: str) -> HttpResponse:
     user = request.user
     room = _room_or_404(request, slug)
-    snapshot = chat.room_snapshot(room=room)
-    joined = list(chat.rooms_joined(user=user))
+    snapshot = services.room_snapshot(room=room)
+    joined = list(services.rooms_joined(user=user))
     config = {
         "room": room.slug,
         "stream": groups.room_stream(room.slug),
         "me": {"id": user.pk, "username": user.get_username()},
-        # Resume the live stream exactly where the rendered rows end (see chat.room_snapshot).
+        # Resume the live stream exactly where the rendered rows end (see services.room_snapshot).
         "position": None
         if snapshot.seq is None
         else {"epoch": snapshot.epoch, "seq": snapshot.seq},
@@ -140,11 +142,11 @@ def room_messages(request: AuthedRequest, slug: str) -> JsonResponse:
         after = int(request.GET.get("after", "0"))
     except ValueError:
         return JsonResponse({"error": "'after' must be a message id (a whole number)."}, status=400)
-    rows = chat.messages_after(room=room, after_id=after)
+    rows = services.messages_after(room=room, after_id=after)
     return JsonResponse(
         {
-            "messages": [chat.message_payload(row) for row in rows],
-            "more": len(rows) == chat.CATCH_UP_ROWS,
+            "messages": [services.message_payload(row) for row in rows],
+            "more": len(rows) == services.CATCH_UP_ROWS,
         }
     )
 
