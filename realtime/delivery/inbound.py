@@ -231,7 +231,7 @@ class Inbound:
                 retry_after_ms=int(1000 / budget.rate),
             )
         await database_sync_to_async(stream_check_writable)(user=session.user, stream=stream)
-        # An app's own kinds of publish (the chat's lines and typing: realtime/chat.py).
+        # An app's own kinds of publish (the chat's lines and typing: chat/services.py).
         app_ack = await publish_hooks.handle(
             user=session.user, stream=stream, payload=payload, client_id=frame.id or ""
         )

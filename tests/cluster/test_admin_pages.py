@@ -66,7 +66,7 @@ async def test_ledger_shows_each_message_sent_delivered_or_acknowledged(
 def test_ledger_and_room_admin_are_refused_to_non_staff(healthy_cluster: Cluster) -> None:
     alice = login(healthy_cluster.url, "alice", "alice-pass")
     try:
-        for path in ("/admin/realtime/ledger/1/", "/admin/realtime/room/"):
+        for path in ("/admin/realtime/ledger/1/", "/admin/chat/room/", "/admin/realtime/room/"):
             answer = alice.get(path)
             assert answer.status_code == 302 and "/admin/login/" in answer.headers["location"]
     finally:
@@ -76,14 +76,14 @@ def test_ledger_and_room_admin_are_refused_to_non_staff(healthy_cluster: Cluster
 def test_room_admin_lists_and_adds_rooms(healthy_cluster: Cluster) -> None:
     admin = login(healthy_cluster.url, "admin", "admin-pass")
     try:
-        assert admin.get("/admin/realtime/room/").status_code == 200
-        form = admin.get("/admin/realtime/room/add/")
+        assert admin.get("/admin/chat/room/").status_code == 200
+        form = admin.get("/admin/chat/room/add/")
         assert form.status_code == 200
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text)
         assert token
         slug = f"admin-made-{uuid.uuid4().hex[:8]}"
         created = admin.post(
-            "/admin/realtime/room/add/",
+            "/admin/chat/room/add/",
             data={
                 "slug": slug,
                 "title": "Made in the admin",
@@ -91,11 +91,11 @@ def test_room_admin_lists_and_adds_rooms(healthy_cluster: Cluster) -> None:
             },
         )
         assert created.status_code == 302, created.text[:2000]
-        listing = admin.get(f"/admin/realtime/room/?q={slug}").text
+        listing = admin.get(f"/admin/chat/room/?q={slug}").text
         assert slug in listing
         assert "Bad Slug" not in listing
         bad = admin.post(
-            "/admin/realtime/room/add/",
+            "/admin/chat/room/add/",
             data={"slug": "Bad Slug", "title": "x", "csrfmiddlewaretoken": token.group(1)},
         )
         assert bad.status_code == 200 and "lower-case letters" in bad.text
@@ -133,7 +133,25 @@ async def test_presence_page_lists_who_is_online_per_room_and_refuses_non_staff(
 def test_chat_messages_admin_is_read_only(healthy_cluster: Cluster) -> None:
     admin = login(healthy_cluster.url, "admin", "admin-pass")
     try:
-        assert admin.get("/admin/realtime/chatmessage/").status_code == 200
-        assert admin.get("/admin/realtime/chatmessage/add/").status_code == 403
+        assert admin.get("/admin/chat/chatmessage/").status_code == 200
+        assert admin.get("/admin/chat/chatmessage/add/").status_code == 403
+    finally:
+        admin.close()
+
+
+def test_room_and_line_admin_pages_at_their_old_addresses_redirect_to_the_chat_app(
+    healthy_cluster: Cluster,
+) -> None:
+    admin = login(healthy_cluster.url, "admin", "admin-pass")
+    try:
+        for old, new in (
+            ("/admin/realtime/room/", "/admin/chat/room/"),
+            ("/admin/realtime/room/?q=lobby", "/admin/chat/room/?q=lobby"),
+            ("/admin/realtime/room/add/", "/admin/chat/room/add/"),
+            ("/admin/realtime/chatmessage/", "/admin/chat/chatmessage/"),
+        ):
+            answer = admin.get(old)
+            assert answer.status_code == 307 and answer.headers["location"] == new, old
+        assert admin.get("/admin/realtime/room/", follow_redirects=True).status_code == 200
     finally:
         admin.close()
