@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from urllib.parse import quote
 
-from devtools.cluster import Cluster
+import httpx
+import pytest
+
+from devtools.cluster import Cluster, wait_until
 from tests.cluster.helpers import api_post, sessions_for
 from tests.conftest import manage
 from tests.support.clients import SseClient
@@ -15,6 +19,24 @@ from tests.support.clients import SseClient
 
 def cookie_for(session: str, replica: str) -> str:
     return f"sessionid={session}; SERVERID={replica}"
+
+
+@pytest.fixture(autouse=True)
+def streams_are_given_back(cluster: Cluster) -> Iterator[None]:
+    """After each test every stream its clients closed is given back on its replica: HAProxy
+    passes a client's close on at the stream's next heartbeats (HEARTBEAT_SECS, 5 s)."""
+    before = {name: connections(cluster, name) for name in cluster.replica_names}
+    yield
+    for name, count in before.items():
+        wait_until(
+            lambda name=name, count=count: connections(cluster, name) <= count,
+            timeout=20, what=f"{name}'s event streams to be given back",
+        )  # fmt: skip
+
+
+def connections(cluster: Cluster, replica: str) -> int:
+    health = httpx.get(f"{cluster.replica_url(replica)}/healthz", timeout=5).json()
+    return int(health["connections"])
 
 
 async def test_an_event_stream_gets_pushes_and_answers_frames_posted_to_another_replica(

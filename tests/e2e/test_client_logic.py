@@ -53,7 +53,9 @@ PRELUDE = r"""
   const make = (name, extra = {}) => {
     const client = new RealtimeClient({
       storageKey: `test.${name}.${Math.random()}`, backoffBaseMs: 8, backoffCapMs: 64,
-      tryLaterBaseMs: 40, minUptimeMs: 60, ackBatchMs: 20, ...extra,
+      tryLaterBaseMs: 40, minUptimeMs: 60, ackBatchMs: 20,
+      // These fake WebSockets fail on purpose: no falling back to SSE (its own e2e test).
+      transport: "websocket", ...extra,
     });
     client.events = [];
     for (const type of ["state", "message", "reset", "open"]) {

@@ -102,7 +102,7 @@ class ClientStats:
 
 
 # The server writes a comment on an idle event stream this often (realtime/transport/sse.py).
-EVENT_STREAM_HEARTBEAT_SECS = 15.0
+EVENT_STREAM_HEARTBEAT_SECS = 5.0
 
 
 class EventStreamConnection:
