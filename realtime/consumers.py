@@ -10,7 +10,6 @@ session's `release()` gives back what it held, once.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from typing import Any
 
@@ -18,7 +17,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from realtime import access, broker, presence, protocol, session_watch, transport
+from realtime import broker, presence, protocol, session_watch, transport
 from realtime.asgi_types import ASGIApp, Receive, Scope, Send
 from realtime.broker import BrokerUnavailable
 from realtime.delivery.inbound import Inbound, own_streams, too_many_streams
@@ -59,7 +58,7 @@ class RealtimeConsumer:
             replica_stats.connections_total += 1
             counted = True
             inbound = Inbound(session)
-            session.handlers["rt.client_frame"] = inbound.relayed
+            session.inbound = inbound
             if scope["type"] == "http":
                 await _until_disconnected(receive, writer)
                 return
@@ -116,11 +115,6 @@ class RealtimeConsumer:
         # The session's proof of the password it was made with (as Django checks it per
         # request): a password change since then ends this socket too (access.recheck_socket).
         session.auth_hash = user.get_session_auth_hash()
-        session.handlers = {
-            "rt.ephemeral": session.on_ephemeral,
-            "rt.deliver": session.on_deliver,
-            "rt.recheck": functools.partial(access.recheck_socket, session),
-        }
         layer.add_sink(channel, session)
         try:
             if not await _admitted(user, presence_.conn):

@@ -48,6 +48,8 @@ def too_many_streams(stream: str) -> InvalidFrame:
 class Inbound:
     """The client → server half of one socket."""
 
+    __slots__ = ("session",)
+
     def __init__(self, session: Session) -> None:
         self.session = session
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from django.conf import settings
 
-from realtime import broker, groups, presence, protocol, session_watch
+from realtime import access, broker, groups, presence, protocol, session_watch
 from realtime.broker import BrokerUnavailable
 from realtime.delivery.cursor import Cursor, Decision
 from realtime.delivery.marks import delivered_marks
@@ -38,6 +38,19 @@ REPLAY_BATCH = 500
 
 class Session:
     """A socket's delivery state. Made by the consumer once the socket is accepted."""
+
+    # One per socket, so no __dict__ (about 1 KiB a socket saved).
+    __slots__ = (
+        "_limits", "auth_hash", "channel_name", "cursors", "dirty", "inbound", "layer",
+        "presence", "queue", "ready", "released", "session_digest", "task", "user", "writer",
+    )  # fmt: skip
+    # Layer messages for this socket, by type: the method that takes each (in queue order).
+    LAYER_HANDLERS = {
+        "rt.ephemeral": "on_ephemeral",
+        "rt.deliver": "on_deliver",
+        "rt.recheck": "on_recheck",
+        "rt.client_frame": "on_client_frame",
+    }
 
     def __init__(
         self,
@@ -63,7 +76,8 @@ class Session:
         self.auth_hash = ""  # the login's password proof when the socket opened (access.py)
         # Made on the first frame from the client or the first replay: most sockets only listen.
         self._limits: SocketLimits | None = None
-        self.handlers: dict[str, Any] = {}  # layer message type -> async handler(event)
+        # The client's frames that arrive through the layer (SSE's POSTs): set by the consumer.
+        self.inbound: Any = None
 
     def limits(self) -> SocketLimits:
         if self._limits is None:
@@ -186,6 +200,13 @@ class Session:
         if wanted and event.get("stream") in self.cursors:
             await self.send_text(event["frame"])
 
+    async def on_recheck(self, event: dict[str, Any]) -> None:
+        await access.recheck_socket(self, event)
+
+    async def on_client_frame(self, event: dict[str, Any]) -> None:
+        if self.inbound is not None:
+            await self.inbound.relayed(event)
+
     async def on_deliver(self, event: dict[str, Any]) -> None:
         # Only reached if the sink was never attached; kept for Channels' plain path.
         await self.on_stream_frame(event["stream"], event["seq"], event["epoch"], event["frame"])
@@ -229,10 +250,11 @@ class Session:
             self.task = None
 
     async def _handle_quietly(self, message: dict[str, Any]) -> None:
-        handler = self.handlers.get(message.get("type", ""))
-        if handler is None:
+        name = self.LAYER_HANDLERS.get(message.get("type", ""))
+        if name is None:
             logger.warning("no handler for layer message %r", message.get("type"))
             return
+        handler = getattr(self, name)
         try:
             await handler(message)
         except Exception:
