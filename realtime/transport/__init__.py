@@ -63,6 +63,25 @@ class SocketWriter(Protocol):
     async def close(self, code: int, reason: str = "") -> None: ...
 
 
+class WithoutBacklog:
+    """For writers whose server says nothing of unsent bytes (plain ASGI, SSE): no fast write,
+    no backlog to hold back on; the server's own flow control applies."""
+
+    __slots__ = ()
+
+    def write_now(self, frame: str) -> bool:
+        return False  # frames go through the session's queue and `write`
+
+    def backlog_bytes(self) -> int:
+        return 0
+
+    def backlogged(self) -> bool:
+        return False
+
+    async def drained(self) -> None:
+        return None
+
+
 def writer_for(scope: dict[str, Any], send: Any) -> SocketWriter:
     """SSE for an HTTP scope; for a WebSocket the fast path where our server offers it, the
     plain ASGI writer elsewhere."""

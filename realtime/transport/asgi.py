@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from realtime.transport import WithoutBacklog
 
-class AsgiWriter:
+
+class AsgiWriter(WithoutBacklog):
     __slots__ = ("closed", "send")
     name = "asgi"
 
@@ -16,23 +18,11 @@ class AsgiWriter:
     def is_open(self) -> bool:
         return not self.closed
 
-    def write_now(self, frame: str) -> bool:
-        return False  # no synchronous write on plain ASGI: frames go through the queue
-
     async def accept(self) -> None:
         await self.send({"type": "websocket.accept"})
 
     async def write(self, text: str) -> None:
         await self.send({"type": "websocket.send", "text": text})
-
-    def backlog_bytes(self) -> int:
-        return 0  # ASGI does not say; the server's own flow control applies
-
-    def backlogged(self) -> bool:
-        return False
-
-    async def drained(self) -> None:
-        return None
 
     async def close(self, code: int, reason: str = "") -> None:
         if self.closed:

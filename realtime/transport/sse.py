@@ -15,6 +15,8 @@ from typing import Any
 
 from django.conf import settings
 
+from realtime.transport import WithoutBacklog
+
 # A comment line this often keeps proxies from closing a quiet stream (HAProxy's `timeout
 # server` is 30 s), and is how the server learns that a client behind HAProxy went away:
 # HAProxy passes a client's close on only when a write to it fails, the second after the close.
@@ -32,7 +34,7 @@ async def heartbeat(writer: Any) -> None:
     await writer.heartbeat()
 
 
-class SseWriter:
+class SseWriter(WithoutBacklog):
     """SocketWriter over an HTTP response that never ends until the socket closes."""
 
     __slots__ = ("closed", "send", "started")
@@ -63,9 +65,6 @@ class SseWriter:
         # A first comment, so the browser's EventSource sees the stream open at once.
         await self.send({"type": "http.response.body", "body": b": open\n\n", "more_body": True})
 
-    def write_now(self, frame: str) -> bool:
-        return False
-
     async def write(self, text: str) -> None:
         await self.send({"type": "http.response.body", "body": event(text), "more_body": True})
 
@@ -74,15 +73,6 @@ class SseWriter:
             await self.send(
                 {"type": "http.response.body", "body": b": ping\n\n", "more_body": True}
             )
-
-    def backlog_bytes(self) -> int:
-        return 0
-
-    def backlogged(self) -> bool:
-        return False
-
-    async def drained(self) -> None:
-        return None
 
     async def close(self, code: int, reason: str = "") -> None:
         if self.closed:

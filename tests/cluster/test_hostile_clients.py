@@ -200,8 +200,11 @@ async def test_a_stuck_replay_holds_a_bounded_number_of_bytes_on_its_replica(
         "the replays to be held back",
     )
     await witness.still_hears()
-    time.sleep(1.0)  # noqa: ASYNC251 - let the replays reach their bound before measuring
-    held = health(cluster)
+    # Measured once several replays hold a batch each (about one 60 KB entry's worth or more).
+    held = wait_health(
+        cluster, lambda h: h["stats"]["replay_bytes_in_flight"] >= 3 * 60_000,
+        "several replays to hold their batches",
+    )  # fmt: skip
     in_flight = held["stats"]["replay_bytes_in_flight"]
     # Per socket: at most one batch (REPLAY_BATCH_BYTES, 256 KiB, plus an entry's worth).
     assert in_flight <= 4 * (256 * 1024 + 62_000), in_flight
