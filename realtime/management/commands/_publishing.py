@@ -22,7 +22,7 @@ def payload_from(options: dict[str, Any]) -> Any:
         try:
             payload = protocol.loads(options["json_payload"])
         except protocol.InvalidJson as exc:
-            raise CommandError(f"--json is not valid JSON: {exc}.") from None
+            raise CommandError(f"--json is not valid JSON: {exc}") from None
     elif options["text"] is not None:
         payload = {"text": options["text"]}
     else:
