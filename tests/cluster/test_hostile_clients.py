@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import redis
 
-from devtools.cluster import Cluster
+from devtools.cluster import Cluster, wait_until
 from tests.cluster.helpers import api_post, sessions_for, socket_for
 from tests.conftest import manage
 from tests.support.clients import WsClient, cookie_header, login, origin_of
@@ -51,14 +51,15 @@ def health(cluster: Cluster, replica: str = REPLICA) -> dict[str, Any]:
 
 
 def wait_health(cluster: Cluster, predicate: Any, what: str, timeout: float = 15) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        seen = health(cluster)
-        if predicate(seen):
-            return seen
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last /healthz: {seen}")
-        time.sleep(0.1)
+    """The replica's /healthz once `predicate` holds for it (the runner's wait_until polls)."""
+    seen: dict[str, Any] = {}
+
+    def holds() -> bool:
+        seen.update(health(cluster))
+        return bool(predicate(seen))
+
+    wait_until(holds, timeout=timeout, what=what)
+    return seen
 
 
 def replica_rss_mib(cluster: Cluster, replica: str = REPLICA) -> float:

@@ -48,7 +48,51 @@ def origin_of(base_url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-class WsClient:
+class FrameCollector:
+    """What both transports' test clients share: every received frame kept in order, and
+    waits on them with a timeout (no sleeping)."""
+
+    frames: list[Frame]
+    _changed: asyncio.Event
+
+    async def wait_for(
+        self, predicate: Callable[[list[Frame]], bool], *, timeout: float = 10, what: str = ""
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.frames):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(
+                    f"timed out after {timeout}s waiting for {what or 'frames'}; "
+                    f"have {len(self.frames)}: {self.frames[-5:]}"
+                )
+            self._changed.clear()
+            if predicate(self.frames):
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    async def wait_type(
+        self, frame_type: str, *, count: int = 1, timeout: float = 10
+    ) -> list[Frame]:
+        await self.wait_for(
+            lambda frames: len(self.of_type(frame_type)) >= count,
+            timeout=timeout,
+            what=f"{count} {frame_type!r} frame(s)",
+        )
+        return self.of_type(frame_type)
+
+    def of_type(self, frame_type: str) -> list[Frame]:
+        return [f for f in self.frames if f.get("type") == frame_type]
+
+    @property
+    def hello(self) -> Frame:
+        hellos = self.of_type("hello")
+        assert hellos, f"no hello frame; frames: {self.frames}"
+        return hellos[0]
+
+
+class WsClient(FrameCollector):
     """One WebSocket connection through HAProxy, with every received frame kept in order."""
 
     # Every client not yet closed, so a fixture can close what a failed test left open.
@@ -107,47 +151,9 @@ class WsClient:
             self.open_clients.discard(self)
             self._changed.set()
 
-    async def wait_for(
-        self, predicate: Callable[[list[Frame]], bool], *, timeout: float = 10, what: str = ""
-    ) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate(self.frames):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(
-                    f"timed out after {timeout}s waiting for {what or 'frames'}; "
-                    f"have {len(self.frames)}: {self.frames[-5:]}"
-                )
-            self._changed.clear()
-            if predicate(self.frames):
-                return
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                pass
-
-    async def wait_type(
-        self, frame_type: str, *, count: int = 1, timeout: float = 10
-    ) -> list[Frame]:
-        await self.wait_for(
-            lambda frames: len(self.of_type(frame_type)) >= count,
-            timeout=timeout,
-            what=f"{count} {frame_type!r} frame(s)",
-        )
-        return self.of_type(frame_type)
-
     async def wait_closed(self, *, timeout: float = 10) -> int | None:
         await asyncio.wait_for(asyncio.shield(self._reader), timeout)
         return self.closed_code
-
-    def of_type(self, frame_type: str) -> list[Frame]:
-        return [f for f in self.frames if f.get("type") == frame_type]
-
-    @property
-    def hello(self) -> Frame:
-        hellos = self.of_type("hello")
-        assert hellos, f"no hello frame; frames: {self.frames}"
-        return hellos[0]
 
     async def send_json(self, frame: Frame) -> None:
         await self.connection.send(json.dumps(frame))
@@ -171,7 +177,7 @@ async def open_user_socket(
     return ws
 
 
-class SseClient:
+class SseClient(FrameCollector):
     """The SSE transport from the outside: GET /sse/ read in the background into `frames`, and
     frames sent with POST /sse/send (which may land on any replica)."""
 
@@ -230,38 +236,6 @@ class SseClient:
         return await self._client.post(
             "/sse/send", json=body, headers={"Cookie": cookie, "X-CSRFToken": token}
         )
-
-    @property
-    def hello(self) -> Frame:
-        hellos = self.of_type("hello")
-        assert hellos, f"no hello frame; frames: {self.frames}"
-        return hellos[0]
-
-    def of_type(self, frame_type: str) -> list[Frame]:
-        return [f for f in self.frames if f.get("type") == frame_type]
-
-    async def wait_for(
-        self, predicate: Callable[[list[Frame]], bool], *, timeout: float = 10, what: str = ""
-    ) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate(self.frames):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"timed out waiting for {what}; have {self.frames[-5:]}")
-            self._changed.clear()
-            if predicate(self.frames):
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
-
-    async def wait_type(
-        self, frame_type: str, *, count: int = 1, timeout: float = 10
-    ) -> list[Frame]:
-        await self.wait_for(
-            lambda frames: len(self.of_type(frame_type)) >= count, timeout=timeout,
-            what=f"{count} {frame_type!r}",
-        )  # fmt: skip
-        return self.of_type(frame_type)
 
     async def close(self) -> None:
         if self._reader is not None:
