@@ -249,6 +249,57 @@ class ClientPool:
         await asyncio.gather(*(client.close() for client in self.clients), return_exceptions=True)
 
 
+class NoHello(Exception):
+    """The socket opened but closed (or stayed silent) without a hello: refused after the
+    upgrade, as a user over MAX_SOCKETS_PER_USER is (4429)."""
+
+
+async def open_briefly(
+    url: str, *, origin: str, session_key: str, lifetime: float, abort: bool
+) -> str | None:
+    """One short-lived socket (W5): open, wait for hello, ping, stay `lifetime` seconds, then
+    go, with a close handshake or (`abort`) by resetting the TCP connection as a crashed client
+    or a lost network does. Returns the replica hello named. It counts nothing it receives:
+    the pool's clients measure delivery, this one only makes the server build and free a socket.
+    """
+    hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+    def on_messages(texts: list[bytes], now_ms: float) -> None:
+        if hello.done():
+            return  # broadcasts and pushes: the pool's clients count those
+        for text in texts:
+            frame = json.loads(text)
+            if frame.get("type") == "hello":
+                hello.set_result(frame)
+                return
+
+    protocol, _ = await ws_connect(
+        url,
+        cookie=f"sessionid={session_key}",
+        origin=origin,
+        on_messages=on_messages,
+        timeout=CONNECT_TIMEOUT_SECS,
+    )
+
+    def closed_first(closed: asyncio.Future[int]) -> None:
+        if not hello.done():
+            hello.set_exception(NoHello(f"closed before hello (code {closed.result()})"))
+
+    protocol.closed.add_done_callback(closed_first)
+    try:
+        replica = (await asyncio.wait_for(hello, CONNECT_TIMEOUT_SECS)).get("replica")
+        protocol.send_text('{"type":"ping"}')
+        await asyncio.sleep(lifetime)
+    except BaseException:
+        protocol.abort()
+        raise
+    if abort:
+        protocol.abort()
+    else:
+        await protocol.close()
+    return str(replica) if replica is not None else None
+
+
 async def wait_until(condition: Any, *, timeout: float, interval: float = 0.05) -> bool:
     """Poll `condition` until true; False after `timeout` seconds (the caller reports it)."""
     deadline = time.monotonic() + timeout

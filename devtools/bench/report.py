@@ -15,11 +15,12 @@ from typing import Any, TextIO
 @dataclass
 class Result:
     target: str  # ours, stock, limit
-    workload: str  # W1..W4
+    workload: str  # W1..W5
     clients: int
     messages: int
     seconds: float
-    rate: float  # deliveries/s (W1, W4), pushes/s (W2), connections/s (W3)
+    # deliveries/s (W1), pushes/s (W2), connections/s (W3), resumes/s (W4), churned sockets/s (W5)
+    rate: float
     rate_unit: str
     deliveries: int = 0
     expected: int = 0
@@ -141,6 +142,48 @@ def ratios(results: list[Result]) -> list[str]:
                 text += f", p99 x{ours.p99_ms / them.p99_ms:.2f}"
             lines.append(text)
     return lines
+
+
+def churn_lines(results: list[Result]) -> list[str]:
+    """W5 in one line per target: what the churn left on the replicas, and what it cost the
+    pool. The table's columns are about throughput; this is the soak's verdict."""
+    return [_churn_line(r) for r in results if r.workload == "W5"]
+
+
+def _churn_line(result: Result) -> str:
+    extra = result.extra
+    replicas = list(extra.get("per_replica", {}).items())
+    measured = [r for _, r in replicas if r["rss_growth_bytes"] is not None]
+    if measured:
+        growth = sum(r["rss_growth_bytes"] for r in measured)
+        churned = sum(r["churned"] for r in measured)
+        rss = f"RSS {growth / len(measured) / 2**20:+.2f} MiB/replica"
+        if churned:
+            rss += f" ({growth / churned:+,.0f} B/socket)"
+    else:
+        rss = "RSS not reported"
+    if extra.get("live_back") is None:
+        live = "not counted"
+    elif extra["live_back"]:
+        live = "yes"
+    else:
+        grown = [
+            f"{name} {kind} +{count}"
+            for name, r in replicas
+            for kind, count in (r["live_growth"] or {}).items()
+        ]
+        live = f"no ({', '.join(grown)})"
+    notes = []
+    if extra.get("connections_back") is False:
+        notes.append("connections not back")
+    if not extra.get("collected", True):
+        notes.append("no full collection seen: RSS includes garbage")
+    return (
+        f"W5 {result.target} churn: {extra['churned']:,} sockets ({extra['failed']} failed), "
+        f"{rss}, live objects back: {live}, "
+        f"lost {result.lost} dup {result.dup} reorder {result.reorder}"
+        + "".join(f"; {note}" for note in notes)
+    )
 
 
 def json_line(result: Result) -> str:

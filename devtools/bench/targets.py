@@ -49,6 +49,8 @@ class Target:
     can_push: bool = True
     can_batch: bool = True  # has POST /api/push/batch
     cluster: Cluster | None = None
+    # Each replica's own address (not HAProxy's), where /healthz answers in full: W5 reads it.
+    replica_urls: dict[str, str] = field(default_factory=dict)
 
     @property
     def pids(self) -> dict[str, int]:
@@ -57,26 +59,35 @@ class Target:
     def publisher(self, concurrency: int) -> Publisher:
         raise NotImplementedError
 
+    async def replica_health(self, name: str) -> dict[str, Any] | None:
+        """The replica's /healthz, asked directly: from this host and not through HAProxy, it
+        answers with its counters. None when the replica does not answer (W4 killed it)."""
+        url = self.replica_urls.get(name)
+        if url is None:
+            return None
+
+        def read() -> dict[str, Any] | None:
+            try:
+                with urlopen(f"{url}/healthz", timeout=2) as answer:
+                    return json.load(answer)  # type: ignore[no-any-return]
+            except (OSError, ValueError):
+                return None
+
+        return await asyncio.to_thread(read)
+
     async def write_counts(self) -> tuple[int, int] | None:
         """Socket writes of stream frames so far, and the frames that shared a write with
         another, summed over the replicas' /healthz counters; None where there are none."""
-        if self.cluster is None:
+        if not self.replica_urls:
             return None
-        cluster = self.cluster
-
-        def read() -> tuple[int, int] | None:
-            writes = coalesced = 0
-            for name in cluster.replica_names:
-                try:
-                    with urlopen(f"{cluster.replica_url(name)}/healthz", timeout=2) as answer:
-                        stats = json.load(answer)["stats"]
-                    writes += stats["socket_writes"]
-                    coalesced += stats["frames_coalesced"]
-                except (OSError, ValueError, KeyError):
-                    return None  # a replica down (W4), or one without these counters (stock)
-            return writes, coalesced
-
-        return await asyncio.to_thread(read)
+        writes = coalesced = 0
+        for name in self.replica_urls:
+            stats = ((await self.replica_health(name)) or {}).get("stats") or {}
+            if "socket_writes" not in stats:
+                return None  # a replica down (W4), or one without these counters (stock)
+            writes += stats["socket_writes"]
+            coalesced += stats["frames_coalesced"]
+        return writes, coalesced
 
     def stop(self) -> None:
         if self.cluster is not None:
@@ -210,6 +221,7 @@ def start_cluster(
         resumable=not stock,
         can_batch=not stock,
         cluster=cluster,
+        replica_urls={n: cluster.replica_url(n) for n in cluster.replica_names},
         base_url=cluster.url,
         token=token,
         replica_names=list(cluster.replica_names),
@@ -229,8 +241,10 @@ def external_cluster(url: str, *, clients: int, state: ClusterState | None) -> C
     _, token = api_token_issue(name=f"bench-{uuid.uuid4().hex[:8]}")
     parts = urlsplit(url)
     pids: dict[str, int] = {}
+    ports: dict[str, int] = {}
     if state and state.get("url") == f"{parts.scheme}://{parts.netloc}":
         pids = {p["name"]: p["pid"] for p in state["processes"] if p["pid"] is not None}
+        ports = {p["name"]: p["port"] for p in state["processes"]}
     replicas = sorted(n for n in pids if n not in ("redis", "haproxy")) or ["d1", "d2", "d3"]
     return ClusterTarget(
         name="ours",
@@ -239,6 +253,8 @@ def external_cluster(url: str, *, clients: int, state: ClusterState | None) -> C
         sessions=json.loads(out.getvalue()),
         replica_pids={n: p for n, p in pids.items() if n in replicas},
         other_pids={n: p for n, p in pids.items() if n in ("redis", "haproxy")},
+        # The runner binds every replica to 127.0.0.1 (devtools/cluster.py).
+        replica_urls={n: f"http://127.0.0.1:{ports[n]}" for n in replicas if n in ports},
         base_url=f"{parts.scheme}://{parts.netloc}",
         token=token,
         replica_names=replicas,

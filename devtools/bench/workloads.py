@@ -5,6 +5,9 @@ W1 fan-out        M broadcasts, as fast as the API accepts them; deliveries/s, l
 W2 push           M pushes to random users, unthrottled; pushes/s, latency, order
 W4 storm          kill the replica holding most clients while broadcasting; time until all
                   are back and resumed; nothing may be lost
+W5 churn          (only when named) short-lived sockets opened and closed, half without a close
+                  handshake, while the pool receives; each replica's RSS and live per-socket
+                  objects after a full collection, before and after: a soak for memory leaks
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ import itertools
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
-from devtools.bench.clients import ClientPool, wait_until
+from devtools.bench.clients import ClientPool, NoHello, open_briefly, wait_until
 from devtools.bench.procstat import CpuWindow, rss_bytes
 from devtools.bench.report import Progress, Result, percentiles
 from devtools.bench.targets import Publisher, PublishError, Target
+from devtools.bench.wire import HandshakeError
 
 # How long deliveries may trail the last publish before the rest count as lost.
 SETTLE_SECS = 30.0
@@ -392,3 +397,273 @@ async def storm(ctx: Context, *, timeout: float = 60.0) -> Result:
     )
     target.cluster.start_replica(victim)
     return result
+
+
+# --- W5 ----------------------------------------------------------------------------------------
+
+# Churn sockets of one user open at once. With the user's pool socket that is far below
+# MAX_SOCKETS_PER_USER (20 across the cluster), so no churn socket is refused for its user.
+CHURN_SOCKETS_PER_USER = 3
+# Churn sockets open or opening at once, whatever the pool's size: a bound for stalled
+# handshakes; a healthy cluster holds about rate x 1.2 s of them.
+CHURN_MAX_OPEN = 500
+CHURN_LIFETIME_SECS = (0.2, 2.0)
+# How often a replica's /healthz is read while waiting for a collection or for closes.
+HEALTH_POLL_SECS = 0.5
+# How long the last churn sockets' closes may take to reach their replicas' counts.
+CONNECTIONS_SETTLE_SECS = 30.0
+PUBLISH_ERRORS = (PublishError, OSError, asyncio.IncompleteReadError, TimeoutError)
+
+
+@dataclass
+class ReplicaReading:
+    """A replica's memory as its /healthz reported it; `collected`: right after one of its
+    timed full collections, so no garbage of closed sockets is left to count."""
+
+    rss: int | None
+    live: dict[str, int] | None  # per-socket objects alive, where the replica counts them
+    connections: int | None
+    collected: bool
+
+
+def _full_collections(health: dict[str, Any] | None) -> int | None:
+    stats = (health or {}).get("stats") or {}
+    count = stats.get("gc_full_collections")
+    return int(count) if count is not None else None
+
+
+async def read_after_full_collection(target: Target, name: str, gc_secs: int) -> ReplicaReading:
+    """Wait for the replica's next timed full collection, then read it. A replica without
+    timed collections (stock, or GC_FULL_COLLECT_SECS=0) is read at once: it has no moment
+    when its garbage is known to be gone."""
+    health = await target.replica_health(name)
+    first = _full_collections(health)
+    collected = False
+    if first is not None and gc_secs > 0:
+        deadline = time.monotonic() + 2 * gc_secs + 10
+        while not collected and time.monotonic() < deadline:
+            await asyncio.sleep(HEALTH_POLL_SECS)
+            health = await target.replica_health(name)
+            collected = (_full_collections(health) or 0) > first
+    health = health or {}
+    rss = health.get("rss_bytes")
+    if rss is None and name in target.replica_pids:
+        rss = rss_bytes(target.replica_pids[name])  # stock's /healthz does not tell
+    return ReplicaReading(rss, health.get("live_objects"), health.get("connections"), collected)
+
+
+async def read_replicas(target: Target, gc_secs: int) -> dict[str, ReplicaReading]:
+    """Every replica read after its next full collection, all waited for at once."""
+    names = list(target.replica_urls)
+    readings = await asyncio.gather(
+        *(read_after_full_collection(target, name, gc_secs) for name in names)
+    )
+    return dict(zip(names, readings, strict=True))
+
+
+async def connections_back(target: Target, before: dict[str, ReplicaReading]) -> bool | None:
+    """Wait until no replica holds more sockets than before the churn (the pool's share, and
+    anyone else's who stayed connected); None where /healthz does not count them (stock)."""
+    wanted = {name: r.connections for name, r in before.items() if r.connections is not None}
+    if not wanted:
+        return None
+    deadline = time.monotonic() + CONNECTIONS_SETTLE_SECS
+    while True:
+        now = [(await target.replica_health(name) or {}).get("connections") for name in wanted]
+        if all(n is not None and n <= count for n, count in zip(now, wanted.values(), strict=True)):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(HEALTH_POLL_SECS)
+
+
+async def paced(per_sec: float, until: float) -> AsyncIterator[int]:
+    """0, 1, 2… at `per_sec` until the monotonic time `until`. A late tick is made up by the
+    next ones for at most a second: after a longer stall, no burst to catch up."""
+    next_at = time.monotonic()
+    for n in itertools.count():
+        if (delay := next_at - time.monotonic()) > 0:
+            await asyncio.sleep(delay)
+        if time.monotonic() >= until:
+            return
+        yield n
+        next_at = max(next_at + 1 / per_sec, time.monotonic() - 1.0)
+
+
+class Churn:
+    """Short-lived sockets through HAProxy at a pace, logged in as the pool's users in turn."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.churned = self.failed = self.aborted = self.open_now = 0
+        self.landed: dict[str, int] = {}  # churn sockets per replica, as their hellos say
+        self.failures: list[str] = []
+        # Each user's session key CHURN_SOCKETS_PER_USER times, round-robin: a socket takes the
+        # next free one and gives it back once closed, which bounds one user's churn sockets and
+        # all of them together.
+        self.slots: asyncio.Queue[str] = asyncio.Queue()
+        keys = list(target.sessions.values()) * CHURN_SOCKETS_PER_USER
+        for key in keys[:CHURN_MAX_OPEN]:
+            self.slots.put_nowait(key)
+
+    async def run(self, *, per_sec: float, until: float) -> None:
+        """Open sockets at `per_sec` until `until`; return once the last has closed."""
+        living: set[asyncio.Task[None]] = set()
+        async for n in paced(per_sec, until):
+            if self.slots.empty():
+                try:  # every slot taken: handshakes are slow; the achieved rate shows it
+                    key = await asyncio.wait_for(self.slots.get(), until - time.monotonic())
+                except TimeoutError:
+                    continue  # the pace ends at `until`
+            else:
+                key = self.slots.get_nowait()
+            # Every other socket goes without a close handshake, as a crashed client's does.
+            task = asyncio.get_running_loop().create_task(self._one(key, abort=n % 2 == 1))
+            living.add(task)
+            task.add_done_callback(living.discard)
+        await asyncio.gather(*living)
+
+    async def _one(self, key: str, *, abort: bool) -> None:
+        self.open_now += 1
+        try:
+            replica = await open_briefly(
+                self.target.ws_url,
+                origin=self.target.origin,
+                session_key=key,
+                lifetime=random.uniform(*CHURN_LIFETIME_SECS),
+                abort=abort,
+            )
+        except (OSError, HandshakeError, NoHello, TimeoutError) as exc:
+            self.failed += 1
+            if len(self.failures) < 5:
+                self.failures.append(repr(exc)[:200])
+        else:
+            self.churned += 1
+            self.aborted += abort
+            self.landed[replica or "?"] = self.landed.get(replica or "?", 0) + 1
+        finally:
+            self.open_now -= 1
+            self.slots.put_nowait(key)
+
+
+async def publish_paced(
+    publisher: Publisher, *, per_sec: float, until: float, users: list[str]
+) -> tuple[dict[str, list[int]], list[str]]:
+    """`per_sec` broadcasts a second until `until`, and as many pushes to random users; each
+    call on a task of its own, so one slow answer delays no other (the publisher bounds the
+    requests in flight). The seqs per stream, and errors."""
+    seqs: dict[str, list[int]] = {}
+    errors: list[str] = []
+
+    async def one(call: Awaitable[tuple[str, int]]) -> None:
+        try:
+            stream, seq = await call
+        except PUBLISH_ERRORS as exc:
+            errors.append(repr(exc)[:200])
+            return
+        seqs.setdefault(stream, []).append(seq)
+
+    calls: list[asyncio.Task[None]] = []
+    if per_sec > 0:
+        loop = asyncio.get_running_loop()
+        async for n in paced(per_sec, until):
+            calls.append(loop.create_task(one(publisher.broadcast(n))))
+            if users:
+                calls.append(loop.create_task(one(publisher.push(n, random.choice(users)))))
+    await asyncio.gather(*calls)
+    return seqs, errors
+
+
+def live_growth(
+    before: dict[str, int] | None, after: dict[str, int] | None
+) -> dict[str, int] | None:
+    """The kinds of per-socket object more numerous after than before (empty: every count is
+    back); None where the replica does not count them."""
+    if before is None or after is None:
+        return None
+    return {kind: n - before.get(kind, 0) for kind, n in after.items() if n > before.get(kind, 0)}
+
+
+def replica_churn(landed: int, before: ReplicaReading, after: ReplicaReading) -> dict[str, Any]:
+    growth = None
+    if before.rss is not None and after.rss is not None:
+        growth = after.rss - before.rss
+    return {
+        "churned": landed,
+        "rss_growth_bytes": growth,
+        "bytes_per_socket": round(growth / landed) if growth is not None and landed else None,
+        "live_before": before.live,
+        "live_after": after.live,
+        "live_growth": live_growth(before.live, after.live),
+        "collected": before.collected and after.collected,
+    }
+
+
+async def churn(
+    ctx: Context, *, per_sec: float, secs: float, publish_per_sec: float, gc_secs: int
+) -> Result:
+    """W5. `gc_secs`: the replicas' GC_FULL_COLLECT_SECS, which bounds each wait for one."""
+    target, pool = ctx.target, ctx.pool
+    churner = Churn(target)
+    phase = "waiting for every replica's next full collection (before)"
+
+    def status() -> str:
+        return (
+            f"W5 {target.name}: {phase}; churned {churner.churned} (failed {churner.failed}, "
+            f"open {churner.open_now}), delivered {pool.delivered}"
+        )
+
+    pool.reset_counters()
+    async with ctx.progress.ticking(status):
+        before = await read_replicas(target, gc_secs)
+        cpu = ctx.cpu_window()
+        publisher = target.publisher(ctx.concurrency)
+        users = [client.username for client in pool.connected()] if target.can_push else []
+        phase = "churning"
+        until = time.monotonic() + secs
+        try:
+            (seqs, errors), _ = await asyncio.gather(
+                publish_paced(publisher, per_sec=publish_per_sec, until=until, users=users),
+                churner.run(per_sec=per_sec, until=until),
+            )
+        finally:
+            await publisher.close()
+        phase = "waiting for deliveries"
+        ranges = {stream: (min(s), max(s)) for stream, s in seqs.items()}
+        settled = await wait_until(caught_up(pool, ranges), timeout=SETTLE_SECS)
+        used = cpu.stop()
+        phase = "waiting for the churn sockets to be closed on the replicas"
+        back = await connections_back(target, before)
+        phase = "waiting for every replica's next full collection (after)"
+        after = await read_replicas(target, gc_secs)
+    per_replica = {
+        name: replica_churn(churner.landed.get(name, 0), before[name], after[name])
+        for name in before
+    }
+    growths = [r["live_growth"] for r in per_replica.values()]
+    lost, dup, reorder = order_counts(pool, ranges)
+    return ctx.result(
+        "W5",
+        sum(len(s) for s in seqs.values()),
+        secs,
+        churner.churned / secs,
+        "sock/s",
+        used,
+        deliveries=pool.delivered,
+        expected=_expected(pool, ranges),
+        lost=lost,
+        dup=dup,
+        reorder=reorder,
+        extra={
+            "churned": churner.churned,
+            "failed": churner.failed,
+            "aborted": churner.aborted,
+            "connections_back": back,
+            "live_back": None if None in growths else not any(growths),
+            "collected": all(r["collected"] for r in per_replica.values()),
+            "publish_errors": len(errors),
+            "settled": settled,
+            "per_replica": per_replica,
+            "failures": churner.failures,
+        },
+    )

@@ -1,9 +1,11 @@
-"""manage.py bench — measure the cluster: fan-out, pushes, connects, a reconnect storm.
+"""manage.py bench — measure the cluster: fan-out, pushes, connects, a reconnect storm, and
+(when named) a connection-churn soak.
 
 Starts a cluster with the one runner (or uses --url), opens N real WebSocket clients through
 HAProxy, runs the workloads (see devtools/bench/workloads.py), and prints progress on stderr,
-then a table and one JSON line per workload on stdout. --baseline stock and --limit measure
-the same workloads against stock Channels and a raw `websockets` server, as ratios.
+then a table (and W5's verdict line) and one JSON line per workload on stdout. --baseline
+stock and --limit measure the same workloads against stock Channels and a raw `websockets`
+server, as ratios.
 """
 
 from __future__ import annotations
@@ -19,17 +21,20 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from devtools.bench import workloads
 from devtools.bench.clients import ClientPool
-from devtools.bench.report import Progress, Result, json_line, ratios, table
+from devtools.bench.report import Progress, Result, churn_lines, json_line, ratios, table
 from devtools.bench.targets import Target, external_cluster, start_cluster, start_limit
 from devtools.cluster import read_state
 
 logger = logging.getLogger(__name__)
 
-WORKLOADS = ("W1", "W2", "W3", "W4")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
 
 
 class Command(BaseCommand):
-    help = "Benchmark the cluster: broadcast fan-out, pushes, connects and a reconnect storm."
+    help = (
+        "Benchmark the cluster: broadcast fan-out, pushes, connects, a reconnect storm and "
+        "(W5, when named) a connection-churn memory soak."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--clients", type=int, default=1000, help="WebSocket clients (N).")
@@ -38,7 +43,10 @@ class Command(BaseCommand):
         )
         parser.add_argument("--replicas", type=int, default=3)
         parser.add_argument(
-            "--workloads", default="W1,W2,W3,W4", help="Comma-separated, of W1..W4."
+            "--workloads",
+            default="W1,W2,W3,W4",
+            help="Comma-separated, of W1..W5. W5 (connection churn, a memory soak that waits for "
+            "the replicas' full collections) runs only when named.",
         )
         parser.add_argument(
             "--concurrency", type=int, default=4, help="Publish requests in flight."
@@ -65,6 +73,21 @@ class Command(BaseCommand):
         parser.add_argument(
             "--limit", action="store_true", help="Also measure a raw websockets server."
         )
+        parser.add_argument(
+            "--churn-rate",
+            type=float,
+            default=50.0,
+            help="W5: short-lived sockets opened per second, across the cluster.",
+        )
+        parser.add_argument(
+            "--churn-secs", type=float, default=60.0, help="W5: how long the churn runs."
+        )
+        parser.add_argument(
+            "--churn-publish-rate",
+            type=float,
+            default=10.0,
+            help="W5: broadcasts per second during the churn, and as many pushes to random users.",
+        )
         parser.add_argument("--var-dir", type=Path, default=settings.VAR_DIR / "bench")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -77,6 +100,10 @@ class Command(BaseCommand):
             raise CommandError(
                 "W4 kills a replica, so it needs a cluster the bench starts (drop --url)."
             )
+        if options["churn_rate"] <= 0 or options["churn_secs"] <= 0:
+            raise CommandError("--churn-rate and --churn-secs must be above 0.")
+        if options["churn_publish_rate"] < 0:
+            raise CommandError("--churn-publish-rate must be 0 or more.")
         names = (
             ["ours"]
             + (["stock"] if options["baseline"] else [])
@@ -90,7 +117,7 @@ class Command(BaseCommand):
             finally:
                 target.stop()
         self.stdout.write(table(results))
-        for line in ratios(results):
+        for line in ratios(results) + churn_lines(results):
             self.stdout.write(line)
         for result in results:
             self.stdout.write(json_line(result))
@@ -124,6 +151,11 @@ class Command(BaseCommand):
             sessions=target.sessions,
             resumable=target.resumable,
         )
+        if "W5" in wanted and target.name == "ours" and not target.replica_urls:
+            raise CommandError(
+                "W5 reads every replica's /healthz directly, not through HAProxy: with --url, "
+                "--cluster-dir must hold the runner's cluster.json for that cluster."
+            )
         ctx = workloads.Context(target, pool, Progress(), options["concurrency"])
         results = []
         try:
@@ -141,6 +173,20 @@ class Command(BaseCommand):
             if "W2" in wanted and target.can_push:
                 results.append(
                     await workloads.push(ctx, messages=messages, batch=options["push_batch"])
+                )
+            # Before W4, which kills a replica and starts another in its place.
+            if "W5" in wanted and target.replica_urls:
+                results.append(
+                    await workloads.churn(
+                        ctx,
+                        per_sec=options["churn_rate"],
+                        secs=options["churn_secs"],
+                        publish_per_sec=options["churn_publish_rate"],
+                        # The replicas' setting, which bounds each wait for a collection: the
+                        # ones the bench starts inherit this environment, and a --url cluster
+                        # shares it (`make up` from this checkout).
+                        gc_secs=settings.GC_FULL_COLLECT_SECS,
+                    )
                 )
             if "W4" in wanted and target.cluster is not None:
                 results.append(await workloads.storm(ctx))
