@@ -22,6 +22,7 @@ from realtime.asgi_types import ASGIApp, Receive, Scope, Send
 from realtime.broker import BrokerUnavailable
 from realtime.delivery.inbound import Inbound, own_streams, too_many_streams
 from realtime.delivery.session import Session
+from realtime.lifetimes import counted
 from realtime.protocol import InvalidFrame
 from realtime.selectors import StreamDenied, stream_check_readable
 from realtime.stats import replica_stats
@@ -30,6 +31,7 @@ from realtime.transport import sse
 logger = logging.getLogger(__name__)
 
 
+@counted
 class RealtimeConsumer:
     """The ASGI application behind /ws/ and /sse/ (realtime/routing.py), one per socket: the same
     session over a WebSocket or over Server-Sent Events (realtime/transport/sse.py), whose

@@ -18,7 +18,7 @@ from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
-from realtime import broker, groups, publish, transport
+from realtime import broker, groups, lifetimes, publish, transport
 from realtime.api import (
     ApiError,
     authenticate_publisher,
@@ -81,6 +81,9 @@ async def healthz(request: HttpRequest) -> JsonResponse:
             "connections": replica_stats.open_connections,
             "layer_subscribed": get_channel_layer().connected,  # type: ignore[union-attr]
             "rss_bytes": _rss_bytes(),
+            # Per-socket objects alive now (realtime/lifetimes.py): after sockets close and a
+            # full collection has run (stats.gc_full_collections), only open sockets' remain.
+            "live_objects": lifetimes.live_counts(),
             # What sockets write through: Daphne's fast path, or plain ASGI (realtime/transport/).
             "transport": transport.active_transport,
             "stats": replica_stats.as_dict(),

@@ -20,6 +20,7 @@ from django.conf import settings
 from realtime import broker, groups, protocol, publish, publish_hooks
 from realtime.broker import BrokerUnavailable
 from realtime.delivery.session import Session
+from realtime.lifetimes import counted
 from realtime.limits import SocketLimits
 from realtime.protocol import ClientFrame, InvalidFrame, Position
 from realtime.selectors import StreamDenied, stream_check_readable, stream_check_writable
@@ -45,6 +46,7 @@ def too_many_streams(stream: str) -> InvalidFrame:
     )
 
 
+@counted
 class Inbound:
     """The client → server half of one socket."""
 

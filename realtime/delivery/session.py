@@ -23,6 +23,7 @@ from realtime import access, broker, groups, presence, protocol, session_watch
 from realtime.broker import BrokerUnavailable
 from realtime.delivery.cursor import Cursor, Decision
 from realtime.delivery.marks import delivered_marks
+from realtime.lifetimes import counted
 from realtime.limits import SocketLimits
 from realtime.protocol import Position
 from realtime.stats import replica_stats
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 REPLAY_BATCH = 500
 
 
+@counted
 class Session:
     """A socket's delivery state. Made by the consumer once the socket is accepted."""
 
@@ -126,6 +128,10 @@ class Session:
         self.layer.remove_sink(self.channel_name)
         for stream in list(self.cursors):
             await self.leave(stream)
+        # The inbound half and the session point at each other: without this, a closed socket's
+        # whole object graph waits for a full garbage collection instead of being freed by
+        # reference counting when the consumer returns (docs/memory.md).
+        self.inbound = None
 
     async def close(self, code: int, reason: str = "") -> None:
         self.ready = False

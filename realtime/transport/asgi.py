@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from realtime.lifetimes import counted
 from realtime.transport import WithoutBacklog
 
 
+@counted
 class AsgiWriter(WithoutBacklog):
     __slots__ = ("closed", "send")
     name = "asgi"

@@ -28,6 +28,7 @@ from autobahn.exception import Disconnected
 from autobahn.websocket.protocol import PreparedMessage
 from django.conf import settings
 
+from realtime.lifetimes import counted
 from realtime.stats import replica_stats
 from realtime.transport import SocketClosed
 
@@ -235,6 +236,7 @@ def prepared(frame: str) -> PreparedMessage:
 _APP_CLOSE_CODES = range(3000, 5000)
 
 
+@counted
 class DaphneWriter:
     """SocketWriter over Daphne's protocol (see the module docstring)."""
 

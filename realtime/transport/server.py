@@ -39,14 +39,18 @@ import autobahn.util
 import autobahn.websocket.protocol
 import daphne.server
 from daphne.cli import CommandLineInterface
+from daphne.http_protocol import HTTPFactory, WebRequest
 from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
 from django.conf import settings
+from twisted.internet.defer import succeed
 from twisted.internet.task import LoopingCall
 
 from realtime import gc_policy, transport
+from realtime.lifetimes import counted
 from realtime.transport import daphne as fast_path
 
 
+@counted
 class LeanWebSocketProtocol(WebSocketProtocol):
     """Daphne's protocol; its factory sets the Autobahn options on this class (see below)."""
 
@@ -54,6 +58,32 @@ class LeanWebSocketProtocol(WebSocketProtocol):
     fanned_out_at: float | None = None
     # Set when direct_send left bytes in Twisted's buffer: only then is the backlog counted.
     behind = False
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        # Autobahn resolves `is_closed` with the protocol itself: protocol -> Deferred ->
+        # protocol, a cycle that kept every closed socket (its transport, request, consumer
+        # and session with it) until a full garbage collection. Nothing awaits it here.
+        self.is_closed = succeed(None)
+
+
+class UpgradedWebRequest(WebRequest):
+    """Daphne's HTTP request, which hands a WebSocket upgrade over to the protocol above."""
+
+    def process(self) -> None:
+        super().process()
+        if self.transport is None and self.channel is not None:
+            # Upgraded: the connection is the WebSocket protocol's now. The HTTP channel still
+            # lists this request and the request names the channel, a cycle only a full
+            # collection would free; the channel is not used again.
+            self.channel.requests.clear()
+
+
+class LeanHTTPFactory(HTTPFactory):
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        protocol.requestFactory = UpgradedWebRequest
+        return protocol
 
 
 class ClosingWebSocketFactory(WebSocketFactory):
@@ -91,6 +121,7 @@ def rendered_when_logged(render: Any) -> Any:
     return lambda value: WhenLogged(render, value)
 
 
+@counted
 class Inbox:
     """An application's input queue as Daphne uses it: put_nowait() from the server, get() from
     the one task that reads it. Unbounded, like the asyncio.Queue it replaces."""
@@ -155,6 +186,7 @@ class LeanServer(daphne.server.Server):
 
 def main() -> None:
     daphne.server.WebSocketFactory = ClosingWebSocketFactory
+    daphne.server.HTTPFactory = LeanHTTPFactory
     # In autobahn.websocket.protocol these two build debug log arguments only (on the server
     # side; the client's handshake and timing tracking, unused here, use pformat otherwise).
     # (Module globals it imported, not exported: hence setattr.)

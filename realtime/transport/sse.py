@@ -15,6 +15,7 @@ from typing import Any
 
 from django.conf import settings
 
+from realtime.lifetimes import counted
 from realtime.transport import WithoutBacklog
 
 # A comment line this often keeps proxies from closing a quiet stream (HAProxy's `timeout
@@ -34,6 +35,7 @@ async def heartbeat(writer: Any) -> None:
     await writer.heartbeat()
 
 
+@counted
 class SseWriter(WithoutBacklog):
     """SocketWriter over an HTTP response that never ends until the socket closes."""
 

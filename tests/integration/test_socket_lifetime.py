@@ -15,7 +15,7 @@ from django.contrib.auth.models import User
 from django.test import AsyncClient
 
 from chat.models import Room
-from realtime import presence, session_watch
+from realtime import lifetimes, presence, session_watch
 from realtime.consumers import RealtimeConsumer
 from realtime.delivery.inbound import Inbound
 from realtime.delivery.session import Session
@@ -87,4 +87,43 @@ async def test_sockets_opened_and_closed_cleanly_or_not_leave_nothing_alive(
     assert after == baseline, f"registries grew: {baseline} -> {after}"
     leftover = {kind.__name__: alive(kind) - count for kind, count in before.items()}
     assert leftover == {"Session": 0, "Inbound": 0, "AsgiWriter": 0}
+    await warm.disconnect()
+
+
+async def test_a_closed_sockets_objects_are_freed_by_reference_counting_alone(
+    layer: StreamChannelLayer,
+) -> None:
+    """No reference cycle holds a closed socket: its consumer, session, inbound half and writer
+    are freed the moment it ends, not at the next full garbage collection (which a replica runs
+    once a minute: until then every socket closed in that minute would hold its memory, and
+    the peak it makes is what fragments the heap; docs/memory.md). Counted with the cycle
+    collector off, by lifetimes.LIVE, which `__del__` keeps."""
+    await Room.objects.acreate(slug="churn", title="Churn")
+    user = await User.objects.acreate(username="refcounted")
+    client = AsyncClient()
+    await client.aforce_login(user)
+    key = client.session.session_key
+    warm = await open_one(user, key)
+    kinds = ("RealtimeConsumer", "Session", "Inbound", "AsgiWriter")
+    gc.collect()
+    before = {kind: lifetimes.LIVE[kind] for kind in kinds}
+    gc.disable()
+    try:
+        sockets = [await open_one(user, key) for _ in range(10)]
+        assert {kind: lifetimes.LIVE[kind] - before[kind] for kind in kinds} == dict.fromkeys(
+            kinds, 10
+        )
+        for n, communicator in enumerate(sockets):
+            if n % 2:
+                await communicator.disconnect()
+            else:
+                communicator.future.cancel()  # the server cancels it: the client vanished
+                with pytest.raises(asyncio.CancelledError):
+                    await communicator.future
+        await presence._settle()
+        del sockets, communicator
+        left = {kind: lifetimes.LIVE[kind] - before[kind] for kind in kinds}
+    finally:
+        gc.enable()
+    assert left == dict.fromkeys(kinds, 0), f"held by a reference cycle: {left}"
     await warm.disconnect()
