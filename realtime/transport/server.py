@@ -48,6 +48,7 @@ from twisted.internet.task import LoopingCall
 from realtime import gc_policy, transport
 from realtime.lifetimes import counted
 from realtime.transport import daphne as fast_path
+from realtime.transport import warm_up
 
 
 @counted
@@ -156,8 +157,10 @@ class LeanServer(daphne.server.Server):
         # of objects) lives as long as the process. Frozen, the garbage collector stops
         # scanning it: a full collection with 333 sockets took 50-170 ms, a stall that showed
         # as the p99 latency of pushes.
+        warm_up.import_lazy_modules()
         gc.collect()
         gc.freeze()
+        daphne.server.reactor.callWhenRunning(lambda: asyncio.ensure_future(warm_up.start_pools()))
         if settings.GC_FULL_COLLECT_SECS:
             gc_policy.take_over_full_collections()
             LoopingCall(gc_policy.collect_full).start(settings.GC_FULL_COLLECT_SECS, now=False)

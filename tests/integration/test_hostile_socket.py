@@ -22,6 +22,7 @@ from pytest_django.fixtures import Settings
 from chat.models import Room
 from realtime import broker, presence, publish, session_watch
 from realtime.consumers import RealtimeConsumer
+from realtime.delivery import inbound
 from realtime.delivery.inbound import Inbound
 from realtime.layer import StreamChannelLayer
 from realtime.stats import replica_stats
@@ -96,7 +97,7 @@ async def test_an_unexpected_exception_answers_internal_error_and_keeps_the_sock
     async def broken(self: Inbound, frame: Any) -> None:
         raise RuntimeError("a bug in a handler")
 
-    monkeypatch.setattr(Inbound, "on_ping", broken)
+    monkeypatch.setitem(inbound.HANDLERS, "ping", broken)
     witness, _ = await open_socket(a_user(WITNESS_ID, "witness"))
     socket, _ = await open_socket(a_user(902))
     await socket.send({"type": "ping", "id": "p1"})
