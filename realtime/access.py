@@ -33,7 +33,7 @@ from django.contrib.auth import get_user_model, user_logged_out
 from django.db.models.signals import post_delete, post_save, pre_save
 
 from realtime import groups
-from realtime.broker import BrokerUnavailable
+from realtime.broker import REDIS_FAILURES, BrokerUnavailable
 from realtime.protocol import CLOSE_UNAUTHORIZED
 from realtime.selectors import StreamDenied, stream_check_readable
 from realtime.session_watch import session_digest
@@ -61,7 +61,8 @@ async def recheck(
     sends = [layer.group_send(groups.group_for_stream(s), message) for s, message in messages]
     try:
         await asyncio.wait_for(asyncio.gather(*sends), timeout=settings.REDIS_TIMEOUT_SECS)
-    except (BrokerUnavailable, TimeoutError) as exc:
+    except (BrokerUnavailable, *REDIS_FAILURES) as exc:
+        # (REDIS_FAILURES: a channel layer other than ours, e.g. channels_redis, raises them raw.)
         logger.warning(
             "access change not sent to sockets (users=%s rooms=%s): %r", user_ids, room_slugs, exc
         )

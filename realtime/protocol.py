@@ -379,6 +379,11 @@ def _refuse_constant(name: str) -> Any:
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
+# One decoder for every parse: json.loads() with an option builds a decoder and its scanner per
+# call (and some of those outlived the call, scattered in the heap; docs/memory.md).
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def loads(text: str | bytes) -> Any:
     """Parse strict JSON from a client (frames, `?resume=`, API bodies, command arguments).
 
@@ -388,7 +393,9 @@ def loads(text: str | bytes) -> Any:
     surrogate.
     """
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        if isinstance(text, bytes):  # as json.loads takes bytes
+            text = text.decode(json.detect_encoding(text), "surrogatepass")
+        value = _DECODER.decode(text)
     except RecursionError:
         raise InvalidJson(f"JSON may nest at most {MAX_JSON_DEPTH} levels.") from None
     except InvalidJson:
