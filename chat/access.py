@@ -17,8 +17,10 @@ from realtime.access import recheck_sync
 from realtime.streams import StreamDenied
 
 
-def room_can_read(user: Any, key: str) -> None:
-    """Rooms the user may join: public ones, private ones they belong to (any, for staff)."""
+def room_can_read(user: Any, stream: str) -> bool:
+    """Rooms the user may join: public ones, private ones they belong to (any, for staff). A
+    member may also publish to the room's stream (lines and typing: chat/services.py)."""
+    key = stream.partition(":")[2]
     room = Room.objects.filter(slug=key).first()
     if room is None or (
         room.is_private and not user.is_staff and not room.members.filter(pk=user.pk).exists()
@@ -29,6 +31,7 @@ def room_can_read(user: Any, key: str) -> None:
             "unknown_room",
             f"There is no room {key!r} that you may join; a private room's members can add you.",
         )
+    return True
 
 
 def _room_about_to_change(sender: Any, instance: Room, **kwargs: Any) -> None:

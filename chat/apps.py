@@ -10,9 +10,12 @@ class ChatConfig(AppConfig):
         from chat.access import connect_signals, room_can_read
         from chat.services import ChatPublishHook
         from realtime import publish_hooks, streams
+        from realtime.groups import ROOM_SLUG_RE
 
         # room:<slug> streams are the chat's rooms: it decides who reads them, and what a
         # socket's publish to one means (a line to store, or typing).
-        streams.register("room", room_can_read)
+        streams.register(
+            "room", key=ROOM_SLUG_RE.pattern, can_read=room_can_read, can_publish=room_can_read
+        )
         publish_hooks.register(ChatPublishHook())
         connect_signals()

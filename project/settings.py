@@ -341,3 +341,8 @@ LOGGING: dict[str, Any] = {
         "axes": {"level": "WARNING"},
     },
 }
+
+# A project's own stream kinds (realtime/streams.py): {"order": {"key": r"[0-9]{1,18}",
+# "can_read": "shop.realtime.can_watch_order", "can_publish": "…"}}; apps may also register
+# theirs in AppConfig.ready() (the chat registers room:<slug>).
+SWITCHBOARD_STREAM_KINDS: dict[str, dict[str, str]] = {}

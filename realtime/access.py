@@ -44,19 +44,25 @@ RECHECK = "rt.recheck"
 
 
 async def recheck(
-    *, user_ids: Sequence[int] = (), room_slugs: Sequence[str] = (), ended_session: str = ""
+    *,
+    user_ids: Sequence[int] = (),
+    room_slugs: Sequence[str] = (),
+    streams: Sequence[str] = (),
+    ended_session: str = "",
 ) -> None:
-    """Tell the sockets of these users (all their streams) and of these rooms to check again.
-    With `ended_session` (a session key), the users' sockets opened with it close instead."""
+    """Tell the sockets of these users (all their streams), and those reading these streams (or
+    rooms), to check their access again and leave what they may no longer read: call it when
+    a permission changes (`streams=["order:42"]` for a project's own kind). With
+    `ended_session` (a session key), the users' sockets opened with it close instead."""
     layer: Any = get_channel_layer()
     user_event = (
         {"type": RECHECK, "ended_session": session_digest(ended_session)}
         if ended_session
         else {"type": RECHECK}
     )
+    streams = [*streams, *(groups.room_stream(slug) for slug in room_slugs)]
     messages = [(groups.user_stream(uid), user_event) for uid in user_ids] + [
-        (groups.room_stream(slug), {"type": RECHECK, "stream": groups.room_stream(slug)})
-        for slug in room_slugs
+        (stream, {"type": RECHECK, "stream": stream}) for stream in streams
     ]
     sends = [layer.group_send(groups.group_for_stream(s), message) for s, message in messages]
     try:
@@ -64,7 +70,7 @@ async def recheck(
     except (BrokerUnavailable, *REDIS_FAILURES) as exc:
         # (REDIS_FAILURES: a channel layer other than ours, e.g. channels_redis, raises them raw.)
         logger.warning(
-            "access change not sent to sockets (users=%s rooms=%s): %r", user_ids, room_slugs, exc
+            "access change not sent to sockets (users=%s streams=%s): %r", user_ids, streams, exc
         )
 
 

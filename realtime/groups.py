@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from realtime import streams
+
 BROADCAST_STREAM = "broadcast"
 BROADCAST_GROUP = "broadcast"
 # Each replica's stats, about once a second (ops/reports.py); read by staff only, on the
@@ -23,8 +25,9 @@ ROOM_SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,49}")
 # User ids: positive, no leading zero, at most 18 digits (a bigint; 5000 digits overran
 # int()'s digit limit and answered HTTP 500).
 USER_ID_RE = re.compile(r"[1-9][0-9]{0,17}")
-# Longer than any name above: refused before any pattern runs.
-MAX_STREAM_CHARS = 60
+# Longer than any name (a kind of 20 characters, a key of 50 and the colon): refused before
+# any pattern runs.
+MAX_STREAM_CHARS = 71
 
 
 class InvalidStreamName(ValueError):
@@ -59,11 +62,14 @@ def group_for_stream(stream: str) -> str:
     if sep and len(stream) <= MAX_STREAM_CHARS:
         if kind == "user" and USER_ID_RE.fullmatch(key):
             return user_group(int(key))
-        if kind == "room" and ROOM_SLUG_RE.fullmatch(key):
-            return room_group(key)
+        # An app's kind (realtime/streams.py): room:<slug> is the chat's.
+        if streams.kind_of(stream) is not None:
+            return f"{kind}.{key}"
+    kinds = ", ".join(f"'{name}:<key>'" for name in streams.registered())
     raise InvalidStreamName(
-        f"{stream[:MAX_STREAM_CHARS]!r} is not a stream: use 'user:<id>', 'room:<slug>' "
-        "(lower-case letters, digits and hyphens, at most 50), 'broadcast' or 'ops'."
+        f"{stream[:MAX_STREAM_CHARS]!r} is not a stream: use 'user:<id>', 'broadcast', 'ops'"
+        + (f" or {kinds} with a key the kind allows" if kinds else "")
+        + "."
     )
 
 

@@ -176,7 +176,7 @@ SERVER_FRAMES: Mapping[str, FrameSpec] = {
         "ephemeral (no seq, no history; only with ?ephemeral=1)",
     ),
     "push": _envelope_spec("on a user stream, user:<id>"),
-    "message": _envelope_spec("on a room stream, room:<slug>"),
+    "message": _envelope_spec("on a room stream, room:<slug>, or an app's own kind (streams.py)"),
     "broadcast": _envelope_spec("on the broadcast stream, to every socket"),
     "ops": _envelope_spec("the replicas' stats, on the staff-only ops stream"),
 }

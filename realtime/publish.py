@@ -70,13 +70,14 @@ def check_payload(payload: Any) -> None:
 
 
 # Envelope types by stream kind: what a client switches on.
-_KINDS = {"user": "push", "room": "message", "broadcast": "broadcast", "ops": "ops"}
+# The frame type per stream kind; "*": an app's kinds (room:, a project's own).
+_KINDS = {"user": "push", "broadcast": "broadcast", "ops": "ops", "*": "message"}
 
 
 async def publish(
     *, stream: str, payload: Any, sender: str | None = None, idempotency: str | None = None
 ) -> PublishResult:
-    """Publish `payload` to `stream` (user:<id>, room:<slug> or broadcast).
+    """Publish `payload` to `stream` (user:<id>, broadcast, room:<slug> or a registered kind's).
 
     `idempotency` is a key already scoped to its publisher (see `idempotency_key`): a
     repeated key publishes nothing and returns the first publish's seq, so retries are safe.
@@ -86,7 +87,7 @@ async def publish(
     origin = settings.REPLICA_ID
     message_id = uuid.uuid4().hex
     envelope = protocol.envelope(
-        kind=_KINDS[stream.partition(":")[0]],
+        kind=_KINDS.get(stream.partition(":")[0]) or _KINDS["*"],
         stream=stream,
         message_id=message_id,
         payload=payload,

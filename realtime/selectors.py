@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Awaitable
+
+from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 
@@ -32,8 +36,8 @@ def user_ids_by_username(*, usernames: set[str]) -> dict[str, int]:
 
 def stream_check_readable(*, user: User, stream: str) -> None:
     """Raise StreamDenied unless `user` may read `stream`: their own user stream, broadcast,
-    (staff only) the replicas' ops stream, and what the app owning the stream's kind allows
-    (rooms they may join: realtime/streams.py)."""
+    (staff only) the replicas' ops stream, and what the check registered for the stream's kind
+    allows (rooms they may join, a project's own kinds: realtime/streams.py)."""
     try:
         group_for_stream(stream)
     except InvalidStreamName as exc:
@@ -51,20 +55,40 @@ def stream_check_readable(*, user: User, stream: str) -> None:
                 "forbidden_stream", f"You may read only your own user stream, user:{user.pk}."
             )
         return
-    can_read = streams.reader(kind)
-    if can_read is None:
-        raise StreamDenied("bad_stream", f"No app here serves {kind!r} streams.")
-    # An app's kind (room: the chat, chat/access.py): its rows decide.
-    can_read(user, key)
+    registered = streams.kind_of(stream)
+    assert registered is not None  # group_for_stream() knows only registered kinds
+    if not _allowed(registered[0].can_read, user, stream):
+        raise StreamDenied("forbidden_stream", f"You may not read {stream}.")
 
 
 def stream_check_writable(*, user: User, stream: str) -> None:
-    """Raise StreamDenied unless `user` may publish to `stream` from a socket: rooms they may
-    read; broadcast for staff; never a user stream (those are for the server to push)."""
+    """Raise StreamDenied unless `user` may publish to `stream` from a socket: broadcast for
+    staff; never a user stream (those are for the server to push) nor ops; a kind's streams
+    when its `can_publish` allows (and its `can_read`: one cannot write what one may not read;
+    a kind without `can_publish` takes no publishes from sockets)."""
     stream_check_readable(user=user, stream=stream)
     if stream.startswith("user:"):
         raise StreamDenied("forbidden_stream", "User streams take pushes from the server only.")
     if stream == "ops":
         raise StreamDenied("forbidden_stream", "Only the replicas publish to the ops stream.")
-    if stream == "broadcast" and not user.is_staff:
-        raise StreamDenied("forbidden_stream", "Only staff may broadcast.")
+    if stream == "broadcast":
+        if not user.is_staff:
+            raise StreamDenied("forbidden_stream", "Only staff may broadcast.")
+        return
+    registered = streams.kind_of(stream)
+    assert registered is not None
+    can_publish = registered[0].can_publish
+    if can_publish is None or not _allowed(can_publish, user, stream):
+        raise StreamDenied("forbidden_stream", f"You may not publish to {stream}.")
+
+
+def _allowed(check: streams.Check, user: User, stream: str) -> bool:
+    """Run a kind's check, sync or async (from sync code: the event loop runs an async one)."""
+    answer = check(user, stream)
+    if inspect.isawaitable(answer):
+        answer = async_to_sync(_awaited)(answer)
+    return answer is True
+
+
+async def _awaited(answer: Awaitable[bool]) -> bool:
+    return await answer

@@ -13,7 +13,11 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--stream", required=True, help="user:<id>, room:<slug> or broadcast.")
+        parser.add_argument(
+            "--stream",
+            required=True,
+            help="user:<id>, broadcast, room:<slug> or a registered kind's <kind>:<key>.",
+        )
         parser.add_argument(
             "--idempotency-key",
             help="Your unique id for this message: running again with it publishes nothing new.",
