@@ -22,7 +22,8 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from django.db import transaction
 
-from realtime import groups, publish as publishing
+from realtime import groups
+from realtime import publish as publishing
 from realtime.publish import PublishResult
 
 logger = logging.getLogger(__name__)
