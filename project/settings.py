@@ -346,3 +346,10 @@ LOGGING: dict[str, Any] = {
 # "can_read": "shop.realtime.can_watch_order", "can_publish": "…"}}; apps may also register
 # theirs in AppConfig.ready() (the chat registers room:<slug>).
 SWITCHBOARD_STREAM_KINDS: dict[str, dict[str, str]] = {}
+
+# Connection tokens (realtime/connect_tokens.py): how long one is valid, the key it is signed
+# with (empty: derived from SECRET_KEY) and the origins besides this site's own that may open a
+# socket with one (a client with no Origin header, not a browser, always may).
+CONNECT_TOKEN_TTL_SECS = env_int("CONNECT_TOKEN_TTL_SECS", 300, minimum=10)
+CONNECT_TOKEN_KEY = env_str("CONNECT_TOKEN_KEY", "")
+CONNECT_TOKEN_ORIGINS = env_list("CONNECT_TOKEN_ORIGINS", [])

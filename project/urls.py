@@ -17,6 +17,7 @@ urlpatterns = [
     path("api/push/batch", views.api_push_batch, name="api-push-batch"),
     path("api/broadcast", views.api_broadcast, name="api-broadcast"),
     path("api/publish", views.api_publish, name="api-publish"),
+    path("api/connect-token", views.api_connect_token, name="api-connect-token"),
     path("lab/", lab_views.lab_page, name="lab"),
     # /lab/nosticky/...: the same views; HAProxy routes them ignoring the SERVERID cookie.
     re_path(r"^lab/(?:nosticky/)?(?P<way>http|direct|relay)$", lab_views.lab_send, name="lab-send"),

@@ -15,7 +15,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 
 from realtime import protocol
-from realtime.selectors import api_token_authenticate
+from realtime.selectors import api_token_authenticate, user_get_by_username
 from realtime.services import token_digest
 
 # 1 MiB: a batch of messages fits; anything larger is refused before it is parsed.
@@ -117,3 +117,29 @@ async def authenticate_publisher(request: HttpRequest) -> str:
             403, "csrf_failed", "Send the CSRF token in the X-CSRFToken header with session auth."
         )
     return f"staff:{user.get_username()}"
+
+
+async def connect_token_subject(request: HttpRequest, body: dict[str, Any]) -> Any:
+    """Whom a connection token is for: with an API token, the active user `body["user"]` names
+    (a service opening sockets for its users); with a session, its own logged-in user (CSRF
+    checked, as for any session POST). ApiError otherwise."""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        await authenticate_publisher(request)  # a valid API token, or ApiError
+        username = body.get("user")
+        if not isinstance(username, str) or not username:
+            raise ApiError(400, "bad_user", 'Name the token\'s user: {"user": "<username>"}.')
+        named = await database_sync_to_async(user_get_by_username)(username=username)
+        if named is None:
+            raise ApiError(404, "unknown_user", f"No active user {username[:150]!r}.")
+        return named
+    user = await request.auser()
+    if not user.is_authenticated:
+        raise ApiError(401, "not_authenticated", "Log in, or send 'Authorization: Bearer <token>'.")
+    if _csrf_failure(request):
+        raise ApiError(
+            403, "csrf_failed", "Send the CSRF token in the X-CSRFToken header with session auth."
+        )
+    if body.get("user") not in (None, user.get_username()):
+        raise ApiError(403, "forbidden", "A session gets tokens for its own user only.")
+    return user

@@ -20,7 +20,12 @@ from django.conf import settings
 from realtime import broker, presence, protocol, session_watch, transport
 from realtime.asgi_types import ASGIApp, Receive, Scope, Send
 from realtime.broker import BrokerUnavailable
-from realtime.delivery.inbound import Inbound, own_streams, too_many_streams
+from realtime.delivery.inbound import (
+    Inbound,
+    check_token_scope,
+    own_streams,
+    too_many_streams,
+)
 from realtime.delivery.session import Session
 from realtime.lifetimes import counted
 from realtime.protocol import InvalidFrame
@@ -83,6 +88,16 @@ class RealtimeConsumer:
         """Accept the socket with its streams placed, or refuse it with a code and a reason."""
         user = scope["user"]
         if not user.is_authenticated:
+            # A refused connection token says why (realtime/connect_tokens.py).
+            token_error = scope.get("token_error")
+            if token_error:
+                await _refuse(
+                    writer,
+                    code="bad_token",
+                    message=token_error,
+                    close_code=protocol.CLOSE_UNAUTHORIZED,
+                )
+                return None
             await _refuse(
                 writer,
                 code="unauthorized",
@@ -103,6 +118,7 @@ class RealtimeConsumer:
                 continue
             try:
                 if stream not in own:
+                    check_token_scope(scope.get("token_streams"), stream, own)
                     await database_sync_to_async(stream_check_readable)(user=user, stream=stream)
                 allowed.append(stream)
             except StreamDenied as exc:
@@ -117,6 +133,7 @@ class RealtimeConsumer:
         # The session's proof of the password it was made with (as Django checks it per
         # request): a password change since then ends this socket too (access.recheck_socket).
         session.auth_hash = user.get_session_auth_hash()
+        session.token_streams = scope.get("token_streams")
         layer.add_sink(channel, session)
         try:
             if not await _admitted(user, presence_.conn):

@@ -187,8 +187,8 @@ CLOSE_CODES: Mapping[int, CloseCode] = {
         "consumer",
         CloseAction.STOP,
         "not logged in, or the login ended (logout, session deleted or expired, password "
-        "changed, deactivated); an error frame (unauthorized, session_ended or access_revoked) "
-        "comes first",
+        "changed, deactivated) or a bad connection token; an error frame (unauthorized, "
+        "bad_token, session_ended or access_revoked) comes first",
     ),
     4429: CloseCode(
         "too_many_sockets",
@@ -313,6 +313,11 @@ ERROR_CODES: Mapping[str, ErrorCode] = {
     ),
     # The login and the socket
     "unauthorized": ErrorCode(ErrorAction.NOTICE, "not logged in; close 4401 follows"),
+    "bad_token": ErrorCode(
+        ErrorAction.NOTICE,
+        "the connection token is expired, tampered with or not ours (the message says which); "
+        "close 4401 follows: get a new token",
+    ),
     "session_ended": ErrorCode(
         ErrorAction.NOTICE, "the login session ended (logout, expiry); close 4401 follows"
     ),

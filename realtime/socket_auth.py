@@ -23,10 +23,11 @@ from collections.abc import Mapping, Sequence
 from importlib import import_module
 from types import MappingProxyType
 from typing import Any, cast
+from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.contrib.auth import get_user
+from django.contrib.auth import get_user, get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.contrib.sessions.backends.base import SessionBase
@@ -36,6 +37,7 @@ from django.http import HttpRequest, parse_cookie
 from django.http.request import split_domain_port, validate_host
 from django.urls import URLPattern
 
+from realtime import connect_tokens
 from realtime.asgi_types import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ class SocketAuthMiddleware:
             header = proxy_ssl[0].removeprefix("HTTP_").replace("_", "-").lower()
             self.proxy_ssl_header = (header.encode(), proxy_ssl[1].encode())
         self.session_store: type[SessionBase] = import_module(settings.SESSION_ENGINE).SessionStore
+        self.token_origins = {origin.lower() for origin in settings.CONNECT_TOKEN_ORIGINS}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -112,9 +115,19 @@ class SocketAuthMiddleware:
                 host = value
             elif self.proxy_ssl_header is not None and name == self.proxy_ssl_header[0]:
                 secure = value == self.proxy_ssl_header[1]
-        if (origin is not None or origin_required) and not self._origin_allowed(
-            origin, host, secure=secure
-        ):
+        token = _query_value(scope.get("query_string", b""), "token")
+        if token is not None:
+            # A connection token: also from the origins listed for tokens, or from no browser
+            # at all (a browser always sends Origin; a cookie is not what authenticates here).
+            origin_ok = origin is None or (
+                origin.decode("latin1").lower() in self.token_origins
+                or self._origin_allowed(origin, host, secure=secure)
+            )
+        else:
+            origin_ok = (origin is None and not origin_required) or self._origin_allowed(
+                origin, host, secure=secure
+            )
+        if not origin_ok:
             logger.info("socket refused: origin %r is not this site's (host %r)", origin, host)
             await deny(receive, send)
             return
@@ -124,6 +137,9 @@ class SocketAuthMiddleware:
             await deny(receive, send)
             return
         app, url_route = route
+        if token is not None:
+            await app({**scope, **await _token_login(token), "url_route": url_route}, receive, send)
+            return
         # This frame lives as long as the socket: the parsed cookies die in _user, not here.
         user, session_key = await self._user(cookie)
         await app(
@@ -177,6 +193,32 @@ class SocketAuthMiddleware:
                 url_route = {"args": args, "kwargs": kwargs} if args or kwargs else _NO_ROUTE_ARGS
                 return route.callback, url_route
         return None
+
+
+def _query_value(query_string: bytes, name: str) -> str | None:
+    """One parameter of the query string (the last if repeated), or None."""
+    values = parse_qs(query_string.decode("latin1"), keep_blank_values=True).get(name)
+    return values[-1] if values else None
+
+
+async def _token_login(token: str) -> dict[str, Any]:
+    """The scope entries for a socket opened with a connection token: its user (anonymous,
+    with the reason, when the token or its user is refused) and the streams it may read."""
+    try:
+        claims = connect_tokens.verify(token)
+    except connect_tokens.BadToken as exc:
+        logger.info("socket token refused: %s", exc)
+        return {"user": AnonymousUser(), "session_key": None, "token_error": str(exc)}
+    user = (
+        await get_user_model()._default_manager.filter(pk=claims.user_id, is_active=True).afirst()
+    )
+    if user is None:
+        return {
+            "user": AnonymousUser(),
+            "session_key": None,
+            "token_error": "The connection token's user does not exist or is deactivated.",
+        }
+    return {"user": user, "session_key": None, "token_streams": claims.streams}
 
 
 async def _http_refusal(send: Send, status: int, text: bytes) -> None:

@@ -18,10 +18,11 @@ from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
-from realtime import broker, groups, lifetimes, publish, transport
+from realtime import broker, connect_tokens, groups, lifetimes, publish, transport
 from realtime.api import (
     ApiError,
     authenticate_publisher,
+    connect_token_subject,
     error_response,
     ok_response,
     parse_json_object,
@@ -255,6 +256,36 @@ async def api_broadcast(request: HttpRequest) -> JsonResponse:
         return await _publish_answer(
             request, publisher, stream=groups.BROADCAST_STREAM, payload=payload
         )
+
+    return await _answer(handle)
+
+
+@csrf_exempt  # checked in connect_token_subject for session callers
+@require_POST
+async def api_connect_token(request: HttpRequest) -> JsonResponse:
+    """POST {"user"?: <username, with an API token>, "streams"?: [<stream>, …]}: a short-lived
+    token for /ws/?token=… and /sse/?token=… (realtime/connect_tokens.py)."""
+
+    async def handle() -> JsonResponse:
+        body = parse_json_object(request) if request.body else {}
+        user = await connect_token_subject(request, body)
+        wanted = body.get("streams")
+        if wanted is not None:
+            if not isinstance(wanted, list) or not all(isinstance(s, str) for s in wanted):
+                raise ApiError(400, "bad_streams", "'streams' must be a list of stream names.")
+            if len(wanted) > settings.MAX_STREAMS_PER_SOCKET:
+                raise ApiError(
+                    400,
+                    "bad_streams",
+                    f"At most {settings.MAX_STREAMS_PER_SOCKET} streams per token.",
+                )
+            for stream in wanted:
+                try:
+                    groups.group_for_stream(stream)
+                except groups.InvalidStreamName as exc:
+                    raise ApiError(400, "bad_stream", str(exc)) from None
+        token, expires = connect_tokens.issue(user, streams=wanted)
+        return ok_response({"token": token, "expires_at": expires, "user": user.get_username()})
 
     return await _answer(handle)
 

@@ -182,6 +182,7 @@ class Inbound:
 
     async def _subscribe_one(self, stream: str, position: Position | None) -> None:
         session = self.session
+        check_token_scope(session.token_streams, stream, own_streams(session.user))
         await database_sync_to_async(stream_check_readable)(user=session.user, stream=stream)
         cursor = session.cursors.get(stream)
         if cursor is not None:
@@ -277,6 +278,15 @@ class Inbound:
 # Frame type -> its handler, looked up once: a name built per frame for getattr() would also
 # sit in CPython's type attribute cache for good, one more small object pinning heap memory.
 HANDLERS = {kind: getattr(Inbound, f"on_{kind}") for kind in protocol.CLIENT_FRAMES}
+
+
+def check_token_scope(token_streams: frozenset[str] | None, stream: str, own: list[str]) -> None:
+    """A socket opened with a connection token that lists streams reads only those, and its
+    own (realtime/connect_tokens.py); StreamDenied otherwise."""
+    if token_streams is not None and stream not in token_streams and stream not in own:
+        raise StreamDenied(
+            "forbidden_stream", f"Your connection token does not include {stream[:80]}."
+        )
 
 
 def own_streams(user: Any) -> list[str]:

@@ -44,7 +44,8 @@ class Session:
     # One per socket, so no __dict__ (about 1 KiB a socket saved).
     __slots__ = (
         "_limits", "auth_hash", "channel_name", "cursors", "dirty", "inbound", "layer",
-        "presence", "queue", "ready", "released", "session_digest", "task", "user", "writer",
+        "presence", "queue", "ready", "released", "session_digest", "task", "token_streams",
+        "user", "writer",
     )  # fmt: skip
     # Layer messages for this socket, by type: the method that takes each (in queue order).
     LAYER_HANDLERS = {
@@ -76,6 +77,8 @@ class Session:
         self.released = False
         self.session_digest: str | None = None
         self.auth_hash = ""  # the login's password proof when the socket opened (access.py)
+        # Opened with a connection token that names its streams: only those (and its own).
+        self.token_streams: frozenset[str] | None = None
         # Made on the first frame from the client or the first replay: most sockets only listen.
         self._limits: SocketLimits | None = None
         # The client's frames that arrive through the layer (SSE's POSTs): set by the consumer.
