@@ -18,6 +18,9 @@ urlpatterns = [
     path("api/broadcast", views.api_broadcast, name="api-broadcast"),
     path("api/publish", views.api_publish, name="api-publish"),
     path("api/connect-token", views.api_connect_token, name="api-connect-token"),
+    path("api/kick", views.api_kick, name="api-kick"),
+    path("api/unsubscribe", views.api_unsubscribe, name="api-unsubscribe"),
+    path("api/history", views.api_history, name="api-history"),
     path("lab/", lab_views.lab_page, name="lab"),
     # /lab/nosticky/...: the same views; HAProxy routes them ignoring the SERVERID cookie.
     re_path(r"^lab/(?:nosticky/)?(?P<way>http|direct|relay)$", lab_views.lab_send, name="lab-send"),

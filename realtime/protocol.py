@@ -131,7 +131,8 @@ SERVER_FRAMES: Mapping[str, FrameSpec] = {
     "subscribed": FrameSpec(
         ("stream", "epoch", "seq"), (), Handling.STATE, "a subscribe without from: the head"
     ),
-    "unsubscribed": FrameSpec(("stream",), ("id",), Handling.EVENT),
+    # by: "server" when the server API took the stream away (realtime/control.py).
+    "unsubscribed": FrameSpec(("stream",), ("id", "by"), Handling.EVENT),
     "resumed": FrameSpec(
         ("stream", "recovered", "reason", "epoch", "seq", "replayed"),
         (),
@@ -187,8 +188,8 @@ CLOSE_CODES: Mapping[int, CloseCode] = {
         "consumer",
         CloseAction.STOP,
         "not logged in, or the login ended (logout, session deleted or expired, password "
-        "changed, deactivated) or a bad connection token; an error frame (unauthorized, "
-        "bad_token, session_ended or access_revoked) comes first",
+        "changed, deactivated), a bad connection token or a kick; an error frame (unauthorized, "
+        "bad_token, kicked, session_ended or access_revoked) comes first",
     ),
     4429: CloseCode(
         "too_many_sockets",
@@ -313,6 +314,10 @@ ERROR_CODES: Mapping[str, ErrorCode] = {
     ),
     # The login and the socket
     "unauthorized": ErrorCode(ErrorAction.NOTICE, "not logged in; close 4401 follows"),
+    "kicked": ErrorCode(
+        ErrorAction.NOTICE,
+        "a service ended this user's sockets (the message is its reason); close 4401 follows",
+    ),
     "bad_token": ErrorCode(
         ErrorAction.NOTICE,
         "the connection token is expired, tampered with or not ours (the message says which); "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -18,7 +19,7 @@ from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
-from realtime import broker, connect_tokens, groups, lifetimes, publish, transport
+from realtime import broker, connect_tokens, control, groups, lifetimes, publish, transport
 from realtime.api import (
     ApiError,
     authenticate_publisher,
@@ -32,6 +33,9 @@ from realtime.selectors import user_get_by_username, user_ids_by_username
 from realtime.stats import replica_stats
 
 logger = logging.getLogger(__name__)
+
+# The most messages one GET /api/history answers (page with `after`).
+HISTORY_PAGE_MAX = 500
 
 # A health check must answer well within HAProxy's check timeout even when Redis hangs.
 HEALTH_REDIS_TIMEOUT_SECS = 0.5
@@ -288,6 +292,85 @@ async def api_connect_token(request: HttpRequest) -> JsonResponse:
         return ok_response({"token": token, "expires_at": expires, "user": user.get_username()})
 
     return await _answer(handle)
+
+
+@csrf_exempt  # checked in authenticate_publisher for session callers
+@require_POST
+async def api_kick(request: HttpRequest) -> JsonResponse:
+    """POST {"user": <username>, "reason": <what the client is told>}: close all their sockets."""
+
+    async def handle() -> JsonResponse:
+        await authenticate_publisher(request)
+        body = parse_json_object(request)
+        user_id = await _user_id_named(body.get("user"))
+        reason = body.get("reason", "")
+        if not isinstance(reason, str):
+            raise ApiError(400, "bad_reason", "'reason' must be a string.")
+        await control.kick(user_id=user_id, reason=reason)
+        return ok_response({"user": body["user"]})
+
+    return await _answer(handle)
+
+
+@csrf_exempt  # checked in authenticate_publisher for session callers
+@require_POST
+async def api_unsubscribe(request: HttpRequest) -> JsonResponse:
+    """POST {"user": <username>, "stream": <stream>}: take the stream off their sockets."""
+
+    async def handle() -> JsonResponse:
+        await authenticate_publisher(request)
+        body = parse_json_object(request)
+        user_id = await _user_id_named(body.get("user"))
+        stream = body.get("stream")
+        if not isinstance(stream, str):
+            raise ApiError(400, "bad_stream", "'stream' must be a stream name.")
+        try:
+            await control.unsubscribe(user_id=user_id, stream=stream)
+        except groups.InvalidStreamName as exc:
+            raise ApiError(400, "bad_stream", str(exc)) from None
+        return ok_response({"user": body["user"], "stream": stream})
+
+    return await _answer(handle)
+
+
+@require_GET
+async def api_history(request: HttpRequest) -> JsonResponse:
+    """GET ?stream=<stream>&after=<seq>&limit=<n ≤ 500>: the stream's kept messages after `after`,
+    oldest first, as the envelopes sockets got (with seq and epoch)."""
+
+    async def handle() -> JsonResponse:
+        await authenticate_publisher(request)
+        stream = request.GET.get("stream", "")
+        try:
+            groups.group_for_stream(stream)
+        except groups.InvalidStreamName as exc:
+            raise ApiError(400, "bad_stream", str(exc)) from None
+        try:
+            after = int(request.GET.get("after", "0"))
+            limit = int(request.GET.get("limit", "100"))
+        except ValueError:
+            raise ApiError(400, "bad_query", "'after' and 'limit' must be integers.") from None
+        if after < 0 or not 1 <= limit <= HISTORY_PAGE_MAX:
+            raise ApiError(
+                400, "bad_query", f"'after' must be >= 0 and 'limit' 1..{HISTORY_PAGE_MAX}."
+            )
+        try:
+            entries = await broker.current().read(stream, after=after, limit=limit)
+        except BrokerUnavailable as exc:
+            raise publish.RealtimeUnavailable(publish.UNAVAILABLE_MESSAGE) from exc
+        messages = [json.loads(text) for _, text in entries]
+        return ok_response({"stream": stream, "messages": messages})
+
+    return await _answer(handle)
+
+
+async def _user_id_named(username: Any) -> int:
+    if not isinstance(username, str) or not username:
+        raise ApiError(400, "bad_user", "'user' must be a username.")
+    ids = await database_sync_to_async(user_ids_by_username)(usernames={username})
+    if username not in ids:
+        raise ApiError(404, "unknown_user", f"No active user {username[:150]!r}.")
+    return ids[username]
 
 
 @csrf_exempt  # checked in authenticate_publisher for session callers

@@ -19,7 +19,7 @@ from typing import Any
 
 from django.conf import settings
 
-from realtime import access, broker, groups, presence, protocol, session_watch
+from realtime import access, broker, control, groups, presence, protocol, session_watch
 from realtime.broker import BrokerUnavailable
 from realtime.delivery.cursor import Cursor, Decision
 from realtime.delivery.marks import delivered_marks
@@ -53,6 +53,8 @@ class Session:
         "rt.deliver": "on_deliver",
         "rt.recheck": "on_recheck",
         "rt.client_frame": "on_client_frame",
+        "rt.kick": "on_kick",
+        "rt.unsubscribe": "on_unsubscribe",
     }
 
     def __init__(
@@ -211,6 +213,12 @@ class Session:
 
     async def on_recheck(self, event: dict[str, Any]) -> None:
         await access.recheck_socket(self, event)
+
+    async def on_kick(self, event: dict[str, Any]) -> None:
+        await control.kick_socket(self, event)
+
+    async def on_unsubscribe(self, event: dict[str, Any]) -> None:
+        await control.unsubscribe_socket(self, event)
 
     async def on_client_frame(self, event: dict[str, Any]) -> None:
         if self.inbound is not None:
