@@ -21,6 +21,7 @@ from realtime.layer import StreamChannelLayer
 from realtime.routing import websocket_urlpatterns
 from realtime.services import api_token_issue
 from realtime.socket_auth import SocketAuthMiddleware
+from tests.support.clients import tampered
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -92,7 +93,7 @@ async def test_bad_tokens_get_the_reason_and_4401(
     good = await token_for((await User.objects.acreate(username="tok-carol")).username)
     cases = {
         "expired": (forged(exp=int(time.time()) - 5), "expired"),
-        "tampered": (good[:-3] + ("AAA" if not good.endswith("AAA") else "BBB"), "signature"),
+        "tampered": (tampered(good), "signature"),
         "foreign audience": (forged(aud="someone-else"), "not a Switchboard"),
         "other key": (
             jwt.encode({"sub": "1", "aud": connect_tokens.AUDIENCE, "exp": 2**40}, "x" * 32),

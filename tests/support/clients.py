@@ -7,6 +7,7 @@ A `WsClient` reads every frame into `frames` in the background, so tests wait fo
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import re
@@ -243,3 +244,12 @@ class SseClient(FrameCollector):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
         await self._client.aclose()
+
+
+def tampered(token: str) -> str:
+    """The token with its claims changed (another user) and its signature kept."""
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["sub"] = str(int(claims["sub"]) + 1)
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{header}.{forged}.{signature}"
