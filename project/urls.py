@@ -21,6 +21,8 @@ urlpatterns = [
     path("api/kick", views.api_kick, name="api-kick"),
     path("api/unsubscribe", views.api_unsubscribe, name="api-unsubscribe"),
     path("api/history", views.api_history, name="api-history"),
+    path("api/presence", views.api_presence, name="api-presence"),
+    path("api/sockets", views.api_sockets, name="api-sockets"),
     path("lab/", lab_views.lab_page, name="lab"),
     # /lab/nosticky/...: the same views; HAProxy routes them ignoring the SERVERID cookie.
     re_path(r"^lab/(?:nosticky/)?(?P<way>http|direct|relay)$", lab_views.lab_send, name="lab-send"),

@@ -167,6 +167,24 @@ async def user_admit(*, user_id: int, conn: str, limit: int, ttl: int | None = N
     return bool(admitted)
 
 
+async def user_sockets(*, user_id: int) -> dict[str, int]:
+    """How many live sockets the user has on each replica (from their admission entries)."""
+    conns: Any
+    with translated("presence"):
+        conns = await _broker().redis().zrangebyscore(_user_key(user_id), now_ms(), "+inf")
+    counts: dict[str, int] = {}
+    for conn in conns:
+        replica = conn.decode().rpartition("/")[0] or "?"
+        counts[replica] = counts.get(replica, 0) + 1
+    return counts
+
+
+async def room_users(*, slug: str) -> list[dict[str, Any]]:
+    """The users with a live connection in the room: [{"id", "username"}], by id."""
+    ids = await room_online(slug=slug)
+    return [{"id": i, "username": n} for i, n in zip(ids, await _names(ids), strict=True)]
+
+
 async def user_gone(*, user_id: int, conn: str) -> None:
     key, seen, now = _user_key(user_id), _broker().keys.presence_seen(), now_ms()
 
@@ -285,7 +303,8 @@ class ConnectionPresence:
         # Whether the socket wants typing/presence frames: opt-in (?ephemeral=1), so that
         # clients counting stream frames are not handed frames without a seq.
         self.wanted = b"ephemeral=1" in scope_query.split(b"&")
-        self.conn = uuid.uuid4().hex[:12]
+        # "<replica>/<random>": the server API counts a user's sockets per replica from it.
+        self.conn = f"{settings.REPLICA_ID}/{uuid.uuid4().hex[:12]}"
         self.rooms: set[str] = set()
 
     async def start(self, streams: list[str]) -> None:

@@ -19,7 +19,16 @@ from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
-from realtime import broker, connect_tokens, control, groups, lifetimes, publish, transport
+from realtime import (
+    broker,
+    connect_tokens,
+    control,
+    groups,
+    lifetimes,
+    presence,
+    publish,
+    transport,
+)
 from realtime.api import (
     ApiError,
     authenticate_publisher,
@@ -360,6 +369,44 @@ async def api_history(request: HttpRequest) -> JsonResponse:
             raise publish.RealtimeUnavailable(publish.UNAVAILABLE_MESSAGE) from exc
         messages = [json.loads(text) for _, text in entries]
         return ok_response({"stream": stream, "messages": messages})
+
+    return await _answer(handle)
+
+
+@require_GET
+async def api_presence(request: HttpRequest) -> JsonResponse:
+    """GET ?stream=room:<slug>: who is in the room now (presence is kept for rooms)."""
+
+    async def handle() -> JsonResponse:
+        await authenticate_publisher(request)
+        stream = request.GET.get("stream", "")
+        slug = presence.slug_of(stream)
+        if slug is None or not groups.is_room_slug(slug):
+            raise ApiError(400, "bad_stream", "Presence is kept for room:<slug> streams.")
+        try:
+            users = await presence.room_users(slug=slug)
+        except BrokerUnavailable as exc:
+            raise publish.RealtimeUnavailable(publish.UNAVAILABLE_MESSAGE) from exc
+        return ok_response({"stream": stream, "users": users})
+
+    return await _answer(handle)
+
+
+@require_GET
+async def api_sockets(request: HttpRequest) -> JsonResponse:
+    """GET ?user=<username>: the user's open sockets, counted per replica."""
+
+    async def handle() -> JsonResponse:
+        await authenticate_publisher(request)
+        username = request.GET.get("user", "")
+        user_id = await _user_id_named(username)
+        try:
+            replicas = await presence.user_sockets(user_id=user_id)
+        except BrokerUnavailable as exc:
+            raise publish.RealtimeUnavailable(publish.UNAVAILABLE_MESSAGE) from exc
+        return ok_response(
+            {"user": username, "replicas": replicas, "total": sum(replicas.values())}
+        )
 
     return await _answer(handle)
 

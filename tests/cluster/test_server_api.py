@@ -8,8 +8,8 @@ import asyncio
 
 import httpx
 
-from devtools.cluster import Cluster
-from tests.cluster.helpers import api_post, sessions_for, socket_for
+from devtools.cluster import Cluster, wait_until
+from tests.cluster.helpers import api_post, api_token, sessions_for, socket_for
 from tests.support.clients import WsClient, tampered
 
 
@@ -48,3 +48,33 @@ async def test_a_token_from_d1_opens_a_socket_on_d3_without_a_cookie(cluster: Cl
         httpx.get, f"{cluster.url}/api/history?stream=broadcast", timeout=5
     )
     assert anonymous.status_code == 401
+
+
+def api_get(cluster: Cluster, path: str) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {api_token(cluster)}"}
+    return httpx.get(f"{cluster.url}{path}", headers=headers, timeout=15)
+
+
+async def test_a_users_sockets_and_a_rooms_presence_are_read_across_replicas(
+    cluster: Cluster,
+) -> None:
+    ((name, key),) = sessions_for(cluster, 1, "api-presence").items()
+    sockets = [await socket_for(cluster, key, replica=replica) for replica in ("d2", "d3", "d3")]
+    answer = await asyncio.to_thread(api_get, cluster, f"/api/sockets?user={name}")
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["replicas"], answer.json()["total"]) == ({"d2": 1, "d3": 2}, 3)
+    await sockets[0].send_json({"type": "subscribe", "stream": "room:lobby"})
+    await sockets[0].wait_type("subscribed")
+
+    def present() -> bool:
+        users = api_get(cluster, "/api/presence?stream=room:lobby").json()["users"]
+        return name in [user["username"] for user in users]
+
+    await asyncio.to_thread(wait_until, present, timeout=10, what=f"{name} in room:lobby")
+    for socket in sockets:
+        await socket.close()
+    answer = await asyncio.to_thread(api_get, cluster, f"/api/sockets?user={name}")
+    assert answer.json()["total"] == 0
+    assert (
+        await asyncio.to_thread(api_get, cluster, "/api/presence?stream=user:1")
+    ).status_code == 400

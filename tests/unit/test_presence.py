@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from django.conf import settings
+
 from realtime.presence import ConnectionPresence
 
 
@@ -9,7 +11,13 @@ def test_a_sockets_presence_has_no_dict_and_no_task_of_its_own() -> None:
     conn = ConnectionPresence(user_id=1, username="alice")
     assert not hasattr(conn, "__dict__")
     assert set(ConnectionPresence.__slots__) == {"conn", "rooms", "user_id", "username", "wanted"}
-    assert (conn.rooms, len(conn.conn), conn.wanted) == (set(), 12, False)
+    replica, _, random_part = conn.conn.rpartition("/")
+    assert (conn.rooms, replica, len(random_part), conn.wanted) == (
+        set(),
+        settings.REPLICA_ID,
+        12,
+        False,
+    )
 
 
 def test_only_sockets_that_ask_get_ephemeral_frames() -> None:
