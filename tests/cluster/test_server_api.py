@@ -9,6 +9,7 @@ import asyncio
 import httpx
 
 from devtools.cluster import Cluster, wait_until
+from switchboard_client import RealtimeClient
 from tests.cluster.helpers import api_post, api_token, sessions_for, socket_for
 from tests.support.clients import WsClient, tampered
 
@@ -78,3 +79,24 @@ async def test_a_users_sockets_and_a_rooms_presence_are_read_across_replicas(
     assert (
         await asyncio.to_thread(api_get, cluster, "/api/presence?stream=user:1")
     ).status_code == 400
+
+
+async def test_the_python_client_connects_with_a_fresh_token_each_time(cluster: Cluster) -> None:
+    ((name, _),) = sessions_for(cluster, 1, "api-pyclient").items()
+    issued: list[str] = []
+
+    async def fresh_token() -> str:
+        answer = await asyncio.to_thread(api_post, cluster, "/api/connect-token", {"user": name})
+        issued.append(answer.json()["token"])
+        return issued[-1]
+
+    client = await RealtimeClient(cluster.ws_url, token=fresh_token).start(timeout=15)
+    try:
+        assert client.replica is not None and len(issued) == 1
+        answer = await asyncio.to_thread(
+            api_post, cluster, "/api/push", {"user": name, "payload": 1}
+        )
+        assert answer.status_code == 200, answer.text
+        await client.wait_for(lambda c: c.payloads(f"user:{c.user_id}") == [1], timeout=10)
+    finally:
+        await client.close()

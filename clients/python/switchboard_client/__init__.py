@@ -36,7 +36,7 @@ import random
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -151,9 +151,15 @@ class RealtimeClient:
         on_message: Callable[[Frame], None] | None = None,
         rng: random.Random | None = None,
         transport: str = "websocket",
+        token: str | Callable[[], Awaitable[str]] = "",
     ) -> None:
         if transport not in ("websocket", "sse"):
             raise ValueError(f"transport is 'websocket' or 'sse', not {transport!r}")
+        if token and transport != "websocket":
+            raise ValueError("a connection token opens WebSockets only (SSE's sends need a login)")
+        # A connection token (POST /api/connect-token) instead of a session cookie: a string, or
+        # an async function asked for a fresh one before every connect (tokens expire).
+        self.token = token
         self.transport = transport
         self.ws_url = ws_url.split("?")[0]
         self.cookie = cookie
@@ -289,11 +295,17 @@ class RealtimeClient:
 
     # --- the connection loop -------------------------------------------------------------------
 
-    def _url(self) -> str:
-        if not self.positions:
-            return self.ws_url
-        positions = {stream: pos.as_dict() for stream, pos in self.positions.items()}
-        return f"{self.ws_url}?resume={quote(json.dumps(positions, separators=(',', ':')))}"
+    def _url(self, token: str = "") -> str:
+        query = [f"token={quote(token)}"] if token else []
+        if self.positions:
+            positions = {stream: pos.as_dict() for stream, pos in self.positions.items()}
+            query.append(f"resume={quote(json.dumps(positions, separators=(',', ':')))}")
+        return f"{self.ws_url}?{'&'.join(query)}" if query else self.ws_url
+
+    async def _fresh_token(self) -> str:
+        if callable(self.token):
+            return await self.token()
+        return self.token
 
     async def _run(self) -> None:
         attempt = 0
@@ -378,7 +390,7 @@ class RealtimeClient:
         opened_at = None
         try:
             async with connect(
-                self._url(),
+                self._url(await self._fresh_token()),
                 additional_headers={"Cookie": self.cookie} if self.cookie else {},
                 origin=self.origin,  # type: ignore[arg-type]
                 open_timeout=self.options.open_timeout_secs,
