@@ -98,13 +98,7 @@ async def authenticate_publisher(request: HttpRequest) -> str:
     """Who is publishing, as 'token:<name>' or 'staff:<username>'; ApiError if nobody may."""
     header = request.headers.get("Authorization")
     if header is not None:
-        scheme, _, raw = header.partition(" ")
-        if scheme.lower() != "bearer" or not raw.strip():
-            raise ApiError(401, "bad_authorization", "Send 'Authorization: Bearer <token>'.")
-        name = await token_name(raw.strip())
-        if name is None:
-            raise ApiError(401, "invalid_token", "The API token is unknown or revoked.")
-        return f"token:{name}"
+        return f"token:{await _api_token_name(header)}"
     user = await request.auser()
     if not user.is_authenticated:
         raise ApiError(
@@ -112,11 +106,26 @@ async def authenticate_publisher(request: HttpRequest) -> str:
         )
     if not user.is_staff:
         raise ApiError(403, "forbidden", "Only staff users and API tokens may publish.")
+    _require_csrf(request)
+    return f"staff:{user.get_username()}"
+
+
+async def _api_token_name(header: str) -> str:
+    """The name of the active API token an Authorization header carries; ApiError if none."""
+    scheme, _, raw = header.partition(" ")
+    if scheme.lower() != "bearer" or not raw.strip():
+        raise ApiError(401, "bad_authorization", "Send 'Authorization: Bearer <token>'.")
+    name = await token_name(raw.strip())
+    if name is None:
+        raise ApiError(401, "invalid_token", "The API token is unknown or revoked.")
+    return name
+
+
+def _require_csrf(request: HttpRequest) -> None:
     if _csrf_failure(request):
         raise ApiError(
             403, "csrf_failed", "Send the CSRF token in the X-CSRFToken header with session auth."
         )
-    return f"staff:{user.get_username()}"
 
 
 async def connect_token_subject(request: HttpRequest, body: dict[str, Any]) -> Any:
@@ -125,7 +134,7 @@ async def connect_token_subject(request: HttpRequest, body: dict[str, Any]) -> A
     checked, as for any session POST). ApiError otherwise."""
     header = request.headers.get("Authorization")
     if header is not None:
-        await authenticate_publisher(request)  # a valid API token, or ApiError
+        await _api_token_name(header)
         username = body.get("user")
         if not isinstance(username, str) or not username:
             raise ApiError(400, "bad_user", 'Name the token\'s user: {"user": "<username>"}.')
@@ -136,10 +145,7 @@ async def connect_token_subject(request: HttpRequest, body: dict[str, Any]) -> A
     user = await request.auser()
     if not user.is_authenticated:
         raise ApiError(401, "not_authenticated", "Log in, or send 'Authorization: Bearer <token>'.")
-    if _csrf_failure(request):
-        raise ApiError(
-            403, "csrf_failed", "Send the CSRF token in the X-CSRFToken header with session auth."
-        )
+    _require_csrf(request)
     if body.get("user") not in (None, user.get_username()):
         raise ApiError(403, "forbidden", "A session gets tokens for its own user only.")
     return user

@@ -293,10 +293,7 @@ async def api_connect_token(request: HttpRequest) -> JsonResponse:
                     f"At most {settings.MAX_STREAMS_PER_SOCKET} streams per token.",
                 )
             for stream in wanted:
-                try:
-                    groups.group_for_stream(stream)
-                except groups.InvalidStreamName as exc:
-                    raise ApiError(400, "bad_stream", str(exc)) from None
+                _check_stream_name(stream)
         token, expires = connect_tokens.issue(user, streams=wanted)
         return ok_response({"token": token, "expires_at": expires, "user": user.get_username()})
 
@@ -333,10 +330,7 @@ async def api_unsubscribe(request: HttpRequest) -> JsonResponse:
         stream = body.get("stream")
         if not isinstance(stream, str):
             raise ApiError(400, "bad_stream", "'stream' must be a stream name.")
-        try:
-            await control.unsubscribe(user_id=user_id, stream=stream)
-        except groups.InvalidStreamName as exc:
-            raise ApiError(400, "bad_stream", str(exc)) from None
+        await control.unsubscribe(user_id=user_id, stream=_check_stream_name(stream))
         return ok_response({"user": body["user"], "stream": stream})
 
     return await _answer(handle)
@@ -349,11 +343,7 @@ async def api_history(request: HttpRequest) -> JsonResponse:
 
     async def handle() -> JsonResponse:
         await authenticate_publisher(request)
-        stream = request.GET.get("stream", "")
-        try:
-            groups.group_for_stream(stream)
-        except groups.InvalidStreamName as exc:
-            raise ApiError(400, "bad_stream", str(exc)) from None
+        stream = _check_stream_name(request.GET.get("stream", ""))
         try:
             after = int(request.GET.get("after", "0"))
             limit = int(request.GET.get("limit", "100"))
@@ -363,10 +353,7 @@ async def api_history(request: HttpRequest) -> JsonResponse:
             raise ApiError(
                 400, "bad_query", f"'after' must be >= 0 and 'limit' 1..{HISTORY_PAGE_MAX}."
             )
-        try:
-            entries = await broker.current().read(stream, after=after, limit=limit)
-        except BrokerUnavailable as exc:
-            raise publish.RealtimeUnavailable(publish.UNAVAILABLE_MESSAGE) from exc
+        entries = await broker.current().read(stream, after=after, limit=limit)
         messages = [json.loads(text) for _, text in entries]
         return ok_response({"stream": stream, "messages": messages})
 
@@ -383,10 +370,7 @@ async def api_presence(request: HttpRequest) -> JsonResponse:
         slug = presence.slug_of(stream)
         if slug is None or not groups.is_room_slug(slug):
             raise ApiError(400, "bad_stream", "Presence is kept for room:<slug> streams.")
-        try:
-            users = await presence.room_users(slug=slug)
-        except BrokerUnavailable as exc:
-            raise publish.RealtimeUnavailable(publish.UNAVAILABLE_MESSAGE) from exc
+        users = await presence.room_users(slug=slug)
         return ok_response({"stream": stream, "users": users})
 
     return await _answer(handle)
@@ -400,15 +384,21 @@ async def api_sockets(request: HttpRequest) -> JsonResponse:
         await authenticate_publisher(request)
         username = request.GET.get("user", "")
         user_id = await _user_id_named(username)
-        try:
-            replicas = await presence.user_sockets(user_id=user_id)
-        except BrokerUnavailable as exc:
-            raise publish.RealtimeUnavailable(publish.UNAVAILABLE_MESSAGE) from exc
+        replicas = await presence.user_sockets(user_id=user_id)
         return ok_response(
             {"user": username, "replicas": replicas, "total": sum(replicas.values())}
         )
 
     return await _answer(handle)
+
+
+def _check_stream_name(stream: str) -> str:
+    """`stream`, if it is a stream's name (of a registered kind); ApiError 400 otherwise."""
+    try:
+        groups.group_for_stream(stream)
+    except groups.InvalidStreamName as exc:
+        raise ApiError(400, "bad_stream", str(exc)) from None
+    return stream
 
 
 async def _user_id_named(username: Any) -> int:
@@ -433,10 +423,7 @@ async def api_publish(request: HttpRequest) -> JsonResponse:
             raise ApiError(
                 400, "bad_stream", "'stream' must be a stream name such as 'room:lobby'."
             )
-        try:
-            groups.group_for_stream(stream)
-        except groups.InvalidStreamName as exc:
-            raise ApiError(400, "bad_stream", str(exc)) from None
+        _check_stream_name(stream)
         if stream == groups.OPS_STREAM:
             # The cluster view trusts what it reads there: only the replicas' reporters write it.
             raise ApiError(
@@ -496,3 +483,6 @@ async def _answer(handle: Callable[[], Awaitable[JsonResponse]]) -> JsonResponse
         return error_response(exc.status, exc.code, exc.message)
     except publish.RealtimeUnavailable as exc:
         return error_response(503, "redis_unavailable", str(exc))
+    except BrokerUnavailable:  # a read (history, presence): its detail is for the log only
+        logger.warning("API read failed: Redis unavailable", exc_info=True)
+        return error_response(503, "redis_unavailable", publish.UNAVAILABLE_MESSAGE)
