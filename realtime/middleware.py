@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse
 # The pages load scripts, styles and images from this site only (/static/), and talk only to it:
 # fetch() and their WebSocket. No inline event handlers or style attributes anywhere (nor in
 # Django's admin). The one inline script is allowed by its hash: the admin presence page's few
-# lines (templates/admin/realtime/presence.html). tests/unit/test_csp.py fails, naming the hash
+# lines (chat/templates/admin/realtime/presence.html). tests/unit/test_csp.py fails, naming the hash
 # to add here, when one is changed or added; moving it to a static file would need none.
 INLINE_SCRIPT_HASHES = ("'sha256-AJ9OD6sUeXPEd71Ad40cDYJgLTVwD6x3xI6opmwq050='",)
 CSP_DIRECTIVES = (

@@ -4,7 +4,7 @@ The protocol is one table, as data, below: CLIENT_FRAMES and SERVER_FRAMES (each
 its required and optional fields), CLOSE_CODES and ERROR_CODES (each with what a client should do).
 The parser accepts only CLIENT_FRAME_TYPES, which is read from it; the server maps those to its
 own handlers and never lets a client choose a channel-layer message type. A unit test
-(tests/unit/test_protocol_table.py) holds static/realtime/client.js, the Python client
+(tests/unit/test_protocol_table.py) holds realtime/static/realtime/client.js, the Python client
 (clients/python/switchboard_client) and the server's code to the table; docs/architecture.md
 explains it.
 

@@ -44,7 +44,7 @@ from realtime.protocol import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-CLIENT_JS = ROOT / "static" / "realtime" / "client.js"
+CLIENT_JS = ROOT / "realtime" / "static" / "realtime" / "client.js"
 CLIENT_PY = ROOT / "clients" / "python" / "switchboard_client" / "__init__.py"
 # Server code is every Python file of the project but these: the clients, the tests, and the
 # benchmark's stand-in servers (devtools/bench: stock Channels and a limit server, not ours).
