@@ -6,7 +6,7 @@ PORT ?= 8000
 REPLICAS ?= 3
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps browser-deps test-e2e run up down status test test-unit test-integration test-cluster lint fmt bench clean
+.PHONY: help install system-deps browser-deps test-e2e test-package run up down status test test-unit test-integration test-cluster lint fmt bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-17s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ test-integration: $(VENV)/.installed ## the integration tier only (real redis-se
 
 test-cluster: $(VENV)/.installed ## the cluster tier only (HAProxy + Daphne replicas + Redis)
 	@$(PY) -m pytest -m cluster
+
+test-package: $(VENV)/.installed ## the package tier only (wheels installed in a fresh virtualenv)
+	@$(PY) -m pytest -m package
 
 test-e2e: browser-deps $(VENV)/.installed ## the e2e tier only (headless Chromium on the real pages)
 	@$(PY) -m pytest -m e2e

@@ -87,6 +87,9 @@ class ManagedProcess:
     log_path: Path
     port: int
     popen: subprocess.Popen[bytes] | None = None
+    # Where it runs: the repository by default; elsewhere for a project that installed the
+    # package (the repository's own `realtime` would shadow the installed one).
+    cwd: Path = BASE_DIR
 
     @property
     def pid(self) -> int | None:
@@ -99,7 +102,7 @@ class ManagedProcess:
             self.popen = subprocess.Popen(
                 self.argv,
                 env=self.env,
-                cwd=BASE_DIR,
+                cwd=self.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

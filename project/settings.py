@@ -16,6 +16,8 @@ from urllib.parse import unquote, urlsplit
 import dj_database_url
 
 from project.env import env_bool, env_float, env_int, env_list, env_str
+from realtime.conf import DEFAULTS as SB
+from realtime.conf import channel_layer
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("SWITCHBOARD_VAR_DIR", str(BASE_DIR / "var")))
@@ -173,7 +175,7 @@ AUTHENTICATION_BACKENDS = [
 LOGIN_USER_IP_MAX_FAILURES = env_int("LOGIN_USER_IP_MAX_FAILURES", 5, minimum=1)
 # Wrong passwords from one client IP over all usernames before the IP is locked out: stops one
 # address trying a few passwords on each of many users. Looser, so a NAT's typos lock nobody.
-LOGIN_IP_MAX_FAILURES = env_int("LOGIN_IP_MAX_FAILURES", 20, minimum=1)
+LOGIN_IP_MAX_FAILURES = env_int("LOGIN_IP_MAX_FAILURES", SB["LOGIN_IP_MAX_FAILURES"], minimum=1)
 # A failure counts until this long after the latest one for the same username, IP and browser,
 # so a lockout lasts this long after the last attempt; attempts while locked out count too.
 LOGIN_LOCKOUT_SECS = env_int("LOGIN_LOCKOUT_SECS", 15 * 60, minimum=1)
@@ -219,53 +221,55 @@ if SWITCHBOARD_TLS:
 # which, measured with 1000 clients and 2000 unthrottled pushes, lost none where the default
 # RedisChannelLayer silently lost 33-44% to its per-channel capacity; plus confirmed
 # subscriptions, per-process fan-out of pre-encoded frames, and resync after a Redis outage.
-HEARTBEAT_SECS = env_int("HEARTBEAT_SECS", 10, minimum=1)
+HEARTBEAT_SECS = env_int("HEARTBEAT_SECS", SB["HEARTBEAT_SECS"], minimum=1)
 # How long a replica trusts an API token it has checked: revoking one takes up to this long.
-API_TOKEN_CACHE_SECS = env_int("API_TOKEN_CACHE_SECS", 5, minimum=0)
+API_TOKEN_CACHE_SECS = env_int("API_TOKEN_CACHE_SECS", SB["API_TOKEN_CACHE_SECS"], minimum=0)
 # Frames waiting for one socket before further ones are dropped and fetched from history later.
-DELIVERY_QUEUE_MAX_FRAMES = env_int("DELIVERY_QUEUE_MAX_FRAMES", 1000, minimum=1)
+DELIVERY_QUEUE_MAX_FRAMES = env_int(
+    "DELIVERY_QUEUE_MAX_FRAMES", SB["DELIVERY_QUEUE_MAX_FRAMES"], minimum=1
+)
 # A socket written to by a fan-out less than this long ago gets its next frames together, at most
 # this much after that write (realtime/direct_send.py): under broadcast load, several frames per
 # send() instead of one halve the CPU of replicas, HAProxy and clients per delivery. Sockets not
 # reached by a fan-out are never held. 0 writes every frame on the next loop turn.
-SOCKET_WRITE_HOLD_MS = env_int("SOCKET_WRITE_HOLD_MS", 40, minimum=0)
+SOCKET_WRITE_HOLD_MS = env_int("SOCKET_WRITE_HOLD_MS", SB["SOCKET_WRITE_HOLD_MS"], minimum=0)
 # A client that stops reading makes the kernel's buffers fill, then the replica's own: past this
 # many bytes waiting for one socket, the replica drops the connection, so one stuck client costs
 # bounded memory. The client reconnects and resumes from history; nothing is lost within it.
-SOCKET_BACKLOG_MAX_BYTES = env_int("SOCKET_BACKLOG_MAX_BYTES", 1024 * 1024, minimum=64 * 1024)
+SOCKET_BACKLOG_MAX_BYTES = env_int(
+    "SOCKET_BACKLOG_MAX_BYTES", SB["SOCKET_BACKLOG_MAX_BYTES"], minimum=64 * 1024
+)
 # A replica runs Python's full garbage collections this often instead of whenever CPython's
 # thresholds say (realtime/gc_policy.py): each one holds the event loop for tens of ms with many
 # sockets open. 0 leaves CPython's automatic full collections on.
-GC_FULL_COLLECT_SECS = env_int("GC_FULL_COLLECT_SECS", 60, minimum=0)
+GC_FULL_COLLECT_SECS = env_int("GC_FULL_COLLECT_SECS", SB["GC_FULL_COLLECT_SECS"], minimum=0)
 CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "realtime.layer.StreamChannelLayer",
-        "CONFIG": {
-            "hosts": [REDIS_URL],
-            "prefix": "sb",
-            "node": REPLICA_ID,
-            "capacity": DELIVERY_QUEUE_MAX_FRAMES,
-            "heartbeat_secs": HEARTBEAT_SECS,
-        },
-    }
+    "default": channel_layer(
+        REDIS_URL,
+        node=REPLICA_ID,
+        capacity=DELIVERY_QUEUE_MAX_FRAMES,
+        heartbeat_secs=HEARTBEAT_SECS,
+    )
 }
 
 # Stream history: at least this many messages per stream (Redis trims in whole nodes, so a
 # few more may stay), and none older than this. A client away for longer resumes with
 # recovered: false and reloads its state.
-HISTORY_MAXLEN = env_int("HISTORY_MAXLEN", 10_000, minimum=10)
-HISTORY_MAX_AGE_SECS = env_int("HISTORY_MAX_AGE_SECS", 24 * 3600, minimum=10)
+HISTORY_MAXLEN = env_int("HISTORY_MAXLEN", SB["HISTORY_MAXLEN"], minimum=10)
+HISTORY_MAX_AGE_SECS = env_int("HISTORY_MAX_AGE_SECS", SB["HISTORY_MAX_AGE_SECS"], minimum=10)
 # How long a publish's idempotency key (a client's message id) is remembered.
-IDEMPOTENCY_TTL_SECS = env_int("IDEMPOTENCY_TTL_SECS", 24 * 3600, minimum=60)
+IDEMPOTENCY_TTL_SECS = env_int("IDEMPOTENCY_TTL_SECS", SB["IDEMPOTENCY_TTL_SECS"], minimum=60)
 
 # --- Realtime tunables -------------------------------------------------------------------------
 # 64 KiB: a chat line or a notification is far smaller; a larger client frame is refused with an
 # error frame. Daphne itself closes the socket (1009) above 1 MiB.
-MAX_CLIENT_FRAME_BYTES = env_int("MAX_CLIENT_FRAME_BYTES", 64 * 1024, minimum=1024)
+MAX_CLIENT_FRAME_BYTES = env_int(
+    "MAX_CLIENT_FRAME_BYTES", SB["MAX_CLIENT_FRAME_BYTES"], minimum=1024
+)
 # 64 KiB of JSON per published payload keeps one message from monopolising every socket.
-MAX_PAYLOAD_BYTES = env_int("MAX_PAYLOAD_BYTES", 64 * 1024, minimum=1024)
+MAX_PAYLOAD_BYTES = env_int("MAX_PAYLOAD_BYTES", SB["MAX_PAYLOAD_BYTES"], minimum=1024)
 # How long a Redis call may take before the API gives up and answers 503.
-REDIS_TIMEOUT_SECS = env_int("REDIS_TIMEOUT_SECS", 3, minimum=1)
+REDIS_TIMEOUT_SECS = env_int("REDIS_TIMEOUT_SECS", SB["REDIS_TIMEOUT_SECS"], minimum=1)
 
 # --- Limits: what one client may make us hold or do (realtime/limits.py) ------------------------
 # Each is refused with a clear error frame or status; nobody else notices. Defaults are sized for
@@ -274,24 +278,30 @@ REDIS_TIMEOUT_SECS = env_int("REDIS_TIMEOUT_SECS", 3, minimum=1)
 # each about once a second; a reconnect resends up to 100 unacknowledged publishes at once).
 # A refused frame gets `rate_limited`; a socket that keeps sending past
 # SOCKET_RATE_LIMIT_STRIKES refusals (one forgiven per second) is closed with 1008.
-SOCKET_FRAMES_PER_SEC = env_float("SOCKET_FRAMES_PER_SEC", 50.0, minimum=1)
-SOCKET_FRAME_BURST = env_int("SOCKET_FRAME_BURST", 200, minimum=1)
-SOCKET_RATE_LIMIT_STRIKES = env_int("SOCKET_RATE_LIMIT_STRIKES", 50, minimum=1)
+SOCKET_FRAMES_PER_SEC = env_float("SOCKET_FRAMES_PER_SEC", SB["SOCKET_FRAMES_PER_SEC"], minimum=1)
+SOCKET_FRAME_BURST = env_int("SOCKET_FRAME_BURST", SB["SOCKET_FRAME_BURST"], minimum=1)
+SOCKET_RATE_LIMIT_STRIKES = env_int(
+    "SOCKET_RATE_LIMIT_STRIKES", SB["SOCKET_RATE_LIMIT_STRIKES"], minimum=1
+)
 # Publishes from one socket (a chat line, an app message): 10 a second, bursts of 100 (the
 # bundled clients keep up to 100 unacknowledged publishes and resend them all on reconnect).
-SOCKET_PUBLISHES_PER_SEC = env_float("SOCKET_PUBLISHES_PER_SEC", 10.0, minimum=0.1)
-SOCKET_PUBLISH_BURST = env_int("SOCKET_PUBLISH_BURST", 100, minimum=1)
+SOCKET_PUBLISHES_PER_SEC = env_float(
+    "SOCKET_PUBLISHES_PER_SEC", SB["SOCKET_PUBLISHES_PER_SEC"], minimum=0.1
+)
+SOCKET_PUBLISH_BURST = env_int("SOCKET_PUBLISH_BURST", SB["SOCKET_PUBLISH_BURST"], minimum=1)
 # Typing frames fanned out from one socket: one a second on average, bursts of 10 (the chat page
 # sends one per 2.5 s while keys are pressed, and one as each new line starts). The rest are
 # refused, not fanned out.
-SOCKET_TYPING_PER_SEC = env_float("SOCKET_TYPING_PER_SEC", 1.0, minimum=0.01)
-SOCKET_TYPING_BURST = env_int("SOCKET_TYPING_BURST", 10, minimum=1)
+SOCKET_TYPING_PER_SEC = env_float(
+    "SOCKET_TYPING_PER_SEC", SB["SOCKET_TYPING_PER_SEC"], minimum=0.01
+)
+SOCKET_TYPING_BURST = env_int("SOCKET_TYPING_BURST", SB["SOCKET_TYPING_BURST"], minimum=1)
 # Streams one socket may hold (its own user stream and broadcast included): each costs a cursor,
 # a group membership and presence entries.
-MAX_STREAMS_PER_SOCKET = env_int("MAX_STREAMS_PER_SOCKET", 50, minimum=2)
+MAX_STREAMS_PER_SOCKET = env_int("MAX_STREAMS_PER_SOCKET", SB["MAX_STREAMS_PER_SOCKET"], minimum=2)
 # Open sockets of one user across the whole cluster (tabs, devices); the next is closed with
 # 4429 (`too_many_sockets`), and clients retry later.
-MAX_SOCKETS_PER_USER = env_int("MAX_SOCKETS_PER_USER", 20, minimum=1)
+MAX_SOCKETS_PER_USER = env_int("MAX_SOCKETS_PER_USER", SB["MAX_SOCKETS_PER_USER"], minimum=1)
 # Chat lines one user may post per minute, across every socket and replica.
 CHAT_LINES_PER_MIN = env_int("CHAT_LINES_PER_MIN", 30, minimum=1)
 # Rooms one (non-staff) user may have created: rows kept for good.
@@ -300,21 +310,21 @@ MAX_ROOMS_PER_USER = env_int("MAX_ROOMS_PER_USER", 20, minimum=1)
 # gaps): 32 MiB a minute, as a burst too. Past it, the replay goes on at that pace (nothing is
 # lost) and the client is told once (`replay_limited`).
 SOCKET_REPLAY_BYTES_PER_MIN = env_int(
-    "SOCKET_REPLAY_BYTES_PER_MIN", 32 * 1024 * 1024, minimum=1024 * 1024
+    "SOCKET_REPLAY_BYTES_PER_MIN", SB["SOCKET_REPLAY_BYTES_PER_MIN"], minimum=1024 * 1024
 )
 # A replay reads history in batches of at most this many bytes (and 500 entries): with the
 # socket's backlog (SOCKET_BACKLOG_MAX_BYTES) that is what a stuck replay can hold.
-REPLAY_BATCH_BYTES = env_int("REPLAY_BATCH_BYTES", 256 * 1024, minimum=64 * 1024)
+REPLAY_BATCH_BYTES = env_int("REPLAY_BATCH_BYTES", SB["REPLAY_BATCH_BYTES"], minimum=64 * 1024)
 # How often each replica checks that its sockets' sessions still exist and have not expired
 # (logout and deleted sessions close sockets at once; expiry is found by this timer).
-SESSION_CHECK_SECS = env_float("SESSION_CHECK_SECS", 60.0, minimum=1)
+SESSION_CHECK_SECS = env_float("SESSION_CHECK_SECS", SB["SESSION_CHECK_SECS"], minimum=1)
 
 # --- The cluster view --------------------------------------------------------------------------
 # Each replica publishes its stats to the staff-only `ops` stream this often; 0 turns it off.
 OPS_INTERVAL_SECS = env_float("OPS_INTERVAL_SECS", 1.0)
 # Presence: each socket refreshes its entries this often; an entry lives three beats, so a
 # replica that dies without saying goodbye lets its users go offline within 15 s.
-PRESENCE_HEARTBEAT_SECS = env_float("PRESENCE_HEARTBEAT_SECS", 5.0)
+PRESENCE_HEARTBEAT_SECS = env_float("PRESENCE_HEARTBEAT_SECS", SB["PRESENCE_HEARTBEAT_SECS"])
 # HAProxy's read-only stats page (CSV at <url>;csv): how a replica learns what HAProxy thinks of
 # every replica (UP, DRAIN, MAINT, DOWN). Empty: the cluster view shows the state as unknown.
 # With `http://user:password@host:port/` (percent-encoded), the replica logs in with basic auth.
@@ -350,6 +360,6 @@ SWITCHBOARD_STREAM_KINDS: dict[str, dict[str, str]] = {}
 # Connection tokens (realtime/connect_tokens.py): how long one is valid, the key it is signed
 # with (empty: derived from SECRET_KEY) and the origins besides this site's own that may open a
 # socket with one (a client with no Origin header, not a browser, always may).
-CONNECT_TOKEN_TTL_SECS = env_int("CONNECT_TOKEN_TTL_SECS", 300, minimum=10)
-CONNECT_TOKEN_KEY = env_str("CONNECT_TOKEN_KEY", "")
+CONNECT_TOKEN_TTL_SECS = env_int("CONNECT_TOKEN_TTL_SECS", SB["CONNECT_TOKEN_TTL_SECS"], minimum=10)
+CONNECT_TOKEN_KEY = env_str("CONNECT_TOKEN_KEY", SB["CONNECT_TOKEN_KEY"])
 CONNECT_TOKEN_ORIGINS = env_list("CONNECT_TOKEN_ORIGINS", [])

@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path, re_path
+from django.urls import include, path, re_path
 
 from chat import views as chat_views
 from lab import views as lab_views
@@ -9,20 +9,8 @@ from realtime import views
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("healthz", views.healthz, name="healthz"),
-    path("api/whoami", views.whoami, name="whoami"),
-    # The SSE transport's client frames (GET /sse/, the stream, is served before Django).
-    path("sse/send", views.sse_send, name="sse-send"),
-    path("api/push", views.api_push, name="api-push"),
-    path("api/push/batch", views.api_push_batch, name="api-push-batch"),
-    path("api/broadcast", views.api_broadcast, name="api-broadcast"),
-    path("api/publish", views.api_publish, name="api-publish"),
-    path("api/connect-token", views.api_connect_token, name="api-connect-token"),
-    path("api/kick", views.api_kick, name="api-kick"),
-    path("api/unsubscribe", views.api_unsubscribe, name="api-unsubscribe"),
-    path("api/history", views.api_history, name="api-history"),
-    path("api/presence", views.api_presence, name="api-presence"),
-    path("api/sockets", views.api_sockets, name="api-sockets"),
+    # Switchboard's endpoints: /healthz, /api/*, /sse/send.
+    path("", include("realtime.urls")),
     path("lab/", lab_views.lab_page, name="lab"),
     # /lab/nosticky/...: the same views; HAProxy routes them ignoring the SERVERID cookie.
     re_path(r"^lab/(?:nosticky/)?(?P<way>http|direct|relay)$", lab_views.lab_send, name="lab-send"),

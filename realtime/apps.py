@@ -1,3 +1,5 @@
+from types import ModuleType
+
 from django.apps import AppConfig
 
 
@@ -5,6 +7,13 @@ class RealtimeConfig(AppConfig):
     name = "realtime"
     verbose_name = "Switchboard realtime"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def __init__(self, app_name: str, app_module: ModuleType | None) -> None:
+        super().__init__(app_name, app_module)
+        from realtime import conf
+
+        # Before any model or consumer is imported: a project sets only what it changes.
+        conf.install_defaults()
 
     def ready(self) -> None:
         from django.conf import settings
@@ -14,4 +23,4 @@ class RealtimeConfig(AppConfig):
 
         connect_signals()
         # A project's own stream kinds, by dotted path (or an app registers its in its ready()).
-        streams.register_from_settings(getattr(settings, "SWITCHBOARD_STREAM_KINDS", {}))
+        streams.register_from_settings(settings.SWITCHBOARD_STREAM_KINDS)

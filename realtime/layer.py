@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import uuid
 from collections.abc import Awaitable
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 import msgpack
 import redis.asyncio as aioredis
 from channels.layers import BaseChannelLayer
+from django.conf import settings
 
 from realtime.broker import REDIS_FAILURES, BrokerUnavailable, RedisBroker
 from realtime.hub import Hub, StreamSink
@@ -59,7 +59,7 @@ class StreamChannelLayer(BaseChannelLayer):
         self.url = (hosts or ["redis://127.0.0.1:6379/0"])[0]
         self.prefix = prefix
         self.broker = RedisBroker(self.url, prefix=prefix)
-        self.node = node or f"{os.uname().nodename}-{os.getpid()}"
+        self.node = node or settings.REPLICA_ID
         self.heartbeat_secs = heartbeat_secs
         self._loops: dict[asyncio.AbstractEventLoop, _LoopLayer] = {}
 

@@ -32,7 +32,7 @@ from realtime.asgi_types import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
-# The views, by path, exactly as project/urls.py routes them.
+# The views, by path, exactly as realtime/urls.py routes them (included at the site's root).
 ROUTES: dict[str, Callable[[HttpRequest], Awaitable[HttpResponse]]] = {
     "/api/push": views.api_push,
     "/api/push/batch": views.api_push_batch,

@@ -17,7 +17,7 @@ import pytest
 
 from devtools.cluster import Cluster, ClusterConfig, ManagedProcess, free_port, wait_until
 
-TIERS = ("unit", "integration", "cluster", "e2e")
+TIERS = ("unit", "integration", "cluster", "package", "e2e")
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 

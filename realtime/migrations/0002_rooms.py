@@ -5,6 +5,8 @@ import realtime.models
 from django.conf import settings
 from django.db import migrations, models
 
+from realtime.migrations._chat import CHAT_INSTALLED
+
 
 class Migration(migrations.Migration):
 
@@ -29,4 +31,4 @@ class Migration(migrations.Migration):
                 'ordering': ['slug'],
             },
         ),
-    ]
+    ] if CHAT_INSTALLED else []

@@ -4,6 +4,8 @@ import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
+from realtime.migrations._chat import CHAT_INSTALLED
+
 
 class Migration(migrations.Migration):
 
@@ -30,4 +32,4 @@ class Migration(migrations.Migration):
                 'constraints': [models.UniqueConstraint(condition=models.Q(('client_id', ''), _negated=True), fields=('user', 'client_id'), name='chat_message_unique_client_id')],
             },
         ),
-    ]
+    ] if CHAT_INSTALLED else []

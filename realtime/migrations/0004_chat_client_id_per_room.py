@@ -3,6 +3,8 @@
 from django.conf import settings
 from django.db import migrations, models
 
+from realtime.migrations._chat import CHAT_INSTALLED
+
 
 class Migration(migrations.Migration):
 
@@ -20,4 +22,4 @@ class Migration(migrations.Migration):
             model_name='chatmessage',
             constraint=models.UniqueConstraint(condition=models.Q(('client_id', ''), _negated=True), fields=('user', 'room', 'client_id'), name='chat_message_unique_client_id_per_room'),
         ),
-    ]
+    ] if CHAT_INSTALLED else []

@@ -3,13 +3,14 @@ kept their tables: they leave realtime's state only, and no table is touched."""
 
 from django.db import migrations
 
+from realtime.migrations._chat import CHAT_INSTALLED
+
 
 class Migration(migrations.Migration):
 
     dependencies = [
         ("realtime", "0004_chat_client_id_per_room"),
-        ("chat", "0001_initial"),
-    ]
+    ] + ([("chat", "0001_initial")] if CHAT_INSTALLED else [])
 
     operations = [
         migrations.SeparateDatabaseAndState(
@@ -19,4 +20,4 @@ class Migration(migrations.Migration):
             ],
             database_operations=[],
         ),
-    ]
+    ] if CHAT_INSTALLED else []

@@ -69,7 +69,10 @@ def test_no_template_or_script_needs_inline_handlers_or_style_attributes() -> No
         for path in templates()
         for match in INLINE_ATTRIBUTE.finditer(path.read_text())
     ]
-    scripts = [*(BASE_DIR / "static").rglob("*.js"), *(BASE_DIR / "realtime" / "static").rglob("*.js")]
+    scripts = [
+        *(BASE_DIR / "static").rglob("*.js"),
+        *(BASE_DIR / "realtime" / "static").rglob("*.js"),
+    ]
     for path in sorted(scripts):
         offenders += [
             f"{path}: {m.group(0)}" for m in SCRIPT_NEEDING_UNSAFE.finditer(path.read_text())

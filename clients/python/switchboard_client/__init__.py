@@ -1,4 +1,5 @@
-"""A Python client for Switchboard with the browser client's behaviour (realtime/static/realtime/client.js).
+"""A Python client for Switchboard with the browser client's behaviour (realtime/static/realtime/
+client.js).
 
 It serves the tests, the benchmark and any Python program that wants a reliable stream:
   * reconnects with exponential backoff and full jitter; the retry count resets only after the

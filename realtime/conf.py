@@ -1,0 +1,105 @@
+"""Switchboard's settings and their defaults: a project that installs the app sets only what it
+wants to change.
+
+`install_defaults()` runs when Django builds the app registry (RealtimeConfig.__init__, before
+any model or consumer is imported) and puts every default the project did not set onto
+`django.conf.settings`, as django-appconf does; the code then reads `settings.NAME` as usual and
+`override_settings` works in tests. The project's own settings module (project/settings.py)
+reads the same names from the environment and takes its defaults from DEFAULTS, so each number
+is written once. README's limits table documents them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from django.conf import settings
+
+# Used when the project configures no channel layer: Redis on its standard local port.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+DEFAULTS: dict[str, Any] = {
+    # --- delivery ---
+    "HEARTBEAT_SECS": 10,  # a socket that sends nothing for 3 beats is closed
+    "DELIVERY_QUEUE_MAX_FRAMES": 1000,  # per socket; past it frames are fetched from history
+    "SOCKET_WRITE_HOLD_MS": 40,  # fan-out writes to one socket are batched this long at most
+    "SOCKET_BACKLOG_MAX_BYTES": 1024 * 1024,  # a client that stops reading is dropped past it
+    "GC_FULL_COLLECT_SECS": 60,  # full garbage collections on a timer (0: CPython's own)
+    "HISTORY_MAXLEN": 10_000,  # per stream, unless its kind says otherwise
+    "HISTORY_MAX_AGE_SECS": 24 * 3600,
+    "IDEMPOTENCY_TTL_SECS": 24 * 3600,  # how long a publish's message id is remembered
+    "REDIS_TIMEOUT_SECS": 3,  # then the API answers 503
+    "PRESENCE_HEARTBEAT_SECS": 5.0,  # an entry lives three beats
+    "SESSION_CHECK_SECS": 60.0,  # expired or deleted sessions close their sockets this often
+    # --- limits: what one client may make us hold or do (realtime/limits.py) ---
+    "MAX_CLIENT_FRAME_BYTES": 64 * 1024,
+    "MAX_PAYLOAD_BYTES": 64 * 1024,
+    "SOCKET_FRAMES_PER_SEC": 50.0,
+    "SOCKET_FRAME_BURST": 200,
+    "SOCKET_RATE_LIMIT_STRIKES": 50,
+    "SOCKET_PUBLISHES_PER_SEC": 10.0,
+    "SOCKET_PUBLISH_BURST": 100,
+    "SOCKET_TYPING_PER_SEC": 1.0,
+    "SOCKET_TYPING_BURST": 10,
+    "MAX_STREAMS_PER_SOCKET": 50,
+    "MAX_SOCKETS_PER_USER": 20,
+    "SOCKET_REPLAY_BYTES_PER_MIN": 32 * 1024 * 1024,
+    "REPLAY_BATCH_BYTES": 256 * 1024,
+    # --- access ---
+    "API_TOKEN_CACHE_SECS": 5,  # revoking an API token takes up to this long
+    "CONNECT_TOKEN_TTL_SECS": 300,
+    "CONNECT_TOKEN_KEY": "",  # empty: derived from SECRET_KEY
+    "CONNECT_TOKEN_ORIGINS": [],  # origins besides the site's own that may use a token
+    "SWITCHBOARD_STREAM_KINDS": {},  # the project's own stream kinds (realtime/streams.py)
+    # The login page's demo users: the bundled demo's, never a project's.
+    "SHOW_DEMO_LOGINS": False,
+    "LOGIN_IP_MAX_FAILURES": 20,  # realtime/login_lockout.py, when django-axes uses it
+}
+
+
+def default_replica_id() -> str:
+    """This process's name in the cluster: REPLICA_ID from the environment, else host and pid,
+    so two replicas on one host never share a name (the channel layer addresses them by it)."""
+    return os.environ.get("REPLICA_ID") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def channel_layer(
+    redis_url: str = DEFAULT_REDIS_URL,
+    *,
+    prefix: str = "sb",
+    node: str | None = None,
+    capacity: int = DEFAULTS["DELIVERY_QUEUE_MAX_FRAMES"],
+    heartbeat_secs: float = DEFAULTS["HEARTBEAT_SECS"],
+) -> dict[str, Any]:
+    """A CHANNEL_LAYERS entry for Switchboard's layer, for a settings module:
+    `CHANNEL_LAYERS = {"default": channel_layer(os.environ["REDIS_URL"])}`. `node` names this
+    replica in the layer's membership counts (None: settings.REPLICA_ID)."""
+    return {
+        "BACKEND": "realtime.layer.StreamChannelLayer",
+        "CONFIG": {
+            "hosts": [redis_url],
+            "prefix": prefix,
+            "node": node,
+            "capacity": capacity,
+            "heartbeat_secs": heartbeat_secs,
+        },
+    }
+
+
+def install_defaults() -> None:
+    """Every Switchboard setting the project left out, with its default."""
+    for name, value in DEFAULTS.items():
+        if not hasattr(settings, name):
+            setattr(settings, name, value)
+    if not hasattr(settings, "REPLICA_ID"):
+        settings.REPLICA_ID = default_replica_id()
+    if not getattr(settings, "CHANNEL_LAYERS", None):
+        settings.CHANNEL_LAYERS = {
+            "default": channel_layer(
+                getattr(settings, "REDIS_URL", DEFAULT_REDIS_URL),
+                capacity=settings.DELIVERY_QUEUE_MAX_FRAMES,
+                heartbeat_secs=settings.HEARTBEAT_SECS,
+            )
+        }
