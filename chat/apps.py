@@ -13,9 +13,15 @@ class ChatConfig(AppConfig):
         from realtime.groups import ROOM_SLUG_RE
 
         # room:<slug> streams are the chat's rooms: it decides who reads them, and what a
-        # socket's publish to one means (a line to store, or typing).
+        # socket's publish to one means (a line to store, or typing). Rooms keep history (a
+        # page resumes from the head it rendered) and presence (who is in the room).
         streams.register(
-            "room", key=ROOM_SLUG_RE.pattern, can_read=room_can_read, can_publish=room_can_read
+            "room",
+            key=ROOM_SLUG_RE.pattern,
+            can_read=room_can_read,
+            can_publish=room_can_read,
+            history=True,
+            presence=True,
         )
         publish_hooks.register(ChatPublishHook())
         connect_signals()

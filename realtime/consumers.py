@@ -187,7 +187,7 @@ class RealtimeConsumer:
             await session.send_error(problem.code, problem.message)
         session.ready = True
         session.wake()
-        # Presence: this socket's entries in its rooms, refreshed on a heartbeat (presence.py).
+        # Presence: this socket's entries on its presence streams, refreshed on a heartbeat.
         await presence_.start(list(session.cursors))
         if scope.get("session_key"):
             session.session_digest = session_watch.session_digest(scope["session_key"])

@@ -1,19 +1,24 @@
-"""Who is online, per room and per user, across replicas — without trusting disconnect() to run.
+"""Who is online, per stream and per user, across replicas — without trusting disconnect() to run.
 
-Every connection has an entry that expires unless its replica refreshes it on a heartbeat: one
-in each room it is in and one in its user's set, which is also how many sockets the user has
-open (realtime/broker/keys.py lists the keys; the scripts are realtime/broker/lua/presence_*).
+Presence is kept for the streams whose kind has it (`presence=True` when the kind is registered,
+realtime/streams.py: the chat's `room:<slug>`, a project's own kinds), never for the core's
+user, broadcast and ops streams. Every connection has an entry that expires unless its replica
+refreshes it on a heartbeat: one in each such stream it reads and one in its user's set, which
+is also how many sockets the user has open (realtime/broker/keys.py lists the keys; the scripts
+are realtime/broker/lua/presence_*).
 
-A user is in a room while any of their entries there has not expired. Each process (each event
-loop) has one heartbeat task for all its connections: every beat it refreshes all their entries
-in one pipeline and sweeps each room it has connections in, once. (A new connection's entries
-are first written within 50 ms, in one pipeline with every other connection registered
-meanwhile; a room entered later is written at once.) A replica that dies without running
-disconnect() stops refreshing; the next sweep by a live replica with a connection in that room
-removes the expired entries and announces who left, within one TTL. Join/leave are decided
-inside Lua scripts, so two replicas sweeping at once announce a leave once.
+A user is on a stream while any of their entries there has not expired. Each process (each
+event loop) has one heartbeat task for all its connections: every beat it refreshes all their
+entries in one pipeline and sweeps each stream it has connections on, once. (A new
+connection's entries are first written within 50 ms, in one pipeline with every other
+connection registered meanwhile; a stream subscribed later is written at once.) A replica that
+dies without running disconnect() stops refreshing; the next sweep by a live replica with a
+connection on that stream removes the expired entries and announces who left, within one TTL.
+Join/leave are decided inside Lua scripts, so two replicas sweeping at once announce a leave
+once. However a socket ends (close, unsubscribe, access revoked, kicked), Session.release() or
+leave() removes its entries; what a dead replica leaves behind expires.
 
-Events are ephemeral frames on the room stream (no seq, no history):
+Events are ephemeral frames on the stream itself (no seq, no history):
   {"type": "presence", "event": "join" | "leave", "user", "user_id", "stream", "origin"}
 """
 
@@ -31,7 +36,7 @@ from typing import Any
 
 from django.conf import settings
 
-from realtime import broker, groups, publish
+from realtime import broker, groups, publish, streams
 from realtime.broker import BrokerUnavailable, RedisBroker, scripts
 from realtime.broker.errors import translated
 
@@ -62,8 +67,8 @@ def _broker() -> RedisBroker:
     return broker.current()
 
 
-def _room_key(slug: str) -> str:
-    return _broker().keys.presence_room(slug)
+def _stream_key(stream: str) -> str:
+    return _broker().keys.presence_stream(stream)
 
 
 def _user_key(user_id: int) -> str:
@@ -81,7 +86,7 @@ async def _pipelined(queue: Callable[[Any], None]) -> list[Any]:
 
 def _key_ttl(ttl: int) -> int:
     # Only garbage collection of idle keys: long enough that a sweep still finds expired
-    # entries (to announce their leave) after their whole room went quiet.
+    # entries (to announce their leave) after their whole stream went quiet.
     return 2 * ttl + 60_000
 
 
@@ -89,10 +94,9 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def slug_of(stream: str) -> str | None:
-    """The room slug of a `room:<slug>` stream, None for other streams."""
-    kind, _, key = stream.partition(":")
-    return key if kind == "room" else None
+def has_presence(stream: str) -> bool:
+    """Whether presence is kept for `stream` (its kind says so: realtime/streams.py)."""
+    return streams.policy_for(stream).presence
 
 
 # --- the operations (each one Redis round trip or script) ---------------------------------------
@@ -102,34 +106,34 @@ def _join_args(*, user_id: int, conn: str, now: int, ttl: int) -> list[Any]:
     return [f"{user_id}:", f"{user_id}:{conn}", now + ttl, now, _key_ttl(ttl)]
 
 
-async def room_enter(
-    *, slug: str, user_id: int, username: str, conn: str, ttl: int | None = None
+async def stream_enter(
+    *, stream: str, user_id: int, username: str, conn: str, ttl: int | None = None
 ) -> bool:
-    """Add or refresh a connection's entry; True when the user was not in the room before."""
+    """Add or refresh a connection's entry; True when the user was not on the stream before."""
     ttl = ttl or ttl_ms()
     args = _join_args(user_id=user_id, conn=conn, now=now_ms(), ttl=ttl)
-    joined = await _run(scripts.PRESENCE_JOIN, [_room_key(slug)], args)
+    joined = await _run(scripts.PRESENCE_JOIN, [_stream_key(stream)], args)
     return bool(joined)
 
 
-async def room_exit(*, slug: str, user_id: int, conn: str) -> bool:
-    """Remove a connection's entry; True when it was the user's last one in the room."""
+async def stream_exit(*, stream: str, user_id: int, conn: str) -> bool:
+    """Remove a connection's entry; True when it was the user's last one on the stream."""
     args = [f"{user_id}:", f"{user_id}:{conn}", now_ms()]
-    left = await _run(scripts.PRESENCE_LEAVE, [_room_key(slug)], args)
+    left = await _run(scripts.PRESENCE_LEAVE, [_stream_key(stream)], args)
     return bool(left)
 
 
-async def room_sweep(*, slug: str, now: int | None = None) -> list[int]:
-    """Drop expired entries; the ids of users who thereby left the room."""
-    gone = await _run(scripts.PRESENCE_SWEEP, [_room_key(slug)], [now or now_ms()])
+async def stream_sweep(*, stream: str, now: int | None = None) -> list[int]:
+    """Drop expired entries; the ids of users who thereby left the stream."""
+    gone = await _run(scripts.PRESENCE_SWEEP, [_stream_key(stream)], [now or now_ms()])
     return [int(uid) for uid in gone]
 
 
-async def room_online(*, slug: str) -> list[int]:
-    """Ids of the users with a live connection in the room."""
+async def stream_online(*, stream: str) -> list[int]:
+    """Ids of the users with a live connection on the stream."""
     members: Any
     with translated("presence"):
-        members = await _broker().redis().zrangebyscore(_room_key(slug), now_ms(), "+inf")
+        members = await _broker().redis().zrangebyscore(_stream_key(stream), now_ms(), "+inf")
     return sorted({int(m.split(b":", 1)[0]) for m in members})
 
 
@@ -179,10 +183,29 @@ async def user_sockets(*, user_id: int) -> dict[str, int]:
     return counts
 
 
-async def room_users(*, slug: str) -> list[dict[str, Any]]:
-    """The users with a live connection in the room: [{"id", "username"}], by id."""
-    ids = await room_online(slug=slug)
+async def stream_users(*, stream: str) -> list[dict[str, Any]]:
+    """The users with a live connection on the stream: [{"id", "username"}], by id."""
+    ids = await stream_online(stream=stream)
     return [{"id": i, "username": n} for i, n in zip(ids, await _names(ids), strict=True)]
+
+
+# --- the chat's rooms, by slug (room:<slug> is a stream like any other with presence) -----------
+
+
+async def room_enter(
+    *, slug: str, user_id: int, username: str, conn: str, ttl: int | None = None
+) -> bool:
+    return await stream_enter(
+        stream=groups.room_stream(slug), user_id=user_id, username=username, conn=conn, ttl=ttl
+    )
+
+
+async def room_sweep(*, slug: str, now: int | None = None) -> list[int]:
+    return await stream_sweep(stream=groups.room_stream(slug), now=now)
+
+
+async def room_online(*, slug: str) -> list[int]:
+    return await stream_online(stream=groups.room_stream(slug))
 
 
 async def user_gone(*, user_id: int, conn: str) -> None:
@@ -198,7 +221,7 @@ async def user_gone(*, user_id: int, conn: str) -> None:
 @dataclass(frozen=True)
 class UserStatus:
     user_id: int
-    online: bool  # a live connection on any replica, in any room or none
+    online: bool  # a live connection on any replica, whatever it reads
     last_seen_ms: int | None
 
 
@@ -227,12 +250,12 @@ async def _names(user_ids: list[int]) -> list[str]:
     return [n.decode() if n else f"user {u}" for u, n in zip(user_ids, names, strict=True)]
 
 
-async def announce(*, slug: str, event: str, user_id: int, username: str) -> None:
+async def announce(*, stream: str, event: str, user_id: int, username: str) -> None:
     logger.info(
-        "presence %s room=%s user=%s replica=%s", event, slug, username, settings.REPLICA_ID
+        "presence %s stream=%s user=%s replica=%s", event, stream, username, settings.REPLICA_ID
     )
     await publish.publish_ephemeral(
-        stream=groups.room_stream(slug),
+        stream=stream,
         frame={"type": "presence", "event": event, "user": username, "user_id": user_id},
     )
 
@@ -244,58 +267,59 @@ def _queue_refresh(
     pipe: Any,
     conns: list[ConnectionPresence],
     entries: list[tuple[str, ConnectionPresence]],
-    rooms: list[str],
+    swept: list[str],
     *,
     now: int,
     ttl: int,
 ) -> None:
     _queue_touch(pipe, ((c.user_id, c.username, c.conn) for c in conns), now=now, ttl=ttl)
-    for slug, conn in entries:
+    for stream, conn in entries:
         args = _join_args(user_id=conn.user_id, conn=conn.conn, now=now, ttl=ttl)
-        scripts.PRESENCE_JOIN.queue(pipe, [_room_key(slug)], args)
+        scripts.PRESENCE_JOIN.queue(pipe, [_stream_key(stream)], args)
     # After the joins: this beat's own entries are fresh when the sweeps run.
-    for slug in rooms:
-        scripts.PRESENCE_SWEEP.queue(pipe, [_room_key(slug)], [now])
+    for stream in swept:
+        scripts.PRESENCE_SWEEP.queue(pipe, [_stream_key(stream)], [now])
 
 
 async def connections_refresh(conns: list[ConnectionPresence], *, sweep: bool) -> None:
-    """Refresh every entry of `conns` (user and rooms) and announce the joins the scripts report
-    (a user whose entries had expired, or were lost with a Redis restart); with `sweep`, then
-    sweep each of their rooms once and announce who left. One pipeline per BATCH_CONNECTIONS."""
+    """Refresh every entry of `conns` (user and streams) and announce the joins the scripts
+    report (a user whose entries had expired, or were lost with a Redis restart); with `sweep`,
+    then sweep each of their streams once and announce who left. One pipeline per
+    BATCH_CONNECTIONS."""
     joins: list[tuple[str, ConnectionPresence]] = []
     gone: list[tuple[str, int]] = []
     for start in range(0, len(conns), BATCH_CONNECTIONS):
         batch = conns[start : start + BATCH_CONNECTIONS]
         last = start + BATCH_CONNECTIONS >= len(conns)
-        # Read when the batch is built, not when the beat began: a room left meanwhile is not
+        # Read when the batch is built, not when the beat began: a stream left meanwhile is not
         # written back.
-        entries = [(slug, conn) for conn in batch for slug in conn.rooms]
-        rooms = sorted({slug for conn in conns for slug in conn.rooms}) if sweep and last else []
+        entries = [(stream, conn) for conn in batch for stream in conn.streams]
+        swept = sorted({s for conn in conns for s in conn.streams}) if sweep and last else []
         queue = partial(
-            _queue_refresh, conns=batch, entries=entries, rooms=rooms, now=now_ms(), ttl=ttl_ms()
+            _queue_refresh, conns=batch, entries=entries, swept=swept, now=now_ms(), ttl=ttl_ms()
         )
         replies = await _pipelined(queue)
-        scripts = replies[len(replies) - len(entries) - len(rooms) :]
-        joined, swept = scripts[: len(entries)], scripts[len(entries) :]
+        scripts = replies[len(replies) - len(entries) - len(swept) :]
+        joined, left = scripts[: len(entries)], scripts[len(entries) :]
         joins += [entry for entry, was_new in zip(entries, joined, strict=True) if was_new]
-        gone += [(slug, int(uid)) for slug, uids in zip(rooms, swept, strict=True) for uid in uids]
-    for slug, conn in joins:
-        await announce(slug=slug, event="join", user_id=conn.user_id, username=conn.username)
+        gone += [(s, int(uid)) for s, uids in zip(swept, left, strict=True) for uid in uids]
+    for stream, conn in joins:
+        await announce(stream=stream, event="join", user_id=conn.user_id, username=conn.username)
     names = await _names([user_id for _, user_id in gone])
-    for (slug, user_id), name in zip(gone, names, strict=True):
-        await announce(slug=slug, event="leave", user_id=user_id, username=name)
+    for (stream, user_id), name in zip(gone, names, strict=True):
+        await announce(stream=stream, event="leave", user_id=user_id, username=name)
 
 
 # --- one connection's presence, driven by the consumer ------------------------------------------
 
 
 class ConnectionPresence:
-    """A socket's entries: added when it subscribes to a room, refreshed by its process's
-    heartbeat, removed when it unsubscribes or closes. Best effort: Redis trouble never breaks
-    the socket."""
+    """A socket's entries: added when it subscribes to a stream with presence, refreshed by its
+    process's heartbeat, removed when it unsubscribes or closes. Best effort: Redis trouble
+    never breaks the socket."""
 
     # One per socket, so kept small: no __dict__, no task of its own.
-    __slots__ = ("conn", "rooms", "user_id", "username", "wanted")
+    __slots__ = ("conn", "streams", "user_id", "username", "wanted")
 
     def __init__(self, *, user_id: int, username: str, scope_query: bytes = b"") -> None:
         self.user_id = user_id
@@ -305,63 +329,64 @@ class ConnectionPresence:
         self.wanted = b"ephemeral=1" in scope_query.split(b"&")
         # "<replica>/<random>": the server API counts a user's sockets per replica from it.
         self.conn = f"{settings.REPLICA_ID}/{uuid.uuid4().hex[:12]}"
-        self.rooms: set[str] = set()
+        # The streams this socket has presence on (a subset of what it reads): at most
+        # MAX_STREAMS_PER_SOCKET entries, however many the client asks for.
+        self.streams: set[str] = set()
 
     async def start(self, streams: list[str]) -> None:
         # No Redis round trip here: the heartbeat writes this socket's entries within
         # REGISTER_FLUSH_SECS, in one pipeline with every socket that connected meanwhile.
-        self.rooms.update(slug for slug in map(slug_of, streams) if slug is not None)
+        self.streams.update(stream for stream in streams if has_presence(stream))
         _heartbeat().add(self)
 
     async def enter(self, stream: str) -> None:
-        # Written at once, not on the next beat: the user just opened the room's page. The
-        # user-level entry goes in the same pipeline: whoever is in a room is online.
-        slug = slug_of(stream)
-        if slug is None:
+        # Written at once, not on the next beat: the user just opened the stream's page. The
+        # user-level entry goes in the same pipeline: whoever is on a stream is online.
+        if not has_presence(stream):
             return
-        self.rooms.add(slug)
+        self.streams.add(stream)
         queue = partial(
             _queue_refresh,
             conns=[self],
-            entries=[(slug, self)],
-            rooms=[],
+            entries=[(stream, self)],
+            swept=[],
             now=now_ms(),
             ttl=ttl_ms(),
         )
         with contextlib.suppress(BrokerUnavailable):
             if (await _pipelined(queue))[-1]:
-                await self._announce(slug, "join")
+                await self._announce(stream, "join")
 
     async def exit(self, stream: str) -> None:
-        slug = slug_of(stream)
-        if slug is None or slug not in self.rooms:
+        if stream not in self.streams:
             return
-        self.rooms.discard(slug)
+        self.streams.discard(stream)
         await _settle()
-        await self._leave(slug)
+        await self._leave(stream)
 
     async def close(self) -> None:
         heartbeat = _heartbeats.get(asyncio.get_running_loop())
         if heartbeat is not None:
             heartbeat.discard(self)
         await _settle()
-        for slug in list(self.rooms):
-            self.rooms.discard(slug)
-            await self._leave(slug)
+        for stream in list(self.streams):
+            self.streams.discard(stream)
+            await self._leave(stream)
         with contextlib.suppress(BrokerUnavailable):
             await user_gone(user_id=self.user_id, conn=self.conn)
 
     async def refresh(self) -> None:
-        """Refresh this socket's entries and sweep its rooms now (the heartbeat does it for all)."""
+        """Refresh this socket's entries and sweep its streams now (the heartbeat does it for
+        all)."""
         await connections_refresh([self], sweep=True)
 
-    async def _leave(self, slug: str) -> None:
+    async def _leave(self, stream: str) -> None:
         with contextlib.suppress(BrokerUnavailable):
-            if await room_exit(slug=slug, user_id=self.user_id, conn=self.conn):
-                await self._announce(slug, "leave")
+            if await stream_exit(stream=stream, user_id=self.user_id, conn=self.conn):
+                await self._announce(stream, "leave")
 
-    async def _announce(self, slug: str, event: str) -> None:
-        await announce(slug=slug, event=event, user_id=self.user_id, username=self.username)
+    async def _announce(self, stream: str, event: str) -> None:
+        await announce(stream=stream, event=event, user_id=self.user_id, username=self.username)
 
 
 # --- the heartbeat: one task per process (per event loop) for all its sockets --------------------
@@ -403,7 +428,7 @@ class _Heartbeat:
             await asyncio.wait(list(self.writes))
 
     async def beat(self) -> None:
-        """Refresh every socket's entries and sweep their rooms."""
+        """Refresh every socket's entries and sweep their streams."""
         self.fresh.clear()  # written by this beat: the flush has nothing left to do
         await self._write(list(self.live), sweep=True)
 

@@ -1,9 +1,10 @@
 """The one way to send a message to connected clients.
 
 Only this module publishes to streams: views, admin actions, management commands and consumers
-all come through here, so every message gets the same envelope, sequence number, history entry,
-size limit and error handling. (The broker's publish script does the PUBLISH that channels'
-`group_send` would do, atomically with numbering and storing the message.)
+all come through here, so every message gets the same envelope, sequence number, history entry
+(as far as its kind keeps history: realtime/streams.py), size limit and error handling. (The
+broker's publish script does the PUBLISH that channels' `group_send` would do, atomically with
+numbering and storing the message.)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from realtime import broker, groups, protocol
+from realtime import broker, groups, protocol, streams
 from realtime.broker import BrokerUnavailable, StreamPolicy
 
 logger = logging.getLogger(__name__)
@@ -98,9 +99,12 @@ async def publish(
     # Encoded once here; the publish script adds seq and epoch, and every replica writes the
     # resulting text to its sockets as it is.
     body = protocol.encode(envelope)
+    # What the stream's kind keeps (realtime/streams.py): a kind without history keeps none
+    # (max_len 0), and its messages are still numbered.
+    kind = streams.policy_for(stream)
     policy = StreamPolicy(
-        max_len=settings.HISTORY_MAXLEN,
-        max_age_ms=int(settings.HISTORY_MAX_AGE_SECS * 1000),
+        max_len=kind.history_maxlen if kind.history else 0,
+        max_age_ms=int(kind.history_max_age_secs * 1000),
         idempotency_ttl_secs=settings.IDEMPOTENCY_TTL_SECS,
     )
     try:

@@ -5,12 +5,14 @@ A stream's own keys carry the hash tag `{<stream>}`, so that they live in one Re
 share one Redis.
 
   <p>:{<stream>}:meta          hash: seq (the last given), epoch, delivered, acked
-  <p>:{<stream>}:log           Redis Stream: entry "<seq>-0", fields f (frame), t (ms)
+  <p>:{<stream>}:log           Redis Stream: entry "<seq>-0", fields f (frame), t (ms); none
+                               for a stream whose kind keeps no history
+  <p>:{<stream>}:presence      sorted set: "<user id>:<connection>" -> expiry ms (a stream whose
+                               kind has presence: the chat's rooms, a project's own kinds)
   <p>:idem:<scope>:<key>       a publish's idempotency key -> "<seq> <epoch> <message id>"
   <p>:g:<group>                pub/sub channel of a channel-layer group
   <p>:p:<process id>           pub/sub channel of one process (Channels' send() to a channel)
   <p>:members:<group>          hash: node -> "<local sockets>@<expiry ms>"
-  <p>:presence:room:<slug>     sorted set: "<user id>:<connection>" -> expiry ms
   <p>:presence:user:<id>       sorted set: "<connection>" -> expiry ms (also the socket count)
   <p>:presence:seen / :names   hashes: user id -> last seen ms / username
   <p>:limit:<key>              a fixed-window counter (realtime/limits.py)
@@ -47,8 +49,8 @@ class Keys:
     def members(self, group: str) -> str:
         return f"{self.prefix}:members:{group}"
 
-    def presence_room(self, slug: str) -> str:
-        return f"{self.prefix}:presence:room:{slug}"
+    def presence_stream(self, stream: str) -> str:
+        return f"{self.prefix}:{{{stream}}}:presence"
 
     def presence_user(self, user_id: int) -> str:
         return f"{self.prefix}:presence:user:{user_id}"

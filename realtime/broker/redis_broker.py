@@ -28,6 +28,11 @@ from realtime.broker.keys import Keys
 # Command connections per process and loop: enough for Redis to pipeline a burst of publishes
 # (each is one short script), few enough that 3 replicas never crowd Redis' connection table.
 MAX_REDIS_CONNECTIONS = 32
+# Below this many entries a stream's history is trimmed exactly (XADD MAXLEN =). `MAXLEN ~` only
+# drops whole nodes of the stream's radix tree (stream-node-max-entries, 100 by default), so a
+# kind keeping 5 kept all of 50 in a test; from 1000 on it keeps at most a tenth more than asked,
+# and `~` is the cheaper trim.
+EXACT_TRIM_BELOW = 1000
 # Groups per pipeline in the membership heartbeat (two commands each): one pipeline for every
 # group of a busy replica (one per user) held the event loop long enough to show in latency.
 MEMBERSHIP_BATCH_GROUPS = 100
@@ -53,7 +58,11 @@ class Appended:
 
 @dataclass(frozen=True)
 class StreamPolicy:
-    """How long a stream's history lives, and how long an idempotency key is remembered."""
+    """How long a stream's history lives, and how long an idempotency key is remembered.
+
+    `max_len` 0 keeps no history at all (a kind registered with history=False): messages are
+    still numbered and published, and idempotency keys still work, but nothing is left to read
+    back, so a reader that missed some is told it lost them (delivery/session.py)."""
 
     max_len: int
     max_age_ms: int
@@ -151,6 +160,7 @@ class RedisBroker:
             stream,
             policy.idempotency_ttl_secs,
             message_id,
+            "=" if policy.max_len < EXACT_TRIM_BELOW else "~",
         ]
         seq, epoch, receivers, sockets, duplicate, first_id = await self.run(
             scripts.PUBLISH, keys, args

@@ -314,7 +314,7 @@ class Session:
                     stream, recovered=False, reason=reason, epoch=head.epoch, seq=0
                 )
                 notify = False
-            replayed = await self._replay(stream, cursor, upto=head.seq)
+            replayed, _ = await self._replay(stream, cursor, upto=head.seq)
         elif head.seq < cursor.last:
             await self.send_error(
                 "seq_ahead",
@@ -323,7 +323,12 @@ class Session:
             )
             cursor.last, recovered, reason = head.seq, False, "ahead"
         elif head.seq > cursor.last:
-            replayed = await self._replay(stream, cursor, upto=head.seq)
+            replayed, lost = await self._replay(stream, cursor, upto=head.seq)
+            if lost:
+                # The replay answered already: resumed, recovered: false, reason "gap" (history
+                # trimmed, or a kind that keeps none). A recovered: true after it would read as
+                # the answer to the resume.
+                notify = False
         if notify:
             await self.send_resumed(
                 stream,
@@ -334,15 +339,17 @@ class Session:
                 replayed=replayed,
             )
 
-    async def _replay(self, stream: str, cursor: Cursor, *, upto: int) -> int:
-        """Send frames cursor.last+1 .. upto from history; say so if some are gone for good.
+    async def _replay(self, stream: str, cursor: Cursor, *, upto: int) -> tuple[int, bool]:
+        """Send frames cursor.last+1 .. upto from history; say so if some are gone for good
+        (trimmed, or never kept: a kind without history). How many were sent, and whether some
+        were lost.
 
         Memory: history is read in batches of at most REPLAY_BATCH_BYTES, and the next batch is
         read only once this one is written (each write waits for the socket to drain), so a
         socket that stops reading holds about SOCKET_BACKLOG_MAX_BYTES plus one batch. Before, a
         batch was 500 entries whatever their size: 30 MB for a room of 60 KB messages, per
         stuck socket. The socket's replay budget paces what it may ask for (limits.py)."""
-        replayed = 0
+        replayed, lost = 0, False
         largest = settings.MAX_PAYLOAD_BYTES + 200  # a guess until the first batch is read
         while cursor.last < upto:
             count = max(1, min(REPLAY_BATCH, settings.REPLAY_BATCH_BYTES // largest))
@@ -359,6 +366,7 @@ class Session:
             try:
                 first = entries[0][0]
                 if first > cursor.last + 1:
+                    lost = True
                     await self.send_resumed(
                         stream, recovered=False, reason="gap", epoch=cursor.epoch, seq=first - 1
                     )
@@ -372,11 +380,12 @@ class Session:
                 replica_stats.replay_bytes_in_flight -= held  # what a close left unsent
             del entries
         if cursor.last < upto:  # trimmed away entirely
+            lost = True
             await self.send_resumed(
                 stream, recovered=False, reason="gap", epoch=cursor.epoch, seq=upto
             )
             cursor.last = upto
-        return replayed
+        return replayed, lost
 
     async def _pace_replay(self, size: int) -> None:
         """Charge `size` bytes of replay to this socket's budget; past it, wait until it has

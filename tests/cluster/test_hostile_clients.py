@@ -72,7 +72,9 @@ def replica_rss_mib(cluster: Cluster, replica: str = REPLICA) -> float:
 def room_online(cluster: Cluster, slug: str) -> set[int]:
     client = redis.Redis(port=cluster.redis_port)
     try:
-        members = client.zrangebyscore(f"sb:presence:room:{slug}", int(time.time() * 1000), "+inf")
+        members = client.zrangebyscore(
+            f"sb:{{room:{slug}}}:presence", int(time.time() * 1000), "+inf"
+        )
         return {int(m.split(b":")[0]) for m in members}
     finally:
         client.close()

@@ -113,8 +113,8 @@ async def start_many(count: int, *, rooms: list[str], users: int) -> list[Connec
 def all_written(conns: list[ConnectionPresence]) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         entries: set[bytes] = set()
-        for slug in {slug for conn in conns for slug in conn.rooms}:
-            entries |= set(await scores(presence._room_key(slug)))
+        for stream in {stream for conn in conns for stream in conn.streams}:
+            entries |= set(await scores(presence._stream_key(stream)))
         return all(f"{c.user_id}:{c.conn}".encode() in entries for c in conns)
 
     return check
@@ -165,20 +165,20 @@ async def test_a_beat_refreshes_every_entry_in_a_pipeline_per_batch_and_sweeps_e
     await flushed()
     assert await all_written(conns)()
     # Age the entries by a second, so a beat within the same millisecond still shows as newer.
-    keys = {presence._room_key(slug) for slug in rooms}
+    keys = {presence._stream_key(f"room:{slug}") for slug in rooms}
     keys |= {presence._user_key(c.user_id) for c in conns}
     for key in keys:
         aged = {member: score - 1000 for member, score in (await scores(key)).items()}
         await broker.current().redis().zadd(key, aged, xx=True)
-    rooms_before = {slug: await scores(presence._room_key(slug)) for slug in rooms}
+    rooms_before = {slug: await scores(presence._stream_key(f"room:{slug}")) for slug in rooms}
     users_before = {c.user_id: await scores(presence._user_key(c.user_id)) for c in conns}
     round_trips.clear()
     await presence._heartbeats[asyncio.get_running_loop()].beat()
     assert len(round_trips) == math.ceil(90 / presence.BATCH_CONNECTIONS), "a round trip per batch"
     swept = [key for trip in round_trips for key in swept_keys(trip)]
-    assert sorted(swept) == [presence._room_key(slug) for slug in rooms]
+    assert sorted(swept) == [presence._stream_key(f"room:{slug}") for slug in rooms]
     for slug in rooms:
-        after = await scores(presence._room_key(slug))
+        after = await scores(presence._stream_key(f"room:{slug}"))
         assert after.keys() == rooms_before[slug].keys() and len(after) == 30
         assert all(after[member] > rooms_before[slug][member] for member in after)
     for conn in conns:
@@ -241,7 +241,7 @@ async def test_entries_lost_with_redis_return_on_the_next_beat_and_rejoin(
     assert (await next_presence(alice, "alice95"))["event"] == "join"
     # What a Redis restart does to presence: its keys and the loaded scripts are gone, at once.
     client = broker.current().redis()
-    keys = [key async for key in client.scan_iter(f"{broker.current().keys.prefix}:presence:*")]
+    keys = [key async for key in client.scan_iter(f"{broker.current().keys.prefix}:*presence*")]
     async with client.pipeline(transaction=True) as pipe:
         pipe.delete(*keys)
         pipe.script_flush()

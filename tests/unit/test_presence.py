@@ -10,9 +10,9 @@ from realtime.presence import ConnectionPresence
 def test_a_sockets_presence_has_no_dict_and_no_task_of_its_own() -> None:
     conn = ConnectionPresence(user_id=1, username="alice")
     assert not hasattr(conn, "__dict__")
-    assert set(ConnectionPresence.__slots__) == {"conn", "rooms", "user_id", "username", "wanted"}
+    assert set(ConnectionPresence.__slots__) == {"conn", "streams", "user_id", "username", "wanted"}
     replica, _, random_part = conn.conn.rpartition("/")
-    assert (conn.rooms, replica, len(random_part), conn.wanted) == (
+    assert (conn.streams, replica, len(random_part), conn.wanted) == (
         set(),
         settings.REPLICA_ID,
         12,

@@ -1,5 +1,7 @@
 """Who reads and publishes to a stream of an app's kind is that kind's registered check
-(realtime/streams.py): sync or async, True to allow, anything else refuses."""
+(realtime/streams.py): sync or async, True to allow, anything else refuses. What such a stream
+keeps (history, retention) and whether it has presence is the kind's too, and policy_for()
+answers it for every stream, the core's included."""
 
 from __future__ import annotations
 
@@ -8,11 +10,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from pytest_django.fixtures import Settings
 
 from chat.access import room_can_read
 from realtime import streams
 from realtime.groups import InvalidStreamName, group_for_stream
 from realtime.selectors import StreamDenied, stream_check_readable, stream_check_writable
+from realtime.streams import KindPolicy
 
 USER: Any = SimpleNamespace(pk=1, is_staff=False)
 
@@ -83,10 +87,141 @@ def test_a_kind_has_one_registration_and_a_proper_name() -> None:
     assert kind is not None
     again = kind[0]
     streams.register(  # the same again (ready() twice): fine
-        "room", key=again.key.pattern, can_read=again.can_read, can_publish=again.can_publish
+        "room",
+        key=again.key.pattern,
+        can_read=again.can_read,
+        can_publish=again.can_publish,
+        history=again.history,
+        presence=again.presence,
     )
     with pytest.raises(ValueError, match="already registered"):
         streams.register("room", key=".*", can_read=lambda user, stream: True)
     for bad in ("user", "ops", "Order", "a-b", "x" * 21):
         with pytest.raises(ValueError):
             streams.register(bad, key=".*", can_read=lambda user, stream: True)
+
+
+def allow(user: Any, stream: str) -> bool:
+    return True
+
+
+@pytest.fixture
+def forget_kinds() -> Iterator[list[str]]:
+    """Kinds a test registers, unregistered afterwards."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        streams.forget(name)
+
+
+def test_the_core_kinds_keep_history_with_the_global_retention_and_no_presence(
+    settings: Settings,
+) -> None:
+    settings.HISTORY_MAXLEN, settings.HISTORY_MAX_AGE_SECS = 1234, 56
+    expected = KindPolicy(
+        history=True, history_maxlen=1234, history_max_age_secs=56, presence=False
+    )
+    for stream in ("user:1", "broadcast", "ops"):
+        assert streams.policy_for(stream) == expected, stream
+
+
+def test_the_chats_rooms_keep_history_and_presence(settings: Settings) -> None:
+    policy = streams.policy_for("room:lobby")
+    assert (policy.history, policy.history_maxlen, policy.presence) == (
+        True,
+        settings.HISTORY_MAXLEN,
+        True,
+    )
+
+
+def test_a_kind_without_options_keeps_what_the_core_keeps(
+    order_kind: list[str], settings: Settings
+) -> None:
+    assert streams.policy_for("order:42") == streams.policy_for("user:1")
+    settings.HISTORY_MAXLEN = 77  # read when asked, not when registered
+    assert streams.policy_for("order:42").history_maxlen == 77
+
+
+def test_a_kinds_own_retention_and_presence_replace_the_global_ones(
+    forget_kinds: list[str], settings: Settings
+) -> None:
+    forget_kinds += ["ticket", "ping"]
+    streams.register(
+        "ticket",
+        key="[0-9]+",
+        can_read=allow,
+        history_maxlen=5,
+        history_max_age_secs=3600,
+        presence=True,
+    )
+    streams.register("ping", key="[0-9]+", can_read=allow, history=False)
+    assert streams.policy_for("ticket:1") == KindPolicy(
+        history=True, history_maxlen=5, history_max_age_secs=3600, presence=True
+    )
+    ping = streams.policy_for("ping:1")
+    assert (ping.history, ping.presence) == (False, False)
+
+
+@pytest.mark.parametrize(
+    ("options", "complaint"),
+    [
+        ({"history_maxlen": 0}, "history_maxlen must be a positive whole number"),
+        ({"history_maxlen": -5}, "history_maxlen must be a positive whole number"),
+        ({"history_maxlen": 2.5}, "history_maxlen must be a positive whole number"),
+        ({"history_maxlen": "100"}, "history_maxlen must be a positive whole number"),
+        ({"history_maxlen": True}, "history_maxlen must be a positive whole number"),
+        ({"history_max_age_secs": 0}, "history_max_age_secs must be a positive whole number"),
+        ({"history": "no"}, "history must be True or False"),
+        ({"presence": 1}, "presence must be True or False"),
+        ({"history": False, "history_maxlen": 10}, "keeps no history"),
+        ({"history": False, "history_max_age_secs": 10}, "keeps no history"),
+    ],
+)
+def test_a_kinds_options_are_checked_when_it_is_registered(
+    options: dict[str, Any], complaint: str
+) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        streams.register("ticket", key="[0-9]+", can_read=allow, **options)
+    assert "ticket" not in streams.registered()
+
+
+def test_the_same_kind_with_other_options_is_a_second_registration(
+    forget_kinds: list[str],
+) -> None:
+    forget_kinds.append("ticket")
+    streams.register("ticket", key="[0-9]+", can_read=allow, history_maxlen=5)
+    streams.register("ticket", key="[0-9]+", can_read=allow, history_maxlen=5)
+    with pytest.raises(ValueError, match="already registered"):
+        streams.register("ticket", key="[0-9]+", can_read=allow, history_maxlen=6)
+
+
+def test_settings_declare_history_retention_and_presence(forget_kinds: list[str]) -> None:
+    forget_kinds += ["ticket", "ping"]
+    streams.register_from_settings(
+        {
+            "ticket": {
+                "key": "[0-9]+",
+                "can_read": "chat.access.room_can_read",
+                "history_maxlen": 100,
+                "history_max_age_secs": 3600,
+                "presence": True,
+            },
+            "ping": {"key": "[0-9]+", "can_read": "chat.access.room_can_read", "history": False},
+        }
+    )
+    assert streams.policy_for("ticket:7") == KindPolicy(
+        history=True, history_maxlen=100, history_max_age_secs=3600, presence=True
+    )
+    assert streams.policy_for("ping:7").history is False
+
+
+def test_settings_with_an_option_no_kind_takes_are_refused_by_name() -> None:
+    spec = {"key": "[0-9]+", "can_read": "chat.access.room_can_read", "history_max_len": 5}
+    with pytest.raises(ValueError, match=r"'history_max_len'.*history_maxlen"):
+        streams.register_from_settings({"ticket": spec})
+    assert "ticket" not in streams.registered()
+
+
+def test_a_stream_of_no_registered_kind_has_no_policy() -> None:
+    with pytest.raises(ValueError, match="no registered stream kind"):
+        streams.policy_for("nope:1")

@@ -1,7 +1,8 @@
 -- Publish one message to a stream, atomically: next seq, history entry, trim, PUBLISH.
 -- KEYS: meta, log, members, idempotency key ('' for none)
--- ARGV: epoch candidate, body (envelope JSON without seq/epoch), maxlen, max age ms,
---       pub/sub channel, stream name, idempotency ttl secs, message id
+-- ARGV: epoch candidate, body (envelope JSON without seq/epoch), maxlen (0: keep no history),
+--       max age ms, pub/sub channel, stream name, idempotency ttl secs, message id,
+--       trim ('=' exact, '~' whole nodes)
 if KEYS[4] ~= '' then
   local prior = redis.call('GET', KEYS[4])
   if prior then
@@ -20,19 +21,25 @@ local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local frame = '{"seq":' .. seq .. ',"epoch":"' .. epoch .. '",' .. string.sub(ARGV[2], 2)
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'f', frame, 't', now_ms)
--- Trim by age on every 16th publish, up to 128 entries (8 per publish on average): each entry
--- is deleted once, so the cost stays flat, and the other 15 publishes skip the look-up (it was
--- a third of the script's time).
-if seq % 16 == 0 then
-  local cutoff = now_ms - tonumber(ARGV[4])
-  local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 128)
-  for _, entry in ipairs(oldest) do
-    if tonumber(entry[2][4]) >= cutoff then break end
-    redis.call('XDEL', KEYS[2], entry[1])
+if tonumber(ARGV[3]) == 0 then
+  -- A stream without history: the seq and epoch above are all it keeps. Whatever a log still
+  -- holds from before its kind stopped keeping history goes, so nothing stale is replayed.
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[9], ARGV[3], seq .. '-0', 'f', frame, 't', now_ms)
+  -- Trim by age on every 16th publish, up to 128 entries (8 per publish on average): each
+  -- entry is deleted once, so the cost stays flat, and the other 15 publishes skip the look-up
+  -- (it was a third of the script's time).
+  if seq % 16 == 0 then
+    local cutoff = now_ms - tonumber(ARGV[4])
+    local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 128)
+    for _, entry in ipairs(oldest) do
+      if tonumber(entry[2][4]) >= cutoff then break end
+      redis.call('XDEL', KEYS[2], entry[1])
+    end
   end
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
 end
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
 local receivers = redis.call('PUBLISH', ARGV[5], 'F' .. seq .. ' ' .. epoch .. ' ' .. ARGV[6] .. '\n' .. frame)
 local sockets = 0
 local members = redis.call('HGETALL', KEYS[3])
