@@ -5,7 +5,7 @@ from django.urls import include, path, re_path
 from chat import views as chat_views
 from lab import views as lab_views
 from ops import views as ops_views
-from realtime import views
+from project import views
 
 urlpatterns = [
     path("", views.home, name="home"),

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 
-from realtime import protocol
+from realtime import connect_tokens, protocol
 from realtime.selectors import api_token_authenticate, user_get_by_username
 from realtime.services import token_digest
 
@@ -149,3 +149,24 @@ async def connect_token_subject(request: HttpRequest, body: dict[str, Any]) -> A
     if body.get("user") not in (None, user.get_username()):
         raise ApiError(403, "forbidden", "A session gets tokens for its own user only.")
     return user
+
+
+async def sse_sender_id(request: HttpRequest) -> int:
+    """Whose frames a POST /sse/send carries: the user of the connection token in
+    `Authorization: Bearer` (the one the stream opened with; a bearer credential, not a cookie,
+    so no CSRF), or the logged-in session's user (CSRF checked). The replica holding the stream
+    drops frames from anyone but its user. ApiError otherwise."""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "bad_token", "Send Authorization: Bearer <connection token>.")
+        try:
+            return connect_tokens.verify(token.strip()).user_id
+        except connect_tokens.BadToken as exc:
+            raise ApiError(401, "bad_token", str(exc)) from None
+    user = await request.auser()
+    if not user.is_authenticated:
+        raise ApiError(401, "not_authenticated", "Log in first; then reconnect.")
+    _require_csrf(request)
+    return int(user.pk)

@@ -13,10 +13,8 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
-from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from realtime import (
@@ -27,6 +25,7 @@ from realtime import (
     lifetimes,
     presence,
     publish,
+    streams,
     transport,
 )
 from realtime.api import (
@@ -36,6 +35,7 @@ from realtime.api import (
     error_response,
     ok_response,
     parse_json_object,
+    sse_sender_id,
 )
 from realtime.broker import BrokerUnavailable
 from realtime.selectors import user_get_by_username, user_ids_by_username
@@ -48,12 +48,6 @@ HISTORY_PAGE_MAX = 500
 
 # A health check must answer well within HAProxy's check timeout even when Redis hangs.
 HEALTH_REDIS_TIMEOUT_SECS = 0.5
-
-
-@ensure_csrf_cookie  # client.js posts SSE frames with it
-@login_required
-def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "realtime/home.html")
 
 
 def _from_inside(request: HttpRequest) -> bool:
@@ -114,16 +108,16 @@ def _rss_bytes() -> int | None:
         return None
 
 
+@csrf_exempt  # checked in sse_sender_id for session callers
 @require_POST
 async def sse_send(request: HttpRequest) -> JsonResponse:
     """POST {"connection": <hello's connection>, "frame": "<frame JSON text>"}: a client frame of
     the SSE transport (realtime/transport/sse.py). Any replica takes it; the channel layer
     carries it to the replica holding that connection, and the answer comes back on the
-    stream. CSRF applies as to any form post (X-CSRFToken)."""
-    user = await request.auser()
-    if not user.is_authenticated:
-        return error_response(401, "not_authenticated", "Log in first; then reconnect.")
+    stream. From a page: session and X-CSRFToken; from a client with a connection token: the
+    same token as `Authorization: Bearer`."""
     try:
+        user_id = await sse_sender_id(request)
         body = parse_json_object(request)
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message)
@@ -138,7 +132,7 @@ async def sse_send(request: HttpRequest) -> JsonResponse:
             "frame_too_large",
             f"Frames may be at most {settings.MAX_CLIENT_FRAME_BYTES} bytes.",
         )
-    message = {"type": "rt.client_frame", "text": frame, "user_id": user.pk}
+    message = {"type": "rt.client_frame", "text": frame, "user_id": user_id}
     try:
         await get_channel_layer().send(connection, message)  # type: ignore[union-attr]
     except ValueError:
@@ -339,11 +333,20 @@ async def api_unsubscribe(request: HttpRequest) -> JsonResponse:
 @require_GET
 async def api_history(request: HttpRequest) -> JsonResponse:
     """GET ?stream=<stream>&after=<seq>&limit=<n ≤ 500>: the stream's kept messages after `after`,
-    oldest first, as the envelopes sockets got (with seq and epoch)."""
+    oldest first, as the envelopes sockets got (with seq and epoch). A stream whose kind keeps
+    no history answers 400 no_history rather than an empty page, which would read as "nothing
+    was sent"."""
 
     async def handle() -> JsonResponse:
         await authenticate_publisher(request)
         stream = _check_stream_name(request.GET.get("stream", ""))
+        if not streams.policy_for(stream).history:
+            raise ApiError(
+                400,
+                "no_history",
+                f"{stream} keeps no history (its kind is registered with history=False): its "
+                "messages reach only the sockets subscribed when they are sent.",
+            )
         try:
             after = int(request.GET.get("after", "0"))
             limit = int(request.GET.get("limit", "100"))
@@ -362,15 +365,20 @@ async def api_history(request: HttpRequest) -> JsonResponse:
 
 @require_GET
 async def api_presence(request: HttpRequest) -> JsonResponse:
-    """GET ?stream=room:<slug>: who is in the room now (presence is kept for rooms)."""
+    """GET ?stream=<stream>: who is on the stream now, for a stream whose kind keeps presence
+    (room:<slug>, a project's kinds registered with presence=True)."""
 
     async def handle() -> JsonResponse:
         await authenticate_publisher(request)
-        stream = request.GET.get("stream", "")
-        slug = presence.slug_of(stream)
-        if slug is None or not groups.is_room_slug(slug):
-            raise ApiError(400, "bad_stream", "Presence is kept for room:<slug> streams.")
-        users = await presence.room_users(slug=slug)
+        stream = _check_stream_name(request.GET.get("stream", ""))
+        if not presence.has_presence(stream):
+            raise ApiError(
+                400,
+                "no_presence",
+                f"{stream} keeps no presence: only the streams of a kind registered with "
+                "presence=True do (realtime/streams.py).",
+            )
+        users = await presence.stream_users(stream=stream)
         return ok_response({"stream": stream, "users": users})
 
     return await _answer(handle)

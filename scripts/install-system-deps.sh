@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs the system programs Switchboard runs (redis-server, haproxy) and, with --browser,
-# Debian's Chromium for the e2e tier. Does nothing for what is already there.
+# Debian's Chromium for the e2e tier; with --node, node and npm for the npm package's test
+# (clients/js). Does nothing for what is already there.
 set -euo pipefail
 
 want=(redis-server:redis-server haproxy:haproxy)
-if [[ "${1:-}" == "--browser" ]]; then
-  want+=(chromium:chromium)
-fi
+for flag in "$@"; do
+  case "$flag" in
+    --browser) want+=(chromium:chromium) ;;
+    --node) want+=(node:nodejs npm:npm) ;;
+  esac
+done
 
 missing=()
 for pair in "${want[@]}"; do

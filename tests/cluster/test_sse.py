@@ -12,9 +12,10 @@ import httpx
 import pytest
 
 from devtools.cluster import Cluster, wait_until
+from switchboard_client import RealtimeClient
 from tests.cluster.helpers import api_post, sessions_for
 from tests.conftest import manage
-from tests.support.clients import SseClient
+from tests.support.clients import SseClient, tampered
 
 
 def cookie_for(session: str, replica: str) -> str:
@@ -152,3 +153,44 @@ async def test_the_python_client_over_sse_publishes_and_resumes_across_dropped_s
     finally:
         await writer.close()
         await reader.close()
+
+
+async def test_a_token_holder_over_sse_sends_frames_to_any_replica_with_its_token(
+    cluster: Cluster,
+) -> None:
+    """No session: the stream opens with ?token= and the POSTs carry the same token as a bearer
+    credential, land on other replicas and are answered on the stream; a tampered or missing
+    token is refused, and a session POST still needs its CSRF header."""
+    ((name, session),) = sessions_for(cluster, 1, "ssetok").items()
+    answer = await asyncio.to_thread(
+        api_post, cluster, "/api/connect-token", {"user": name}, replica="d1"
+    )
+    token = answer.json()["token"]
+    client = RealtimeClient(f"{cluster.ws_url}", token=token, transport="sse")
+    await client.start()
+    try:
+        # A frame POSTed with the token reaches the stream's session and is answered on it.
+        await client.send_raw({"type": "subscribe", "stream": "ops", "id": "s1"})
+        await client.wait_for(
+            lambda c: any(e.get("code") == "forbidden_stream" for e in c.events), timeout=10
+        )
+        await asyncio.to_thread(api_post, cluster, "/api/broadcast", {"payload": {"n": 1}})
+        await client.wait_for(lambda c: len(c.received["broadcast"]) >= 1, timeout=10)
+        assert [f["payload"] for f in client.received["broadcast"]] == [{"n": 1}]
+        ws_hello = next(e for e in client.events if e.get("type") == "hello")
+        assert ws_hello["user"] == name
+        frame = json.dumps({"type": "echo", "id": "t", "payload": "x"})
+        body = {"connection": ws_hello["connection"], "frame": frame}
+        async with httpx.AsyncClient(base_url=cluster.url, timeout=10) as http:
+            forged = await http.post(
+                "/sse/send", json=body, headers={"Authorization": f"Bearer {tampered(token)}"}
+            )
+            bare = await http.post("/sse/send", json=body)
+            no_csrf = await http.post(
+                "/sse/send", json=body, headers={"Cookie": f"sessionid={session}"}
+            )
+        assert (forged.status_code, forged.json()["error"]) == (401, "bad_token")
+        assert (bare.status_code, bare.json()["error"]) == (401, "not_authenticated")
+        assert (no_csrf.status_code, no_csrf.json()["error"]) == (403, "csrf_failed")
+    finally:
+        await client.close()

@@ -111,11 +111,11 @@ class EventStreamConnection:
     to /sse/send naming the stream's connection (any replica takes it); close() ends the GET."""
 
     def __init__(
-        self, http: httpx.AsyncClient, response: httpx.Response, cookie: str, token: str
+        self, http: httpx.AsyncClient, response: httpx.Response, headers: dict[str, str]
     ) -> None:
         self.http = http
         self.response = response
-        self.headers = {"Cookie": cookie, "X-CSRFToken": token}
+        self.headers = headers  # the POSTs' credentials: session and CSRF, or the token
         self.id: str | None = None
 
     async def send(self, text: str) -> None:
@@ -156,8 +156,6 @@ class RealtimeClient:
     ) -> None:
         if transport not in ("websocket", "sse"):
             raise ValueError(f"transport is 'websocket' or 'sse', not {transport!r}")
-        if token and transport != "websocket":
-            raise ValueError("a connection token opens WebSockets only (SSE's sends need a login)")
         # A connection token (POST /api/connect-token) instead of a session cookie: a string, or
         # an async function asked for a fresh one before every connect (tokens expire).
         self.token = token
@@ -350,9 +348,17 @@ class RealtimeClient:
             )
             self._http = httpx.AsyncClient(base_url=self.origin, timeout=timeout)
         http = self._http
-        token = uuid.uuid4().hex  # a CSRF secret of ours, in the cookie and in the header
-        cookie = f"{self.cookie}; csrftoken={token}" if self.cookie else f"csrftoken={token}"
-        query = self._url()[len(self.ws_url) :]
+        connect_token = await self._fresh_token()
+        csrf = uuid.uuid4().hex  # a CSRF secret of ours, in the cookie and in the header
+        cookie = f"{self.cookie}; csrftoken={csrf}" if self.cookie else f"csrftoken={csrf}"
+        # With a connection token, the stream opens with it in the URL and each POST carries it
+        # as a bearer credential (no cookie, so no CSRF); with a session, cookie and CSRF header.
+        post_headers = (
+            {"Authorization": f"Bearer {connect_token}"}
+            if connect_token
+            else {"Cookie": cookie, "X-CSRFToken": csrf}
+        )
+        query = self._url(connect_token)[len(self.ws_url) :]
         opened_at = None
         self.closed_code = None
         try:
@@ -361,7 +367,7 @@ class RealtimeClient:
                     self.refused = "the server refused the event stream (403: origin)"
                     return None
                 opened_at = time.monotonic()
-                connection = EventStreamConnection(http, response, cookie, token)
+                connection = EventStreamConnection(http, response, post_headers)
                 self._connection = connection
                 event = "message"
                 async for line in response.aiter_lines():

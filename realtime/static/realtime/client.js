@@ -1,14 +1,19 @@
 // Switchboard's browser client: one WebSocket to /ws/ (or, where WebSockets are blocked, Server-
-// Sent Events from /sse/ with frames POSTed back), resumable streams, an outbox, events.
+// Sent Events from /sse/ with frames POSTed back), resumable streams, an outbox, events. The same
+// file runs outside a page (node, published as @switchboard/client from clients/js/): give it the
+// site's `url` and a connection `token` instead of a page's location and session cookie.
 //
-//   const client = new RealtimeClient();
+//   const client = new RealtimeClient();          // in a page: this site, the session's user
+//   const client = new RealtimeClient({ url: "https://example.com", token: fetchToken });  // node
 //   client.addEventListener("message", (e) => show(e.detail));   // stream frames, once, in order
 //   client.subscribe("room:lobby", { epoch, seq });               // resume from a known position
 //   await client.publish("room:lobby", { kind: "chat", text });   // resolves with the server's ack
 //   client.close();                                               // final
 //
 // Events (CustomEvent, frame or facts in `detail`):
-//   state      {state: "connecting" | "open" | "waiting" | "unauthorized" | "closed", ...}
+//   state      {state: "connecting" | "open" | "waiting" | "unauthorized" | "closed", ...};
+//              unauthorized (close 4401, final) carries the error frame's code that came first
+//              ({code: 4401, error: "bad_token", message}): get a new token or log in again
 //   open       {replica, previousReplica, user, userId}     after every (re)connect's hello
 //   message    a stream frame (push, message, broadcast, ...) never seen before on this tab
 //   subscribed / resumed / ack / error / pong   the server's frames
@@ -21,6 +26,22 @@
 //
 // Positions ({stream: {epoch, seq}}) live in sessionStorage, so a reload of the page resumes
 // where it was: the server replays what was missed before any live frame (?resume= in the URL).
+//
+// Options besides DEFAULTS' tunables, for use outside a page (each unset in a page):
+//   url        the site's base URL ("https://example.com"): the WebSocket's is made from it
+//              (http -> ws, https -> wss) and `path`, the SSE transport's from it too; unset, the
+//              page's location.
+//   token      a connection token (POST /api/connect-token), or a function (may be async) asked
+//              for a fresh one before every connect, as the Python client's token= is: sent as
+//              ?token=. A 4401 is final with a token too (the Python client's rule): its error
+//              frame says why (bad_token: expired or not ours), and a new client takes it from
+//              there. Over SSE the token opens the stream (?token=) and rides on each POST of
+//              the client's frames as `Authorization: Bearer` (no cookie, no CSRF).
+//   WebSocket  the constructor to use instead of globalThis.WebSocket (node 20 has one only with
+//              --experimental-websocket; or the `ws` package's).
+//   storage    where positions are kept: any object with getItem/setItem (Web Storage's). By
+//              default sessionStorage where there is one, else a MemoryStorage of this client's
+//              own; null keeps none (positions then last as long as the client).
 
 export const DEFAULTS = Object.freeze({
   path: "/ws/",
@@ -69,10 +90,52 @@ export function newId() {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+// Web Storage's getItem/setItem in memory: positions outside a page, or shared by the clients
+// given the same one (a client made later resumes where an earlier one stopped).
+export class MemoryStorage {
+  constructor() {
+    this._items = new Map();
+  }
+
+  getItem(key) {
+    return this._items.has(key) ? this._items.get(key) : null;
+  }
+
+  setItem(key, value) {
+    this._items.set(key, String(value));
+  }
+
+  removeItem(key) {
+    this._items.delete(key);
+  }
+}
+
+function defaultStorage() {
+  try {
+    if (typeof sessionStorage !== "undefined") return sessionStorage;
+  } catch {
+    /* storage disabled for this page (a sandboxed frame): reading it throws */
+  }
+  return new MemoryStorage();
+}
+
 export class RealtimeClient extends EventTarget {
   constructor(options = {}) {
     super();
     this.options = Object.freeze({ ...DEFAULTS, ...options });
+    this.storage = options.storage === undefined ? defaultStorage() : options.storage;
+    if (!this.options.url && typeof location === "undefined") {
+      throw new Error('outside a page, give the site\'s base URL: new RealtimeClient({ url: "https://…" })');
+    }
+    if (this.options.transport === "sse" && typeof EventSource === "undefined") {
+      throw new Error('transport "sse" needs EventSource, which this runtime lacks: use "websocket"');
+    }
+    if (this.options.transport !== "sse" && !this.options.WebSocket && typeof WebSocket === "undefined") {
+      throw new Error(
+        "no WebSocket in this runtime: pass the WebSocket option (the ws package's), or run node "
+        + "with --experimental-websocket (node 20; node 22 has it by default)",
+      );
+    }
     this.positions = this._load();
     this.wanted = new Set(); // streams beyond the user's own ones (which the server always adds)
     this.outbox = new Map(); // id -> {frame, resolve, reject}
@@ -86,37 +149,40 @@ export class RealtimeClient extends EventTarget {
     this._timers = {};
     this.transport = this.options.transport === "sse" ? "sse" : "websocket";
     this._failedOpens = 0; // WebSockets in a row that closed before their hello
+    this._askingToken = false; // a token function's answer is awaited: connect() waits for it
+    this._lastError = null; // the current socket's last error frame (a 4401 reports its code)
   }
 
   // --- public API ------------------------------------------------------------------------------
 
   connect() {
-    if (this.final || this.socket) return this;
-    const resume = {};
-    for (const [stream, position] of Object.entries(this.positions)) {
-      if (this.wanted.has(stream) || stream === "broadcast" || stream.startsWith("user:")) {
-        resume[stream] = position;
-      }
-    }
-    const query = new URLSearchParams();
-    if (Object.keys(resume).length) query.set("resume", JSON.stringify(resume));
-    if (this.options.ephemeral) query.set("ephemeral", "1");
-    const search = query.size ? `?${query}` : "";
+    if (this.final || this.socket || this._askingToken) return this;
     this._setState("connecting", { attempt: this.attempt, transport: this.transport });
-    let socket;
-    if (this.transport === "sse") {
-      this.debug("connecting over SSE", this.options.ssePath + search);
-      socket = new EventStreamSocket(this.options.ssePath + search, this.options.sseSendPath);
-    } else {
-      const scheme = location.protocol === "https:" ? "wss" : "ws";
-      const url = `${scheme}://${location.host}${this.options.path}${search}`;
-      this.debug("connecting", url);
-      socket = new WebSocket(url);
+    const token = this.options.token;
+    if (typeof token !== "function") {
+      this._open(token || "");
+      return this;
     }
-    this.socket = socket;
-    socket.onmessage = (event) => this._onFrame(event.data);
-    socket.onclose = (event) => this._onClose(socket, event.code, event.reason);
-    socket.onerror = () => this.debug("socket error (a close follows)");
+    // Asked before every connect: a token is checked at the handshake only, and expires.
+    this._askingToken = true;
+    Promise.resolve()
+      .then(() => token())
+      .then((fresh) => {
+        if (typeof fresh === "string" && fresh) return fresh;
+        throw new TypeError(`the token function returned ${typeof fresh}, not a token string`);
+      })
+      .then(
+        (fresh) => {
+          this._askingToken = false;
+          if (!this.final) this._open(fresh);
+        },
+        (error) => {
+          this._askingToken = false;
+          if (this.final) return;
+          this.debug("the token function failed:", error);
+          this._retry(this._delay(this.options.backoffBaseMs, this.attempt++), 0, { error: String(error) });
+        },
+      );
     return this;
   }
 
@@ -277,6 +343,7 @@ export class RealtimeClient extends EventTarget {
 
   _onError(frame) {
     this.debug("error frame", frame.code, frame.message);
+    this._lastError = frame;
     if (frame.code === "access_revoked" && frame.stream) {
       // Taken away by the server: asking for it again after a reconnect would only be refused.
       this.wanted.delete(frame.stream);
@@ -299,6 +366,39 @@ export class RealtimeClient extends EventTarget {
 
   // --- connection life -------------------------------------------------------------------------
 
+  // One socket, its URL made now: the positions (?resume=) are those of this moment.
+  _open(token) {
+    const resume = {};
+    for (const [stream, position] of Object.entries(this.positions)) {
+      if (this.wanted.has(stream) || stream === "broadcast" || stream.startsWith("user:")) {
+        resume[stream] = position;
+      }
+    }
+    const query = new URLSearchParams();
+    if (Object.keys(resume).length) query.set("resume", JSON.stringify(resume));
+    if (this.options.ephemeral) query.set("ephemeral", "1");
+    const logged = String(query) ? `?${query}` : ""; // the URL less the token: logs keep no secret
+    if (token) query.set("token", token);
+    const search = String(query) ? `?${query}` : "";
+    this._lastError = null;
+    let socket;
+    if (this.transport === "sse") {
+      const url = this._httpUrl(this.options.ssePath);
+      this.debug("connecting over SSE", url + logged);
+      socket = new EventStreamSocket(url + search, this._httpUrl(this.options.sseSendPath), token);
+    } else {
+      const url = this._webSocketUrl();
+      this.debug("connecting", url + logged);
+      const Socket = this.options.WebSocket || WebSocket;
+      socket = new Socket(url + search);
+    }
+    this.socket = socket;
+    socket.onmessage = (event) => this._onFrame(event.data);
+    socket.onclose = (event) => this._onClose(socket, event.code, event.reason);
+    socket.onerror = () => this.debug("socket error (a close follows)");
+    return this;
+  }
+
   _onClose(socket, code, reason) {
     if (socket !== this.socket) return;
     this.socket = null;
@@ -306,10 +406,14 @@ export class RealtimeClient extends EventTarget {
     if (this.final) return;
     if (code === CLOSE_UNAUTHORIZED) {
       this.final = true;
-      this._setState("unauthorized", { code, reason });
+      const error = this._lastError; // the server says why first (bad_token, session_ended, ...)
+      this._setState("unauthorized", {
+        code, reason, ...(error ? { error: error.code, message: error.message } : {}),
+      });
       return;
     }
-    if (this.state === "connecting" && this.transport === "websocket" && this.options.transport === "auto") {
+    const canFallBack = typeof EventSource !== "undefined";
+    if (this.state === "connecting" && this.transport === "websocket" && this.options.transport === "auto" && canFallBack) {
       // Closed before it ever said hello: blocked on the way, maybe. Enough of those in a row,
       // and the next connection (and every one after) is an event stream.
       this._failedOpens += 1;
@@ -336,9 +440,9 @@ export class RealtimeClient extends EventTarget {
     if (!this.final) this._retry(this._delay(this.options.backoffBaseMs, this.attempt++), 0);
   }
 
-  _retry(delayMs, code) {
+  _retry(delayMs, code, extra = {}) {
     this.debug(`reconnecting in ${Math.round(delayMs)} ms (close code ${code})`);
-    this._setState("waiting", { delayMs, code, attempt: this.attempt });
+    this._setState("waiting", { delayMs, code, attempt: this.attempt, ...extra });
     this._timers.retry = setTimeout(() => { delete this._timers.retry; this.connect(); }, delayMs);
   }
 
@@ -377,6 +481,31 @@ export class RealtimeClient extends EventTarget {
 
   // --- helpers ---------------------------------------------------------------------------------
 
+  // The site's base: the `url` option (a path in it is kept as a prefix), else the page's.
+  _base() {
+    if (!this.options.url) return null;
+    const base = new URL(this.options.url);
+    return { protocol: base.protocol, host: base.host, prefix: base.pathname.replace(/\/+$/, "") };
+  }
+
+  _webSocketUrl() {
+    const base = this._base();
+    if (!base) {
+      const scheme = location.protocol === "https:" ? "wss" : "ws";
+      return `${scheme}://${location.host}${this.options.path}`;
+    }
+    const scheme = base.protocol === "https:" || base.protocol === "wss:" ? "wss" : "ws";
+    return `${scheme}://${base.host}${base.prefix}${this.options.path}`;
+  }
+
+  // An HTTP URL of the site's (the SSE transport's): relative to the page when there is no `url`.
+  _httpUrl(path) {
+    const base = this._base();
+    if (!base) return path;
+    const scheme = base.protocol === "https:" || base.protocol === "wss:" ? "https" : "http";
+    return `${scheme}://${base.host}${base.prefix}${path}`;
+  }
+
   _send(frame) {
     const socket = this.socket;
     if (!socket || socket.readyState !== OPEN || this.state !== "open") return false;
@@ -391,16 +520,18 @@ export class RealtimeClient extends EventTarget {
   }
 
   _load() {
+    if (!this.storage) return {};
     try {
-      return JSON.parse(sessionStorage.getItem(this.options.storageKey) || "{}") || {};
+      return JSON.parse(this.storage.getItem(this.options.storageKey) || "{}") || {};
     } catch {
       return {};
     }
   }
 
   _save() {
+    if (!this.storage) return;
     try {
-      sessionStorage.setItem(this.options.storageKey, JSON.stringify(this.positions));
+      this.storage.setItem(this.options.storageKey, JSON.stringify(this.positions));
     } catch {
       /* storage full or disabled: resume still works within this page's life */
     }
@@ -423,9 +554,12 @@ export class RealtimeClient extends EventTarget {
 // it and the channel layer carries it to the one holding the stream. The browser's own
 // EventSource reconnect is switched off: the client reconnects with its positions in the URL.
 export class EventStreamSocket {
-  constructor(url, sendUrl) {
+  constructor(url, sendUrl, token = "") {
     this.readyState = 0;
     this.sendUrl = sendUrl;
+    // The POSTs' credentials: the connection token the stream opened with, or the page's session
+    // (its cookie, and the CSRF header Django wants with it).
+    this.authorization = token ? { Authorization: `Bearer ${token}` } : null;
     this.connection = null;
     this.onmessage = null;
     this.onclose = null;
@@ -459,8 +593,11 @@ export class EventStreamSocket {
     const body = JSON.stringify({ connection: this.connection, frame: text });
     this._queue = this._queue.then(() => fetch(this.sendUrl, {
       method: "POST",
-      credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
+      credentials: this.authorization ? "omit" : "same-origin",
+      headers: {
+        "Content-Type": "application/json",
+        ...(this.authorization || { "X-CSRFToken": csrfToken() }),
+      },
       body,
     }).then((answer) => {
       if (!answer.ok && answer.status !== 202) this._closed(1006, `POST answered ${answer.status}`);
@@ -480,6 +617,7 @@ export class EventStreamSocket {
 }
 
 function csrfToken() {
+  if (typeof document === "undefined") return "";
   const match = document.cookie.match(/(?:^|; )csrftoken=([^;]*)/);
   return match ? decodeURIComponent(match[1]) : "";
 }
