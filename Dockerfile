@@ -2,8 +2,8 @@ FROM python:3.11-slim
 WORKDIR /app
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 COPY requirements.txt .
-# psycopg: compose runs PostgreSQL; local clusters use SQLite and do not need it.
-RUN pip install --no-cache-dir -r requirements.txt "psycopg[binary]==3.3.9"
+# requirements.txt brings psycopg and its pool: compose runs PostgreSQL.
+RUN pip install --no-cache-dir -r requirements.txt
 # The server runs as an unprivileged user: the code stays root's, read-only to it, and only
 # var/ (a SQLite file or a generated secret key, when those are used) is its to write.
 RUN groupadd --system --gid 10001 switchboard \

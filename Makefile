@@ -36,8 +36,8 @@ status: ## what a detached cluster runs, and HAProxy's view of it
 down: ## stop a detached cluster
 	@$(PY) manage.py cluster down
 
-browser-deps: ## system-deps plus Chromium (e2e tier) and node + npm (the npm package's test), as root
-	@scripts/install-system-deps.sh --browser --node
+browser-deps: ## system-deps plus Chromium (e2e), node + npm (npm package) and PostgreSQL (its test run), as root
+	@scripts/install-system-deps.sh --browser --node --postgres
 
 test: browser-deps $(VENV)/.installed ## install what is missing, then run every test tier
 	@$(PY) -m pytest

@@ -14,7 +14,8 @@ class ChatConfig(AppConfig):
 
         # room:<slug> streams are the chat's rooms: it decides who reads them, and what a
         # socket's publish to one means (a line to store, or typing). Rooms keep history (a
-        # page resumes from the head it rendered) and presence (who is in the room).
+        # page resumes from the head it rendered), presence (who is in the room) and an archive
+        # (a client back after the Redis window moved on is replayed from the database).
         streams.register(
             "room",
             key=ROOM_SLUG_RE.pattern,
@@ -22,6 +23,7 @@ class ChatConfig(AppConfig):
             can_publish=room_can_read,
             history=True,
             presence=True,
+            archive=True,
         )
         publish_hooks.register(ChatPublishHook())
         connect_signals()

@@ -22,7 +22,15 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
+
+from devtools.postgres import LocalPostgres
+from devtools.redis_topology import (
+    SENTINEL_MASTER,
+    SentinelGroup,
+    redis_server_argv,
+    sentinel_config,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 HAPROXY_CFG = BASE_DIR / "haproxy.cfg"
@@ -90,6 +98,8 @@ class ManagedProcess:
     # Where it runs: the repository by default; elsewhere for a project that installed the
     # package (the repository's own `realtime` would shadow the installed one).
     cwd: Path = BASE_DIR
+    # What asks it to stop (SIGKILL follows after the timeout); PostgreSQL's is SIGINT.
+    stop_signal: int = signal.SIGTERM
 
     @property
     def pid(self) -> int | None:
@@ -122,7 +132,7 @@ class ManagedProcess:
         if not self.running():
             return
         assert self.popen is not None
-        self.popen.terminate()
+        self.popen.send_signal(self.stop_signal)
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -145,6 +155,17 @@ class ClusterConfig:
     stats_port: int = 0
     run_dir: Path = field(default_factory=lambda: BASE_DIR / "var" / "cluster")
     redis_persistence: bool = False
+    # "single": one redis-server; "sentinel": a primary, its replica and three sentinels
+    # (devtools/redis_topology.py), the replicas finding the primary through them.
+    redis_mode: str = "single"
+    # App hosts, simulated: with 2 or more, the replicas bind to 127.0.0.2, 127.0.0.3, … in
+    # turn (Linux routes all of 127/8 to loopback), as if each address were a machine of its
+    # own; Redis, PostgreSQL and HAProxy stay on 127.0.0.1. 1: every replica on 127.0.0.1.
+    hosts: int = 1
+    # "sqlite": the replicas share the SQLite file in their var dir (or DATABASE_URL's database);
+    # "postgres": a PostgreSQL of the runner's own, its data in <run_dir>/postgres, migrated.
+    db: str = "sqlite"
+    postgres_port: int = 0
     access_log: bool = False
     # Extra environment for every replica (and for commands run with `command_env`).
     env: dict[str, str] = field(default_factory=dict)
@@ -181,8 +202,29 @@ class Cluster:
         self._socket_dir = tempfile.mkdtemp(prefix="sb-haproxy-")
         self.admin_socket = str(Path(self._socket_dir) / "admin.sock")
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.sentinel_group: SentinelGroup | None = None
+        if config.redis_mode == "sentinel":
+            self.sentinel_group = SentinelGroup(
+                self.redis_port, free_port(), [free_port() for _ in range(3)]
+            )
+        elif config.redis_mode != "single":
+            raise ClusterError(f"--redis is single or sentinel, not {config.redis_mode!r}")
+        self.postgres: LocalPostgres | None = None
+        if config.db == "postgres":
+            port = config.postgres_port or free_port()
+            if not port_is_free(port):
+                raise ClusterError(f"the PostgreSQL port {port} is taken; pick another")
+            self.postgres = LocalPostgres(self.run_dir / "postgres", port)
+        elif config.db != "sqlite":
+            raise ClusterError(f"--db is sqlite or postgres, not {config.db!r}")
         self.replica_names = [f"d{i}" for i in range(1, config.replicas + 1)]
         self.replica_ports = {name: free_port() for name in self.replica_names}
+        if config.hosts < 1:
+            raise ClusterError("--hosts must be at least 1")
+        self.replica_hosts = {
+            name: "127.0.0.1" if config.hosts == 1 else f"127.0.0.{2 + index % config.hosts}"
+            for index, name in enumerate(self.replica_names)
+        }
         self.processes: dict[str, ManagedProcess] = {}
         self._build_processes()
 
@@ -201,7 +243,7 @@ class Cluster:
         return f"http://127.0.0.1:{self.stats_port}/"
 
     def replica_url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.replica_ports[name]}"
+        return f"http://{self.replica_hosts[name]}:{self.replica_ports[name]}"
 
     def command_env(self, **extra: str) -> dict[str, str]:
         """The environment a `manage.py` command needs to publish into this cluster."""
@@ -216,22 +258,43 @@ class Cluster:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if self.sentinel_group is not None:
+            env["REDIS_SENTINELS"] = self.sentinel_group.sentinels_setting
+            env["REDIS_SENTINEL_MASTER"] = SENTINEL_MASTER
+        if self.postgres is not None:
+            env["DATABASE_URL"] = self.postgres.url
+        if self.config.hosts > 1 and "ALLOWED_HOSTS" not in self.config.env:
+            # Health checks and tests reach a replica by its own address.
+            addresses = sorted(set(self.replica_hosts.values()))
+            env["ALLOWED_HOSTS"] = ",".join(["localhost", "127.0.0.1", "[::1]", *addresses])
         env.update(extra)
         return env
+
+    def manage(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """`manage.py <args>` in a process of its own against this cluster, output captured."""
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=BASE_DIR,
+            env=self.command_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     # --- building --------------------------------------------------------------------------------
 
     def _build_processes(self) -> None:
+        if self.postgres is not None:
+            argv = self.postgres.server_argv()
+            self._add(
+                "postgres", argv, dict(os.environ), self.postgres.port, LocalPostgres.stop_signal
+            )
+        self._build_redis()
         # Command lines keep each option beside its value (the formatter would put one per line).
-        redis_argv = [
-            "redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
-            "--dir", str(self.run_dir), "--daemonize", "no", "--save", "",
-            "--appendonly", "yes" if self.config.redis_persistence else "no",
-        ]  # fmt: skip
-        self._add("redis", redis_argv, dict(os.environ), self.redis_port)
         for name, port in self.replica_ports.items():
             argv = [
-                sys.executable, "-m", "realtime.serve", "-b", "127.0.0.1", "-p", str(port),
+                sys.executable, "-m", "realtime.serve",
+                "-b", self.replica_hosts[name], "-p", str(port),
                 "--proxy-headers", "--websocket_timeout", "-1",
                 "-v", "1" if self.config.access_log else "0",
                 self.config.asgi_app,
@@ -250,20 +313,59 @@ class Cluster:
             }
         )
         for index, port in enumerate(self.replica_ports.values(), start=1):
-            haproxy_env[f"SB_D{index}"] = f"127.0.0.1:{port}"
+            haproxy_env[f"SB_D{index}"] = f"{self.replica_hosts[f'd{index}']}:{port}"
         self._add(
             "haproxy", ["haproxy", "-db", "-f", str(HAPROXY_CFG)], haproxy_env, self.http_port
         )
 
-    def _add(self, name: str, argv: list[str], env: dict[str, str], port: int) -> None:
+    def _build_redis(self) -> None:
+        persistence = self.config.redis_persistence
+        group = self.sentinel_group
+        if group is None:
+            argv = redis_server_argv(
+                self.redis_port, self.run_dir, name="redis", persistence=persistence
+            )
+            self._add("redis", argv, dict(os.environ), self.redis_port)
+            return
+        primary = redis_server_argv(
+            group.primary_port, self.run_dir, name="redis-primary", persistence=persistence
+        )
+        self._add("redis-primary", primary, dict(os.environ), group.primary_port)
+        replica = redis_server_argv(
+            group.replica_port, self.run_dir, name="redis-replica", persistence=persistence
+        )
+        replica += ["--replicaof", "127.0.0.1", str(group.primary_port)]
+        self._add("redis-replica", replica, dict(os.environ), group.replica_port)
+        for index, port in enumerate(group.sentinel_ports, start=1):
+            config = self.run_dir / f"sentinel-{index}.conf"
+            config.write_text(sentinel_config(port, group.primary_port, self.run_dir))
+            argv = ["redis-server", str(config), "--sentinel"]
+            self._add(f"sentinel-{index}", argv, dict(os.environ), port)
+
+    @property
+    def redis_process_names(self) -> list[str]:
+        if self.sentinel_group is None:
+            return ["redis"]
+        return ["redis-primary", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"]
+
+    def _add(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        port: int,
+        stop_signal: int = signal.SIGTERM,
+    ) -> None:
+        log_path = self.run_dir / f"{name}.log"
         self.processes[name] = ManagedProcess(
-            name=name, argv=argv, env=env, log_path=self.run_dir / f"{name}.log", port=port
+            name=name, argv=argv, env=env, log_path=log_path, port=port, stop_signal=stop_signal
         )
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     def start(self, *, timeout: float = 60.0) -> None:
         try:
+            self.start_database(timeout=timeout)
             self.start_redis(timeout=timeout)
             for name in self.replica_names:
                 self.processes[name].start()
@@ -289,17 +391,63 @@ class Cluster:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    # --- the database ----------------------------------------------------------------------------
+
+    def start_database(self, *, timeout: float = 60.0) -> None:
+        """With --db postgres: the server started (initdb on first use), the application's role
+        and database made and migrated. Nothing to do for SQLite, or once it runs."""
+        process = self.processes.get("postgres")
+        if self.postgres is None or process is None or process.running():
+            return
+        self.postgres.prepare()
+        process.start()
+        self.write_state()
+        server = self.postgres
+
+        def ready() -> bool:
+            if not process.running():
+                raise ClusterError(
+                    f"postgres exited; see {process.log_path}:\n{self.tail('postgres')}"
+                )
+            return server.ready()
+
+        wait_until(ready, timeout=timeout, what=f"PostgreSQL on {server.port}")
+        server.create_database()
+        migrate = self.manage("migrate", "--noinput", "-v0")
+        if migrate.returncode != 0:
+            raise ClusterError(f"migrate failed on PostgreSQL:\n{migrate.stdout}{migrate.stderr}")
+
     # --- Redis -----------------------------------------------------------------------------------
 
     def start_redis(self, *, timeout: float = 30.0) -> None:
-        self.processes["redis"].start()
+        for name in self.redis_process_names:
+            self.processes[name].start()
         # The state file names every PID: `cluster down` and the benchmark's CPU readings must
         # see a restarted process, not the one it replaced.
         self.write_state()
         wait_until(self.redis_ping, timeout=timeout, what=f"redis-server on {self.redis_port}")
+        group = self.sentinel_group
+        if group is not None:
+            wait_until(group.replica_in_sync, timeout=timeout, what="the Redis replica's sync")
+            wait_until(group.sentinels_ready, timeout=timeout, what="three sentinels in agreement")
 
     def stop_redis(self) -> None:
-        self.processes["redis"].stop()
+        for name in reversed(self.redis_process_names):
+            self.processes[name].stop()
+
+    def kill_redis_primary(self) -> str:
+        """SIGKILL the Redis that the sentinels name primary now, as a crash would; its name."""
+        assert self.sentinel_group is not None, "a Sentinel cluster (--redis sentinel) only"
+        port = self.sentinel_group.primary_port_now()
+        (name,) = [n for n in self.redis_process_names if self.processes[n].port == port]
+        self.processes[name].kill()
+        return name
+
+    def redis_primary_port(self) -> int | None:
+        """Where the primary is now: this cluster's Redis, or the sentinels' primary."""
+        if self.sentinel_group is None:
+            return self.redis_port
+        return self.sentinel_group.primary_port_now()
 
     def restart_redis(self, *, timeout: float = 30.0) -> None:
         """Restart Redis on the same port; without persistence it comes back empty."""
@@ -393,6 +541,7 @@ class Cluster:
                     "start_ticks": process_start_ticks(p.pid) if p.pid else None,
                     "port": p.port,
                     "argv": p.argv,
+                    "stop_signal": p.stop_signal,
                 }
                 for p in self.processes.values()
             ],
@@ -411,6 +560,8 @@ class ProcessRecord(TypedDict):
     start_ticks: int | None
     port: int
     argv: list[str]
+    # Missing from a state file written before it was recorded: SIGTERM.
+    stop_signal: NotRequired[int]
 
 
 class ClusterState(TypedDict):
@@ -470,7 +621,7 @@ def stop_detached(
         if pid is None or started is None or not pid_runs(pid, started):
             say(f"{entry['name']}: not running")
             continue
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, entry.get("stop_signal", signal.SIGTERM))
         deadline = time.monotonic() + timeout
         while pid_runs(pid, started) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -67,6 +67,11 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 # 6390 by default: the dev cluster runs its own redis-server there, beside any system Redis on
 # 6379, so `manage.py push` reaches `make run`'s cluster without setting REDIS_URL.
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6390/0")
+# Redis Sentinel: with REDIS_SENTINELS (host:port,host:port,…) replicas, commands and the API
+# reach the primary of the group REDIS_SENTINEL_MASTER and follow its failovers; REDIS_URL then
+# gives only the database number and password (realtime/broker/connections.py).
+REDIS_SENTINELS = env_list("REDIS_SENTINELS", [])
+REDIS_SENTINEL_MASTER = env_str("REDIS_SENTINEL_MASTER", "switchboard" if REDIS_SENTINELS else "")
 
 INSTALLED_APPS = [
     "daphne",
@@ -122,7 +127,8 @@ TEMPLATES = [
     },
 ]
 
-# A SQLite file that every local replica shares by default; PostgreSQL in docker compose.
+# A SQLite file that every local replica shares by default; PostgreSQL in production (docker
+# compose, `manage.py cluster up --db postgres`): DATABASE_URL=postgres://user:password@host/name.
 DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"), conn_max_age=0
@@ -141,6 +147,34 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A pool of connections per process (Django's, psycopg_pool), not persistent connections
+    # (CONN_MAX_AGE > 0), which are kept per thread: database calls from async code run in
+    # asgiref's threads, and Django's ASGI handler gives each request a thread of its own, so
+    # every request still opened a connection, and 50 concurrent ones ran PostgreSQL out of
+    # connection slots. Without either (CONN_MAX_AGE=0), every database_sync_to_async call
+    # (which closes the connection after it) and every request opened one: 14 ms per lookup
+    # where the pool takes 1.8 ms (docs/architecture.md, "Database"). A pooled connection's
+    # close() hands it back, so the consumers' calls and each request borrow one per call.
+    DATABASE_POOL_MIN_SIZE = env_int("DATABASE_POOL_MIN_SIZE", 2, minimum=0)
+    # Per process: keep replicas x this, plus a few for commands, under PostgreSQL's
+    # max_connections (100 by default). A call past it waits for a connection to come back...
+    DATABASE_POOL_MAX_SIZE = env_int(
+        "DATABASE_POOL_MAX_SIZE", max(10, DATABASE_POOL_MIN_SIZE), minimum=DATABASE_POOL_MIN_SIZE
+    )
+    # ...this long, then fails (PoolTimeout) instead of queueing without bound.
+    DATABASE_POOL_TIMEOUT_SECS = env_float("DATABASE_POOL_TIMEOUT_SECS", 10.0, minimum=0.1)
+    DATABASES["default"]["OPTIONS"] = {
+        **DATABASES["default"].get("OPTIONS", {}),
+        "pool": {
+            "min_size": DATABASE_POOL_MIN_SIZE,
+            "max_size": DATABASE_POOL_MAX_SIZE,
+            "timeout": DATABASE_POOL_TIMEOUT_SECS,
+        },
+    }
+    # Each connection is tested as it leaves the pool (one round trip: 0.1-0.4 ms a call), so
+    # one that PostgreSQL dropped (a restart, a failover) is replaced instead of failing a call.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = env_bool("DATABASE_HEALTH_CHECKS", True)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -249,6 +283,8 @@ CHANNEL_LAYERS = {
         node=REPLICA_ID,
         capacity=DELIVERY_QUEUE_MAX_FRAMES,
         heartbeat_secs=HEARTBEAT_SECS,
+        sentinels=REDIS_SENTINELS,
+        sentinel_master=REDIS_SENTINEL_MASTER,
     )
 }
 
@@ -363,3 +399,14 @@ SWITCHBOARD_STREAM_KINDS: dict[str, dict[str, str]] = {}
 CONNECT_TOKEN_TTL_SECS = env_int("CONNECT_TOKEN_TTL_SECS", SB["CONNECT_TOKEN_TTL_SECS"], minimum=10)
 CONNECT_TOKEN_KEY = env_str("CONNECT_TOKEN_KEY", SB["CONNECT_TOKEN_KEY"])
 CONNECT_TOKEN_ORIGINS = env_list("CONNECT_TOKEN_ORIGINS", [])
+
+# The history archive (realtime/archive.py): messages of archived kinds (the chat's rooms) on
+# their way to the database wait in a Redis queue of at most this many (publishers warn from
+# 80 %); each replica's archiver writes them in INSERTs of ARCHIVE_BATCH_MESSAGES, looks every
+# ARCHIVE_POLL_SECS when idle, and takes over a dead replica's after ARCHIVE_CLAIM_IDLE_SECS.
+ARCHIVE_QUEUE_MAXLEN = env_int("ARCHIVE_QUEUE_MAXLEN", SB["ARCHIVE_QUEUE_MAXLEN"], minimum=1000)
+ARCHIVE_BATCH_MESSAGES = env_int("ARCHIVE_BATCH_MESSAGES", SB["ARCHIVE_BATCH_MESSAGES"], minimum=1)
+ARCHIVE_POLL_SECS = env_float("ARCHIVE_POLL_SECS", SB["ARCHIVE_POLL_SECS"], minimum=0.05)
+ARCHIVE_CLAIM_IDLE_SECS = env_float(
+    "ARCHIVE_CLAIM_IDLE_SECS", SB["ARCHIVE_CLAIM_IDLE_SECS"], minimum=1
+)

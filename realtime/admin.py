@@ -27,7 +27,7 @@ from django.utils.html import format_html
 from realtime import broker, groups, publish
 from realtime.broker import BrokerUnavailable
 from realtime.forms import MessageForm
-from realtime.models import ApiToken
+from realtime.models import ApiToken, ArchivedMessage
 from realtime.services import api_token_issue
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,26 @@ class ApiTokenAdmin(admin.ModelAdmin):
         messages.warning(
             request, f"API token for {token.name}: {raw} — copy it now, it is not shown again."
         )
+
+
+@admin.register(ArchivedMessage)
+class ArchivedMessageAdmin(admin.ModelAdmin):
+    """The history archive, to look at: written by the archivers only (realtime/archive.py)."""
+
+    list_display = ("stream", "epoch", "seq", "created_at")
+    list_filter = ("created_at",)
+    search_fields = ("=stream",)  # exact: the unique index serves it
+    ordering = ("stream", "epoch", "seq")
+    show_full_result_count = False  # a count(*) of the whole archive on every page is slow
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 def _publish_failed(request: HttpRequest, exc: Exception) -> None:

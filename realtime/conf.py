@@ -47,6 +47,18 @@ DEFAULTS: dict[str, Any] = {
     "MAX_SOCKETS_PER_USER": 20,
     "SOCKET_REPLAY_BYTES_PER_MIN": 32 * 1024 * 1024,
     "REPLAY_BATCH_BYTES": 256 * 1024,
+    # --- the history archive (realtime/archive.py), for kinds registered with archive=True ---
+    # Messages queued in Redis for the database at most: a stopped archiver or a database that
+    # is down cannot grow Redis past about this (~70 MB of chat lines: 340 bytes an entry);
+    # past it the oldest unarchived ones are dropped, and publishers log a warning from 80 % on.
+    "ARCHIVE_QUEUE_MAXLEN": 200_000,
+    # Rows per database write (one INSERT): 200 hold the thread every database call of the
+    # replica shares for ~20 ms on SQLite, and its event loop ~4 ms to read them from Redis.
+    "ARCHIVE_BATCH_MESSAGES": 200,
+    "ARCHIVE_POLL_SECS": 1.0,  # an archiver that found the queue empty looks again this often
+    # Entries another replica read and did not write for this long are taken over: it died, or
+    # its database connection hangs (writing twice is harmless: one row per message).
+    "ARCHIVE_CLAIM_IDLE_SECS": 30.0,
     # --- access ---
     "API_TOKEN_CACHE_SECS": 5,  # revoking an API token takes up to this long
     "CONNECT_TOKEN_TTL_SECS": 300,
@@ -57,6 +69,13 @@ DEFAULTS: dict[str, Any] = {
     "SHOW_DEMO_LOGINS": False,
     "LOGIN_IP_MAX_FAILURES": 20,  # realtime/login_lockout.py, when django-axes uses it
 }
+
+
+def setting(name: str) -> Any:
+    """`settings.<name>`, or its default here: for settings a project's settings module need not
+    list (django-stubs types `settings` from the module it reads, so `settings.<name>` fails type
+    checking for a name only install_defaults() sets)."""
+    return getattr(settings, name, DEFAULTS[name])
 
 
 def default_replica_id() -> str:
@@ -72,10 +91,16 @@ def channel_layer(
     node: str | None = None,
     capacity: int = DEFAULTS["DELIVERY_QUEUE_MAX_FRAMES"],
     heartbeat_secs: float = DEFAULTS["HEARTBEAT_SECS"],
+    sentinels: list[str] | None = None,
+    sentinel_master: str = "",
 ) -> dict[str, Any]:
     """A CHANNEL_LAYERS entry for Switchboard's layer, for a settings module:
     `CHANNEL_LAYERS = {"default": channel_layer(os.environ["REDIS_URL"])}`. `node` names this
-    replica in the layer's membership counts (None: settings.REPLICA_ID)."""
+    replica in the layer's membership counts (None: settings.REPLICA_ID). With `sentinels`
+    (["host:port", …]) the layer follows the primary of the Sentinel group `sentinel_master`;
+    `redis_url` then gives only the database number and credentials."""
+    if sentinels and not sentinel_master:
+        raise ValueError("Name the Sentinel group's primary (sentinel_master) with sentinels.")
     return {
         "BACKEND": "realtime.layer.StreamChannelLayer",
         "CONFIG": {
@@ -84,6 +109,8 @@ def channel_layer(
             "node": node,
             "capacity": capacity,
             "heartbeat_secs": heartbeat_secs,
+            "sentinels": list(sentinels or []),
+            "sentinel_master": sentinel_master,
         },
     }
 
@@ -101,5 +128,7 @@ def install_defaults() -> None:
                 getattr(settings, "REDIS_URL", DEFAULT_REDIS_URL),
                 capacity=settings.DELIVERY_QUEUE_MAX_FRAMES,
                 heartbeat_secs=settings.HEARTBEAT_SECS,
+                sentinels=getattr(settings, "REDIS_SENTINELS", None),
+                sentinel_master=getattr(settings, "REDIS_SENTINEL_MASTER", ""),
             )
         }

@@ -17,7 +17,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from realtime import broker, presence, protocol, session_watch, transport
+from realtime import archive, broker, presence, protocol, session_watch, transport
 from realtime.asgi_types import ASGIApp, Receive, Scope, Send
 from realtime.broker import BrokerUnavailable
 from realtime.delivery.inbound import (
@@ -192,6 +192,9 @@ class RealtimeConsumer:
         if scope.get("session_key"):
             session.session_digest = session_watch.session_digest(scope["session_key"])
             session_watch.watch(session, scope["session_key"])
+        # The replica's archiver (realtime/archive.py) starts with its first socket: Daphne sends
+        # no lifespan events, and a replica that serves sockets is one that runs.
+        archive.start()
         return session
 
 

@@ -37,6 +37,7 @@ from channels.layers import BaseChannelLayer
 from django.conf import settings
 
 from realtime.broker import REDIS_FAILURES, BrokerUnavailable, RedisBroker
+from realtime.broker.connections import RedisAddress, parse_sentinels
 from realtime.hub import Hub, StreamSink
 
 logger = logging.getLogger(__name__)
@@ -53,12 +54,16 @@ class StreamChannelLayer(BaseChannelLayer):
         expiry: int = 60,
         node: str | None = None,
         heartbeat_secs: float = 10.0,
+        sentinels: list[str] | None = None,
+        sentinel_master: str = "",
         **kwargs: Any,
     ) -> None:
         super().__init__(expiry=expiry, capacity=capacity)
+        # One Redis (hosts[0]), or with `sentinels` the primary of the group `sentinel_master`.
         self.url = (hosts or ["redis://127.0.0.1:6379/0"])[0]
         self.prefix = prefix
-        self.broker = RedisBroker(self.url, prefix=prefix)
+        address = RedisAddress(self.url, parse_sentinels(sentinels or []), sentinel_master)
+        self.broker = RedisBroker(address, prefix=prefix)
         self.node = node or settings.REPLICA_ID
         self.heartbeat_secs = heartbeat_secs
         self._loops: dict[asyncio.AbstractEventLoop, _LoopLayer] = {}

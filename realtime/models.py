@@ -3,6 +3,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from realtime.groups import MAX_STREAM_CHARS
+
 
 class ApiToken(models.Model):
     """A bearer token for server-to-server publishing (POST /api/push, /api/broadcast).
@@ -28,6 +30,34 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+class ArchivedMessage(models.Model):
+    """A message of an archived stream (a kind registered with archive=True), as its sockets got
+    it: the history tier behind the Redis window, written by the archivers (realtime/archive.py)
+    after the publish and read by replays that reach past the window and by GET /api/history.
+
+    One row per message, whoever wrote it how often: the archivers deliver at least once, and
+    the unique constraint (which is also the index range reads use) drops the repeats."""
+
+    stream = models.CharField(max_length=MAX_STREAM_CHARS)
+    # The stream's epoch when it was published: a seq means something only within its epoch.
+    epoch = models.CharField(max_length=32)
+    seq = models.BigIntegerField()
+    # The exact frame text (the envelope with seq and epoch), replayed as it is.
+    frame = models.TextField()
+    created_at = models.DateTimeField(help_text="When it was published (Redis' clock).")
+
+    class Meta:
+        verbose_name = "archived message"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["stream", "epoch", "seq"], name="realtime_archive_one_per_position"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.stream} {self.epoch} #{self.seq}"
 
 
 def validate_room_slug(value: str) -> None:

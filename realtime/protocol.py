@@ -137,9 +137,8 @@ SERVER_FRAMES: Mapping[str, FrameSpec] = {
         ("stream", "recovered", "reason", "epoch", "seq", "replayed"),
         (),
         Handling.STATE,
-        "after a replay (reason resume); recovered false: messages were lost to this client "
-        "(reason gap: older than the history; epoch: Redis lost the stream; ahead: a seq it "
-        "never reached), reload your state",
+        "after a replay; reason: one of RESUMED_REASONS, which also fixes `recovered`; "
+        "recovered false: messages were lost to this client, reload your state",
     ),
     "ack": FrameSpec(
         ("id", "stream", "seq", "epoch", "duplicate"),
@@ -180,6 +179,20 @@ SERVER_FRAMES: Mapping[str, FrameSpec] = {
     "message": _envelope_spec("on a room stream, room:<slug>, or an app's own kind (streams.py)"),
     "broadcast": _envelope_spec("on the broadcast stream, to every socket"),
     "ops": _envelope_spec("the replicas' stats, on the staff-only ops stream"),
+}
+
+# A `resumed` frame's reasons, each with its `recovered` (a client acts on `recovered` alone; the
+# reason says why, for logs and pages).
+RESUMED_REASONS: Mapping[str, tuple[bool, str]] = {
+    "resume": (True, "everything missed was replayed from the Redis history"),
+    "archive": (
+        True,
+        "everything missed was replayed, the older part from the history archive in the "
+        "database (a stream whose kind keeps one, past the Redis window)",
+    ),
+    "gap": (False, "some messages are older than the history kept (or were never kept)"),
+    "epoch": (False, "Redis lost the stream, or a failover began a new epoch"),
+    "ahead": (False, "the position is past anything the stream reached"),
 }
 
 CLOSE_CODES: Mapping[int, CloseCode] = {

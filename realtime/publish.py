@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from realtime import broker, groups, protocol, streams
+from realtime import broker, conf, groups, protocol, streams
 from realtime.broker import BrokerUnavailable, StreamPolicy
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,12 @@ class RealtimeUnavailable(BrokerUnavailable):
 
 # What a user is told: no address, no password, no exception text (those are logged).
 UNAVAILABLE_MESSAGE = "Messaging is unavailable right now; nothing was sent. Retry shortly."
+
+# The archive queue's fill at which publishers warn: past the cap its oldest messages are lost
+# to the archive. Once a minute per process at most: every publish sees the length.
+ARCHIVE_QUEUE_WARN_FRACTION = 0.8
+ARCHIVE_QUEUE_WARN_EVERY_SECS = 60.0
+_archive_queue_warned_at = float("-inf")
 
 
 class InvalidPayload(ValueError):
@@ -100,12 +107,16 @@ async def publish(
     # resulting text to its sockets as it is.
     body = protocol.encode(envelope)
     # What the stream's kind keeps (realtime/streams.py): a kind without history keeps none
-    # (max_len 0), and its messages are still numbered.
+    # (max_len 0), and its messages are still numbered; an archived kind's messages are queued
+    # for the database in the same script, and written there later (realtime/archive.py): the
+    # publish itself never waits for the database.
     kind = streams.policy_for(stream)
     policy = StreamPolicy(
         max_len=kind.history_maxlen if kind.history else 0,
         max_age_ms=int(kind.history_max_age_secs * 1000),
         idempotency_ttl_secs=settings.IDEMPOTENCY_TTL_SECS,
+        archive=kind.archive,
+        archive_queue_max_len=conf.setting("ARCHIVE_QUEUE_MAXLEN"),
     )
     try:
         appended = await asyncio.wait_for(
@@ -125,6 +136,8 @@ async def publish(
         logger.warning("publish failed stream=%s replica=%s error=%r", stream, origin, exc)
         raise RealtimeUnavailable(UNAVAILABLE_MESSAGE) from exc
     logger.debug("published stream=%s seq=%s replica=%s", stream, appended.seq, origin)
+    if appended.archive_queue > ARCHIVE_QUEUE_WARN_FRACTION * policy.archive_queue_max_len:
+        _warn_archive_queue(appended.archive_queue, policy.archive_queue_max_len)
     return PublishResult(
         stream=stream,
         id=appended.message_id,
@@ -134,6 +147,23 @@ async def publish(
         replicas=appended.receivers,
         sockets=appended.sockets,
         duplicate=appended.duplicate,
+    )
+
+
+def _warn_archive_queue(length: int, cap: int) -> None:
+    global _archive_queue_warned_at
+    now = time.monotonic()
+    if now - _archive_queue_warned_at < ARCHIVE_QUEUE_WARN_EVERY_SECS:
+        return
+    _archive_queue_warned_at = now
+    logger.warning(
+        "archive queue holds %d of at most %d messages (ARCHIVE_QUEUE_MAXLEN): the archivers are "
+        "not keeping up, or none runs (they start with a replica's first socket), or the "
+        "database refuses writes; past the cap the oldest messages are lost to the archive "
+        "replica=%s",
+        length,
+        cap,
+        settings.REPLICA_ID,
     )
 
 

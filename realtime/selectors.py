@@ -11,7 +11,7 @@ from django.contrib.auth.models import User
 
 from realtime import streams
 from realtime.groups import InvalidStreamName, group_for_stream
-from realtime.models import ApiToken
+from realtime.models import ApiToken, ArchivedMessage
 from realtime.services import token_digest
 from realtime.streams import StreamDenied
 
@@ -22,6 +22,17 @@ def api_token_authenticate(*, raw: str) -> ApiToken | None:
     """The active token whose secret is `raw`, or None."""
     # The digest of a 256-bit random secret is looked up, never compared byte by byte.
     return ApiToken.objects.filter(digest=token_digest(raw), is_active=True).first()
+
+
+def archived_messages_read(
+    *, stream: str, epoch: str, after: int, before: int | None = None, limit: int
+) -> list[tuple[int, str]]:
+    """(seq, frame) of `stream`'s archived messages of `epoch` with after < seq < before (or to
+    the end), oldest first, at most `limit`: one range scan of the unique index."""
+    rows = ArchivedMessage.objects.filter(stream=stream, epoch=epoch, seq__gt=after)
+    if before is not None:
+        rows = rows.filter(seq__lt=before)
+    return list(rows.order_by("seq").values_list("seq", "frame")[:limit])
 
 
 def user_get_by_username(*, username: str) -> User | None:

@@ -36,6 +36,11 @@ class ReplicaStats:
     replay_bytes_in_flight_max: int = 0
     # Replays slowed down by their socket's replay budget (SOCKET_REPLAY_BYTES_PER_MIN).
     replays_paced: int = 0
+    # The history archive (realtime/archive.py): messages this process's archiver wrote to the
+    # database, its failed rounds (Redis or the database; retried), and frames replayed from it.
+    archived_messages: int = 0
+    archive_failures: int = 0
+    frames_from_archive: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)

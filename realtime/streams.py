@@ -14,6 +14,7 @@ Any other kind is registered by a project or an app, in its `AppConfig.ready()`:
         history_maxlen=100,                   # optional: keep the last 100 (None: HISTORY_MAXLEN)
         history_max_age_secs=3600,            # optional: for an hour (None: HISTORY_MAX_AGE_SECS)
         presence=True,                        # optional: who is watching (default False)
+        archive=True,                         # optional: kept in the database too (default False)
     )
 
 or in settings, with dotted paths (loaded when the realtime app is ready):
@@ -24,6 +25,7 @@ or in settings, with dotted paths (loaded when the realtime app is ready):
             "can_read": "shop.realtime.can_watch_order",
             "history_maxlen": 100,
             "presence": True,
+            "archive": True,
         },
     }
 
@@ -46,6 +48,11 @@ alike (publish.py, presence.py and the API ask it):
 - `presence=True`: a socket on such a stream has an entry in its presence set, and its sockets
   that asked for ephemeral frames hear joins and leaves (realtime/presence.py,
   `GET /api/presence?stream=`). The chat registers `room` with it.
+- `archive=True`: every message is also written to the database (realtime/archive.py), after
+  the publish and off its path, so a client that comes back after the Redis window moved past
+  it is replayed from the archive (`resumed`, `recovered: true`, reason `archive`) and
+  `GET /api/history` pages past the window. Only with history: the archive is the tier behind
+  the Redis window, not a replacement for it. The chat registers `room` with it.
 """
 
 from __future__ import annotations
@@ -76,6 +83,7 @@ SETTINGS_FIELDS = frozenset(
         "history_maxlen",
         "history_max_age_secs",
         "presence",
+        "archive",
     }
 )
 
@@ -102,6 +110,7 @@ class StreamKind:
     history_maxlen: int | None = None  # None: settings.HISTORY_MAXLEN
     history_max_age_secs: int | None = None  # None: settings.HISTORY_MAX_AGE_SECS
     presence: bool = False
+    archive: bool = False  # True: also written to the database, replayed past the Redis window
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,7 @@ class KindPolicy:
     history_maxlen: int  # messages kept to replay (when `history`)
     history_max_age_secs: float  # and for how long
     presence: bool
+    archive: bool = False  # and in the database, behind the Redis window (realtime/archive.py)
 
 
 _kinds: dict[str, StreamKind] = {}
@@ -127,17 +137,19 @@ def register(
     history_maxlen: int | None = None,
     history_max_age_secs: int | None = None,
     presence: bool = False,
+    archive: bool = False,
 ) -> StreamKind:
     """Let `can_read` (and `can_publish`) decide who reads (and publishes to) `<kind>:<key>`
     streams whose key fullmatches `key`; keep their history as said (None: the global
-    HISTORY_MAXLEN / HISTORY_MAX_AGE_SECS), and their presence if `presence`. One registration
-    per kind; the same again is fine."""
+    HISTORY_MAXLEN / HISTORY_MAX_AGE_SECS), their presence if `presence`, and an archive of
+    their messages in the database if `archive`. One registration per kind; the same again is
+    fine."""
     if not KIND_RE.fullmatch(kind) or kind in CORE_KINDS:
         raise ValueError(
             f"{kind!r} cannot be a stream kind: lower-case letters, digits and underscores, "
             f"starting with a letter, at most 20; not one of {sorted(CORE_KINDS)}."
         )
-    for name, flag in (("history", history), ("presence", presence)):
+    for name, flag in (("history", history), ("presence", presence), ("archive", archive)):
         if not isinstance(flag, bool):
             raise ValueError(f"Stream kind {kind!r}: {name} must be True or False, not {flag!r}.")
     for name, amount in (
@@ -157,6 +169,12 @@ def register(
                 f"Stream kind {kind!r} keeps no history (history=False), so {name} means "
                 "nothing: leave it out, or keep history."
             )
+    if archive and not history:
+        raise ValueError(
+            f"Stream kind {kind!r} keeps no history (history=False), so it cannot keep an "
+            "archive: the archive is the tier behind the Redis history, replayed past its "
+            "window. Keep history (history_maxlen may be small), or leave archive out."
+        )
     registered = StreamKind(
         kind,
         re.compile(key),
@@ -166,6 +184,7 @@ def register(
         history_maxlen=history_maxlen,
         history_max_age_secs=history_max_age_secs,
         presence=presence,
+        archive=archive,
     )
     current = _kinds.get(kind)
     if current is not None and current != registered:
@@ -176,7 +195,8 @@ def register(
 
 def register_from_settings(kinds: dict[str, dict[str, Any]]) -> None:
     """SWITCHBOARD_STREAM_KINDS: {kind: {"key": regex, "can_read": path, "can_publish": path,
-    "history": bool, "history_maxlen": int, "history_max_age_secs": int, "presence": bool}};
+    "history": bool, "history_maxlen": int, "history_max_age_secs": int, "presence": bool,
+    "archive": bool}};
     only "key" and "can_read" are required."""
     for kind, spec in kinds.items():
         unknown = sorted(set(spec) - SETTINGS_FIELDS)
@@ -195,14 +215,16 @@ def register_from_settings(kinds: dict[str, dict[str, Any]]) -> None:
             history_maxlen=spec.get("history_maxlen"),
             history_max_age_secs=spec.get("history_max_age_secs"),
             presence=spec.get("presence", False),
+            archive=spec.get("archive", False),
         )
 
 
 def policy_for(stream: str) -> KindPolicy:
-    """What `stream` keeps and tracks: its kind's history, retention and presence, the global
-    settings where the kind says None. The core's kinds keep history with the global retention
-    and have no presence. For a name group_for_stream() accepted: this looks up the kind by the
-    part before the colon, and raises ValueError for a kind nobody registered."""
+    """What `stream` keeps and tracks: its kind's history, retention, presence and archive, the
+    global settings where the kind says None. The core's kinds keep history with the global
+    retention and have no presence and no archive. For a name group_for_stream() accepted: this
+    looks up the kind by the part before the colon, and raises ValueError for a kind nobody
+    registered."""
     name = stream.partition(":")[0]
     kind = _kinds.get(name)
     if kind is None:
@@ -227,7 +249,13 @@ def policy_for(stream: str) -> KindPolicy:
             else kind.history_max_age_secs
         ),
         presence=kind.presence,
+        archive=kind.archive,
     )
+
+
+def archived_kinds() -> list[str]:
+    """The registered kinds that keep an archive (the archiver runs only if there are any)."""
+    return sorted(name for name, kind in _kinds.items() if kind.archive)
 
 
 def kind_of(stream: str) -> tuple[StreamKind, str] | None:

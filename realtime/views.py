@@ -38,7 +38,11 @@ from realtime.api import (
     sse_sender_id,
 )
 from realtime.broker import BrokerUnavailable
-from realtime.selectors import user_get_by_username, user_ids_by_username
+from realtime.selectors import (
+    archived_messages_read,
+    user_get_by_username,
+    user_ids_by_username,
+)
 from realtime.stats import replica_stats
 
 logger = logging.getLogger(__name__)
@@ -333,14 +337,16 @@ async def api_unsubscribe(request: HttpRequest) -> JsonResponse:
 @require_GET
 async def api_history(request: HttpRequest) -> JsonResponse:
     """GET ?stream=<stream>&after=<seq>&limit=<n ≤ 500>: the stream's kept messages after `after`,
-    oldest first, as the envelopes sockets got (with seq and epoch). A stream whose kind keeps
-    no history answers 400 no_history rather than an empty page, which would read as "nothing
-    was sent"."""
+    oldest first, as the envelopes sockets got (with seq and epoch): the Redis window, and for a
+    kind that keeps an archive the current epoch's archived messages before it. A stream whose
+    kind keeps no history answers 400 no_history rather than an empty page, which would read as
+    "nothing was sent"."""
 
     async def handle() -> JsonResponse:
         await authenticate_publisher(request)
         stream = _check_stream_name(request.GET.get("stream", ""))
-        if not streams.policy_for(stream).history:
+        policy = streams.policy_for(stream)
+        if not policy.history:
             raise ApiError(
                 400,
                 "no_history",
@@ -357,10 +363,30 @@ async def api_history(request: HttpRequest) -> JsonResponse:
                 400, "bad_query", f"'after' must be >= 0 and 'limit' 1..{HISTORY_PAGE_MAX}."
             )
         entries = await broker.current().read(stream, after=after, limit=limit)
+        if policy.archive and (not entries or entries[0][0] > after + 1):
+            entries = await _with_archived(stream, after=after, limit=limit, window=entries)
         messages = [json.loads(text) for _, text in entries]
         return ok_response({"stream": stream, "messages": messages})
 
     return await _answer(handle)
+
+
+async def _with_archived(
+    stream: str, *, after: int, limit: int, window: list[tuple[int, str]]
+) -> list[tuple[int, str]]:
+    """A history page that starts before the Redis window: the archive's messages of the
+    stream's current epoch from `after` up to the window's first, then the window's."""
+    head = (await broker.current().heads([stream]))[stream]
+    if head.epoch is None:
+        return window
+    archived = await database_sync_to_async(archived_messages_read)(
+        stream=stream,
+        epoch=head.epoch,
+        after=after,
+        before=window[0][0] if window else head.seq + 1,
+        limit=limit,
+    )
+    return (archived + window)[:limit]
 
 
 @require_GET

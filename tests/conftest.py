@@ -2,6 +2,10 @@
 
 Each tier is a marker named after its folder. A tier whose binary is missing is skipped on a
 developer's machine and fails under CI=true, where nothing may be skipped.
+
+The integration and cluster tiers run on PostgreSQL under CI=true or with SB_TEST_DB=postgres
+(TEST_DB), on SQLite otherwise; the unit tier and the e2e tier stay on SQLite either way, so
+one run covers both databases.
 """
 
 from __future__ import annotations
@@ -9,16 +13,28 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from devtools import postgres
 from devtools.cluster import Cluster, ClusterConfig, ManagedProcess, free_port, wait_until
+from devtools.postgres import LocalPostgres
 
 TIERS = ("unit", "integration", "cluster", "package", "e2e")
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _test_db() -> str:
+    value = os.environ.get("SB_TEST_DB") or ("postgres" if os.environ.get("CI") else "sqlite")
+    if value not in ("sqlite", "postgres"):
+        raise pytest.UsageError(f"SB_TEST_DB={value!r}: use sqlite or postgres")
+    return value
+
+
+# The integration and cluster tiers' database, as ClusterConfig.db names it.
+TEST_DB = _test_db()
 
 
 def _tier_of(item: pytest.Item) -> str | None:
@@ -41,7 +57,16 @@ def require_binaries(*names: str) -> None:
     missing = [name for name in names if shutil.which(name) is None]
     if not missing:
         return
-    message = f"{', '.join(missing)} not installed (make test installs them)"
+    _skip_or_fail(f"{', '.join(missing)} not installed (make test installs them)")
+
+
+def require_postgres() -> None:
+    """PostgreSQL's server programs, which Debian keeps off PATH (devtools/postgres.py)."""
+    if postgres.bin_dir() is None:
+        _skip_or_fail("PostgreSQL (initdb, postgres) not installed (make test installs it)")
+
+
+def _skip_or_fail(message: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{message}; under CI=true no tier may be skipped")
     pytest.skip(message)
@@ -82,12 +107,49 @@ def _redis_answers(port: int) -> bool:
 
 
 @pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL on a free port, started as the runner starts one, for the integration
+    tier's test database (made by pytest-django: its role may create databases)."""
+    require_postgres()
+    server = LocalPostgres(tmp_path_factory.mktemp("postgres"), free_port())
+    server.prepare()
+    process = ManagedProcess(
+        name="postgres",
+        argv=server.server_argv(),
+        env=dict(os.environ),
+        log_path=server.base_dir / "postgres.log",
+        port=server.port,
+        stop_signal=server.stop_signal,
+    )
+
+    def ready() -> bool:
+        if not process.running():
+            raise AssertionError(f"postgres exited:\n{process.log_path.read_text()}")
+        return server.ready()
+
+    process.start()
+    try:
+        wait_until(ready, timeout=30, what="PostgreSQL")
+        server.create_database()
+        yield server.url
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """Redis + 3 Daphne replicas + HAProxy, with demo users, shared by the cluster tier.
+    """Redis + 3 Daphne replicas + HAProxy, with demo users, shared by the cluster tier; its
+    database is TEST_DB's (a PostgreSQL of the runner's own, or a SQLite file).
 
     Tests that kill a replica or Redis put it back before they end.
     """
+    yield from running_cluster(tmp_path_factory, db=TEST_DB)
+
+
+def running_cluster(tmp_path_factory: pytest.TempPathFactory, *, db: str) -> Iterator[Cluster]:
     require_binaries("redis-server", "haproxy")
+    if db == "postgres":
+        require_postgres()
     var_dir = tmp_path_factory.mktemp("cluster")
     env = {
         "SWITCHBOARD_VAR_DIR": str(var_dir),
@@ -103,13 +165,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     # The tests open hundreds of sockets from 127.0.0.1 within seconds: no per-IP connect limit
     # in effect (tests/cluster/test_haproxy_limits.py checks it on a HAProxy of its own).
     config = ClusterConfig(
-        replicas=3, run_dir=var_dir / "run", env=env, ws_connects_per_ip_10s=1_000_000
+        replicas=3, run_dir=var_dir / "run", env=env, ws_connects_per_ip_10s=1_000_000, db=db
     )
     the_cluster = Cluster(config)
-    for command in (["migrate", "--noinput", "-v0"], ["seed_demo"]):
-        manage(the_cluster, *command)
-    the_cluster.start()
     try:
+        # PostgreSQL first (started and migrated by the runner), for the commands.
+        the_cluster.start_database()
+        for command in (["migrate", "--noinput", "-v0"], ["seed_demo"]):
+            manage(the_cluster, *command)
+        the_cluster.start()
         yield the_cluster
     finally:
         the_cluster.stop()
@@ -117,14 +181,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def manage(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run `manage.py` as a separate process against the cluster, as an operator would."""
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=BASE_DIR,
-        env=cluster.command_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = cluster.manage(*args, timeout=120)
     if check and result.returncode != 0:
         raise AssertionError(
             f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"

@@ -9,7 +9,6 @@ import itertools
 import json
 import random
 import secrets
-import subprocess
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -168,14 +167,7 @@ class HttpPublisher(Publisher):
 
 
 def _manage(cluster: Cluster, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=BASE_DIR,
-        env=cluster.command_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = cluster.manage(*args)
     if result.returncode != 0:
         raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result.stdout

@@ -4,8 +4,9 @@
   lua/*.lua        the scripts, run by scripts.py (NOSCRIPT handled there, once)
   frames.py        the stream frame format: one encoder, one decoder
   errors.py        BrokerUnavailable, the one "Redis is not answering" error
-  redis_broker.py  RedisBroker: connections (one pool per event loop), streams, marks,
-                   membership counts, limit counters, and the primitives presence uses
+  redis_broker.py  RedisBroker: connections (one pool per event loop), streams, marks, the
+                   archive queue, membership counts, limit counters, and the primitives
+                   presence uses
 
 The broker in use belongs to the default channel layer (realtime/layer.py builds it from the
 layer's `hosts` and `prefix`), so a test that points the layer at its own Redis and prefix
@@ -19,13 +20,22 @@ from typing import Any
 from channels.layers import get_channel_layer
 
 from realtime.broker.errors import REDIS_FAILURES, BrokerUnavailable
-from realtime.broker.redis_broker import Appended, Position, RedisBroker, StreamPolicy
+from realtime.broker.redis_broker import (
+    Appended,
+    Position,
+    Queued,
+    QueuedBatch,
+    RedisBroker,
+    StreamPolicy,
+)
 
 __all__ = [
     "REDIS_FAILURES",
     "Appended",
     "BrokerUnavailable",
     "Position",
+    "Queued",
+    "QueuedBatch",
     "RedisBroker",
     "StreamPolicy",
     "current",

@@ -16,6 +16,9 @@ share one Redis.
   <p>:presence:user:<id>       sorted set: "<connection>" -> expiry ms (also the socket count)
   <p>:presence:seen / :names   hashes: user id -> last seen ms / username
   <p>:limit:<key>              a fixed-window counter (realtime/limits.py)
+  <p>:archive:queue            Redis Stream: messages of archived streams on their way to the
+                               database, field m (the message as PUBLISHed: frames.py), read
+                               by the consumer group "archivers" (realtime/archive.py)
 """
 
 from __future__ import annotations
@@ -63,3 +66,11 @@ class Keys:
 
     def limit(self, key: str) -> str:
         return f"{self.prefix}:limit:{key}"
+
+    def archive_queue(self) -> str:
+        # One queue for every archived stream, so it carries no stream's hash tag and the
+        # publish script that appends to it touches keys of two slots. Fine on one Redis and
+        # under Sentinel (one primary holds everything). Shards chosen by stream hash would keep
+        # one queue on each shard, read by the same archivers; Redis Cluster, whose scripts may
+        # touch one slot only, would need a queue per stream (`<p>:{<stream>}:archive`).
+        return f"{self.prefix}:archive:queue"

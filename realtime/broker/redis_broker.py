@@ -1,10 +1,11 @@
 """The Redis broker: the one owner of Switchboard's Redis connections, keys, scripts and errors.
 
 Modelled on centrifuge's RedisBroker: streams (publish with a seq, history, positions, delivery
-marks), the per-group socket counts, rate-limit counters, and the primitives presence builds
-on, each one round trip or script. One connection pool per event loop (Daphne runs one loop per
-process; management commands and sync views reach us through `async_to_sync`, which may run a
-loop of its own). Every Redis failure leaves a broker call as `BrokerUnavailable`.
+marks), the archive queue (what archived streams send on to the database), the per-group socket
+counts, rate-limit counters, and the primitives presence builds on, each one round trip or
+script. One connection pool per event loop (Daphne runs one loop per process; management
+commands and sync views reach us through `async_to_sync`, which may run a loop of its own).
+Every Redis failure leaves a broker call as `BrokerUnavailable`.
 """
 
 from __future__ import annotations
@@ -12,22 +13,18 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
-from realtime.broker import scripts
+from realtime.broker import frames, scripts
+from realtime.broker.connections import RedisAddress, client_for
 from realtime.broker.errors import translated
 from realtime.broker.keys import Keys
 
-# Command connections per process and loop: enough for Redis to pipeline a burst of publishes
-# (each is one short script), few enough that 3 replicas never crowd Redis' connection table.
-MAX_REDIS_CONNECTIONS = 32
 # Below this many entries a stream's history is trimmed exactly (XADD MAXLEN =). `MAXLEN ~` only
 # drops whole nodes of the stream's radix tree (stream-node-max-entries, 100 by default), so a
 # kind keeping 5 kept all of 50 in a test; from 1000 on it keeps at most a tenth more than asked,
@@ -36,6 +33,9 @@ EXACT_TRIM_BELOW = 1000
 # Groups per pipeline in the membership heartbeat (two commands each): one pipeline for every
 # group of a busy replica (one per user) held the event loop long enough to show in latency.
 MEMBERSHIP_BATCH_GROUPS = 100
+# The consumer group in which every replica's archiver reads the archive queue: each entry goes
+# to one archiver, and stays pending until that one wrote it to the database (archive.py).
+ARCHIVE_GROUP = "archivers"
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class Appended:
     sockets: int  # sockets in the group, by the replicas' membership counts
     duplicate: bool  # an idempotency key seen before: nothing was published again
     message_id: str  # the envelope's id; for a duplicate, the first publish's
+    archive_queue: int = 0  # entries in the archive queue after this one (0: not archived)
 
 
 @dataclass(frozen=True)
@@ -67,46 +68,80 @@ class StreamPolicy:
     max_len: int
     max_age_ms: int
     idempotency_ttl_secs: int
+    # Also queued for the database (archive.py), in a queue trimmed to about that many entries.
+    archive: bool = False
+    archive_queue_max_len: int = 100_000
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A message of an archived stream, read from the archive queue: the frame as its sockets got
+    it, where it sits in its stream, and when it was published (Redis' clock)."""
+
+    entry_id: str
+    stream: str
+    epoch: str
+    seq: int
+    frame: str
+    published_ms: int
+
+
+@dataclass(frozen=True)
+class QueuedBatch:
+    """What one read or claim of the archive queue got: the messages, and every entry id to mark
+    done once they are written (including entries the queue's cap dropped meanwhile, which can
+    no longer be archived)."""
+
+    messages: list[Queued]
+    entry_ids: list[str]
 
 
 class RedisBroker:
-    def __init__(self, url: str, *, prefix: str = "sb") -> None:
-        self.url = url
+    def __init__(self, address: RedisAddress | str, *, prefix: str = "sb") -> None:
+        self.address = address if isinstance(address, RedisAddress) else RedisAddress(address)
         self.keys = Keys(prefix)
         self._clients: dict[asyncio.AbstractEventLoop, aioredis.Redis] = {}
+        self._tasks: dict[asyncio.AbstractEventLoop, set[asyncio.Task[None]]] = {}
 
     # --- connections -----------------------------------------------------------------------------
 
     def redis(self) -> aioredis.Redis:
-        """This event loop's client (a pool of up to MAX_REDIS_CONNECTIONS connections)."""
+        """This event loop's client (a pool of up to MAX_REDIS_CONNECTIONS connections, to the
+        one Redis or to the Sentinel group's primary: connections.py)."""
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
             # One per loop, kept for the loop's life: production has one loop per process. (A
             # client of a closed loop cannot be closed any more, only dropped, and dropping it
             # makes redis-py warn about unclosed connections, so the few of tests stay.)
-            # A blocking pool: a burst of concurrent publishes waits for one of a bounded number
-            # of connections instead of failing with MaxConnectionsError (redis-py's default).
-            # One retry on a connection error: after a Redis restart every pooled connection is
-            # dead, and the first command on each would otherwise fail although Redis is back.
-            # (A publish retried after its connection died mid-command may be stored twice;
-            # clients that must not see that send an idempotency key.)
-            pool = aioredis.BlockingConnectionPool.from_url(
-                self.url,
-                max_connections=MAX_REDIS_CONNECTIONS,
-                timeout=5,
-                socket_connect_timeout=3,
-                socket_timeout=5,
-                health_check_interval=0,
-                retry=Retry(NoBackoff(), 1),
-                retry_on_error=[RedisConnectionError],
-            )
-            client = self._clients[loop] = aioredis.Redis(connection_pool=pool)
+            client = self._clients[loop] = client_for(self.address)
         return client
 
+    def has_client(self) -> bool:
+        """Whether this event loop has its client: made by the first call, dropped by close()."""
+        return asyncio.get_running_loop() in self._clients
+
+    def background(self, coroutine: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
+        """Run `coroutine`, which calls this broker until it is cancelled (the archiver), as a
+        task of this loop that close() ends first: a command still in flight when the pool is
+        closed would reconnect on its retry, and leave a connection nobody closes."""
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(coroutine, name=name)
+        tasks = self._tasks.setdefault(loop, set())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        return task
+
     async def close(self) -> None:
-        """Close this loop's connections (a test's loop ending, or a process shutting down)."""
-        client = self._clients.pop(asyncio.get_running_loop(), None)
+        """Close this loop's connections (a test's loop ending, or a process shutting down),
+        after ending the background tasks that use them."""
+        loop = asyncio.get_running_loop()
+        tasks = self._tasks.pop(loop, set())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2)  # bounded: closing must never hang a shutdown
+        client = self._clients.pop(loop, None)
         if client is not None:
             await client.aclose(close_connection_pool=True)
 
@@ -150,6 +185,7 @@ class RedisBroker:
             self.keys.stream_log(stream),
             self.keys.members(group),
             idempotency or "",
+            self.keys.archive_queue() if policy.archive else "",
         ]
         args = [
             uuid.uuid4().hex[:12],
@@ -161,12 +197,19 @@ class RedisBroker:
             policy.idempotency_ttl_secs,
             message_id,
             "=" if policy.max_len < EXACT_TRIM_BELOW else "~",
+            policy.archive_queue_max_len,
         ]
-        seq, epoch, receivers, sockets, duplicate, first_id = await self.run(
+        seq, epoch, receivers, sockets, duplicate, first_id, queued = await self.run(
             scripts.PUBLISH, keys, args
         )
         return Appended(
-            int(seq), _text(epoch), int(receivers), int(sockets), bool(duplicate), _text(first_id)
+            int(seq),
+            _text(epoch),
+            int(receivers),
+            int(sockets),
+            bool(duplicate),
+            _text(first_id),
+            int(queued),
         )
 
     async def heads(self, streams: list[str]) -> dict[str, Position]:
@@ -244,6 +287,75 @@ class RedisBroker:
             "messages": rows,
         }
 
+    # --- the archive queue (archived streams' messages on their way to the database) ----------
+
+    async def archive_read(
+        self, consumer: str, *, count: int, pending: bool = False
+    ) -> QueuedBatch:
+        """Up to `count` entries of the archive queue for `consumer`, which no other consumer of
+        the group gets: new ones, or with `pending` those it read before and has not marked done
+        (its write failed). The group is made the first time (and after Redis lost the queue),
+        from the queue's start: what was queued before any archiver ran is archived too."""
+        _, batch = await self._archive_take(consumer, "0" if pending else ">", count=count)
+        return batch
+
+    async def archive_claim(
+        self, consumer: str, *, min_idle_ms: int, start: str = "0-0", count: int = 500
+    ) -> tuple[str, QueuedBatch]:
+        """Take over up to `count` entries that other consumers read and have not marked done
+        for `min_idle_ms` (dead, or their database is down): where to continue (`0-0` once the
+        whole pending list was scanned) and the entries, now `consumer`'s. Entries the cap
+        dropped meanwhile leave the pending list here (XAUTOCLAIM does that)."""
+        return await self._archive_take(
+            consumer, "claim", count=count, min_idle_ms=min_idle_ms, start=start
+        )
+
+    async def _archive_take(
+        self, consumer: str, what: str, *, count: int, min_idle_ms: int = 0, start: str = "0-0"
+    ) -> tuple[str, QueuedBatch]:
+        packed = await self.run(
+            scripts.ARCHIVE_TAKE,
+            [self.keys.archive_queue()],
+            [ARCHIVE_GROUP, consumer, count, what, min_idle_ms, start],
+        )
+        return _unpack_queued(packed)
+
+    async def archive_done(self, entry_ids: list[str]) -> None:
+        """Entries written to the database: acknowledged and deleted in one round trip, so the
+        queue holds only what still waits (its length is the archive's backlog)."""
+        if not entry_ids:
+            return
+        queue = self.keys.archive_queue()
+
+        def queue_commands(pipe: Any) -> None:
+            pipe.xack(queue, ARCHIVE_GROUP, *entry_ids)
+            pipe.xdel(queue, *entry_ids)
+
+        await self.pipelined(queue_commands, what="archive queue done")
+
+    async def archive_backlog(self) -> int:
+        """Entries in the archive queue: not yet written to the database."""
+        with translated("archive queue length"):
+            return int(await self.redis().xlen(self.keys.archive_queue()))
+
+    async def archive_forget_consumers(self, *, idle_ms: int) -> list[str]:
+        """Remove the group's consumers idle that long with nothing pending (processes that
+        ended: a consumer is named by its replica and process id, so every restart adds one)."""
+        client = self.redis()
+        queue = self.keys.archive_queue()
+        consumers: Any
+        with translated("archive consumers"):
+            try:
+                consumers = await client.xinfo_consumers(queue, ARCHIVE_GROUP)
+            except ResponseError:
+                return []  # no queue or no group yet
+            gone = [
+                _text(c["name"]) for c in consumers if c["pending"] == 0 and c["idle"] >= idle_ms
+            ]
+            for name in gone:
+                await client.xgroup_delconsumer(queue, ARCHIVE_GROUP, name)
+        return gone
+
     # --- group membership counts (what a publish reports as `sockets`) ------------------------
 
     async def write_memberships(
@@ -277,3 +389,24 @@ class RedisBroker:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _unpack_queued(packed: bytes) -> tuple[str, QueuedBatch]:
+    """lua/archive_take.lua's reply: b"<next start>\n" then b"<id> <length>\n<message>" per
+    entry, the message as PUBLISHed (frames.decode_message); length 0 for an entry the cap
+    dropped after it was read, which is only marked done."""
+    first = packed.index(b"\n")
+    next_start = packed[:first].decode()
+    messages, entry_ids = [], []
+    position = first + 1
+    while position < len(packed):
+        line_end = packed.index(b"\n", position)
+        entry_id, length = packed[position:line_end].decode().split(" ")
+        position = line_end + 1 + int(length)
+        entry_ids.append(entry_id)
+        if length != "0":
+            stream, seq, epoch, frame = frames.decode_message(packed[line_end + 1 : position])
+            # An automatic entry id is "<Redis' clock in ms>-<n>": when it was published.
+            published_ms = int(entry_id.partition("-")[0])
+            messages.append(Queued(entry_id, stream, epoch, seq, frame, published_ms))
+    return next_start, QueuedBatch(messages, entry_ids)

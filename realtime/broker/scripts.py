@@ -50,7 +50,17 @@ PRESENCE_LEAVE = _load("presence_leave")
 PRESENCE_SWEEP = _load("presence_sweep")
 PRESENCE_ADMIT = _load("presence_admit")
 LIMIT_HIT = _load("limit_hit")
-ALL = (PUBLISH, MARK, PRESENCE_JOIN, PRESENCE_LEAVE, PRESENCE_SWEEP, PRESENCE_ADMIT, LIMIT_HIT)
+ARCHIVE_TAKE = _load("archive_take")
+ALL = (
+    PUBLISH,
+    MARK,
+    PRESENCE_JOIN,
+    PRESENCE_LEAVE,
+    PRESENCE_SWEEP,
+    PRESENCE_ADMIT,
+    LIMIT_HIT,
+    ARCHIVE_TAKE,
+)
 
 
 async def pipelined(client: Any, queue: Callable[[Any], None]) -> list[Any]:

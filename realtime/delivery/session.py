@@ -15,26 +15,55 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
+from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import DatabaseError
 
-from realtime import access, broker, control, groups, presence, protocol, session_watch
+from realtime import access, broker, control, groups, presence, protocol, session_watch, streams
 from realtime.broker import BrokerUnavailable
 from realtime.delivery.cursor import Cursor, Decision
 from realtime.delivery.marks import delivered_marks
 from realtime.lifetimes import counted
 from realtime.limits import SocketLimits
 from realtime.protocol import Position
+from realtime.selectors import archived_messages_read
 from realtime.stats import replica_stats
 from realtime.transport import SocketClosed, SocketWriter
 
 logger = logging.getLogger(__name__)
 
-# History entries a replay reads per round trip from Redis at most; REPLAY_BATCH_BYTES bounds
-# the bytes (the first read assumes entries as large as MAX_PAYLOAD_BYTES, later ones size
-# themselves by the largest entry seen).
+# History entries a replay reads per round trip from Redis (or the archive) at most;
+# REPLAY_BATCH_BYTES bounds the bytes (the first read assumes entries as large as
+# MAX_PAYLOAD_BYTES, later ones size themselves by the largest entry seen).
 REPLAY_BATCH = 500
+
+
+@dataclass
+class Replay:
+    """What one replay did: frames sent, whether some were lost (said to the client as a gap),
+    whether some came from the archive; and the largest frame seen, which sizes its batches."""
+
+    sent: int = 0
+    lost: bool = False
+    from_archive: bool = False
+    largest: int = 0
+
+    def batch_count(self) -> int:
+        """Entries the next read may ask for: REPLAY_BATCH_BYTES by the largest frame seen (a
+        payload of MAX_PAYLOAD_BYTES until the first batch was read)."""
+        largest = self.largest or settings.MAX_PAYLOAD_BYTES + 200
+        return max(1, min(REPLAY_BATCH, settings.REPLAY_BATCH_BYTES // largest))
+
+
+def _archived(stream: str) -> bool:
+    """Whether `stream`'s kind keeps an archive (a kind unregistered meanwhile keeps none)."""
+    try:
+        return streams.policy_for(stream).archive
+    except ValueError:
+        return False
 
 
 @counted
@@ -283,7 +312,7 @@ class Session:
         if cursor is None:
             return  # unsubscribed meanwhile
         if cursor.new_epoch(epoch):
-            await self.send_resumed(stream, recovered=False, reason="epoch", epoch=epoch, seq=0)
+            await self.send_resumed(stream, reason="epoch", epoch=epoch, seq=0)
         decision = cursor.decide(seq)
         if decision is Decision.DUPLICATE:
             replica_stats.duplicates_dropped += 1
@@ -300,92 +329,132 @@ class Session:
         if cursor is None:
             return
         head = (await broker.current().heads([stream]))[stream]
-        replayed, recovered, reason = 0, True, "resume"
+        replay, reason = Replay(), "resume"
         if head.epoch is None:
             if cursor.restart(None):
                 # The stream is gone (Redis lost it) and nothing new was sent yet: say so now,
                 # whether or not the client asked, since its position means nothing any more.
-                await self.send_resumed(stream, recovered=False, reason="epoch", epoch=None, seq=0)
+                await self.send_resumed(stream, reason="epoch", epoch=None, seq=0)
                 notify = False
         elif head.epoch != cursor.epoch:
             if cursor.new_epoch(head.epoch):
-                recovered, reason = False, "epoch"
-                await self.send_resumed(
-                    stream, recovered=False, reason=reason, epoch=head.epoch, seq=0
-                )
+                reason = "epoch"
+                await self.send_resumed(stream, reason=reason, epoch=head.epoch, seq=0)
                 notify = False
-            replayed, _ = await self._replay(stream, cursor, upto=head.seq)
+            replay = await self._replay(stream, cursor, upto=head.seq)
         elif head.seq < cursor.last:
             await self.send_error(
                 "seq_ahead",
                 f"{stream} is at seq {head.seq}; you resumed from {cursor.last}, which it never "
                 "reached. Continuing from the head.",
             )
-            cursor.last, recovered, reason = head.seq, False, "ahead"
+            cursor.last, reason = head.seq, "ahead"
         elif head.seq > cursor.last:
-            replayed, lost = await self._replay(stream, cursor, upto=head.seq)
-            if lost:
+            replay = await self._replay(stream, cursor, upto=head.seq)
+            if replay.lost:
                 # The replay answered already: resumed, recovered: false, reason "gap" (history
                 # trimmed, or a kind that keeps none). A recovered: true after it would read as
                 # the answer to the resume.
                 notify = False
+            elif replay.from_archive:
+                reason = "archive"
         if notify:
             await self.send_resumed(
-                stream,
-                recovered=recovered,
-                reason=reason,
-                epoch=cursor.epoch,
-                seq=cursor.last,
-                replayed=replayed,
+                stream, reason=reason, epoch=cursor.epoch, seq=cursor.last, replayed=replay.sent
             )
 
-    async def _replay(self, stream: str, cursor: Cursor, *, upto: int) -> tuple[int, bool]:
-        """Send frames cursor.last+1 .. upto from history; say so if some are gone for good
-        (trimmed, or never kept: a kind without history). How many were sent, and whether some
-        were lost.
+    async def _replay(self, stream: str, cursor: Cursor, *, upto: int) -> Replay:
+        """Send frames cursor.last+1 .. upto from history: the Redis window, and before it the
+        archive for a stream whose kind keeps one; say so if some are gone for good (trimmed and
+        not archived, or never kept: a kind without history).
 
         Memory: history is read in batches of at most REPLAY_BATCH_BYTES, and the next batch is
         read only once this one is written (each write waits for the socket to drain), so a
         socket that stops reading holds about SOCKET_BACKLOG_MAX_BYTES plus one batch. Before, a
         batch was 500 entries whatever their size: 30 MB for a room of 60 KB messages, per
-        stuck socket. The socket's replay budget paces what it may ask for (limits.py)."""
-        replayed, lost = 0, False
-        largest = settings.MAX_PAYLOAD_BYTES + 200  # a guess until the first batch is read
+        stuck socket. The socket's replay budget paces what it may ask for (limits.py), the
+        archive's rows as the window's entries."""
+        replay = Replay()
+        archived: bool | None = None  # whether the stream's kind keeps an archive, once asked
         while cursor.last < upto:
-            count = max(1, min(REPLAY_BATCH, settings.REPLAY_BATCH_BYTES // largest))
-            entries = await broker.current().read(stream, after=cursor.last, upto=upto, limit=count)
+            entries = await broker.current().read(
+                stream, after=cursor.last, upto=upto, limit=replay.batch_count()
+            )
+            first = entries[0][0] if entries else upto + 1
+            if first > cursor.last + 1:
+                # The Redis window no longer holds cursor.last + 1 (trimmed by length or age).
+                if archived is None:
+                    archived = _archived(stream) and cursor.epoch is not None
+                if archived:
+                    del entries  # read again after the archive's part: Redis may trim meanwhile
+                    await self._replay_archive(stream, cursor, before=first, replay=replay)
+                    continue
             if not entries:
                 break
-            sizes = [len(frame) for _, frame in entries]  # characters: bytes for ASCII JSON
-            largest, held = max(sizes), sum(sizes)
-            await self._pace_replay(held)
-            replica_stats.replay_bytes_in_flight += held
-            replica_stats.replay_bytes_in_flight_max = max(
-                replica_stats.replay_bytes_in_flight_max, replica_stats.replay_bytes_in_flight
-            )
-            try:
-                first = entries[0][0]
-                if first > cursor.last + 1:
-                    lost = True
-                    await self.send_resumed(
-                        stream, recovered=False, reason="gap", epoch=cursor.epoch, seq=first - 1
-                    )
-                for (seq, frame), size in zip(entries, sizes, strict=True):
-                    cursor.last = seq
-                    await self._send_stream_frame(stream, cursor, frame)
-                    replayed += 1
-                    held -= size
-                    replica_stats.replay_bytes_in_flight -= size
-            finally:
-                replica_stats.replay_bytes_in_flight -= held  # what a close left unsent
+            await self._send_batch(stream, cursor, entries, replay)
             del entries
         if cursor.last < upto:  # trimmed away entirely
-            lost = True
-            await self.send_resumed(
-                stream, recovered=False, reason="gap", epoch=cursor.epoch, seq=upto
-            )
+            replay.lost = True
+            await self.send_resumed(stream, reason="gap", epoch=cursor.epoch, seq=upto)
             cursor.last = upto
-        return replayed, lost
+        return replay
+
+    async def _replay_archive(
+        self, stream: str, cursor: Cursor, *, before: int, replay: Replay
+    ) -> None:
+        """Send cursor.last+1 .. before-1 from the archive (the database), as the Redis path sends
+        its entries; what the archive lacks too (not written yet when Redis dropped it) is a
+        gap, said as one."""
+        assert cursor.epoch is not None  # _replay asks only then
+        while cursor.last < before - 1:
+            try:
+                rows = await database_sync_to_async(archived_messages_read)(
+                    stream=stream,
+                    epoch=cursor.epoch,
+                    after=cursor.last,
+                    before=before,
+                    limit=replay.batch_count(),
+                )
+            except DatabaseError as exc:
+                # Said as lost rather than held back: the client reloads its state once, which
+                # beats waiting on a database that may not come back soon.
+                logger.warning("archive read failed stream=%s: %r", stream, exc)
+                break
+            if not rows:
+                break
+            replay.from_archive = True
+            replica_stats.frames_from_archive += len(rows)
+            await self._send_batch(stream, cursor, rows, replay)
+            del rows
+        if cursor.last < before - 1:
+            replay.lost = True
+            await self.send_resumed(stream, reason="gap", epoch=cursor.epoch, seq=before - 1)
+            cursor.last = before - 1
+
+    async def _send_batch(
+        self, stream: str, cursor: Cursor, entries: list[tuple[int, str]], replay: Replay
+    ) -> None:
+        """Send one batch of (seq, frame) in order; a gap before its first is said first."""
+        sizes = [len(frame) for _, frame in entries]  # characters: bytes for ASCII JSON
+        replay.largest, held = max(sizes), sum(sizes)
+        await self._pace_replay(held)
+        replica_stats.replay_bytes_in_flight += held
+        replica_stats.replay_bytes_in_flight_max = max(
+            replica_stats.replay_bytes_in_flight_max, replica_stats.replay_bytes_in_flight
+        )
+        try:
+            first = entries[0][0]
+            if first > cursor.last + 1:
+                replay.lost = True
+                await self.send_resumed(stream, reason="gap", epoch=cursor.epoch, seq=first - 1)
+            for (seq, frame), size in zip(entries, sizes, strict=True):
+                cursor.last = seq
+                await self._send_stream_frame(stream, cursor, frame)
+                replay.sent += 1
+                held -= size
+                replica_stats.replay_bytes_in_flight -= size
+        finally:
+            replica_stats.replay_bytes_in_flight -= held  # what a close left unsent
 
     async def _pace_replay(self, size: int) -> None:
         """Charge `size` bytes of replay to this socket's budget; past it, wait until it has
@@ -442,15 +511,10 @@ class Session:
         )
 
     async def send_resumed(
-        self,
-        stream: str,
-        *,
-        recovered: bool,
-        reason: str,
-        epoch: str | None,
-        seq: int,
-        replayed: int = 0,
+        self, stream: str, *, reason: str, epoch: str | None, seq: int, replayed: int = 0
     ) -> None:
+        """`resumed`, with the `recovered` its reason has (protocol.RESUMED_REASONS)."""
+        recovered, _ = protocol.RESUMED_REASONS[reason]
         await self.send_frame(
             {
                 "type": "resumed",

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
+import redis
 import yaml
 
 from devtools.cluster import ManagedProcess, free_port, wait_until
@@ -197,3 +198,64 @@ def test_the_image_runs_as_an_unprivileged_user_that_owns_only_var() -> None:
     assert f"--uid {user.split(':')[0]}" in runs
     assert re.search(r"chown \S+ /app/var\b", runs) and "chmod 700 /app/var" in runs
     assert "var" in (BASE_DIR / ".dockerignore").read_text().split()
+
+
+def test_the_sentinel_profile_runs_a_replica_and_three_sentinels_the_replicas_use() -> None:
+    services = compose(REQUIRED | {"REDIS_SENTINELS": "sentinel-1:26379"})["services"]
+    profiled = {
+        name for name, service in services.items() if "sentinel" in service.get("profiles", [])
+    }
+    assert profiled == {"redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"}
+    assert services["redis-replica"]["command"][-2:] == ["redis", "6379"]
+    assert services["d1"]["environment"]["REDIS_SENTINELS"] == "sentinel-1:26379"
+    # Without the variable, the replicas use the one Redis (REDIS_URL).
+    assert compose()["services"]["d2"]["environment"]["REDIS_SENTINELS"] == ""
+    assert all(
+        services[f"sentinel-{n}"]["command"] == services["sentinel-1"]["command"] for n in (2, 3)
+    )
+
+
+def test_the_sentinel_profiles_config_runs_in_a_real_sentinel(tmp_path: Path) -> None:
+    """The profile's sentinel command, run here with loopback addresses for the compose names:
+    redis-server takes the config it writes and watches the primary it names."""
+    require_binaries("redis-server")
+    primary_port, sentinel_port = free_port(), free_port()
+    primary = ManagedProcess(
+        name="primary",
+        argv=["redis-server", "--port", str(primary_port), "--bind", "127.0.0.1", "--save", ""],
+        env=dict(os.environ),
+        log_path=tmp_path / "primary.log",
+        port=primary_port,
+    )
+    script = compose()["services"]["sentinel-1"]["command"][2]
+    script = (
+        script.replace("port 26379", f"port {sentinel_port}")
+        .replace("switchboard redis 6379", f"switchboard 127.0.0.1 {primary_port}")
+        .replace("/tmp/sentinel.conf", str(tmp_path / "sentinel.conf"))
+    )
+    sentinel = ManagedProcess(
+        name="sentinel",
+        argv=["sh", "-c", script],
+        env=dict(os.environ),
+        log_path=tmp_path / "sentinel.log",
+        port=sentinel_port,
+    )
+    primary.start()
+    sentinel.start()
+    try:
+        client = redis.Redis(port=sentinel_port, socket_timeout=1, decode_responses=True)
+
+        def watches_the_primary() -> bool:
+            try:
+                return client.sentinel_get_master_addr_by_name("switchboard") == (
+                    "127.0.0.1",
+                    primary_port,
+                )
+            except redis.RedisError:
+                return False
+
+        wait_until(watches_the_primary, timeout=15, what="the sentinel to watch the primary")
+        client.close()
+    finally:
+        sentinel.stop()
+        primary.stop()

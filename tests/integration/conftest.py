@@ -2,17 +2,62 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 from channels.layers import channel_layers, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
+from django.db import connections
+from django.test.utils import setup_databases, teardown_databases
+from pytest_django import DjangoDbBlocker
 from pytest_django.fixtures import Settings
 
 from realtime.consumers import RealtimeConsumer
 from realtime.layer import StreamChannelLayer
+from tests.conftest import TEST_DB
+from tests.support.database import settings_for_database_url, use_default_database
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(
+    request: pytest.FixtureRequest, django_db_blocker: DjangoDbBlocker
+) -> Iterator[None]:
+    """This tier's test database: pytest-django's (SQLite, the unit tier's too), or with
+    TEST_DB=postgres one made as pytest-django makes it (Django's setup_databases) on the
+    `postgres_url` server, set up as project/settings.py sets up a postgres:// DATABASE_URL
+    (pooled)."""
+    if TEST_DB != "postgres":
+        request.getfixturevalue("django_db_setup")  # pytest-django's own
+        yield
+        return
+    database = settings_for_database_url(request.getfixturevalue("postgres_url"))
+    verbosity = request.config.option.verbose
+    with django_db_blocker.unblock():
+        previous = use_default_database(database)
+        test_databases = setup_databases(
+            verbosity=verbosity, interactive=False, aliases={"default"}, serialized_aliases=set()
+        )
+    try:
+        yield
+    finally:
+        with django_db_blocker.unblock():
+            # Connections still open would keep PostgreSQL from dropping the test database:
+            # the pool's idle ones, and one a worker thread of the tests' event loops may hold.
+            for connection in connections.all(initialized_only=True):
+                connection.close()
+                close_pool = getattr(connection, "close_pool", None)
+                if close_pool is not None:
+                    close_pool()
+            with connections["default"]._nodb_cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = %s AND pid <> pg_backend_pid()",
+                    [connections["default"].settings_dict["NAME"]],
+                )
+            teardown_databases(test_databases, verbosity=verbosity)
+            use_default_database(previous)
 
 
 @pytest.fixture

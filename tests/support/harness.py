@@ -143,12 +143,15 @@ class Harness:
         concurrency: int = 8,
         via_manage: int = 0,
         progress: Progress | None = None,
+        round_name: str = "",
     ) -> None:
         """Publish one message per target through random replicas (and `via_manage` of them with
-        `manage.py publish` in a process of its own), each retried until it is answered."""
+        `manage.py publish` in a process of its own), each retried until it is answered. A
+        further round of publishes needs a `round_name` of its own: the idempotency keys are
+        the prefix, the round and the index."""
         queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         for index, stream in enumerate(targets):
-            queue.put_nowait((stream, f"{self.prefix}-{index}"))
+            queue.put_nowait((stream, f"{self.prefix}{round_name}-{index}"))
         done = progress or Progress()
 
         async def http_worker(client: httpx.AsyncClient) -> None:

@@ -32,6 +32,7 @@ from realtime.protocol import (
     CLIENT_FRAMES,
     CLOSE_CODES,
     ERROR_CODES,
+    RESUMED_REASONS,
     SERVER_FRAMES,
     CloseAction,
     ErrorAction,
@@ -367,6 +368,69 @@ def test_the_server_sends_exactly_the_frame_types_in_the_table() -> None:
                 kinds |= {v.value for v in node.value.values if isinstance(v, ast.Constant)}
     assert kinds == server_types(Handling.STREAM), "publish.py's _KINDS: the envelope types"
     assert sent | kinds == set(SERVER_FRAMES)
+
+
+def _strings_assigned_to(name: str, tree: ast.AST) -> set[str]:
+    """String constants assigned to `name`, alone or in a tuple (`recovered, reason = …`)."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Assign):
+            continue
+        for target in node.targets:
+            pairs: list[tuple[ast.expr, ast.expr]] = [(target, node.value)]
+            if isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple):
+                pairs = list(zip(target.elts, node.value.elts, strict=True))
+            for left, right in pairs:
+                if (
+                    isinstance(left, ast.Name)
+                    and left.id == name
+                    and isinstance(right, ast.Constant)
+                    and isinstance(right.value, str)
+                ):
+                    found.add(right.value)
+    return found
+
+
+def test_the_server_gives_exactly_the_resumed_reasons_in_the_table() -> None:
+    """Every `resumed` goes through send_resumed, whose `recovered` comes from RESUMED_REASONS:
+    a reason is a constant there, or the caller's own `reason`, assigned constants."""
+    given: set[str] = set()
+    for path, tree in server_sources():
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and _callee(node) == "send_resumed"):
+                continue
+            reason = next((k.value for k in node.keywords if k.arg == "reason"), None)
+            assert not any(k.arg == "recovered" for k in node.keywords), "the table decides"
+            if isinstance(reason, ast.Constant) and isinstance(reason.value, str):
+                given.add(reason.value)
+            else:
+                assert isinstance(reason, ast.Name) and reason.id == "reason", (
+                    f"{path.relative_to(ROOT)}:{node.lineno}: a reason this test cannot read"
+                )
+                given |= _strings_assigned_to("reason", tree)
+    assert given == set(RESUMED_REASONS)
+    assert {reason for reason, (recovered, _) in RESUMED_REASONS.items() if recovered} == {
+        "resume",
+        "archive",
+    }
+
+
+def test_both_clients_act_on_recovered_never_on_the_reason() -> None:
+    """So a new reason (archive) needs no client change: recovered: true is the normal case."""
+    js = CLIENT_JS.read_text()
+    assert "frame.recovered" in js_block(js, "_onResumed(frame) {")
+    assert not re.search(r"\.reason\s*(===?|!==?)", js)
+    on_frame = py_function(ast.parse(CLIENT_PY.read_text()), "_on_frame")
+    read_keys = {
+        node.args[0].value
+        for node in ast.walk(on_frame)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "get"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+    }
+    assert "recovered" in read_keys and "reason" not in read_keys
 
 
 def test_error_frames_and_envelopes_carry_the_tables_fields() -> None:

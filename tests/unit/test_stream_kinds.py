@@ -93,6 +93,7 @@ def test_a_kind_has_one_registration_and_a_proper_name() -> None:
         can_publish=again.can_publish,
         history=again.history,
         presence=again.presence,
+        archive=again.archive,
     )
     with pytest.raises(ValueError, match="already registered"):
         streams.register("room", key=".*", can_read=lambda user, stream: True)
@@ -125,13 +126,17 @@ def test_the_core_kinds_keep_history_with_the_global_retention_and_no_presence(
         assert streams.policy_for(stream) == expected, stream
 
 
-def test_the_chats_rooms_keep_history_and_presence(settings: Settings) -> None:
+def test_the_chats_rooms_keep_history_presence_and_an_archive(settings: Settings) -> None:
     policy = streams.policy_for("room:lobby")
-    assert (policy.history, policy.history_maxlen, policy.presence) == (
+    assert (policy.history, policy.history_maxlen, policy.presence, policy.archive) == (
         True,
         settings.HISTORY_MAXLEN,
         True,
+        True,
     )
+    assert "room" in streams.archived_kinds()
+    for stream in ("user:1", "broadcast", "ops"):  # the core's kinds keep none
+        assert streams.policy_for(stream).archive is False, stream
 
 
 def test_a_kind_without_options_keeps_what_the_core_keeps(
@@ -175,6 +180,8 @@ def test_a_kinds_own_retention_and_presence_replace_the_global_ones(
         ({"presence": 1}, "presence must be True or False"),
         ({"history": False, "history_maxlen": 10}, "keeps no history"),
         ({"history": False, "history_max_age_secs": 10}, "keeps no history"),
+        ({"archive": "yes"}, "archive must be True or False"),
+        ({"history": False, "archive": True}, "cannot keep an archive"),
     ],
 )
 def test_a_kinds_options_are_checked_when_it_is_registered(
@@ -195,7 +202,9 @@ def test_the_same_kind_with_other_options_is_a_second_registration(
         streams.register("ticket", key="[0-9]+", can_read=allow, history_maxlen=6)
 
 
-def test_settings_declare_history_retention_and_presence(forget_kinds: list[str]) -> None:
+def test_settings_declare_history_retention_presence_and_an_archive(
+    forget_kinds: list[str],
+) -> None:
     forget_kinds += ["ticket", "ping"]
     streams.register_from_settings(
         {
@@ -205,12 +214,13 @@ def test_settings_declare_history_retention_and_presence(forget_kinds: list[str]
                 "history_maxlen": 100,
                 "history_max_age_secs": 3600,
                 "presence": True,
+                "archive": True,
             },
             "ping": {"key": "[0-9]+", "can_read": "chat.access.room_can_read", "history": False},
         }
     )
     assert streams.policy_for("ticket:7") == KindPolicy(
-        history=True, history_maxlen=100, history_max_age_secs=3600, presence=True
+        history=True, history_maxlen=100, history_max_age_secs=3600, presence=True, archive=True
     )
     assert streams.policy_for("ping:7").history is False
 

@@ -3,6 +3,8 @@
 up      start redis-server, N Daphne replicas and HAProxy; wait until HAProxy reports every
         server UP; print every process's log lines prefixed by its name; Ctrl-C stops it all.
         --detach leaves it running and returns (stop it with `down`).
+        --db postgres: a PostgreSQL of its own first (devtools/postgres.py, its data kept in
+        <run-dir>/postgres), migrated and given the demo users; SQLite by default.
 status  what a detached cluster is running, and HAProxy's view of each replica.
 down    stop a detached cluster, by the PIDs it recorded, in reverse order.
 """
@@ -10,6 +12,8 @@ down    stop a detached cluster, by the PIDs it recorded, in reverse order.
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connection
 
 from devtools.cluster import (
     Cluster,
@@ -28,6 +33,7 @@ from devtools.cluster import (
     record_runs,
     stop_detached,
 )
+from devtools.postgres import PostgresError
 
 
 class Command(BaseCommand):
@@ -47,6 +53,30 @@ class Command(BaseCommand):
         parser.add_argument("--run-dir", type=Path, default=settings.VAR_DIR / "cluster")
         parser.add_argument(
             "--persist", action="store_true", help="Redis with an append-only file."
+        )
+        parser.add_argument(
+            "--redis",
+            choices=["single", "sentinel"],
+            default="single",
+            help="sentinel: a primary on --redis-port, its replica and three sentinels.",
+        )
+        parser.add_argument(
+            "--db",
+            choices=["sqlite", "postgres"],
+            default="sqlite",
+            help="postgres: a local PostgreSQL, started, migrated and stopped with the cluster.",
+        )
+        parser.add_argument(
+            "--postgres-port",
+            type=int,
+            default=5442,
+            help="5442: beside any system PostgreSQL on 5432.",
+        )
+        parser.add_argument(
+            "--hosts",
+            type=int,
+            default=1,
+            help="Simulated app hosts: replicas bind to 127.0.0.2, 127.0.0.3, … in turn.",
         )
         parser.add_argument("--access-log", action="store_true", help="Daphne access logs.")
         parser.add_argument("--detach", action="store_true", help="Return once the cluster is up.")
@@ -68,7 +98,8 @@ class Command(BaseCommand):
             raise CommandError(
                 f"A cluster is already running from {run_dir}; `cluster down` first."
             )
-        call_command("migrate", interactive=False, verbosity=0)
+        if options["db"] == "sqlite":  # the runner migrates a PostgreSQL of its own
+            call_command("migrate", interactive=False, verbosity=0)
         try:
             cluster = Cluster(
                 ClusterConfig(
@@ -78,19 +109,25 @@ class Command(BaseCommand):
                     stats_port=options["stats_port"],
                     run_dir=run_dir,
                     redis_persistence=options["persist"],
+                    redis_mode=options["redis"],
+                    hosts=options["hosts"],
+                    db=options["db"],
+                    postgres_port=options["postgres_port"],
                     access_log=options["access_log"],
                 )
             )
-        except ClusterError as exc:
+        except (ClusterError, PostgresError) as exc:
             raise CommandError(str(exc)) from None
         follower = LogFollower(cluster, self.stdout.write)
         if not options["detach"]:
             follower.start()
         try:
             cluster.start()
-        except ClusterError as exc:
+        except (ClusterError, PostgresError) as exc:
             follower.stop()
             raise CommandError(f"The cluster did not start: {exc}") from None
+        if cluster.postgres is not None:
+            self.seed_demo(cluster)
         self.stdout.write(self.style.SUCCESS(self.banner(cluster)))
         if options["detach"]:
             self.stdout.write(f"Detached. Logs: {run_dir}/*.log. Stop: manage.py cluster down")
@@ -111,7 +148,9 @@ class Command(BaseCommand):
         self.stdout.write("Stopped; nothing is left running.")
 
     def banner(self, cluster: Cluster) -> str:
-        replicas = ", ".join(f"{n} :{p}" for n, p in cluster.replica_ports.items())
+        replicas = ", ".join(
+            f"{n} {cluster.replica_hosts[n]}:{p}" for n, p in cluster.replica_ports.items()
+        )
         return "\n".join(
             [
                 "",
@@ -119,11 +158,40 @@ class Command(BaseCommand):
                 f"  admin        {cluster.url}/admin/  (admin / admin-pass)",
                 f"  HAProxy      stats {cluster.stats_url}  runtime socket {cluster.admin_socket}",
                 f"  replicas     {replicas}",
-                f"  redis        {cluster.redis_url}",
+                f"  redis        {self.redis_line(cluster)}",
+                f"  database     {self.database_line(cluster)}",
                 "  try          .venv/bin/python manage.py push --user alice 'hello'",
                 "",
             ]
         )
+
+    def redis_line(self, cluster: Cluster) -> str:
+        group = cluster.sentinel_group
+        if group is None:
+            return cluster.redis_url
+        return (
+            f"primary :{group.primary_port}, replica :{group.replica_port}, "
+            f"sentinels {group.sentinels_setting} (REDIS_SENTINELS)"
+        )
+
+    def database_line(self, cluster: Cluster) -> str:
+        if cluster.postgres is None:
+            return f"{connection.vendor} {connection.settings_dict['NAME']}"
+        # Commands run by hand reach it with this URL; it stays the same from run to run.
+        return f"PostgreSQL :{cluster.postgres.port}  DATABASE_URL={cluster.postgres.url}"
+
+    def seed_demo(self, cluster: Cluster) -> None:
+        """The demo users in the runner's PostgreSQL, as `make install` makes them in SQLite."""
+        done = subprocess.run(
+            [sys.executable, "manage.py", "seed_demo"],
+            cwd=settings.BASE_DIR,
+            env=cluster.command_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            self.stderr.write(f"seed_demo failed; no demo users:\n{done.stdout}{done.stderr}")
 
     def status(self, run_dir: Path) -> None:
         state = read_state(run_dir)

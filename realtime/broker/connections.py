@@ -1,0 +1,104 @@
+"""Where the broker's Redis is, and the client that reaches it: one server by URL, or the
+primary that a Sentinel group names, followed through failovers.
+
+With Sentinel, redis-py's SentinelConnectionPool asks the sentinels for the primary's address
+whenever a connection (re)connects, and drops a connection that finds itself on a demoted
+primary (READONLY); commands, pipelines and the layer's pub/sub connection all come from that
+pool, so after a failover each of them lands on the new primary at its next reconnect. What a
+failover may lose (Redis replicates asynchronously) is made visible, not hidden: see
+lua/publish.lua's replication-id check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import BlockingConnectionPool
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
+from redis.connection import parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+# Command connections per process and loop: enough for Redis to pipeline a burst of publishes
+# (each is one short script), few enough that 3 replicas never crowd Redis' connection table.
+MAX_REDIS_CONNECTIONS = 32
+# How long a question to a sentinel may take: a dead sentinel is skipped for the next one.
+SENTINEL_TIMEOUT_SECS = 0.5
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """One Redis by `url`, or, with `sentinels`, the primary of the group `sentinel_master`
+    (then `url` gives only the database number and credentials)."""
+
+    url: str
+    sentinels: tuple[tuple[str, int], ...] = ()
+    sentinel_master: str = ""
+
+    def describe(self) -> str:
+        """For logs and errors: never the password."""
+        if self.sentinels:
+            where = ",".join(f"{host}:{port}" for host, port in self.sentinels)
+            return f"Sentinel group {self.sentinel_master!r} via {where}"
+        parts = parse_url(self.url)
+        return f"{parts.get('host', '?')}:{parts.get('port', 6379)}/{parts.get('db', 0)}"
+
+
+def parse_sentinels(items: list[str] | tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """["10.0.0.5:26379", …] -> ((host, port), …); ValueError naming a malformed entry."""
+    out = []
+    for item in items:
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"{item!r} is not host:port (a Sentinel's address)")
+        out.append((host.strip("[]"), int(port)))
+    return tuple(out)
+
+
+class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's pool with BlockingConnectionPool's bound: a burst of publishes waits for one
+    of MAX_REDIS_CONNECTIONS connections instead of failing (redis-py has no such pool)."""
+
+
+def _pool_options() -> dict[str, Any]:
+    # A blocking pool: a burst of concurrent publishes waits for one of a bounded number of
+    # connections instead of failing with MaxConnectionsError (redis-py's default).
+    # One retry on a connection error: after a Redis restart or a failover every pooled
+    # connection is dead, and the first command on each would otherwise fail although Redis is
+    # back. (A publish retried after its connection died mid-command may be stored twice;
+    # clients that must not see that send an idempotency key.)
+    return {
+        "max_connections": MAX_REDIS_CONNECTIONS,
+        "timeout": 5,
+        "socket_connect_timeout": 3,
+        "socket_timeout": 5,
+        "health_check_interval": 0,
+        "retry": Retry(NoBackoff(), 1),
+        "retry_on_error": [RedisConnectionError],
+    }
+
+
+def client_for(address: RedisAddress) -> aioredis.Redis:
+    """A client with a pool of its own, for the running event loop."""
+    if not address.sentinels:
+        pool = BlockingConnectionPool.from_url(address.url, **_pool_options())
+        return aioredis.Redis(connection_pool=pool)
+    credentials = {
+        name: value
+        for name, value in parse_url(address.url).items()
+        if name in ("db", "username", "password")
+    }
+    sentinel = Sentinel(
+        list(address.sentinels),
+        sentinel_kwargs={
+            "socket_connect_timeout": SENTINEL_TIMEOUT_SECS,
+            "socket_timeout": SENTINEL_TIMEOUT_SECS,
+        },
+    )
+    sentinel_pool = BlockingSentinelConnectionPool(
+        address.sentinel_master, sentinel, **credentials, **_pool_options()
+    )
+    return aioredis.Redis(connection_pool=sentinel_pool)
