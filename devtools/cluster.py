@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -37,6 +38,12 @@ HAPROXY_CFG = BASE_DIR / "haproxy.cfg"
 # haproxy.cfg lists servers d1..d8, each present when its SB_Dn variable is set.
 MAX_REPLICAS = 8
 STATE_FILE = "cluster.json"
+# What the runner names its replicas (haproxy.cfg's servers): the other processes serve them.
+REPLICA_NAME = re.compile(r"d[1-9][0-9]*")
+
+
+def is_replica_name(name: str) -> bool:
+    return REPLICA_NAME.fullmatch(name) is not None
 
 
 class ClusterError(RuntimeError):

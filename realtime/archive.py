@@ -30,7 +30,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 
-from realtime import broker, conf, streams
+from realtime import broker, streams
 from realtime.broker import BrokerUnavailable, QueuedBatch, RedisBroker
 from realtime.services import archived_messages_write
 from realtime.stats import replica_stats
@@ -72,7 +72,7 @@ class Archiver:
     async def archive_once(self) -> int:
         """Write one batch of the queue to the database: this consumer's unwritten entries
         first, then new ones. How many messages were written."""
-        count = conf.setting("ARCHIVE_BATCH_MESSAGES")
+        count = settings.ARCHIVE_BATCH_MESSAGES
         batch = await self._live().archive_read(self.consumer, count=count, pending=self.pending)
         if self.pending and not batch.entry_ids:
             self.pending = False
@@ -82,14 +82,14 @@ class Archiver:
     async def claim_once(self) -> int:
         """Take over and write what other consumers read and left unwritten for
         ARCHIVE_CLAIM_IDLE_SECS (dead processes, hung databases). How many messages."""
-        idle_ms = int(conf.setting("ARCHIVE_CLAIM_IDLE_SECS") * 1000)
+        idle_ms = int(settings.ARCHIVE_CLAIM_IDLE_SECS * 1000)
         written, start = 0, "0-0"
         while True:
             start, batch = await self._live().archive_claim(
                 self.consumer,
                 min_idle_ms=idle_ms,
                 start=start,
-                count=conf.setting("ARCHIVE_BATCH_MESSAGES"),
+                count=settings.ARCHIVE_BATCH_MESSAGES,
             )
             if batch.messages:
                 logger.info(
@@ -138,9 +138,7 @@ class Archiver:
             written = 0
             try:
                 if time.monotonic() >= self.next_claim_at:
-                    self.next_claim_at = (
-                        time.monotonic() + conf.setting("ARCHIVE_CLAIM_IDLE_SECS") / 2
-                    )
+                    self.next_claim_at = time.monotonic() + settings.ARCHIVE_CLAIM_IDLE_SECS / 2
                     written += await self.claim_once()
                     await self._live().archive_forget_consumers(
                         idle_ms=int(FORGET_CONSUMERS_AFTER_SECS * 1000)
@@ -160,10 +158,10 @@ class Archiver:
                 self._failed("unexpected error", exc, failures, trace=True)
             if failures:
                 await asyncio.sleep(
-                    min(RETRY_CAP_SECS, conf.setting("ARCHIVE_POLL_SECS") * 2 ** min(failures, 10))
+                    min(RETRY_CAP_SECS, settings.ARCHIVE_POLL_SECS * 2 ** min(failures, 10))
                 )
-            elif written < conf.setting("ARCHIVE_BATCH_MESSAGES"):
-                await asyncio.sleep(conf.setting("ARCHIVE_POLL_SECS"))  # caught up: look again soon
+            elif written < settings.ARCHIVE_BATCH_MESSAGES:
+                await asyncio.sleep(settings.ARCHIVE_POLL_SECS)  # caught up: look again soon
         logger.info("archiver stopped consumer=%s", self.consumer)
 
     def _failed(self, what: str, exc: BaseException, failures: int, *, trace: bool = False) -> None:

@@ -71,13 +71,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def setting(name: str) -> Any:
-    """`settings.<name>`, or its default here: for settings a project's settings module need not
-    list (django-stubs types `settings` from the module it reads, so `settings.<name>` fails type
-    checking for a name only install_defaults() sets)."""
-    return getattr(settings, name, DEFAULTS[name])
-
-
 def default_replica_id() -> str:
     """This process's name in the cluster: REPLICA_ID from the environment, else host and pid,
     so two replicas on one host never share a name (the channel layer addresses them by it)."""

@@ -20,7 +20,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from realtime import broker, conf, groups, protocol, streams
+from realtime import broker, groups, protocol, streams
 from realtime.broker import BrokerUnavailable, StreamPolicy
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ async def publish(
         max_age_ms=int(kind.history_max_age_secs * 1000),
         idempotency_ttl_secs=settings.IDEMPOTENCY_TTL_SECS,
         archive=kind.archive,
-        archive_queue_max_len=conf.setting("ARCHIVE_QUEUE_MAXLEN"),
+        archive_queue_max_len=settings.ARCHIVE_QUEUE_MAXLEN,
     )
     try:
         appended = await asyncio.wait_for(

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
+from devtools.cluster import is_replica_name
+
 
 @dataclass
 class Result:
@@ -35,7 +37,7 @@ class Result:
 
     @property
     def replica_cpu(self) -> float:
-        return sum(v for k, v in self.cpu_secs.items() if k not in ("redis", "haproxy", "client"))
+        return sum(v for k, v in self.cpu_secs.items() if is_replica_name(k))
 
     @property
     def replica_us_per_delivery(self) -> float | None:

@@ -25,6 +25,7 @@ from devtools.cluster import (
     ClusterState,
     ManagedProcess,
     free_port,
+    is_replica_name,
     port_is_free,
     wait_until,
 )
@@ -209,7 +210,9 @@ def start_cluster(
         origin=cluster.url,
         sessions=sessions,
         replica_pids={n: pid for n in cluster.replica_names if (pid := procs[n].pid)},
-        other_pids={n: pid for n in ("redis", "haproxy") if (pid := procs[n].pid)},
+        other_pids={
+            n: pid for n, p in procs.items() if n not in cluster.replica_names and (pid := p.pid)
+        },
         resumable=not stock,
         can_batch=not stock,
         cluster=cluster,
@@ -237,14 +240,15 @@ def external_cluster(url: str, *, clients: int, state: ClusterState | None) -> C
     if state and state.get("url") == f"{parts.scheme}://{parts.netloc}":
         pids = {p["name"]: p["pid"] for p in state["processes"] if p["pid"] is not None}
         ports = {p["name"]: p["port"] for p in state["processes"]}
-    replicas = sorted(n for n in pids if n not in ("redis", "haproxy")) or ["d1", "d2", "d3"]
+    # The runner names replicas d1..d8; the rest (Redis, sentinels, PostgreSQL, HAProxy) serve them.
+    replicas = sorted(n for n in pids if is_replica_name(n)) or ["d1", "d2", "d3"]
     return ClusterTarget(
         name="ours",
         ws_url=f"ws://{parts.netloc}/ws/",
         origin=f"{parts.scheme}://{parts.netloc}",
         sessions=json.loads(out.getvalue()),
         replica_pids={n: p for n, p in pids.items() if n in replicas},
-        other_pids={n: p for n, p in pids.items() if n in ("redis", "haproxy")},
+        other_pids={n: p for n, p in pids.items() if not is_replica_name(n)},
         # The runner binds every replica to 127.0.0.1 (devtools/cluster.py).
         replica_urls={n: f"http://127.0.0.1:{ports[n]}" for n in replicas if n in ports},
         base_url=f"{parts.scheme}://{parts.netloc}",

@@ -87,9 +87,11 @@ async def test_replicas_on_simulated_hosts_listen_on_their_own_addresses_and_del
         ClusterConfig(replicas=2, hosts=2, run_dir=tmp_path / "run", env=env, db=TEST_DB)
     )
     assert cluster.replica_hosts == {"d1": "127.0.0.2", "d2": "127.0.0.3"}
-    manage(cluster, "migrate", "--noinput", "-v0")
-    await asyncio.to_thread(cluster.start)
     try:
+        # PostgreSQL first (started and migrated by the runner), then SQLite's migrations.
+        await asyncio.to_thread(cluster.start_database)
+        await asyncio.to_thread(manage, cluster, "migrate", "--noinput", "-v0")
+        await asyncio.to_thread(cluster.start)
         async with httpx.AsyncClient(timeout=5) as http:
             for name, host in cluster.replica_hosts.items():
                 port = cluster.replica_ports[name]
