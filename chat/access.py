@@ -2,7 +2,8 @@
 
 `room_can_read` is the chat's check for `room:<slug>` streams, registered with the core in
 chat/apps.py (realtime/streams.py). The signals below tell the sockets concerned to check again
-(realtime/access.py's `recheck_sync`) when a room is made private or deleted, or when members
+(realtime/access.py's `recheck_on_commit`: once the change is committed, so that the
+sockets' check reads it) when a room is made private or deleted, or when members
 leave a private room.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
 
 from chat.models import Room
-from realtime.access import recheck_sync
+from realtime.access import recheck_on_commit
 from realtime.streams import StreamDenied
 
 
@@ -42,11 +43,11 @@ def _room_about_to_change(sender: Any, instance: Room, **kwargs: Any) -> None:
 
 def _room_changed(sender: Any, instance: Room, created: bool, **kwargs: Any) -> None:
     if not created and getattr(instance, "_sb_was_private", None) is False and instance.is_private:
-        recheck_sync(room_slugs=[instance.slug])
+        recheck_on_commit(room_slugs=[instance.slug])
 
 
 def _room_deleted(sender: Any, instance: Room, **kwargs: Any) -> None:
-    recheck_sync(room_slugs=[instance.slug])
+    recheck_on_commit(room_slugs=[instance.slug])
 
 
 def _members_changed(
@@ -60,9 +61,9 @@ def _members_changed(
         )
         return
     if action == "post_clear":
-        recheck_sync(user_ids=getattr(instance, "_sb_cleared", []))
+        recheck_on_commit(user_ids=getattr(instance, "_sb_cleared", []))
     elif action == "post_remove":
-        recheck_sync(user_ids=[instance.pk] if reverse else sorted(pk_set or ()))
+        recheck_on_commit(user_ids=[instance.pk] if reverse else sorted(pk_set or ()))
 
 
 def connect_signals() -> None:

@@ -30,6 +30,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model, user_logged_out
+from django.db import transaction
 from django.db.models.signals import post_delete, post_save, pre_save
 
 from realtime import groups
@@ -75,6 +76,13 @@ async def recheck(
 
 
 recheck_sync = async_to_sync(recheck)
+
+
+def recheck_on_commit(**kwargs: Any) -> None:
+    """`recheck` once the current transaction commits (at once outside one). Signals of a
+    changed permission fire inside the transaction that changes it: told then, a replica
+    could check before the commit, read the old rows and keep the access it should lose."""
+    transaction.on_commit(lambda: recheck_sync(**kwargs), robust=True)
 
 
 # --- what a socket does when told ------------------------------------------------------------
@@ -134,7 +142,7 @@ def _user_changed(sender: Any, instance: Any, created: bool, **kwargs: Any) -> N
         return
     lost_a_flag = any(before[f] and not getattr(instance, f) for f in ("is_staff", "is_active"))
     if lost_a_flag or before["password"] != instance.password:
-        recheck_sync(user_ids=[instance.pk])
+        recheck_on_commit(user_ids=[instance.pk])
 
 
 def _session_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:

@@ -19,7 +19,7 @@ from playwright.sync_api import Page
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from devtools.cluster import Cluster
-from tests.conftest import BASE_DIR, TEST_DB, require_binaries, running_cluster
+from tests.conftest import BASE_DIR, require_binaries
 
 # Written by every e2e run; the best ones are copied into docs/ by hand.
 SCREENSHOTS_DIR = BASE_DIR / "test-artifacts" / "screenshots"
@@ -42,18 +42,6 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--disable-dev-shm-usage",
 ]
-
-
-@pytest.fixture(scope="session")
-def cluster(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Cluster]:
-    """The runner's default database, SQLite, shared by every replica: the cluster tier's own
-    cluster when that runs on SQLite too, else one of this tier's."""
-    if TEST_DB == "sqlite":
-        yield request.getfixturevalue("cluster")
-    else:
-        yield from running_cluster(tmp_path_factory, db="sqlite")
 
 
 @pytest.fixture(scope="session")
