@@ -11,6 +11,7 @@ down    stop a detached cluster, by the PIDs it recorded, in reverse order.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -160,10 +161,23 @@ class Command(BaseCommand):
                 f"  replicas     {replicas}",
                 f"  redis        {self.redis_line(cluster)}",
                 f"  database     {self.database_line(cluster)}",
-                "  try          .venv/bin/python manage.py push --user alice 'hello'",
+                f"  try          {self.try_line(cluster)}",
                 "",
             ]
         )
+
+    def try_line(self, cluster: Cluster) -> str:
+        """A command to run by hand, with the environment it needs to reach this cluster (the
+        settings' defaults reach `make run`'s: Redis on 6390, the SQLite file in var/)."""
+        env = cluster.command_env()
+        as_now = {
+            "REDIS_URL": settings.REDIS_URL,
+            "REDIS_SENTINELS": ",".join(settings.REDIS_SENTINELS),
+            "REDIS_SENTINEL_MASTER": settings.REDIS_SENTINEL_MASTER,
+            "DATABASE_URL": os.environ.get("DATABASE_URL", ""),
+        }
+        needed = [f"{name}={env[name]}" for name in as_now if env.get(name, "") != as_now[name]]
+        return " ".join([*needed, ".venv/bin/python manage.py push --user alice 'hello'"])
 
     def redis_line(self, cluster: Cluster) -> str:
         group = cluster.sentinel_group
