@@ -22,6 +22,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import NotRequired, TypedDict
 
@@ -165,6 +166,9 @@ class ClusterConfig:
     # "single": one redis-server; "sentinel": a primary, its replica and three sentinels
     # (devtools/redis_topology.py), the replicas finding the primary through them.
     redis_mode: str = "single"
+    # Redis shards (REDIS_URLS): 2 or more redis-servers, redis-shard-0 on redis_port, each
+    # holding the streams whose names hash to it (realtime/broker/redis_broker.py).
+    redis_shards: int = 1
     # App hosts, simulated: with 2 or more, the replicas bind to 127.0.0.2, 127.0.0.3, … in
     # turn (Linux routes all of 127/8 to loopback), as if each address were a machine of its
     # own; Redis, PostgreSQL and HAProxy stay on 127.0.0.1. 1: every replica on 127.0.0.1.
@@ -208,7 +212,26 @@ class Cluster:
         # A Unix socket path must stay under ~100 bytes, so it cannot live in a deep run_dir.
         self._socket_dir = tempfile.mkdtemp(prefix="sb-haproxy-")
         self.admin_socket = str(Path(self._socket_dir) / "admin.sock")
-        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        if config.redis_shards < 1:
+            raise ClusterError("--redis-shards must be at least 1")
+        if config.redis_shards > 1 and config.redis_mode != "single":
+            raise ClusterError(
+                "--redis-shards runs plain redis-servers; shards of Sentinel groups are "
+                "configured with REDIS_SENTINEL_MASTER=a,b,c (docs/deploying.md)"
+            )
+        # Shards after the first: the ports after a --redis-port given (stable from run to run,
+        # for commands run by hand), else free ones.
+        self.shard_ports = [self.redis_port] + [
+            self.redis_port + index if config.redis_port else free_port()
+            for index in range(1, config.redis_shards)
+        ]
+        for port in self.shard_ports[1:]:
+            if not port_is_free(port):
+                raise ClusterError(
+                    f"the Redis shard port {port} is taken; pick another --redis-port"
+                )
+        self.redis_urls = [f"redis://127.0.0.1:{port}/0" for port in self.shard_ports]
+        self.redis_url = self.redis_urls[0]
         self.sentinel_group: SentinelGroup | None = None
         if config.redis_mode == "sentinel":
             self.sentinel_group = SentinelGroup(
@@ -265,6 +288,8 @@ class Cluster:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if len(self.redis_urls) > 1:
+            env["REDIS_URLS"] = ",".join(self.redis_urls)
         if self.sentinel_group is not None:
             env["REDIS_SENTINELS"] = self.sentinel_group.sentinels_setting
             env["REDIS_SENTINEL_MASTER"] = SENTINEL_MASTER
@@ -329,10 +354,9 @@ class Cluster:
         persistence = self.config.redis_persistence
         group = self.sentinel_group
         if group is None:
-            argv = redis_server_argv(
-                self.redis_port, self.run_dir, name="redis", persistence=persistence
-            )
-            self._add("redis", argv, dict(os.environ), self.redis_port)
+            for name, port in zip(self.redis_process_names, self.shard_ports, strict=True):
+                argv = redis_server_argv(port, self.run_dir, name=name, persistence=persistence)
+                self._add(name, argv, dict(os.environ), port)
             return
         primary = redis_server_argv(
             group.primary_port, self.run_dir, name="redis-primary", persistence=persistence
@@ -351,6 +375,8 @@ class Cluster:
 
     @property
     def redis_process_names(self) -> list[str]:
+        if len(self.shard_ports) > 1:
+            return [f"redis-shard-{index}" for index in range(len(self.shard_ports))]
         if self.sentinel_group is None:
             return ["redis"]
         return ["redis-primary", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"]
@@ -432,7 +458,8 @@ class Cluster:
         # The state file names every PID: `cluster down` and the benchmark's CPU readings must
         # see a restarted process, not the one it replaced.
         self.write_state()
-        wait_until(self.redis_ping, timeout=timeout, what=f"redis-server on {self.redis_port}")
+        for port in self.shard_ports:
+            wait_until(partial(self.redis_ping, port), timeout=timeout, what=f"redis on {port}")
         group = self.sentinel_group
         if group is not None:
             wait_until(group.replica_in_sync, timeout=timeout, what="the Redis replica's sync")
@@ -461,8 +488,24 @@ class Cluster:
         self.stop_redis()
         self.start_redis(timeout=timeout)
 
-    def redis_ping(self) -> bool:
-        with socket.create_connection(("127.0.0.1", self.redis_port), timeout=1) as sock:
+    def stop_redis_shard(self, index: int, *, kill: bool = False) -> str:
+        """Stop one shard's redis-server (SIGKILL with `kill`, as a crash); its name."""
+        name = f"redis-shard-{index}"
+        if kill:
+            self.processes[name].kill()
+        else:
+            self.processes[name].stop()
+        return name
+
+    def start_redis_shard(self, index: int, *, timeout: float = 30.0) -> None:
+        """Start one shard's redis-server again on its port (empty, without persistence)."""
+        self.processes[f"redis-shard-{index}"].start()
+        self.write_state()
+        port = self.shard_ports[index]
+        wait_until(lambda: self.redis_ping(port), timeout=timeout, what=f"redis on {port}")
+
+    def redis_ping(self, port: int | None = None) -> bool:
+        with socket.create_connection(("127.0.0.1", port or self.redis_port), timeout=1) as sock:
             sock.sendall(b"PING\r\n")
             return sock.recv(64).startswith(b"+PONG")
 
@@ -540,6 +583,7 @@ class Cluster:
             "url": self.url,
             "stats_url": self.stats_url,
             "redis_url": self.redis_url,
+            "redis_urls": self.redis_urls,
             "admin_socket": self.admin_socket,
             "processes": [
                 {
@@ -577,6 +621,8 @@ class ClusterState(TypedDict):
     url: str
     stats_url: str
     redis_url: str
+    # Every shard's, in order (written since shards exist).
+    redis_urls: NotRequired[list[str]]
     admin_socket: str
     processes: list[ProcessRecord]
 

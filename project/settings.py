@@ -72,6 +72,11 @@ REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6390/0")
 # gives only the database number and password (realtime/broker/connections.py).
 REDIS_SENTINELS = env_list("REDIS_SENTINELS", [])
 REDIS_SENTINEL_MASTER = env_str("REDIS_SENTINEL_MASTER", "switchboard" if REDIS_SENTINELS else "")
+# Shards: REDIS_URLS (url,url,…) spreads streams over several Redis by the hash of their names
+# (realtime/broker/redis_broker.py), in place of REDIS_URL; with Sentinel, REDIS_SENTINEL_MASTER
+# names one group per shard instead (shard0,shard1,…). Every replica and command must list the
+# same shards in the same order: the order is the layout.
+REDIS_URLS = env_list("REDIS_URLS", [])
 
 INSTALLED_APPS = [
     "daphne",
@@ -279,7 +284,7 @@ SOCKET_BACKLOG_MAX_BYTES = env_int(
 GC_FULL_COLLECT_SECS = env_int("GC_FULL_COLLECT_SECS", SB["GC_FULL_COLLECT_SECS"], minimum=0)
 CHANNEL_LAYERS = {
     "default": channel_layer(
-        REDIS_URL,
+        REDIS_URLS or REDIS_URL,
         node=REPLICA_ID,
         capacity=DELIVERY_QUEUE_MAX_FRAMES,
         heartbeat_secs=HEARTBEAT_SECS,

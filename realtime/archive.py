@@ -1,17 +1,19 @@
 """The history archive: the messages of archived streams (kinds registered with archive=True,
 the chat's rooms) written to the database, after the publish and off its path.
 
-Writing. The publish script queues such a message (`<prefix>:archive:queue`, broker/keys.py) in
-the same step as its history entry, so nothing is published without being queued, and the
-publish never waits for the database. Each replica runs one archiver (per event loop), started
-by its first socket (consumers.py). It reads the queue in the consumer group `archivers`, so
-each entry goes to one replica, writes a batch in one INSERT through database_sync_to_async
-(`services.archived_messages_write`) and then marks the entries done (XACK and XDEL: the queue
-holds only what waits). At least once: an archiver that dies between its write and the XACK, or
-whose database hangs, leaves its entries pending, and another takes them over after
-ARCHIVE_CLAIM_IDLE_SECS (XAUTOCLAIM); a message written twice is still one row (unique
-stream, epoch, seq). Redis unreachable (BrokerUnavailable) or a database error: logged,
-retried with backoff; unwritten entries stay pending and are read again.
+Writing. The publish script queues such a message (`<prefix>:archive:queue` on the stream's
+shard, broker/keys.py) in the same step as its history entry, so nothing is published without
+being queued, and the publish never waits for the database. Each replica runs one archiver (per
+event loop), started by its first socket (consumers.py). It reads the queue in the consumer
+group `archivers`, so each entry goes to one replica, writes a batch in one INSERT through
+database_sync_to_async (`services.archived_messages_write`) and then marks the entries done
+(XACK and XDEL: the queue holds only what waits). At least once: an archiver that dies between
+its write and the XACK, or whose database hangs, leaves its entries pending, and another takes
+them over after ARCHIVE_CLAIM_IDLE_SECS (XAUTOCLAIM); a message written twice is still one row
+(unique stream, epoch, seq). Redis unreachable (BrokerUnavailable) or a database error: logged,
+retried with backoff; unwritten entries stay pending and are read again. With several Redis
+shards the archiver reads each shard's queue in turn, and a shard that is down is retried with
+backoff of its own while the others' queues keep moving.
 
 Reading. A replay that reaches past the Redis window (delivery/session.py) and
 GET /api/history read the rows (`selectors.archived_messages_read`) and send them as stored.
@@ -63,30 +65,43 @@ class Archiver:
         self.consumer = consumer
         self.broker = the_broker
         the_broker.redis()  # this loop's client, made now if nothing else has yet (_live)
+        shards = range(the_broker.shard_count)
         # Read this consumer's own unwritten entries before new ones: at start (a restart that
-        # kept its name, as a container's fixed pid does) and after a failed write.
-        self.pending = True
-        self.next_claim_at = 0.0
+        # kept its name, as a container's fixed pid does) and after a failed write; per shard.
+        self.pending = set(shards)
+        self.next_claim_at = dict.fromkeys(shards, 0.0)
+        self.failures = dict.fromkeys(shards, 0)
+        self.retry_at = dict.fromkeys(shards, 0.0)
         self.task: asyncio.Task[None] | None = None
 
-    async def archive_once(self) -> int:
-        """Write one batch of the queue to the database: this consumer's unwritten entries
-        first, then new ones. How many messages were written."""
+    async def archive_once(self, shard: int | None = None) -> int:
+        """Write one batch of a shard's queue (None: of each shard's in turn) to the database:
+        this consumer's unwritten entries first, then new ones. How many messages were
+        written."""
+        if shard is None:
+            return sum([await self.archive_once(i) for i in range(self.broker.shard_count)])
         count = settings.ARCHIVE_BATCH_MESSAGES
-        batch = await self._live().archive_read(self.consumer, count=count, pending=self.pending)
-        if self.pending and not batch.entry_ids:
-            self.pending = False
-            batch = await self._live().archive_read(self.consumer, count=count)
-        return await self._write(batch)
+        pending = shard in self.pending
+        batch = await self._live().archive_read(
+            self.consumer, shard=shard, count=count, pending=pending
+        )
+        if pending and not batch.entry_ids:
+            self.pending.discard(shard)
+            batch = await self._live().archive_read(self.consumer, shard=shard, count=count)
+        return await self._write(batch, shard)
 
-    async def claim_once(self) -> int:
+    async def claim_once(self, shard: int | None = None) -> int:
         """Take over and write what other consumers read and left unwritten for
-        ARCHIVE_CLAIM_IDLE_SECS (dead processes, hung databases). How many messages."""
+        ARCHIVE_CLAIM_IDLE_SECS (dead processes, hung databases), on one shard (None: each).
+        How many messages."""
+        if shard is None:
+            return sum([await self.claim_once(i) for i in range(self.broker.shard_count)])
         idle_ms = int(settings.ARCHIVE_CLAIM_IDLE_SECS * 1000)
         written, start = 0, "0-0"
         while True:
             start, batch = await self._live().archive_claim(
                 self.consumer,
+                shard=shard,
                 min_idle_ms=idle_ms,
                 start=start,
                 count=settings.ARCHIVE_BATCH_MESSAGES,
@@ -98,20 +113,20 @@ class Archiver:
                     self.consumer,
                     settings.REPLICA_ID,
                 )
-            written += await self._write(batch)
+            written += await self._write(batch, shard)
             if start == "0-0":
                 return written
 
-    async def _write(self, batch: QueuedBatch) -> int:
+    async def _write(self, batch: QueuedBatch, shard: int) -> int:
         if not batch.entry_ids:
             return 0
         if batch.messages:
             try:
                 await database_sync_to_async(archived_messages_write)(messages=batch.messages)
             except BaseException:
-                self.pending = True  # still pending in Redis: read them again next round
+                self.pending.add(shard)  # still pending in Redis: read them again next round
                 raise
-        await self._live().archive_done(batch.entry_ids)
+        await self._live().archive_done(batch.entry_ids, shard=shard)
         replica_stats.archived_messages += len(batch.messages)
         return len(batch.messages)
 
@@ -132,37 +147,50 @@ class Archiver:
         return self.broker
 
     async def run(self) -> None:
-        failures = 0
         logger.info("archiver started consumer=%s replica=%s", self.consumer, settings.REPLICA_ID)
-        while self.broker_open():
-            written = 0
-            try:
-                if time.monotonic() >= self.next_claim_at:
-                    self.next_claim_at = time.monotonic() + settings.ARCHIVE_CLAIM_IDLE_SECS / 2
-                    written += await self.claim_once()
-                    await self._live().archive_forget_consumers(
-                        idle_ms=int(FORGET_CONSUMERS_AFTER_SECS * 1000)
-                    )
-                written += await self.archive_once()
-                failures = 0
-            except _BrokerClosed:
-                break
-            except BrokerUnavailable as exc:
-                failures += 1
-                self._failed("Redis unavailable", exc, failures)
-            except DatabaseError as exc:
-                failures += 1
-                self._failed("database error", exc, failures)
-            except Exception as exc:  # never let the archiver die: the queue would only grow
-                failures += 1
-                self._failed("unexpected error", exc, failures, trace=True)
-            if failures:
-                await asyncio.sleep(
-                    min(RETRY_CAP_SECS, settings.ARCHIVE_POLL_SECS * 2 ** min(failures, 10))
-                )
-            elif written < settings.ARCHIVE_BATCH_MESSAGES:
-                await asyncio.sleep(settings.ARCHIVE_POLL_SECS)  # caught up: look again soon
+        try:
+            while self.broker_open():
+                busy = False
+                for shard in range(self.broker.shard_count):
+                    if time.monotonic() >= self.retry_at[shard]:
+                        written = await self._round(shard)
+                        busy = busy or written >= settings.ARCHIVE_BATCH_MESSAGES
+                if not busy:
+                    # Caught up (or failing: each failing shard waits for its retry_at).
+                    await asyncio.sleep(settings.ARCHIVE_POLL_SECS)
+        except _BrokerClosed:
+            pass
         logger.info("archiver stopped consumer=%s", self.consumer)
+
+    async def _round(self, shard: int) -> int:
+        """One round on one shard's queue: claims now and then, then a batch. How many messages
+        it wrote; a failure is logged and puts the shard's next round off, doubling per failure
+        in a row, up to RETRY_CAP_SECS."""
+        written = 0
+        try:
+            if time.monotonic() >= self.next_claim_at[shard]:
+                self.next_claim_at[shard] = time.monotonic() + settings.ARCHIVE_CLAIM_IDLE_SECS / 2
+                written += await self.claim_once(shard)
+                await self._live().archive_forget_consumers(
+                    shard=shard, idle_ms=int(FORGET_CONSUMERS_AFTER_SECS * 1000)
+                )
+            written += await self.archive_once(shard)
+            self.failures[shard] = 0
+            return written
+        except BrokerUnavailable as exc:
+            what, trace = "Redis unavailable", False
+            error: BaseException = exc
+        except DatabaseError as exc:
+            what, trace, error = "database error", False, exc
+        except _BrokerClosed:
+            raise
+        except Exception as exc:  # never let the archiver die: the queue would only grow
+            what, trace, error = "unexpected error", True, exc
+        failures = self.failures[shard] = self.failures[shard] + 1
+        self._failed(what, error, failures, trace=trace)
+        delay = min(RETRY_CAP_SECS, settings.ARCHIVE_POLL_SECS * 2 ** min(failures, 10))
+        self.retry_at[shard] = time.monotonic() + delay
+        return written
 
     def _failed(self, what: str, exc: BaseException, failures: int, *, trace: bool = False) -> None:
         replica_stats.archive_failures += 1

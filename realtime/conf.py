@@ -17,6 +17,8 @@ from typing import Any
 
 from django.conf import settings
 
+from realtime.broker.connections import shard_addresses
+
 # Used when the project configures no channel layer: Redis on its standard local port.
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -78,26 +80,29 @@ def default_replica_id() -> str:
 
 
 def channel_layer(
-    redis_url: str = DEFAULT_REDIS_URL,
+    redis_url: str | list[str] = DEFAULT_REDIS_URL,
     *,
     prefix: str = "sb",
     node: str | None = None,
     capacity: int = DEFAULTS["DELIVERY_QUEUE_MAX_FRAMES"],
     heartbeat_secs: float = DEFAULTS["HEARTBEAT_SECS"],
     sentinels: list[str] | None = None,
-    sentinel_master: str = "",
+    sentinel_master: str | list[str] = "",
 ) -> dict[str, Any]:
     """A CHANNEL_LAYERS entry for Switchboard's layer, for a settings module:
     `CHANNEL_LAYERS = {"default": channel_layer(os.environ["REDIS_URL"])}`. `node` names this
-    replica in the layer's membership counts (None: settings.REPLICA_ID). With `sentinels`
-    (["host:port", …]) the layer follows the primary of the Sentinel group `sentinel_master`;
+    replica in the layer's membership counts (None: settings.REPLICA_ID). A list of URLs shards
+    the streams over those Redis (every process must list them in the same order). With
+    `sentinels` (["host:port", …]) the layer follows the primary of the Sentinel group
+    `sentinel_master` (several names, a list or comma-separated: one shard per group);
     `redis_url` then gives only the database number and credentials."""
-    if sentinels and not sentinel_master:
-        raise ValueError("Name the Sentinel group's primary (sentinel_master) with sentinels.")
+    urls = [redis_url] if isinstance(redis_url, str) else list(redis_url)
+    # Checked now, with the settings, rather than at the first connection.
+    shard_addresses(urls, sentinels or [], sentinel_master)
     return {
         "BACKEND": "realtime.layer.StreamChannelLayer",
         "CONFIG": {
-            "hosts": [redis_url],
+            "hosts": urls,
             "prefix": prefix,
             "node": node,
             "capacity": capacity,
@@ -116,9 +121,13 @@ def install_defaults() -> None:
     if not hasattr(settings, "REPLICA_ID"):
         settings.REPLICA_ID = default_replica_id()
     if not getattr(settings, "CHANNEL_LAYERS", None):
+        # REDIS_URLS (shards) if the project lists any, else its one REDIS_URL.
+        redis: str | list[str] = getattr(settings, "REDIS_URLS", None) or DEFAULT_REDIS_URL
+        if redis == DEFAULT_REDIS_URL:
+            redis = getattr(settings, "REDIS_URL", DEFAULT_REDIS_URL)
         settings.CHANNEL_LAYERS = {
             "default": channel_layer(
-                getattr(settings, "REDIS_URL", DEFAULT_REDIS_URL),
+                redis,
                 capacity=settings.DELIVERY_QUEUE_MAX_FRAMES,
                 heartbeat_secs=settings.HEARTBEAT_SECS,
                 sentinels=getattr(settings, "REDIS_SENTINELS", None),

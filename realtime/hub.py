@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import msgpack
@@ -29,7 +29,7 @@ class StreamSink(Protocol):
 
     def on_stream_frame(self, stream: str, seq: int, epoch: str, frame: str) -> Awaitable[None]: ...
 
-    def on_resync(self) -> Awaitable[None]: ...
+    def on_resync(self, only: Callable[[str], bool] | None = None) -> Awaitable[None]: ...
 
 
 # A sink may also have `send_now(stream, seq, epoch, frame) -> bool`: a synchronous write of the
@@ -159,11 +159,12 @@ class Hub:
         with contextlib.suppress(ChannelFull):
             self.put(message.pop("__to"), message)
 
-    async def resync(self) -> None:
-        """Redis came back: anything may have been published meanwhile; every sink catches up."""
+    async def resync(self, only: Callable[[str], bool] | None = None) -> None:
+        """Redis (or one shard of it) came back: anything may have been published meanwhile;
+        every sink catches up on its streams, or on those `only` accepts (the shard's)."""
         logger.info("hub: resyncing %d sink(s) in %d group(s)", len(self.sinks), len(self.groups))
         for sink in list(self.sinks.values()):
             try:
-                await sink.on_resync()
+                await sink.on_resync(only)
             except Exception:
                 logger.exception("a sink failed to resync")

@@ -3,17 +3,20 @@
 Like channels_redis' RedisPubSubChannelLayer it publishes once per group and each process
 subscribes once per group it has members in. It differs where reliable delivery needs it:
 
-* One Redis connection per process carries every subscription: the process's own channel
-  (for `send()` to a specific consumer) and its groups. Consumers do not cost a SUBSCRIBE each.
+* One Redis connection per process (per shard, with several) carries every subscription: the
+  process's own channel (for `send()` to a specific consumer) and its groups. Consumers do not
+  cost a SUBSCRIBE each. With shards, a group is subscribed on its stream's shard, where the
+  broker publishes it, and the process channel on the shard its id hashes to.
 * `group_add()` returns only once Redis has confirmed the SUBSCRIBE, so a consumer that reads a
   stream's head right after it cannot miss a message published in between.
 * Stream frames (published by the broker's Lua script, already JSON-encoded) go to the local
   hub (realtime/hub.py), which hands them to each socket's session (its *sink*) directly:
   decoded once per process, never per recipient, with no per-message task or queue hop through
   Channels' dispatch loop. Consumers without a sink get them as ordinary `rt.deliver` messages.
-* When the subscription connection drops (Redis restarted, or dropped us for a full output
-  buffer), it reconnects with backoff, resubscribes everything, and tells every sink to resync:
-  what was published meanwhile is then fetched from stream history.
+* When a subscription connection drops (Redis restarted, or dropped us for a full output
+  buffer), it reconnects with backoff, resubscribes everything, and tells every sink to resync
+  the streams of that shard: what was published meanwhile is then fetched from stream history.
+  The other shards' subscriptions carry on meanwhile.
 * A heartbeat writes how many local sockets each group has, so a publish can report how many
   sockets it reached, and so that a Redis restart forgets nothing for longer than one interval.
 
@@ -37,7 +40,8 @@ from channels.layers import BaseChannelLayer
 from django.conf import settings
 
 from realtime.broker import REDIS_FAILURES, BrokerUnavailable, RedisBroker
-from realtime.broker.connections import RedisAddress, parse_sentinels
+from realtime.broker.connections import shard_addresses
+from realtime.broker.keys import stream_of_group
 from realtime.hub import Hub, StreamSink
 
 logger = logging.getLogger(__name__)
@@ -55,15 +59,18 @@ class StreamChannelLayer(BaseChannelLayer):
         node: str | None = None,
         heartbeat_secs: float = 10.0,
         sentinels: list[str] | None = None,
-        sentinel_master: str = "",
+        sentinel_master: str | list[str] = "",
         **kwargs: Any,
     ) -> None:
         super().__init__(expiry=expiry, capacity=capacity)
-        # One Redis (hosts[0]), or with `sentinels` the primary of the group `sentinel_master`.
-        self.url = (hosts or ["redis://127.0.0.1:6379/0"])[0]
+        # A shard per Redis in `hosts`, or with `sentinels` per group named in
+        # `sentinel_master` (the first host then gives the database number and credentials),
+        # as channels_redis shards over its hosts.
         self.prefix = prefix
-        address = RedisAddress(self.url, parse_sentinels(sentinels or []), sentinel_master)
-        self.broker = RedisBroker(address, prefix=prefix)
+        addresses = shard_addresses(
+            hosts or ["redis://127.0.0.1:6379/0"], sentinels or [], sentinel_master
+        )
+        self.broker = RedisBroker(addresses, prefix=prefix)
         self.node = node or settings.REPLICA_ID
         self.heartbeat_secs = heartbeat_secs
         self._loops: dict[asyncio.AbstractEventLoop, _LoopLayer] = {}
@@ -136,13 +143,18 @@ class StreamChannelLayer(BaseChannelLayer):
         except through a group or its channel, via Redis."""
         return self._layer().hub.sink(channel)
 
-    def redis(self) -> aioredis.Redis:
-        """This loop's Redis client (the broker's)."""
-        return self.broker.redis()
+    def redis(self, on: str | int = 0) -> aioredis.Redis:
+        """This loop's Redis client for the shard of `on` (the broker's)."""
+        return self.broker.redis(on)
 
     @property
     def connected(self) -> bool:
-        return self._layer().subscribed_event.is_set()
+        """Every shard's subscription connection is up."""
+        return all(self.shards_connected())
+
+    def shards_connected(self) -> list[bool]:
+        """Whether each shard's subscription connection is up, by shard."""
+        return [s.subscribed_event.is_set() for s in self._layer().subscribers]
 
 
 class _LoopLayer:
@@ -150,19 +162,23 @@ class _LoopLayer:
 
     def __init__(self, owner: StreamChannelLayer) -> None:
         self.owner = owner
-        self.redis = owner.broker.redis()
+        self.broker = owner.broker
         self.keys = owner.broker.keys
         self.process_id = uuid.uuid4().hex[:12]
         self.process_channel = self.keys.process_channel(self.process_id)
         self.hub = Hub(capacity=owner.capacity)
-        self.subscribed_event = asyncio.Event()
-        self._pubsub: Any = None
-        self._pending: dict[str, asyncio.Future[None]] = {}
-        self._confirmed_initial: set[str] = set()
-        self._reader: asyncio.Task[None] | None = None
+        self.subscribers = [
+            _ShardSubscriber(self, shard) for shard in range(owner.broker.shard_count)
+        ]
         self._heartbeat: asyncio.Task[None] | None = None
         self._membership_dirty: set[str] = set()
         self._membership_writer: asyncio.Task[None] | None = None
+
+    def subscriber(self, group: str) -> _ShardSubscriber:
+        """The subscription connection of `group`'s shard (its stream's: keys.stream_of_group)."""
+        if len(self.subscribers) == 1:
+            return self.subscribers[0]
+        return self.subscribers[self.broker.shard_of(stream_of_group(group))]
 
     # --- channels ------------------------------------------------------------------------------
 
@@ -181,7 +197,7 @@ class _LoopLayer:
         if "!" not in channel or len(process_id) != 12:
             raise ValueError(f"{channel!r} is not a channel made by this layer")
         payload = msgpack.packb({"__to": channel, **message}, use_bin_type=True)
-        await self.redis.publish(self.keys.process_channel(process_id), payload)
+        await self.broker.redis(process_id).publish(self.keys.process_channel(process_id), payload)
 
     async def receive(self, channel: str) -> dict[str, Any]:
         try:
@@ -193,7 +209,7 @@ class _LoopLayer:
 
     def forget(self, channel: str) -> None:
         for group in self.hub.forget(channel):
-            self._spawn(self._unsubscribe(group))
+            self._spawn(self.subscriber(group).unsubscribe(group))
             self._membership_changed(group)
 
     # --- groups --------------------------------------------------------------------------------
@@ -201,9 +217,10 @@ class _LoopLayer:
     async def group_add(self, group: str, channel: str) -> None:
         self._ensure_started()
         first = self.hub.join(group, channel)
-        if first or self.owner.group_channel(group) in self._pending:
+        subscriber = self.subscriber(group)
+        if first or subscriber.is_pending(group):
             try:
-                await self._subscribe(group)
+                await subscriber.subscribe(group)
             except BaseException:
                 await self.group_discard(group, channel)
                 raise
@@ -214,98 +231,35 @@ class _LoopLayer:
         if emptied is None:
             return
         if emptied:
-            await self._unsubscribe(group)
+            await self.subscriber(group).unsubscribe(group)
         self._membership_changed(group)
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
-        await self.redis.publish(
+        await self.broker.redis(stream_of_group(group)).publish(
             self.owner.group_channel(group), msgpack.packb(message, use_bin_type=True)
         )
 
-    async def _subscribe(self, group: str) -> None:
-        """SUBSCRIBE and wait for Redis to confirm it (see the module docstring for why)."""
-        channel = self.owner.group_channel(group)
-        if not self.subscribed_event.is_set():  # (checked first: wait_for makes a task)
-            try:
-                # Short: if the subscription connection is not up by then, Redis is down, and
-                # the caller should say so now rather than keep a client waiting.
-                await asyncio.wait_for(self.subscribed_event.wait(), timeout=2)
-            except TimeoutError:
-                raise ConnectionError("the layer has no Redis subscription connection") from None
-        future = self._pending.get(channel)
-        if future is None:
-            future = self._pending[channel] = asyncio.get_running_loop().create_future()
-            await self._pubsub.subscribe(channel)
-        await asyncio.wait_for(asyncio.shield(future), timeout=5)
-
-    async def _unsubscribe(self, group: str) -> None:
-        if self.hub.count(group) or self._pubsub is None or not self.subscribed_event.is_set():
-            return
-        with contextlib.suppress(*REDIS_FAILURES):
-            await self._pubsub.unsubscribe(self.owner.group_channel(group))
-
-    # --- the subscription connection -----------------------------------------------------------
+    # --- the subscription connections ----------------------------------------------------------
 
     def _ensure_started(self) -> None:
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.get_running_loop().create_task(self._read_forever())
+        for subscriber in self.subscribers:
+            subscriber.ensure_started()
         if self._heartbeat is None or self._heartbeat.done():
             self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_forever())
 
-    async def _read_forever(self) -> None:
-        backoff = 0.05
-        resync = False
-        while True:
-            pubsub = self.redis.pubsub()
-            try:
-                channels = [self.process_channel] + [
-                    self.owner.group_channel(g) for g in self.hub.groups
-                ]
-                await pubsub.subscribe(*channels)
-                self._pubsub = pubsub
-                self._confirmed_initial = set(channels)
-                async for message in pubsub.listen():
-                    if message["type"] == "subscribe":
-                        self._on_subscribed(message["channel"].decode())
-                        if not self.subscribed_event.is_set() and not self._confirmed_initial:
-                            self.subscribed_event.set()
-                            backoff = 0.05
-                            if resync:
-                                await self.hub.resync()
-                    elif message["type"] == "message":
-                        await self._on_message(message["channel"], message["data"])
-            except REDIS_FAILURES as exc:
-                if self.subscribed_event.is_set():
-                    logger.warning("layer lost its Redis subscription (%r); reconnecting", exc)
-                self.subscribed_event.clear()
-                self._fail_pending(exc)
-                resync = True
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-            finally:
-                self._pubsub = None
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-
-    def _on_subscribed(self, channel: str) -> None:
-        self._confirmed_initial.discard(channel)
-        future = self._pending.pop(channel, None)
-        if future is not None and not future.done():
-            future.set_result(None)
-
-    def _fail_pending(self, exc: BaseException) -> None:
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(ConnectionError(f"Redis subscription lost: {exc!r}"))
-                future.exception()  # consumed here, so an unawaited one is not reported
-        self._pending.clear()
-
-    async def _on_message(self, redis_channel: bytes, data: bytes) -> None:
+    async def on_message(self, redis_channel: bytes, data: bytes) -> None:
         name = redis_channel.decode()
         if name == self.process_channel:
             self.hub.deliver_to_channel(data)
         else:
             await self.hub.deliver(self.keys.group_of_channel(name), data)
+
+    async def resync(self, shard: int) -> None:
+        """A shard's subscription came back: its streams' sinks catch up from history."""
+        if len(self.subscribers) == 1:
+            await self.hub.resync()
+        else:
+            await self.hub.resync(lambda stream: self.broker.shard_of(stream) == shard)
 
     # --- membership counts -----------------------------------------------------------------
 
@@ -330,8 +284,8 @@ class _LoopLayer:
 
     async def _write_membership(self, groups: list[str]) -> None:
         """Each group's local count, valid for three heartbeats: a dead process's expire."""
-        counts = {group: self.hub.count(group) for group in groups}
-        await self.owner.broker.write_memberships(
+        counts = {stream_of_group(group): self.hub.count(group) for group in groups}
+        await self.broker.write_memberships(
             self.owner.node, counts, valid_secs=3 * self.owner.heartbeat_secs
         )
 
@@ -348,13 +302,125 @@ class _LoopLayer:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def close(self) -> None:
-        tasks = [
-            t for t in (self._reader, self._heartbeat, self._membership_writer) if t is not None
-        ]
+        tasks = [s.reader for s in self.subscribers if s.reader is not None]
+        tasks += [t for t in (self._heartbeat, self._membership_writer) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:
             # Bounded: a reader cancelled while its consumer still runs can linger in redis-py;
             # closing must never hang a shutdown.
             await asyncio.wait(tasks, timeout=2)
-        await self.owner.broker.close()
+        await self.broker.close()
+
+
+class _ShardSubscriber:
+    """One shard's subscription connection in one event loop: the groups of this process whose
+    streams live on the shard, and the process channel."""
+
+    def __init__(self, layer: _LoopLayer, shard: int) -> None:
+        self.layer = layer
+        self.shard = shard
+        self.subscribed_event = asyncio.Event()
+        self.reader: asyncio.Task[None] | None = None
+        self._pubsub: Any = None
+        self._pending: dict[str, asyncio.Future[None]] = {}
+        self._confirmed_initial: set[str] = set()
+
+    def is_pending(self, group: str) -> bool:
+        return self.layer.owner.group_channel(group) in self._pending
+
+    def ensure_started(self) -> None:
+        if self.reader is None or self.reader.done():
+            self.reader = asyncio.get_running_loop().create_task(self._read_forever())
+
+    def _channels(self) -> list[str]:
+        """Everything this connection carries: its groups, and the process channel. That is
+        published on the home shard only, but every shard's connection subscribes to it: a
+        connection always has a subscription, which keeps redis-py's listen() reading (it ends
+        without any) and shows that the shard is up before any group lives there."""
+        layer = self.layer
+        channels = [layer.process_channel]
+        channels += [
+            layer.owner.group_channel(g) for g in layer.hub.groups if layer.subscriber(g) is self
+        ]
+        return channels
+
+    async def subscribe(self, group: str) -> None:
+        """SUBSCRIBE and wait for Redis to confirm it (see the module docstring for why)."""
+        channel = self.layer.owner.group_channel(group)
+        if not self.subscribed_event.is_set():  # (checked first: wait_for makes a task)
+            try:
+                # Short: if the subscription connection is not up by then, Redis is down, and
+                # the caller should say so now rather than keep a client waiting.
+                await asyncio.wait_for(self.subscribed_event.wait(), timeout=2)
+            except TimeoutError:
+                raise ConnectionError(
+                    f"the layer has no subscription connection to "
+                    f"{self.layer.broker.describe(self.shard)}"
+                ) from None
+        future = self._pending.get(channel)
+        if future is None:
+            future = self._pending[channel] = asyncio.get_running_loop().create_future()
+            await self._pubsub.subscribe(channel)
+        await asyncio.wait_for(asyncio.shield(future), timeout=5)
+
+    async def unsubscribe(self, group: str) -> None:
+        if self.layer.hub.count(group) or self._pubsub is None:
+            return
+        if not self.subscribed_event.is_set():
+            return
+        with contextlib.suppress(*REDIS_FAILURES):
+            await self._pubsub.unsubscribe(self.layer.owner.group_channel(group))
+
+    async def _read_forever(self) -> None:
+        backoff = 0.05
+        resync = False
+        while True:
+            pubsub = self.layer.broker.redis(self.shard).pubsub()
+            try:
+                channels = self._channels()
+                await pubsub.subscribe(*channels)
+                self._pubsub = pubsub
+                self._confirmed_initial = set(channels)
+                async for message in pubsub.listen():
+                    if message["type"] == "subscribe":
+                        self._on_subscribed(message["channel"].decode())
+                        if not self.subscribed_event.is_set() and not self._confirmed_initial:
+                            await self._up(resync)
+                            backoff, resync = 0.05, False
+                    elif message["type"] == "message":
+                        await self.layer.on_message(message["channel"], message["data"])
+            except REDIS_FAILURES as exc:
+                if self.subscribed_event.is_set():
+                    logger.warning(
+                        "layer lost its subscription to %s (%r); reconnecting",
+                        self.layer.broker.describe(self.shard),
+                        exc,
+                    )
+                self.subscribed_event.clear()
+                self._fail_pending(exc)
+                resync = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                self._pubsub = None
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def _up(self, resync: bool) -> None:
+        self.subscribed_event.set()
+        if resync:
+            await self.layer.resync(self.shard)
+
+    def _on_subscribed(self, channel: str) -> None:
+        self._confirmed_initial.discard(channel)
+        future = self._pending.pop(channel, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError(f"Redis subscription lost: {exc!r}"))
+                future.exception()  # consumed here, so an unawaited one is not reported
+        self._pending.clear()

@@ -75,13 +75,19 @@ def _user_key(user_id: int) -> str:
     return _broker().keys.presence_user(user_id)
 
 
-async def _run(script: scripts.Script, keys: list[str], args: list[Any]) -> Any:
-    return await _broker().run(script, keys, args)
+def _user_route(user_id: int) -> str:
+    """A user's keys live on their user stream's shard (broker/keys.py)."""
+    return groups.user_stream(user_id)
 
 
-async def _pipelined(queue: Callable[[Any], None]) -> list[Any]:
-    """One round trip through the broker (which loads the scripts after a NOSCRIPT)."""
-    return await _broker().pipelined(queue, what="presence")
+async def _run(script: scripts.Script, keys: list[str], args: list[Any], *, on: str) -> Any:
+    return await _broker().run(script, keys, args, on=on)
+
+
+async def _pipelined(queue: Callable[[Any], None], *, on: str | int) -> list[Any]:
+    """One round trip through the broker (which loads the scripts after a NOSCRIPT) to the
+    shard of `on`."""
+    return await _broker().pipelined(queue, what="presence", on=on)
 
 
 def _key_ttl(ttl: int) -> int:
@@ -112,20 +118,20 @@ async def stream_enter(
     """Add or refresh a connection's entry; True when the user was not on the stream before."""
     ttl = ttl or ttl_ms()
     args = _join_args(user_id=user_id, conn=conn, now=now_ms(), ttl=ttl)
-    joined = await _run(scripts.PRESENCE_JOIN, [_stream_key(stream)], args)
+    joined = await _run(scripts.PRESENCE_JOIN, [_stream_key(stream)], args, on=stream)
     return bool(joined)
 
 
 async def stream_exit(*, stream: str, user_id: int, conn: str) -> bool:
     """Remove a connection's entry; True when it was the user's last one on the stream."""
     args = [f"{user_id}:", f"{user_id}:{conn}", now_ms()]
-    left = await _run(scripts.PRESENCE_LEAVE, [_stream_key(stream)], args)
+    left = await _run(scripts.PRESENCE_LEAVE, [_stream_key(stream)], args, on=stream)
     return bool(left)
 
 
 async def stream_sweep(*, stream: str, now: int | None = None) -> list[int]:
     """Drop expired entries; the ids of users who thereby left the stream."""
-    gone = await _run(scripts.PRESENCE_SWEEP, [_stream_key(stream)], [now or now_ms()])
+    gone = await _run(scripts.PRESENCE_SWEEP, [_stream_key(stream)], [now or now_ms()], on=stream)
     return [int(uid) for uid in gone]
 
 
@@ -133,12 +139,13 @@ async def stream_online(*, stream: str) -> list[int]:
     """Ids of the users with a live connection on the stream."""
     members: Any
     with translated("presence"):
-        members = await _broker().redis().zrangebyscore(_stream_key(stream), now_ms(), "+inf")
+        members = await _broker().redis(stream).zrangebyscore(_stream_key(stream), now_ms(), "+inf")
     return sorted({int(m.split(b":", 1)[0]) for m in members})
 
 
 def _queue_touch(pipe: Any, conns: Iterable[tuple[int, str, str]], *, now: int, ttl: int) -> None:
-    """Queue on `pipe` what marks each (user id, username, connection id) alive."""
+    """Queue on `pipe` what marks each (user id, username, connection id) alive: users whose
+    keys live on the pipeline's shard."""
     users: dict[int, tuple[str, dict[str, int]]] = {}
     for user_id, username, conn in conns:
         users.setdefault(user_id, (username, {}))[1][conn] = now + ttl
@@ -158,7 +165,10 @@ async def user_touch(*, user_id: int, username: str, conn: str, ttl: int | None 
     """Mark a connection of the user alive (user-level status) and remember when."""
     ttl = ttl or ttl_ms()
     now = now_ms()
-    await _pipelined(lambda pipe: _queue_touch(pipe, [(user_id, username, conn)], now=now, ttl=ttl))
+    await _pipelined(
+        lambda pipe: _queue_touch(pipe, [(user_id, username, conn)], now=now, ttl=ttl),
+        on=_user_route(user_id),
+    )
 
 
 async def user_admit(*, user_id: int, conn: str, limit: int, ttl: int | None = None) -> bool:
@@ -167,7 +177,9 @@ async def user_admit(*, user_id: int, conn: str, limit: int, ttl: int | None = N
     ttl = ttl or ttl_ms()
     now = now_ms()
     args = [conn, now + ttl, now, limit, _key_ttl(ttl)]
-    admitted = await _run(scripts.PRESENCE_ADMIT, [_user_key(user_id)], args)
+    admitted = await _run(
+        scripts.PRESENCE_ADMIT, [_user_key(user_id)], args, on=_user_route(user_id)
+    )
     return bool(admitted)
 
 
@@ -175,7 +187,11 @@ async def user_sockets(*, user_id: int) -> dict[str, int]:
     """How many live sockets the user has on each replica (from their admission entries)."""
     conns: Any
     with translated("presence"):
-        conns = await _broker().redis().zrangebyscore(_user_key(user_id), now_ms(), "+inf")
+        conns = (
+            await _broker()
+            .redis(_user_route(user_id))
+            .zrangebyscore(_user_key(user_id), now_ms(), "+inf")
+        )
     counts: dict[str, int] = {}
     for conn in conns:
         replica = conn.decode().rpartition("/")[0] or "?"
@@ -215,7 +231,7 @@ async def user_gone(*, user_id: int, conn: str) -> None:
         pipe.zrem(key, conn)
         pipe.hset(seen, str(user_id), now)
 
-    await _pipelined(queue)
+    await _pipelined(queue, on=_user_route(user_id))
 
 
 @dataclass(frozen=True)
@@ -230,24 +246,32 @@ async def user_statuses(*, user_ids: list[int]) -> dict[int, UserStatus]:
         return {}
     now, keys = now_ms(), _broker().keys
 
-    def queue(pipe: Any) -> None:
-        for user_id in user_ids:
-            pipe.zcount(keys.presence_user(user_id), now, "+inf")
-        pipe.hmget(keys.presence_seen(), [str(u) for u in user_ids])
+    async def on_shard(shard: int, batch: list[int]) -> list[Any]:
+        def queue(pipe: Any) -> None:
+            for user_id in batch:
+                pipe.zcount(keys.presence_user(user_id), now, "+inf")
+            pipe.hmget(keys.presence_seen(), [str(u) for u in batch])
 
-    *counts, seen = await _pipelined(queue)
-    return {
-        uid: UserStatus(uid, count > 0, int(last) if last else None)
-        for uid, count, last in zip(user_ids, counts, seen, strict=True)
-    }
+        return await _pipelined(queue, on=shard)
+
+    statuses = {}
+    for batch, (*counts, seen) in await _broker().each_shard(user_ids, _user_route, on_shard):
+        for uid, count, last in zip(batch, counts, seen, strict=True):
+            statuses[uid] = UserStatus(uid, count > 0, int(last) if last else None)
+    return {uid: statuses[uid] for uid in user_ids}
 
 
 async def _names(user_ids: list[int]) -> list[str]:
-    if not user_ids:
-        return []  # HMGET needs at least one field
     key = _broker().keys.presence_names()
-    (names,) = await _pipelined(lambda pipe: pipe.hmget(key, [str(u) for u in user_ids]))
-    return [n.decode() if n else f"user {u}" for u, n in zip(user_ids, names, strict=True)]
+
+    async def on_shard(shard: int, batch: list[int]) -> list[Any]:
+        (names,) = await _pipelined(lambda pipe: pipe.hmget(key, [str(u) for u in batch]), on=shard)
+        return names  # type: ignore[no-any-return]
+
+    found: dict[int, bytes | None] = {}
+    for batch, names in await _broker().each_shard(user_ids, _user_route, on_shard):
+        found.update(zip(batch, names, strict=True))
+    return [name.decode() if (name := found[u]) else f"user {u}" for u in user_ids]
 
 
 async def announce(*, stream: str, event: str, user_id: int, username: str) -> None:
@@ -281,6 +305,52 @@ def _queue_refresh(
         scripts.PRESENCE_SWEEP.queue(pipe, [_stream_key(stream)], [now])
 
 
+async def _refresh(
+    conns: list[ConnectionPresence],
+    entries: list[tuple[str, ConnectionPresence]],
+    swept: list[str],
+    *,
+    now: int,
+    ttl: int,
+) -> tuple[dict[tuple[str, ConnectionPresence], Any], dict[str, Any]]:
+    """Touch `conns`' users, write `entries` and sweep `swept`: one pipeline per shard, all at
+    once. What the join and sweep scripts answered, for each entry and swept stream whose shard
+    answered; BrokerUnavailable if no shard did."""
+    items: list[tuple[str, Any]] = [("touch", c) for c in conns]
+    items += [("join", e) for e in entries] + [("sweep", s) for s in swept]
+
+    def route(item: tuple[str, Any]) -> str:
+        kind, what = item
+        return _user_route(what.user_id) if kind == "touch" else what[0] if kind == "join" else what
+
+    async def on_shard(shard: int, batch: list[tuple[str, Any]]) -> list[Any]:
+        mine = {kind: [w for k, w in batch if k == kind] for kind in ("touch", "join", "sweep")}
+        queue = partial(
+            _queue_refresh, conns=mine["touch"], entries=mine["join"], swept=mine["sweep"],
+            now=now, ttl=ttl,
+        )  # fmt: skip
+        replies = await _pipelined(queue, on=shard)
+        return replies[len(replies) - len(mine["join"]) - len(mine["sweep"]) :]
+
+    failures: list[BrokerUnavailable] = []
+    joined: dict[tuple[str, ConnectionPresence], Any] = {}
+    left: dict[str, Any] = {}
+    answered = await _broker().each_shard(items, route, on_shard, failures=failures)
+    if failures and not answered:
+        raise failures[0]
+    if failures:
+        logger.debug("presence: a shard did not answer: %r", failures[0])
+    for batch, replies in answered:
+        # The scripts' replies come joins first, then sweeps, as _queue_refresh queued them.
+        scripted = [i for i in batch if i[0] == "join"] + [i for i in batch if i[0] == "sweep"]
+        for (kind, what), reply in zip(scripted, replies, strict=True):
+            if kind == "join":
+                joined[what] = reply
+            else:
+                left[what] = reply
+    return joined, left
+
+
 async def connections_refresh(conns: list[ConnectionPresence], *, sweep: bool) -> None:
     """Refresh every entry of `conns` (user and streams) and announce the joins the scripts
     report (a user whose entries had expired, or were lost with a Redis restart); with `sweep`,
@@ -295,14 +365,9 @@ async def connections_refresh(conns: list[ConnectionPresence], *, sweep: bool) -
         # written back.
         entries = [(stream, conn) for conn in batch for stream in conn.streams]
         swept = sorted({s for conn in conns for s in conn.streams}) if sweep and last else []
-        queue = partial(
-            _queue_refresh, conns=batch, entries=entries, swept=swept, now=now_ms(), ttl=ttl_ms()
-        )
-        replies = await _pipelined(queue)
-        scripts = replies[len(replies) - len(entries) - len(swept) :]
-        joined, left = scripts[: len(entries)], scripts[len(entries) :]
-        joins += [entry for entry, was_new in zip(entries, joined, strict=True) if was_new]
-        gone += [(s, int(uid)) for s, uids in zip(swept, left, strict=True) for uid in uids]
+        joined, left = await _refresh(batch, entries, swept, now=now_ms(), ttl=ttl_ms())
+        joins += [entry for entry in entries if joined.get(entry)]
+        gone += [(s, int(uid)) for s in swept for uid in left.get(s, ())]
     for stream, conn in joins:
         await announce(stream=stream, event="join", user_id=conn.user_id, username=conn.username)
     names = await _names([user_id for _, user_id in gone])
@@ -345,16 +410,9 @@ class ConnectionPresence:
         if not has_presence(stream):
             return
         self.streams.add(stream)
-        queue = partial(
-            _queue_refresh,
-            conns=[self],
-            entries=[(stream, self)],
-            swept=[],
-            now=now_ms(),
-            ttl=ttl_ms(),
-        )
         with contextlib.suppress(BrokerUnavailable):
-            if (await _pipelined(queue))[-1]:
+            joined, _ = await _refresh([self], [(stream, self)], [], now=now_ms(), ttl=ttl_ms())
+            if joined.get((stream, self)):
                 await self._announce(stream, "join")
 
     async def exit(self, stream: str) -> None:

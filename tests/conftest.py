@@ -14,7 +14,9 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,19 +74,19 @@ def _skip_or_fail(message: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server on a free port, for the integration tier."""
+def start_redis_server(run_dir: Path, port: int | None = None) -> tuple[str, ManagedProcess]:
+    """A real redis-server on `port` (a free one by default), answering: its URL and process
+    (stopped by PID; started again on the same port by `process.start()`)."""
     require_binaries("redis-server")
-    run_dir = tmp_path_factory.mktemp("redis")
-    port = free_port()
+    port = port or free_port()
+    run_dir.mkdir(parents=True, exist_ok=True)
     # Each option beside its value (the formatter would put one per line).
     argv = [
         "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
         "--appendonly", "no", "--dir", str(run_dir),
     ]  # fmt: skip
     process = ManagedProcess(
-        name="redis",
+        name=f"redis-{port}",
         argv=argv,
         env=dict(os.environ),
         log_path=run_dir / "redis.log",
@@ -93,9 +95,34 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     process.start()
     try:
         wait_until(lambda: _redis_answers(port), timeout=15, what="redis-server")
-        yield f"redis://127.0.0.1:{port}/0"
+    except BaseException:
+        process.stop()
+        raise
+    return f"redis://127.0.0.1:{port}/0", process
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free port, for the integration tier."""
+    url, process = start_redis_server(tmp_path_factory.mktemp("redis"))
+    try:
+        yield url
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_shard_urls(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[str]]:
+    """Three real redis-servers, the first `redis_url`'s, for a layer of three shards (with
+    SB_TEST_SHARDS=3 every integration test's layer is one: tests/integration/conftest.py)."""
+    others = [start_redis_server(tmp_path_factory.mktemp("redis-shard")) for _ in range(2)]
+    try:
+        yield [redis_url] + [url for url, _ in others]
+    finally:
+        for _, process in others:
+            process.stop()
 
 
 def _redis_answers(port: int) -> bool:
@@ -174,6 +201,26 @@ def running_cluster(tmp_path_factory: pytest.TempPathFactory, *, db: str) -> Ite
         for command in (["migrate", "--noinput", "-v0"], ["seed_demo"]):
             manage(the_cluster, *command)
         the_cluster.start()
+        yield the_cluster
+    finally:
+        the_cluster.stop()
+
+
+@contextmanager
+def cluster_of_its_own(
+    tmp_path_factory: pytest.TempPathFactory, name: str, **config: Any
+) -> Iterator[Cluster]:
+    """A cluster for one module whose Redis differs from the shared one (Sentinel, shards):
+    migrated, started, and stopped by PID after. `config`: ClusterConfig's fields."""
+    require_binaries("redis-server", "haproxy")
+    var_dir = tmp_path_factory.mktemp(name)
+    env = {"SWITCHBOARD_VAR_DIR": str(var_dir), "SECRET_KEY": f"{name}-tests-secret-key"}
+    the_cluster = Cluster(
+        ClusterConfig(run_dir=var_dir / "run", env=env, ws_connects_per_ip_10s=1_000_000, **config)
+    )
+    manage(the_cluster, "migrate", "--noinput", "-v0")
+    the_cluster.start()
+    try:
         yield the_cluster
     finally:
         the_cluster.stop()

@@ -47,6 +47,32 @@ class RedisAddress:
         return f"{parts.get('host', '?')}:{parts.get('port', 6379)}/{parts.get('db', 0)}"
 
 
+def shard_addresses(
+    urls: list[str] | tuple[str, ...],
+    sentinels: list[str] | tuple[str, ...] = (),
+    sentinel_masters: str | list[str] | tuple[str, ...] = "",
+) -> list[RedisAddress]:
+    """The shards a configuration names: one per URL, or with `sentinels` one per Sentinel
+    group in `sentinel_masters` (a list, or names separated by commas), all found through the
+    same sentinels (a Sentinel trio may watch several primaries); the first URL then gives the
+    database number and credentials. ValueError for a configuration that names none."""
+    if isinstance(sentinel_masters, str):
+        sentinel_masters = [m for m in sentinel_masters.split(",")]
+    masters = [m.strip() for m in sentinel_masters if m.strip()]
+    if sentinels:
+        if not masters:
+            raise ValueError("Name the Sentinel group's primary (sentinel_master) with sentinels.")
+        if len(set(masters)) != len(masters):
+            raise ValueError(f"a Sentinel group is named twice in {masters}")
+        where = parse_sentinels(list(sentinels))
+        return [RedisAddress(urls[0] if urls else "redis://", where, m) for m in masters]
+    if not urls:
+        raise ValueError("no Redis URL given")
+    if len(set(urls)) != len(urls):
+        raise ValueError("a Redis URL is named twice: each shard is its own Redis")
+    return [RedisAddress(url) for url in urls]
+
+
 def parse_sentinels(items: list[str] | tuple[str, ...]) -> tuple[tuple[str, int], ...]:
     """["10.0.0.5:26379", …] -> ((host, port), …); ValueError naming a malformed entry."""
     out = []

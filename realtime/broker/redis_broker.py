@@ -3,9 +3,18 @@
 Modelled on centrifuge's RedisBroker: streams (publish with a seq, history, positions, delivery
 marks), the archive queue (what archived streams send on to the database), the per-group socket
 counts, rate-limit counters, and the primitives presence builds on, each one round trip or
-script. One connection pool per event loop (Daphne runs one loop per process; management
-commands and sync views reach us through `async_to_sync`, which may run a loop of its own).
-Every Redis failure leaves a broker call as `BrokerUnavailable`.
+script. One connection pool per event loop and shard (Daphne runs one loop per process;
+management commands and sync views reach us through `async_to_sync`, which may run a loop of
+its own). Every Redis failure leaves a broker call as `BrokerUnavailable`.
+
+Shards: with several Redis (REDIS_URLS, or several Sentinel groups), each stream lives on one,
+chosen by its Redis Cluster slot (CRC16 of its name, which is also the hash tag of all its keys)
+in even slot ranges, as a cluster splits its 16384 slots: every key of a stream, its pub/sub
+channel and its group's counts are on that shard, and so is everything keyed by another name
+(a user's sockets by their user stream, a process's channel by its id, a limit by its key).
+Every call says where it goes (`on`: a stream or other routing name, or a shard's index); calls
+about several streams go to their shards at once, and one shard down fails only what lives
+there.
 """
 
 from __future__ import annotations
@@ -13,17 +22,24 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import ResponseError
 
 from realtime.broker import frames, scripts
 from realtime.broker.connections import RedisAddress, client_for
-from realtime.broker.errors import translated
-from realtime.broker.keys import Keys
+from realtime.broker.errors import BrokerUnavailable, translated
+from realtime.broker.keys import Keys, stream_of_group
+
+T = TypeVar("T")
+R = TypeVar("R")
+# Where a call goes: a stream's name (or any other routing name: a user stream, a process id, a
+# limit's key), whose shard is its hash's; or a shard's index.
+Route = str | int
 
 # Below this many entries a stream's history is trimmed exactly (XADD MAXLEN =). `MAXLEN ~` only
 # drops whole nodes of the stream's radix tree (stream-node-max-entries, 100 by default), so a
@@ -97,29 +113,101 @@ class QueuedBatch:
 
 
 class RedisBroker:
-    def __init__(self, address: RedisAddress | str, *, prefix: str = "sb") -> None:
-        self.address = address if isinstance(address, RedisAddress) else RedisAddress(address)
+    def __init__(
+        self, address: RedisAddress | str | Sequence[RedisAddress | str], *, prefix: str = "sb"
+    ) -> None:
+        given = [address] if isinstance(address, RedisAddress | str) else list(address)
+        if not given:
+            raise ValueError("the broker needs at least one Redis")
+        self.shards: tuple[RedisAddress, ...] = tuple(
+            a if isinstance(a, RedisAddress) else RedisAddress(a) for a in given
+        )
         self.keys = Keys(prefix)
-        self._clients: dict[asyncio.AbstractEventLoop, aioredis.Redis] = {}
+        self._clients: dict[asyncio.AbstractEventLoop, dict[int, aioredis.Redis]] = {}
         self._tasks: dict[asyncio.AbstractEventLoop, set[asyncio.Task[None]]] = {}
+
+    # --- shards ----------------------------------------------------------------------------------
+
+    @property
+    def shard_count(self) -> int:
+        return len(self.shards)
+
+    def shard_of(self, on: Route) -> int:
+        """The shard a stream (or other routing name) lives on, or `on` itself for an index:
+        its slot's place among REDIS_CLUSTER_HASH_SLOTS split evenly, so the mapping is stable
+        for a given number of shards and needs no table."""
+        if isinstance(on, int):
+            if not 0 <= on < len(self.shards):
+                raise IndexError(f"shard {on} of {len(self.shards)}")
+            return on
+        if len(self.shards) == 1:
+            return 0
+        return key_slot(on.encode()) * len(self.shards) // REDIS_CLUSTER_HASH_SLOTS
+
+    def describe(self, shard: int) -> str:
+        """A shard for logs and errors: its index (when there are several) and address, never
+        a password."""
+        where = self.shards[shard].describe()
+        return f"shard {shard} ({where})" if len(self.shards) > 1 else where
+
+    async def each_shard(
+        self,
+        items: Iterable[T],
+        route: Callable[[T], Route],
+        work: Callable[[int, list[T]], Awaitable[R]],
+        *,
+        failures: list[BrokerUnavailable] | None = None,
+    ) -> list[tuple[list[T], R]]:
+        """Run `work(shard, its items)` on each shard that has any of `items`, concurrently;
+        the batches with their results. Every shard has its turn even when one fails: one shard
+        down must not stop the others' writes. The first failure is raised after them, or, given
+        a `failures` list, put there (the failed batches are left out of the results)."""
+        by_shard: dict[int, list[T]] = {}
+        for item in items:
+            by_shard.setdefault(self.shard_of(route(item)), []).append(item)
+        if len(by_shard) == 1:  # the common case, and the only one with one Redis: no tasks
+            ((shard, batch),) = by_shard.items()
+            try:
+                return [(batch, await work(shard, batch))]
+            except BrokerUnavailable as exc:
+                if failures is None:
+                    raise
+                failures.append(exc)
+                return []
+        results = await asyncio.gather(
+            *(work(shard, batch) for shard, batch in by_shard.items()), return_exceptions=True
+        )
+        done = []
+        for batch, result in zip(by_shard.values(), results, strict=True):
+            if isinstance(result, BrokerUnavailable) and failures is not None:
+                failures.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                done.append((batch, result))
+        return done
 
     # --- connections -----------------------------------------------------------------------------
 
-    def redis(self) -> aioredis.Redis:
-        """This event loop's client (a pool of up to MAX_REDIS_CONNECTIONS connections, to the
-        one Redis or to the Sentinel group's primary: connections.py)."""
+    def redis(self, on: Route = 0) -> aioredis.Redis:
+        """This event loop's client for the shard of `on` (a pool of up to MAX_REDIS_CONNECTIONS
+        connections, to the one Redis or to the Sentinel group's primary: connections.py). The
+        default, shard 0, is the only one when there is one."""
+        shard = self.shard_of(on)
         loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
+        clients = self._clients.setdefault(loop, {})
+        client = clients.get(shard)
         if client is None:
-            # One per loop, kept for the loop's life: production has one loop per process. (A
-            # client of a closed loop cannot be closed any more, only dropped, and dropping it
-            # makes redis-py warn about unclosed connections, so the few of tests stay.)
-            client = self._clients[loop] = client_for(self.address)
+            # One per loop and shard, kept for the loop's life: production has one loop per
+            # process. (A client of a closed loop cannot be closed any more, only dropped, and
+            # dropping it makes redis-py warn about unclosed connections, so the few of tests
+            # stay.)
+            client = clients[shard] = client_for(self.shards[shard])
         return client
 
     def has_client(self) -> bool:
-        """Whether this event loop has its client: made by the first call, dropped by close()."""
-        return asyncio.get_running_loop() in self._clients
+        """Whether this event loop has its clients: made by the first call, dropped by close()."""
+        return bool(self._clients.get(asyncio.get_running_loop()))
 
     def background(self, coroutine: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
         """Run `coroutine`, which calls this broker until it is cancelled (the archiver), as a
@@ -141,27 +229,60 @@ class RedisBroker:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=2)  # bounded: closing must never hang a shutdown
-        client = self._clients.pop(loop, None)
-        if client is not None:
+        for client in self._clients.pop(loop, {}).values():
             await client.aclose(close_connection_pool=True)
 
     async def ping(self) -> None:
-        with translated("ping"):
-            await self.redis().ping()
+        """Every shard answers, or BrokerUnavailable naming those that did not."""
+        down = [row for row in await self.shard_health() if not row["reachable"]]
+        if down:
+            raise BrokerUnavailable(
+                "ping: " + "; ".join(f"{row['where']}: {row['error']}" for row in down)
+            )
 
-    async def pipelined(self, queue: Callable[[Any], None], *, what: str) -> list[Any]:
-        """Run what `queue` adds to a pipeline in one round trip (scripts.pipelined)."""
-        with translated(what):
-            return await scripts.pipelined(self.redis(), queue)
+    async def shard_health(self, *, timeout: float = 2.0) -> list[dict[str, Any]]:
+        """Each shard's answer to PING, asked at once: where it is, whether it answered, the
+        error's class if not, and how long it took."""
 
-    async def run(self, script: scripts.Script, keys: list[str], args: list[Any]) -> Any:
-        with translated(script.name):
-            return await scripts.run(self.redis(), script, keys, args)
+        async def probe(shard: int) -> dict[str, Any]:
+            started = time.perf_counter()
+            error = None
+            try:
+                with translated(f"ping {self.describe(shard)}"):
+                    await asyncio.wait_for(self.redis(shard).ping(), timeout)
+            except (BrokerUnavailable, TimeoutError) as exc:
+                error = (exc.__cause__ or exc).__class__.__name__
+            return {
+                "shard": shard,
+                "where": self.describe(shard),
+                "reachable": error is None,
+                "error": error,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            }
+
+        return list(await asyncio.gather(*(probe(i) for i in range(len(self.shards)))))
+
+    async def pipelined(self, queue: Callable[[Any], None], *, what: str, on: Route) -> list[Any]:
+        """Run what `queue` adds to a pipeline on the shard of `on`, in one round trip
+        (scripts.pipelined)."""
+        shard = self.shard_of(on)
+        with translated(f"{what} on {self.describe(shard)}"):
+            return await scripts.pipelined(self.redis(shard), queue)
+
+    async def run(
+        self, script: scripts.Script, keys: list[str], args: list[Any], *, on: Route
+    ) -> Any:
+        shard = self.shard_of(on)
+        with translated(f"{script.name} on {self.describe(shard)}"):
+            return await scripts.run(self.redis(shard), script, keys, args)
 
     # --- streams ---------------------------------------------------------------------------------
 
     def idempotency_key(self, scope: str, key: str) -> str:
-        return self.keys.idempotency(scope, key)
+        """A publisher's key, scoped (`scope`: who publishes), as `publish` takes it. The Redis
+        key is made there, under the stream's hash tag: the same key on another stream is
+        another publish."""
+        return f"{scope}:{key}"
 
     async def publish(
         self,
@@ -180,11 +301,15 @@ class RedisBroker:
         The epoch is a random id given to a stream when its meta hash is created: a Redis that
         lost its data starts streams afresh under new epochs, so a client's position from
         before is told apart from the same seq after."""
+        if len(self.shards) > 1 and self.shard_of(stream_of_group(group)) != self.shard_of(stream):
+            # The layer subscribes to a group on its stream's shard (keys.stream_of_group): a
+            # group of another shard would be published where none of its members listen.
+            raise ValueError(f"group {group!r} does not live on stream {stream!r}'s shard")
         keys = [
             self.keys.stream_meta(stream),
             self.keys.stream_log(stream),
-            self.keys.members(group),
-            idempotency or "",
+            self.keys.members(stream),
+            self.keys.idempotency(stream, idempotency) if idempotency else "",
             self.keys.archive_queue() if policy.archive else "",
         ]
         args = [
@@ -200,7 +325,7 @@ class RedisBroker:
             policy.archive_queue_max_len,
         ]
         seq, epoch, receivers, sockets, duplicate, first_id, queued = await self.run(
-            scripts.PUBLISH, keys, args
+            scripts.PUBLISH, keys, args, on=stream
         )
         return Appended(
             int(seq),
@@ -213,17 +338,20 @@ class RedisBroker:
         )
 
     async def heads(self, streams: list[str]) -> dict[str, Position]:
-        """Each stream's current position, in one round trip."""
+        """Each stream's current position, in one round trip per shard."""
 
-        def queue(pipe: Any) -> None:
-            for stream in streams:
-                pipe.hmget(self.keys.stream_meta(stream), "epoch", "seq")
+        async def on_shard(shard: int, batch: list[str]) -> list[Any]:
+            def queue(pipe: Any) -> None:
+                for stream in batch:
+                    pipe.hmget(self.keys.stream_meta(stream), "epoch", "seq")
 
-        rows = await self.pipelined(queue, what="heads") if streams else []
-        return {
-            stream: Position(_text(epoch) if epoch else None, int(seq or 0))
-            for stream, (epoch, seq) in zip(streams, rows, strict=True)
-        }
+            return await self.pipelined(queue, what="heads", on=shard)
+
+        heads = {}
+        for batch, rows in await self.each_shard(streams, _itself, on_shard):
+            for stream, (epoch, seq) in zip(batch, rows, strict=True):
+                heads[stream] = Position(_text(epoch) if epoch else None, int(seq or 0))
+        return {stream: heads[stream] for stream in streams}
 
     async def read(
         self, stream: str, *, after: int, upto: int | None = None, limit: int = 500
@@ -232,7 +360,7 @@ class RedisBroker:
         # redis-py types replies loosely; these are lists of (b"<seq>-0", {b"f": …, b"t": …}).
         entries: Any
         with translated("history read"):
-            entries = await self.redis().xrange(
+            entries = await self.redis(stream).xrange(
                 self.keys.stream_log(stream),
                 min=f"{after + 1}-0",
                 max=f"{upto}-0" if upto else "+",
@@ -247,24 +375,27 @@ class RedisBroker:
         await self.mark_many([(stream, field, epoch, seq)])
 
     async def mark_many(self, marks: list[tuple[str, str, str, int]]) -> None:
-        """Several marks, (stream, field, epoch, seq) each, in one round trip."""
+        """Several marks, (stream, field, epoch, seq) each, in one round trip per shard."""
         for _, field, _, _ in marks:
             if field not in ("delivered", "acked"):
                 raise ValueError(f"a delivery mark is 'delivered' or 'acked', not {field!r}")
 
-        def queue(pipe: Any) -> None:
-            for stream, field, epoch, seq in marks:
-                scripts.MARK.queue(pipe, [self.keys.stream_meta(stream)], [epoch, field, seq])
+        async def on_shard(shard: int, batch: list[tuple[str, str, str, int]]) -> None:
+            def queue(pipe: Any) -> None:
+                for stream, field, epoch, seq in batch:
+                    scripts.MARK.queue(pipe, [self.keys.stream_meta(stream)], [epoch, field, seq])
 
-        await self.pipelined(queue, what="delivery marks")
+            await self.pipelined(queue, what="delivery marks", on=shard)
+
+        await self.each_shard(marks, _first, on_shard)
 
     async def ledger(self, stream: str, *, count: int = 100) -> dict[str, Any]:
         """The last `count` messages of a stream, each marked sent / delivered / acknowledged."""
         meta: Any
         entries: Any
         with translated("ledger"):
-            meta = await self.redis().hgetall(self.keys.stream_meta(stream))
-            entries = await self.redis().xrevrange(self.keys.stream_log(stream), count=count)
+            meta = await self.redis(stream).hgetall(self.keys.stream_meta(stream))
+            entries = await self.redis(stream).xrevrange(self.keys.stream_log(stream), count=count)
         delivered = int(meta.get(b"delivered", 0))
         acked = int(meta.get(b"acked", 0))
         rows = []
@@ -290,37 +421,48 @@ class RedisBroker:
     # --- the archive queue (archived streams' messages on their way to the database) ----------
 
     async def archive_read(
-        self, consumer: str, *, count: int, pending: bool = False
+        self, consumer: str, *, shard: int, count: int, pending: bool = False
     ) -> QueuedBatch:
         """Up to `count` entries of the archive queue for `consumer`, which no other consumer of
         the group gets: new ones, or with `pending` those it read before and has not marked done
         (its write failed). The group is made the first time (and after Redis lost the queue),
-        from the queue's start: what was queued before any archiver ran is archived too."""
-        _, batch = await self._archive_take(consumer, "0" if pending else ">", count=count)
+        from the queue's start: what was queued before any archiver ran is archived too. Each
+        shard has its queue, for the archived streams that live there."""
+        _, batch = await self._archive_take(
+            consumer, "0" if pending else ">", shard=shard, count=count
+        )
         return batch
 
     async def archive_claim(
-        self, consumer: str, *, min_idle_ms: int, start: str = "0-0", count: int = 500
+        self, consumer: str, *, shard: int, min_idle_ms: int, start: str = "0-0", count: int = 500
     ) -> tuple[str, QueuedBatch]:
         """Take over up to `count` entries that other consumers read and have not marked done
         for `min_idle_ms` (dead, or their database is down): where to continue (`0-0` once the
         whole pending list was scanned) and the entries, now `consumer`'s. Entries the cap
         dropped meanwhile leave the pending list here (XAUTOCLAIM does that)."""
         return await self._archive_take(
-            consumer, "claim", count=count, min_idle_ms=min_idle_ms, start=start
+            consumer, "claim", shard=shard, count=count, min_idle_ms=min_idle_ms, start=start
         )
 
     async def _archive_take(
-        self, consumer: str, what: str, *, count: int, min_idle_ms: int = 0, start: str = "0-0"
+        self,
+        consumer: str,
+        what: str,
+        *,
+        shard: int,
+        count: int,
+        min_idle_ms: int = 0,
+        start: str = "0-0",
     ) -> tuple[str, QueuedBatch]:
         packed = await self.run(
             scripts.ARCHIVE_TAKE,
             [self.keys.archive_queue()],
             [ARCHIVE_GROUP, consumer, count, what, min_idle_ms, start],
+            on=shard,
         )
         return _unpack_queued(packed)
 
-    async def archive_done(self, entry_ids: list[str]) -> None:
+    async def archive_done(self, entry_ids: list[str], *, shard: int) -> None:
         """Entries written to the database: acknowledged and deleted in one round trip, so the
         queue holds only what still waits (its length is the archive's backlog)."""
         if not entry_ids:
@@ -331,17 +473,24 @@ class RedisBroker:
             pipe.xack(queue, ARCHIVE_GROUP, *entry_ids)
             pipe.xdel(queue, *entry_ids)
 
-        await self.pipelined(queue_commands, what="archive queue done")
+        await self.pipelined(queue_commands, what="archive queue done", on=shard)
 
-    async def archive_backlog(self) -> int:
-        """Entries in the archive queue: not yet written to the database."""
-        with translated("archive queue length"):
-            return int(await self.redis().xlen(self.keys.archive_queue()))
+    async def archive_backlog(self, *, shard: int | None = None) -> int:
+        """Entries in the archive queue of `shard` (None: of all shards, which must all
+        answer): not yet written to the database."""
 
-    async def archive_forget_consumers(self, *, idle_ms: int) -> list[str]:
+        async def length(index: int) -> int:
+            with translated(f"archive queue length on {self.describe(index)}"):
+                return int(await self.redis(index).xlen(self.keys.archive_queue()))
+
+        if shard is not None:
+            return await length(shard)
+        return sum(await asyncio.gather(*(length(i) for i in range(len(self.shards)))))
+
+    async def archive_forget_consumers(self, *, shard: int, idle_ms: int) -> list[str]:
         """Remove the group's consumers idle that long with nothing pending (processes that
         ended: a consumer is named by its replica and process id, so every restart adds one)."""
-        client = self.redis()
+        client = self.redis(shard)
         queue = self.keys.archive_queue()
         consumers: Any
         with translated("archive consumers"):
@@ -361,30 +510,42 @@ class RedisBroker:
     async def write_memberships(
         self, node: str, counts: dict[str, int], *, valid_secs: float
     ) -> None:
-        """Each group's local socket count on `node`, valid for `valid_secs` (a dead process's
-        counts expire); a count of 0 removes the node's entry. In pipelines of
-        MEMBERSHIP_BATCH_GROUPS, so deliveries run in between."""
+        """Each stream's local socket count on `node` (by the stream its group carries: keys.py),
+        valid for `valid_secs` (a dead process's counts expire); a count of 0 removes the node's
+        entry. In pipelines of MEMBERSHIP_BATCH_GROUPS, so deliveries run in between; each
+        shard's at once, and a shard that is down costs the others nothing."""
         expires_ms = int((time.time() + valid_secs) * 1000)
-        groups = list(counts)
-        for start in range(0, len(groups), MEMBERSHIP_BATCH_GROUPS):
-            batch = groups[start : start + MEMBERSHIP_BATCH_GROUPS]
 
-            def queue(pipe: Any, batch: list[str] = batch) -> None:
-                for group in batch:
-                    key = self.keys.members(group)
-                    if counts[group]:
-                        pipe.hset(key, node, f"{counts[group]}@{expires_ms}")
-                        pipe.pexpire(key, int(valid_secs * 1000))
-                    else:
-                        pipe.hdel(key, node)
+        async def on_shard(shard: int, streams: list[str]) -> None:
+            for start in range(0, len(streams), MEMBERSHIP_BATCH_GROUPS):
+                batch = streams[start : start + MEMBERSHIP_BATCH_GROUPS]
 
-            await self.pipelined(queue, what="membership counts")
+                def queue(pipe: Any, batch: list[str] = batch) -> None:
+                    for stream in batch:
+                        key = self.keys.members(stream)
+                        if counts[stream]:
+                            pipe.hset(key, node, f"{counts[stream]}@{expires_ms}")
+                            pipe.pexpire(key, int(valid_secs * 1000))
+                        else:
+                            pipe.hdel(key, node)
+
+                await self.pipelined(queue, what="membership counts", on=shard)
+
+        await self.each_shard(counts, _itself, on_shard)
 
     # --- rate limits ------------------------------------------------------------------------------
 
     async def hit(self, key: str, *, window_ms: int) -> int:
         """Count one hit on a fixed-window counter; the count in the current window."""
-        return int(await self.run(scripts.LIMIT_HIT, [self.keys.limit(key)], [window_ms]))
+        return int(await self.run(scripts.LIMIT_HIT, [self.keys.limit(key)], [window_ms], on=key))
+
+
+def _itself(name: str) -> str:
+    return name
+
+
+def _first(row: tuple[str, str, str, int]) -> str:
+    return row[0]
 
 
 def _text(value: bytes | str) -> str:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -228,9 +229,10 @@ class Session:
         self.queue.append(("message", message))
         self.wake()
 
-    async def on_resync(self) -> None:
-        """The layer lost Redis for a while: anything may have been published meanwhile."""
-        self.dirty.update(self.cursors)
+    async def on_resync(self, only: Callable[[str], bool] | None = None) -> None:
+        """The layer lost Redis (or the shard of the streams `only` accepts) for a while:
+        anything may have been published meanwhile."""
+        self.dirty.update(s for s in self.cursors if only is None or only(s))
         self.wake()
 
     async def on_ephemeral(self, event: dict[str, Any]) -> None:
@@ -284,11 +286,17 @@ class Session:
                         if not self.queue:
                             return
                 else:
-                    stream = self.dirty.pop()
-                    try:
-                        await self._catch_up(stream, notify=False)
-                    except BrokerUnavailable:
-                        self.dirty.add(stream)
+                    # Each dirty stream once: one whose shard is down must not hold back the
+                    # others (it stays dirty, and the shard's resync wakes it again).
+                    failed = set()
+                    while self.dirty and not self.queue:
+                        stream = self.dirty.pop()
+                        try:
+                            await self._catch_up(stream, notify=False)
+                        except BrokerUnavailable:
+                            failed.add(stream)
+                    self.dirty |= failed
+                    if failed and not self.queue:
                         return
         except SocketClosed:
             pass  # the socket closed under a replay; release() is on its way

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from devtools.cluster import Cluster, ClusterConfig
+from devtools.cluster import Cluster
 from tests.cluster.helpers import api_token
-from tests.conftest import manage, require_binaries
+from tests.conftest import cluster_of_its_own
 from tests.support.harness import Harness, unique_prefix
 
 pytestmark = pytest.mark.timeout(300)
@@ -33,23 +33,10 @@ RECOVERY_BOUND_SECS = 10.0
 @pytest.fixture(scope="module")
 def sentinel_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """3 replicas and HAProxy over a Redis primary, its replica and three sentinels."""
-    require_binaries("redis-server", "haproxy")
-    var_dir = tmp_path_factory.mktemp("sentinel")
-    env = {"SWITCHBOARD_VAR_DIR": str(var_dir), "SECRET_KEY": "sentinel-tests-secret-key"}
-    config = ClusterConfig(
-        replicas=3,
-        run_dir=var_dir / "run",
-        env=env,
-        ws_connects_per_ip_10s=1_000_000,
-        redis_mode="sentinel",
-    )
-    cluster = Cluster(config)
-    manage(cluster, "migrate", "--noinput", "-v0")
-    cluster.start()
-    try:
+    with cluster_of_its_own(
+        tmp_path_factory, "sentinel", replicas=3, redis_mode="sentinel"
+    ) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 async def _probe_until_published(cluster: Cluster, token: str) -> tuple[float, list[str]]:
@@ -112,11 +99,7 @@ async def test_a_killed_primary_fails_over_and_no_client_misses_anything_unannou
         lost = announced = 0
         heads = harness.heads()
         for index, client in enumerate(harness.clients):
-            told = {
-                e["stream"]
-                for e in client.events
-                if e.get("type") == "resumed" and e.get("recovered") is False
-            }
+            told = harness.told_lost(client)
             for stream in harness.streams_of(index):
                 live_epoch = heads[stream][0]
                 old = [

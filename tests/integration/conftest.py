@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -60,14 +62,24 @@ def django_db_setup(
             use_default_database(previous)
 
 
+# SB_TEST_SHARDS=3 runs every test of this tier on a layer of three Redis shards (the default,
+# one Redis, is what CI runs; tests/integration/test_shards.py covers shards there).
+TEST_SHARDS = int(os.environ.get("SB_TEST_SHARDS", "1"))
+
+
 @pytest.fixture
-async def layer(settings: Settings, redis_url: str) -> AsyncIterator[StreamChannelLayer]:
+async def layer(
+    settings: Settings, redis_url: str, request: pytest.FixtureRequest
+) -> AsyncIterator[StreamChannelLayer]:
     """Switchboard's layer on the real redis-server, under a prefix of its own per test."""
     settings.REDIS_URL = redis_url
+    hosts = [redis_url]
+    if TEST_SHARDS > 1:
+        hosts = request.getfixturevalue("redis_shard_urls")[:TEST_SHARDS]
     settings.CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "realtime.layer.StreamChannelLayer",
-            "CONFIG": {"hosts": [redis_url], "prefix": f"t{uuid.uuid4().hex[:8]}", "node": "unit"},
+            "CONFIG": {"hosts": hosts, "prefix": f"t{uuid.uuid4().hex[:8]}", "node": "unit"},
         }
     }
     channel_layers.backends.clear()
@@ -110,3 +122,19 @@ async def open_socket(user: Any, query: str = "") -> tuple[Socket, dict[str, Any
 
 def a_user(pk: int, name: str = "alice", staff: bool = False) -> User:
     return User(pk=pk, username=f"{name}{pk}", is_staff=staff)
+
+
+async def memberships_written(layer: StreamChannelLayer, timeout: float = 3) -> None:
+    """Wait until the layer has written its groups' socket counts (soon after each join, in the
+    background; with shards, a pipeline per shard)."""
+    loop_layer = layer._layer()
+    async with asyncio.timeout(timeout):
+        while loop_layer._membership_writer is not None or loop_layer._membership_dirty:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+
+async def eventually(check: Any, timeout: float = 3) -> None:
+    """Wait until the async `check()` is true: for writes that follow an answer (presence)."""
+    async with asyncio.timeout(timeout):
+        while not await check():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)

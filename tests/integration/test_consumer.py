@@ -15,7 +15,7 @@ from realtime import broker, publish
 from realtime.consumers import RealtimeConsumer
 from realtime.delivery.marks import delivered_marks
 from realtime.layer import StreamChannelLayer
-from tests.integration.conftest import a_user, open_socket
+from tests.integration.conftest import a_user, memberships_written, open_socket
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -48,6 +48,7 @@ async def test_pushes_arrive_numbered_in_order_and_only_to_their_user(
 ) -> None:
     alice, _ = await open_socket(a_user(1))
     bob, _ = await open_socket(a_user(2, "bob"))
+    await memberships_written(layer)
     for n in range(5):
         result = await publish.push_to_user(user_id=2, payload={"n": n})
         assert result.seq == n + 1 and result.sockets == 1 and result.replicas == 1
@@ -192,7 +193,7 @@ async def test_a_dropped_frame_is_repaired_from_history(layer: StreamChannelLaye
     socket, _ = await open_socket(a_user(10))
     await publish.push_to_user(user_id=10, payload=1)
     # Seq 2 is stored but never published, as when a pub/sub message is lost.
-    client = layer.redis()
+    client = layer.redis("user:10")
     meta, log = (
         broker.current().keys.stream_meta("user:10"),
         broker.current().keys.stream_log("user:10"),

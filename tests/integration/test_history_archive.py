@@ -150,7 +150,7 @@ async def test_messages_not_archived_yet_when_redis_dropped_them_are_a_gap_said_
     epoch = sent[0].epoch
     archiver = archive.Archiver(consumer="test-archiver", the_broker=broker.current())
     assert await archiver.archive_once() == 50
-    died = await broker.current().archive_read("died-holding-them", count=1000)
+    died = await broker.current().archive_read("died-holding-them", shard=0, count=1000)
     assert [message.seq for message in died.messages] == list(range(51, 301))
 
     back, _ = await open_socket(
@@ -197,7 +197,7 @@ async def test_a_message_written_twice_is_one_row_and_a_dead_archivers_messages_
         await publish.publish(stream="logbook:3", payload=n)
     the_broker = broker.current()
     # An archiver reads three, writes them, and dies before it marks them done.
-    dead = await the_broker.archive_read("dead-archiver", count=3)
+    dead = await the_broker.archive_read("dead-archiver", shard=0, count=3)
     assert [message.seq for message in dead.messages] == [1, 2, 3]
     await database_sync_to_async(archived_messages_write)(messages=dead.messages)
     assert await rows("logbook:3") == [1, 2, 3]
@@ -216,7 +216,7 @@ async def test_a_message_written_twice_is_one_row_and_a_dead_archivers_messages_
     assert await the_broker.archive_backlog() == 0
     queue = the_broker.keys.archive_queue()
     assert (await layer.redis().xpending(queue, "archivers"))["pending"] == 0
-    assert await the_broker.archive_forget_consumers(idle_ms=0) == [
+    assert await the_broker.archive_forget_consumers(shard=0, idle_ms=0) == [
         "dead-archiver",
         "live-archiver",
     ]

@@ -26,7 +26,7 @@ from realtime.delivery import inbound
 from realtime.delivery.inbound import Inbound
 from realtime.layer import StreamChannelLayer
 from realtime.stats import replica_stats
-from tests.integration.conftest import Socket, a_user, open_socket
+from tests.integration.conftest import Socket, a_user, eventually, open_socket
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -110,6 +110,10 @@ async def test_an_unexpected_exception_answers_internal_error_and_keeps_the_sock
     await witness.close()
 
 
+async def _online_in(slug: str, user_ids: list[int]) -> bool:
+    return await presence.room_online(slug=slug) == user_ids
+
+
 async def test_a_consumer_that_crashes_still_gives_back_its_count_presence_and_session_watch(
     layer: StreamChannelLayer, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -126,7 +130,7 @@ async def test_a_consumer_that_crashes_still_gives_back_its_count_presence_and_s
     await socket.receive()  # hello
     await socket.send({"type": "subscribe", "stream": "room:crashpad"})
     assert (await socket.receive())["type"] == "subscribed"
-    assert await presence.room_online(slug="crashpad") == [user.pk]
+    await eventually(lambda: _online_in("crashpad", [user.pk]))  # written after `subscribed`
     assert replica_stats.open_connections == before + 1
     assert session_watch.watched_count() == 1
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import pytest
 from channels.layers import channel_layers
@@ -30,7 +31,7 @@ class Collector:
         self.frames.append((stream, seq, frame))
         self.changed.set()
 
-    async def on_resync(self) -> None:
+    async def on_resync(self, only: Any = None) -> None:
         self.resyncs += 1
 
     async def wait_count(self, count: int, timeout: float = 3) -> None:
@@ -40,10 +41,15 @@ class Collector:
                 await self.changed.wait()
 
 
+def hosts_of(layer: StreamChannelLayer) -> list[str]:
+    """The Redis URLs of `layer`'s shards: another replica's layer is configured alike."""
+    return [address.url for address in layer.broker.shards]
+
+
 async def test_a_publish_reaches_a_sink_on_another_layer_and_nowhere_else(
     layer: StreamChannelLayer, redis_url: str
 ) -> None:
-    other = StreamChannelLayer(hosts=[redis_url], prefix=layer.prefix, node="other")
+    other = StreamChannelLayer(hosts=hosts_of(layer), prefix=layer.prefix, node="other")
     alice, bob = Collector(), Collector()
     alice_channel, bob_channel = await other.new_channel(), await other.new_channel()
     other.add_sink(alice_channel, alice)
@@ -64,7 +70,7 @@ async def test_a_publish_reaches_a_sink_on_another_layer_and_nowhere_else(
 
 
 async def test_plain_group_messages_cross_layers(layer: StreamChannelLayer, redis_url: str) -> None:
-    other = StreamChannelLayer(hosts=[redis_url], prefix=layer.prefix, node="other")
+    other = StreamChannelLayer(hosts=hosts_of(layer), prefix=layer.prefix, node="other")
     channel = await other.new_channel()
     await other.group_add("room.lobby", channel)
     await layer.group_send("room.lobby", {"type": "rt.note", "text": "hi"})
@@ -125,11 +131,11 @@ async def test_history_is_trimmed_by_age(
         await publish.publish(stream="room:aged", payload=n)
     # Wait until Redis' own clock (the one the script trims by) is past the entries' max age.
     log_key = broker.current().keys.stream_log("room:aged")
-    [(_, newest)] = await layer.redis().xrevrange(log_key, count=1)
+    [(_, newest)] = await layer.redis("room:aged").xrevrange(log_key, count=1)
     newest_ms = int(newest[b"t"])
     async with asyncio.timeout(5):
         # Polls Redis' clock: there is no event to wait on.
-        while _redis_ms(await layer.redis().time()) <= newest_ms + 50:  # noqa: ASYNC110
+        while _redis_ms(await layer.redis("room:aged").time()) <= newest_ms + 50:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
     await publish.publish(stream="room:aged", payload=15)  # seq 16: the script trims by age
     stored = await broker.current().read("room:aged", after=0)

@@ -58,7 +58,13 @@ async def subscribed(user: Any, stream: str, *, ephemeral: bool = False) -> Sock
 
 async def presence_keys(layer: StreamChannelLayer) -> list[bytes]:
     prefix = broker.current().keys.prefix
-    return sorted([key async for key in layer.redis().scan_iter(f"{prefix}:{{*}}:presence")])
+    return sorted(
+        [
+            key
+            for shard in range(layer.broker.shard_count)
+            async for key in layer.redis(shard).scan_iter(f"{prefix}:{{*}}:presence")
+        ]
+    )
 
 
 # --- history ------------------------------------------------------------------------------------
@@ -73,9 +79,9 @@ async def test_a_kind_keeping_five_messages_keeps_exactly_the_last_five(
     # Exact, not approximate: below 1000 entries the broker trims with MAXLEN =, not ~.
     assert [seq for seq, _ in kept] == [46, 47, 48, 49, 50]
     log = broker.current().keys.stream_log("ticket:1")
-    assert await layer.redis().xlen(log) == 5
+    assert await layer.redis("ticket:1").xlen(log) == 5
     # Its own age too: the log expires 10 minutes after the last publish, not 24 hours.
-    assert 590_000 < await layer.redis().pttl(log) <= 600_000
+    assert 590_000 < await layer.redis("ticket:1").pttl(log) <= 600_000
     # The user streams beside it keep the global length (10 000 in tests too).
     for n in range(1, 51):
         await publish.push_to_user(user_id=901, payload=n)
@@ -124,7 +130,7 @@ async def test_a_kind_without_history_numbers_its_messages_and_keeps_none(
     assert await live.nothing()
     # Nothing kept: no log at all, while the position is.
     assert await broker.current().read("tick:1", after=0) == []
-    assert not await layer.redis().exists(broker.current().keys.stream_log("tick:1"))
+    assert not await layer.redis("tick:1").exists(broker.current().keys.stream_log("tick:1"))
     assert (await broker.current().heads(["tick:1"]))["tick:1"].seq == 4
 
     # A client that left at seq 1 is told it lost 2..4, never handed a silent gap.
@@ -160,6 +166,17 @@ async def test_a_kind_without_history_numbers_its_messages_and_keeps_none(
         await socket.close()
 
 
+def _unheard_group_beside(stream: str) -> str:
+    """A group no socket reads, on `stream`'s shard (where the broker may publish it)."""
+    the_broker = broker.current()
+    names = (f"nobody.listens{n}" for n in range(1000))
+    return next(
+        g
+        for g in names
+        if the_broker.shard_of(g.replace(".", ":", 1)) == the_broker.shard_of(stream)
+    )
+
+
 async def test_a_gap_in_a_stream_without_history_is_reported_not_repaired_forever(
     layer: StreamChannelLayer,
 ) -> None:
@@ -170,7 +187,7 @@ async def test_a_gap_in_a_stream_without_history_is_reported_not_repaired_foreve
     epoch = (await socket.receive())["epoch"]
     await broker.current().publish(  # numbered and stored by the script, its PUBLISH unheard
         stream="tick:2",
-        group="nobody.listens",
+        group=_unheard_group_beside("tick:2"),
         body=json.dumps({"type": "message", "stream": "tick:2", "payload": 2}),
         message_id="lost",
         idempotency=None,
@@ -210,7 +227,7 @@ async def test_a_kind_with_presence_announces_joins_and_leaves_and_lists_who_is_
     ]
     # The entries live beside the stream's other keys, under its hash tag.
     key = broker.current().keys.presence_stream("desk:1")
-    assert key.endswith(":{desk:1}:presence") and await layer.redis().zcard(key) == 2
+    assert key.endswith(":{desk:1}:presence") and await layer.redis("desk:1").zcard(key) == 2
 
     await alice.close()
     left = await next_presence(witness, "alice932")
@@ -219,7 +236,7 @@ async def test_a_kind_with_presence_announces_joins_and_leaves_and_lists_who_is_
     assert await witness.nothing()
     await witness.close()
     assert await presence.stream_online(stream="desk:1") == []
-    assert await layer.redis().zcard(key) == 0
+    assert await layer.redis("desk:1").zcard(key) == 0
 
 
 async def test_presence_on_a_kind_ends_however_the_socket_leaves_the_stream(

@@ -224,6 +224,15 @@ class Harness:
             out[stream] = (epoch, max(seq for e, seq in delivered.by_seq if e == epoch))
         return out
 
+    @staticmethod
+    def told_lost(client: RealtimeClient) -> set[str]:
+        """The streams `client` was told it lost messages of (`resumed`, `recovered: false`)."""
+        return {
+            e["stream"]
+            for e in client.events
+            if e.get("type") == "resumed" and e.get("recovered") is False
+        }
+
     def streams_of(self, index: int) -> list[str]:
         return [self.user_streams[index], "broadcast", *self.room_streams]
 

@@ -19,7 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from devtools.bench import workloads
+from devtools.bench import shards, workloads
 from devtools.bench.clients import ClientPool
 from devtools.bench.report import Progress, Result, churn_lines, json_line, ratios, table
 from devtools.bench.targets import Target, external_cluster, start_cluster, start_limit
@@ -89,8 +89,24 @@ class Command(BaseCommand):
             help="W5: broadcasts per second during the churn, and as many pushes to random users.",
         )
         parser.add_argument("--var-dir", type=Path, default=settings.VAR_DIR / "bench")
+        parser.add_argument(
+            "--redis-shards",
+            default="",
+            help="Also measure Redis CPU per publish per shard with these shard counts (1,3): "
+            "redis-servers of the bench's own, the broker's publish script.",
+        )
+        parser.add_argument(
+            "--shard-publishes",
+            type=int,
+            default=20_000,
+            help="With --redis-shards: publishes per shard count.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["redis_shards"]:
+            self._shards(options)
+            if options["workloads"] == "":
+                return
         wanted = [w.strip().upper() for w in options["workloads"].split(",") if w.strip()]
         if unknown := set(wanted) - set(WORKLOADS):
             raise CommandError(
@@ -121,6 +137,23 @@ class Command(BaseCommand):
             self.stdout.write(line)
         for result in results:
             self.stdout.write(json_line(result))
+
+    def _shards(self, options: dict[str, Any]) -> None:
+        try:
+            counts = [int(n) for n in options["redis_shards"].split(",") if n.strip()]
+        except ValueError:
+            raise CommandError("--redis-shards takes shard counts: 1,3") from None
+        if not counts or min(counts) < 1:
+            raise CommandError("--redis-shards takes shard counts of 1 or more: 1,3")
+        self.stderr.write(f"measuring Redis per publish with {counts} shard(s) …")
+        runs = shards.run(
+            counts,
+            publishes=options["shard_publishes"],
+            in_flight=max(16, options["concurrency"]),
+            var_dir=options["var_dir"] / "shards",
+        )
+        for line in shards.table(runs):
+            self.stdout.write(line)
 
     def _start(self, name: str, options: dict[str, Any]) -> Target:
         clients, var_dir = options["clients"], options["var_dir"] / name

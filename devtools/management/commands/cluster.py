@@ -62,6 +62,13 @@ class Command(BaseCommand):
             help="sentinel: a primary on --redis-port, its replica and three sentinels.",
         )
         parser.add_argument(
+            "--redis-shards",
+            type=int,
+            default=1,
+            help="N redis-servers from --redis-port on, streams spread over them by name "
+            "(REDIS_URLS).",
+        )
+        parser.add_argument(
             "--db",
             choices=["sqlite", "postgres"],
             default="sqlite",
@@ -111,6 +118,7 @@ class Command(BaseCommand):
                     run_dir=run_dir,
                     redis_persistence=options["persist"],
                     redis_mode=options["redis"],
+                    redis_shards=options["redis_shards"],
                     hosts=options["hosts"],
                     db=options["db"],
                     postgres_port=options["postgres_port"],
@@ -172,6 +180,7 @@ class Command(BaseCommand):
         env = cluster.command_env()
         as_now = {
             "REDIS_URL": settings.REDIS_URL,
+            "REDIS_URLS": ",".join(settings.REDIS_URLS),
             "REDIS_SENTINELS": ",".join(settings.REDIS_SENTINELS),
             "REDIS_SENTINEL_MASTER": settings.REDIS_SENTINEL_MASTER,
             "DATABASE_URL": os.environ.get("DATABASE_URL", ""),
@@ -181,6 +190,9 @@ class Command(BaseCommand):
 
     def redis_line(self, cluster: Cluster) -> str:
         group = cluster.sentinel_group
+        if len(cluster.redis_urls) > 1:
+            ports = ", ".join(f":{port}" for port in cluster.shard_ports)
+            return f"{len(cluster.redis_urls)} shards {ports} (REDIS_URLS)"
         if group is None:
             return cluster.redis_url
         return (
