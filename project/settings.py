@@ -366,6 +366,7 @@ OPS_INTERVAL_SECS = env_float("OPS_INTERVAL_SECS", 1.0)
 # Presence: each socket refreshes its entries this often; an entry lives three beats, so a
 # replica that dies without saying goodbye lets its users go offline within 15 s.
 PRESENCE_HEARTBEAT_SECS = env_float("PRESENCE_HEARTBEAT_SECS", SB["PRESENCE_HEARTBEAT_SECS"])
+SSE_HEARTBEAT_SECS = env_float("SSE_HEARTBEAT_SECS", SB["SSE_HEARTBEAT_SECS"])
 # HAProxy's read-only stats page (CSV at <url>;csv): how a replica learns what HAProxy thinks of
 # every replica (UP, DRAIN, MAINT, DOWN). Empty: the cluster view shows the state as unknown.
 # With `http://user:password@host:port/` (percent-encoded), the replica logs in with basic auth.

@@ -34,6 +34,9 @@ DEFAULTS: dict[str, Any] = {
     "IDEMPOTENCY_TTL_SECS": 24 * 3600,  # how long a publish's message id is remembered
     "REDIS_TIMEOUT_SECS": 3,  # then the API answers 503
     "PRESENCE_HEARTBEAT_SECS": 5.0,  # an entry lives three beats
+    # A comment on a quiet SSE stream this often: keeps proxies from closing it, and is how a
+    # replica behind HAProxy learns the client left (realtime/transport/sse.py).
+    "SSE_HEARTBEAT_SECS": 5.0,
     "SESSION_CHECK_SECS": 60.0,  # expired or deleted sessions close their sockets this often
     # --- limits: what one client may make us hold or do (realtime/limits.py) ---
     "MAX_CLIENT_FRAME_BYTES": 64 * 1024,

@@ -209,10 +209,10 @@ async def _connected(scope: Scope, receive: Receive) -> bool:
 
 
 async def _until_disconnected(receive: Receive, writer: transport.SocketWriter) -> None:
-    """An SSE stream's life: a comment every HEARTBEAT_SECS until the client goes away."""
+    """An SSE stream's life: a comment every SSE_HEARTBEAT_SECS until the client goes away."""
     while writer.is_open():
         try:
-            async with asyncio.timeout(sse.HEARTBEAT_SECS):
+            async with asyncio.timeout(settings.SSE_HEARTBEAT_SECS):
                 if (await receive())["type"] == "http.disconnect":
                     return
         except TimeoutError:

@@ -187,6 +187,10 @@ def running_cluster(tmp_path_factory: pytest.TempPathFactory, *, db: str) -> Ite
         "GC_FULL_COLLECT_SECS": "1",
         # Sessions checked every second (60 by default), so a test sees an expiry close a socket.
         "SESSION_CHECK_SECS": "1",
+        # A closed SSE stream is noticed within ~2 s (10 s by default), and a dead replica's
+        # users leave presence after 6 s (15 s): the tests wait for both.
+        "SSE_HEARTBEAT_SECS": "1",
+        "PRESENCE_HEARTBEAT_SECS": "2",
     }
     os.environ.update(env)
     # The tests open hundreds of sockets from 127.0.0.1 within seconds: no per-IP connect limit

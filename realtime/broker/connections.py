@@ -128,3 +128,12 @@ def client_for(address: RedisAddress) -> aioredis.Redis:
         address.sentinel_master, sentinel, **credentials, **_pool_options()
     )
     return aioredis.Redis(connection_pool=sentinel_pool)
+
+
+async def close_client(client: aioredis.Redis) -> None:
+    """Close a client from `client_for` with its pool, and for Sentinel the connections its pool
+    keeps to the sentinels (closing the pool leaves those open)."""
+    pool = client.connection_pool
+    await client.aclose(close_connection_pool=True)
+    if isinstance(pool, SentinelConnectionPool):
+        await pool.sentinel_manager.aclose()

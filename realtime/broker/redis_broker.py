@@ -31,7 +31,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import ResponseError
 
 from realtime.broker import frames, scripts
-from realtime.broker.connections import RedisAddress, client_for
+from realtime.broker.connections import RedisAddress, client_for, close_client
 from realtime.broker.errors import BrokerUnavailable, translated
 from realtime.broker.keys import Keys, stream_of_group
 
@@ -230,7 +230,7 @@ class RedisBroker:
         if tasks:
             await asyncio.wait(tasks, timeout=2)  # bounded: closing must never hang a shutdown
         for client in self._clients.pop(loop, {}).values():
-            await client.aclose(close_connection_pool=True)
+            await close_client(client)
 
     async def ping(self) -> None:
         """Every shard answers, or BrokerUnavailable naming those that did not."""

@@ -21,8 +21,8 @@ from realtime.transport import WithoutBacklog
 # A comment line this often keeps proxies from closing a quiet stream (HAProxy's `timeout
 # server` is 30 s), and is how the server learns that a client behind HAProxy went away:
 # HAProxy passes a client's close on only when a write to it fails, the second after the close.
-# At 15 s a closed stream stayed counted (and its session held) for up to 30 s; at 5 s, 10 s.
-HEARTBEAT_SECS = 5.0
+# At 15 s a closed stream stayed counted (and its session held) for up to 30 s; at 5 s (the
+# default of settings.SSE_HEARTBEAT_SECS), 10 s.
 
 
 def event(data: str, *, name: str | None = None) -> bytes:

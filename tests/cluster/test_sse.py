@@ -25,7 +25,8 @@ def cookie_for(session: str, replica: str) -> str:
 @pytest.fixture(autouse=True)
 def streams_are_given_back(cluster: Cluster) -> Iterator[None]:
     """After each test every stream its clients closed is given back on its replica: HAProxy
-    passes a client's close on at the stream's next heartbeats (HEARTBEAT_SECS, 5 s)."""
+    passes a client's close on at the stream's next heartbeats (SSE_HEARTBEAT_SECS, 1 s in the
+    tests' cluster)."""
     before = {name: connections(cluster, name) for name in cluster.replica_names}
     yield
     for name, count in before.items():
