@@ -404,6 +404,9 @@ SWITCHBOARD_STREAM_KINDS: dict[str, dict[str, str]] = {}
 # socket with one (a client with no Origin header, not a browser, always may).
 CONNECT_TOKEN_TTL_SECS = env_int("CONNECT_TOKEN_TTL_SECS", SB["CONNECT_TOKEN_TTL_SECS"], minimum=10)
 CONNECT_TOKEN_KEY = env_str("CONNECT_TOKEN_KEY", SB["CONNECT_TOKEN_KEY"])
+# GET /metrics (Prometheus) from another host needs `Authorization: Bearer <METRICS_TOKEN>`;
+# empty, only this host and staff may read it (docs/monitoring.md).
+METRICS_TOKEN = env_str("METRICS_TOKEN", SB["METRICS_TOKEN"])
 CONNECT_TOKEN_ORIGINS = env_list("CONNECT_TOKEN_ORIGINS", [])
 
 # The history archive (realtime/archive.py): messages of archived kinds (the chat's rooms) on

@@ -72,6 +72,9 @@ DEFAULTS: dict[str, Any] = {
     "SWITCHBOARD_STREAM_KINDS": {},  # the project's own stream kinds (realtime/streams.py)
     # The login page's demo users: the bundled demo's, never a project's.
     "SHOW_DEMO_LOGINS": False,
+    # GET /metrics for a Prometheus on another host (Authorization: Bearer <token>); empty:
+    # only callers on the replica's own host and staff sessions (realtime/views.py).
+    "METRICS_TOKEN": "",
     "LOGIN_IP_MAX_FAILURES": 20,  # realtime/login_lockout.py, when django-axes uses it
 }
 

@@ -17,7 +17,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from realtime import archive, broker, presence, protocol, session_watch, transport
+from realtime import archive, broker, metrics, presence, protocol, session_watch, transport
 from realtime.asgi_types import ASGIApp, Receive, Scope, Send
 from realtime.broker import BrokerUnavailable
 from realtime.delivery.inbound import (
@@ -195,6 +195,7 @@ class RealtimeConsumer:
         # The replica's archiver (realtime/archive.py) starts with its first socket: Daphne sends
         # no lifespan events, and a replica that serves sockets is one that runs.
         archive.start()
+        metrics.watch_loop_lag()
         return session
 
 
@@ -236,6 +237,7 @@ async def _refuse(
 ) -> None:
     # Accept only to close with a code a browser can read (a refused handshake is a bare 403).
     await writer.accept()
+    metrics.connect_results[code] += 1
     replica_stats.errors_sent += 1
     await writer.write(protocol.error_frame(code, message))
     await writer.close(close_code)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import msgpack
 from channels.exceptions import ChannelFull
 
+from realtime import metrics
 from realtime.broker import frames
 
 logger = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ class Hub:
                 except Exception:
                     # One broken socket must not stop delivery to the others.
                     logger.exception("delivery to %s failed", channel)
+            metrics.fanned_out(stream, len(members), frame)
             return
         message = msgpack.unpackb(data, raw=False)
         for channel in list(members):

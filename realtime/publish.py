@@ -20,7 +20,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from realtime import broker, groups, protocol, streams
+from realtime import broker, groups, metrics, protocol, streams
 from realtime.broker import BrokerUnavailable, StreamPolicy
 
 logger = logging.getLogger(__name__)
@@ -118,6 +118,7 @@ async def publish(
         archive=kind.archive,
         archive_queue_max_len=settings.ARCHIVE_QUEUE_MAXLEN,
     )
+    started = time.perf_counter()
     try:
         appended = await asyncio.wait_for(
             broker.current().publish(
@@ -135,6 +136,7 @@ async def publish(
         # a Redis URL can carry a password.
         logger.warning("publish failed stream=%s replica=%s error=%r", stream, origin, exc)
         raise RealtimeUnavailable(UNAVAILABLE_MESSAGE) from exc
+    metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
     logger.debug("published stream=%s seq=%s replica=%s", stream, appended.seq, origin)
     if appended.archive_queue > ARCHIVE_QUEUE_WARN_FRACTION * policy.archive_queue_max_len:
         _warn_archive_queue(appended.archive_queue, policy.archive_queue_max_len)

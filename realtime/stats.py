@@ -18,6 +18,7 @@ class ReplicaStats:
     frames_dropped: int = 0  # by a full per-socket queue; fetched from history afterwards
     duplicates_dropped: int = 0
     gaps_repaired: int = 0
+    frames_replayed: int = 0  # sent again from history: resumes, gap repairs, catch-ups
     # The fast path's socket writes, and the frames that shared a write with an earlier one.
     socket_writes: int = 0
     frames_coalesced: int = 0

@@ -11,6 +11,7 @@ from realtime import views
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", views.metrics_view, name="metrics"),
     path("api/whoami", views.whoami, name="whoami"),
     # The SSE transport's client frames.
     path("sse/send", views.sse_send, name="sse-send"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import os
@@ -13,7 +14,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
@@ -23,6 +24,7 @@ from realtime import (
     control,
     groups,
     lifetimes,
+    metrics,
     presence,
     publish,
     streams,
@@ -112,6 +114,37 @@ async def healthz(request: HttpRequest) -> JsonResponse:
             "stats": replica_stats.as_dict(),
         }
     )
+
+
+@require_GET
+async def metrics_view(request: HttpRequest) -> HttpResponse:
+    """This replica's numbers in Prometheus' text format (realtime/metrics.py): for callers on
+    this host, staff sessions, and `Authorization: Bearer <METRICS_TOKEN>` (a Prometheus on
+    another host; no token set: none). Anyone else gets 404, as if there were no such page:
+    load, sockets and Redis health tell an attacker when to strike."""
+    if not await _may_read_metrics(request):
+        return JsonResponse({"ok": False, "error": "not_found"}, status=404)
+    metrics.watch_loop_lag()
+    the_broker = broker.current()
+    layer: Any = get_channel_layer()
+    shards = await the_broker.shard_health(timeout=HEALTH_REDIS_TIMEOUT_SECS)
+    body = metrics.render(
+        shards_up=[row["reachable"] for row in shards],
+        shards_subscribed=layer.shards_connected(),
+        backlogged=metrics.backlogged_sockets(layer._layer().hub.sinks.values()),
+    )
+    return HttpResponse(body, content_type=metrics.CONTENT_TYPE_LATEST)
+
+
+async def _may_read_metrics(request: HttpRequest) -> bool:
+    if _from_inside(request):
+        return True
+    token = settings.METRICS_TOKEN
+    given = request.headers.get("Authorization", "")
+    if token and given.startswith("Bearer "):
+        return hmac.compare_digest(given[7:].encode(), token.encode())
+    user = await request.auser()
+    return bool(user.is_staff)
 
 
 def _rss_bytes() -> int | None:

@@ -459,6 +459,7 @@ class Session:
                 cursor.last = seq
                 await self._send_stream_frame(stream, cursor, frame)
                 replay.sent += 1
+                replica_stats.frames_replayed += 1
                 held -= size
                 replica_stats.replay_bytes_in_flight -= size
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.cluster import Cluster, wait_until
 
@@ -33,3 +34,31 @@ def test_every_replica_writes_sockets_through_the_daphne_fast_path(cluster: Clus
         health = httpx.get(f"{cluster.replica_url(replica)}/healthz", timeout=10).json()
         assert health["transport"] == "daphne-fast-path", (replica, health["transport"])
         assert "fast path is OFF" not in cluster.tail(replica, lines=200)
+
+
+def test_prometheus_reads_every_replica_and_haproxy_and_the_public_reads_neither(
+    cluster: Cluster,
+) -> None:
+    for replica in cluster.replica_names:
+        # Straight to the replica from its host, as a local Prometheus (or the runner) asks.
+        answer = httpx.get(f"{cluster.replica_url(replica)}/metrics", timeout=10)
+        assert answer.status_code == 200
+        names = {family.name for family in text_string_to_metric_families(answer.text)}
+        assert {
+            "switchboard_sockets",
+            "switchboard_connects",
+            "switchboard_deliveries",
+            "switchboard_publish_seconds",
+            "switchboard_delivery_lag_seconds",
+            "switchboard_redis_up",
+            "switchboard_event_loop_lag_seconds",
+            "process_resident_memory_bytes",
+        } <= names, (replica, sorted(names))
+    # Through HAProxy, without a staff session: no such page.
+    assert httpx.get(f"{cluster.url}/metrics", timeout=10).status_code == 404
+    # HAProxy's own exporter, on its stats frontend: every replica as a server, up.
+    exported = httpx.get(f"{cluster.stats_url}metrics", timeout=10).text
+    for replica in cluster.replica_names:
+        assert (
+            f'haproxy_server_status{{proxy="replicas",server="{replica}",state="UP"}} 1' in exported
+        )
