@@ -249,7 +249,7 @@ if SWITCHBOARD_TLS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = True
     # HAProxy checks the replicas directly over plain HTTP; a redirect would fail the check.
-    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
     # A year: what browsers' HSTS preload lists ask for. Preloading is a promise for every
     # subdomain that is hard to take back; set SECURE_HSTS_PRELOAD=0 if that is not yours to give.
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 365 * 24 * 3600, minimum=0)
@@ -407,6 +407,8 @@ CONNECT_TOKEN_KEY = env_str("CONNECT_TOKEN_KEY", SB["CONNECT_TOKEN_KEY"])
 # GET /metrics (Prometheus) from another host needs `Authorization: Bearer <METRICS_TOKEN>`;
 # empty, only this host and staff may read it (docs/monitoring.md).
 METRICS_TOKEN = env_str("METRICS_TOKEN", SB["METRICS_TOKEN"])
+# /readyz fails while the event loop runs later than this: HAProxy sends new clients elsewhere.
+READY_MAX_LOOP_LAG_SECS = env_float("READY_MAX_LOOP_LAG_SECS", SB["READY_MAX_LOOP_LAG_SECS"])
 CONNECT_TOKEN_ORIGINS = env_list("CONNECT_TOKEN_ORIGINS", [])
 
 # The history archive (realtime/archive.py): messages of archived kinds (the chat's rooms) on

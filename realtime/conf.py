@@ -75,6 +75,9 @@ DEFAULTS: dict[str, Any] = {
     # GET /metrics for a Prometheus on another host (Authorization: Bearer <token>); empty:
     # only callers on the replica's own host and staff sessions (realtime/views.py).
     "METRICS_TOKEN": "",
+    # GET /readyz fails (HAProxy sends new clients elsewhere) while the event loop runs later
+    # than this (realtime/readiness.py).
+    "READY_MAX_LOOP_LAG_SECS": 1.0,
     "LOGIN_IP_MAX_FAILURES": 20,  # realtime/login_lockout.py, when django-axes uses it
 }
 

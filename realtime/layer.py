@@ -70,8 +70,10 @@ class StreamChannelLayer(BaseChannelLayer):
         addresses = shard_addresses(
             hosts or ["redis://127.0.0.1:6379/0"], sentinels or [], sentinel_master
         )
-        self.broker = RedisBroker(addresses, prefix=prefix)
         self.node = node or settings.REPLICA_ID
+        # Redis client names may not hold spaces; a REPLICA_ID is a host name and pid anyway.
+        name = "switchboard:" + "".join(c if c.isalnum() or c in "-_.:" else "_" for c in self.node)
+        self.broker = RedisBroker(addresses, prefix=prefix, client_name=name)
         self.heartbeat_secs = heartbeat_secs
         self._loops: dict[asyncio.AbstractEventLoop, _LoopLayer] = {}
 
@@ -142,6 +144,11 @@ class StreamChannelLayer(BaseChannelLayer):
         None. A socket exists in one process's memory only: another replica cannot reach it
         except through a group or its channel, via Redis."""
         return self._layer().hub.sink(channel)
+
+    def start(self) -> None:
+        """Open this loop's subscription connections now rather than with the first socket
+        (readiness asks for them: realtime/readiness.py)."""
+        self._layer()._ensure_started()
 
     def redis(self, on: str | int = 0) -> aioredis.Redis:
         """This loop's Redis client for the shard of `on` (the broker's)."""

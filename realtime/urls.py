@@ -11,6 +11,7 @@ from realtime import views
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
     path("metrics", views.metrics_view, name="metrics"),
     path("api/whoami", views.whoami, name="whoami"),
     # The SSE transport's client frames.

@@ -27,6 +27,7 @@ from realtime import (
     metrics,
     presence,
     publish,
+    readiness,
     streams,
     transport,
 )
@@ -114,6 +115,15 @@ async def healthz(request: HttpRequest) -> JsonResponse:
             "stats": replica_stats.as_dict(),
         }
     )
+
+
+@require_GET
+async def readyz(request: HttpRequest) -> JsonResponse:
+    """Readiness for HAProxy (realtime/readiness.py): 200 while this replica should get new
+    clients, 503 with the reasons while it should not. The reasons name no address."""
+    reasons = await readiness.problems(get_channel_layer())
+    body = {"replica": settings.REPLICA_ID, "ready": not reasons, "reasons": reasons}
+    return JsonResponse(body, status=503 if reasons else 200)
 
 
 @require_GET

@@ -89,7 +89,7 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionP
     of MAX_REDIS_CONNECTIONS connections instead of failing (redis-py has no such pool)."""
 
 
-def _pool_options() -> dict[str, Any]:
+def _pool_options(client_name: str | None) -> dict[str, Any]:
     # A blocking pool: a burst of concurrent publishes waits for one of a bounded number of
     # connections instead of failing with MaxConnectionsError (redis-py's default).
     # One retry on a connection error: after a Redis restart or a failover every pooled
@@ -104,13 +104,16 @@ def _pool_options() -> dict[str, Any]:
         "health_check_interval": 0,
         "retry": Retry(NoBackoff(), 1),
         "retry_on_error": [RedisConnectionError],
+        # CLIENT LIST then says which replica holds a connection (operators, the tests).
+        "client_name": client_name,
     }
 
 
-def client_for(address: RedisAddress) -> aioredis.Redis:
-    """A client with a pool of its own, for the running event loop."""
+def client_for(address: RedisAddress, *, client_name: str | None = None) -> aioredis.Redis:
+    """A client with a pool of its own, for the running event loop; its connections named
+    `client_name` in Redis (CLIENT SETNAME) if given."""
     if not address.sentinels:
-        pool = BlockingConnectionPool.from_url(address.url, **_pool_options())
+        pool = BlockingConnectionPool.from_url(address.url, **_pool_options(client_name))
         return aioredis.Redis(connection_pool=pool)
     credentials = {
         name: value
@@ -125,7 +128,7 @@ def client_for(address: RedisAddress) -> aioredis.Redis:
         },
     )
     sentinel_pool = BlockingSentinelConnectionPool(
-        address.sentinel_master, sentinel, **credentials, **_pool_options()
+        address.sentinel_master, sentinel, **credentials, **_pool_options(client_name)
     )
     return aioredis.Redis(connection_pool=sentinel_pool)
 

@@ -114,7 +114,11 @@ class QueuedBatch:
 
 class RedisBroker:
     def __init__(
-        self, address: RedisAddress | str | Sequence[RedisAddress | str], *, prefix: str = "sb"
+        self,
+        address: RedisAddress | str | Sequence[RedisAddress | str],
+        *,
+        prefix: str = "sb",
+        client_name: str | None = None,
     ) -> None:
         given = [address] if isinstance(address, RedisAddress | str) else list(address)
         if not given:
@@ -123,6 +127,8 @@ class RedisBroker:
             a if isinstance(a, RedisAddress) else RedisAddress(a) for a in given
         )
         self.keys = Keys(prefix)
+        # What Redis' CLIENT LIST calls our connections: "switchboard:<replica>" from the layer.
+        self.client_name = client_name
         self._clients: dict[asyncio.AbstractEventLoop, dict[int, aioredis.Redis]] = {}
         self._tasks: dict[asyncio.AbstractEventLoop, set[asyncio.Task[None]]] = {}
 
@@ -202,7 +208,7 @@ class RedisBroker:
             # process. (A client of a closed loop cannot be closed any more, only dropped, and
             # dropping it makes redis-py warn about unclosed connections, so the few of tests
             # stay.)
-            client = clients[shard] = client_for(self.shards[shard])
+            client = clients[shard] = client_for(self.shards[shard], client_name=self.client_name)
         return client
 
     def has_client(self) -> bool:
