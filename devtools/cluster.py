@@ -95,6 +95,10 @@ def haproxy_command(admin_socket: str, command: str) -> str:
     return b"".join(chunks).decode()
 
 
+# realtime/conf.py's DRAIN_WINDOW_SECS, unless the environment says otherwise.
+DEFAULT_DRAIN_WINDOW_SECS = 10.0
+
+
 @dataclass
 class ManagedProcess:
     name: str
@@ -108,6 +112,8 @@ class ManagedProcess:
     cwd: Path = BASE_DIR
     # What asks it to stop (SIGKILL follows after the timeout); PostgreSQL's is SIGINT.
     stop_signal: int = signal.SIGTERM
+    # How long stop() waits before SIGKILL: a replica drains first (realtime/drain.py).
+    stop_timeout: float = 10.0
 
     @property
     def pid(self) -> int | None:
@@ -136,13 +142,13 @@ class ManagedProcess:
             assert self.popen is not None
             self.popen.send_signal(sig)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         if not self.running():
             return
         assert self.popen is not None
         self.popen.send_signal(self.stop_signal)
         try:
-            self.popen.wait(timeout)
+            self.popen.wait(self.stop_timeout if timeout is None else timeout)
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait(5)
@@ -334,6 +340,9 @@ class Cluster:
             # The stats page, read-only, tells each replica HAProxy's view of all of them.
             env = self.command_env(REPLICA_ID=name, HAPROXY_STATS_URL=self.stats_url)
             self._add(name, argv, env, port)
+            # SIGTERM drains first: the window, a second of grace, and some slack.
+            window = float(env.get("DRAIN_WINDOW_SECS") or DEFAULT_DRAIN_WINDOW_SECS)
+            self.processes[name].stop_timeout = window + 5
         haproxy_env = dict(os.environ)
         haproxy_env.update(
             {
@@ -593,11 +602,22 @@ class Cluster:
                     "port": p.port,
                     "argv": p.argv,
                     "stop_signal": p.stop_signal,
+                    "stop_timeout": p.stop_timeout,
+                    "log_path": str(p.log_path),
+                    # What differs from the runner's own environment, so that `cluster restart`
+                    # from another shell starts a replica as this runner did.
+                    "env": {k: v for k, v in p.env.items() if os.environ.get(k) != v}
+                    if is_replica_name(p.name)
+                    else {},
                 }
                 for p in self.processes.values()
             ],
         }
-        (self.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+        path = self.run_dir / STATE_FILE
+        # Owner only: a replica's environment can hold its SECRET_KEY.
+        path.touch(mode=0o600, exist_ok=True)
+        path.chmod(0o600)
+        path.write_text(json.dumps(state, indent=2))
 
 
 # --- a detached cluster, seen from another process ----------------------------------------------
@@ -613,6 +633,10 @@ class ProcessRecord(TypedDict):
     argv: list[str]
     # Missing from a state file written before it was recorded: SIGTERM.
     stop_signal: NotRequired[int]
+    # Seconds to wait before SIGKILL (a replica drains first); missing: the caller's.
+    stop_timeout: NotRequired[float]
+    log_path: NotRequired[str]
+    env: NotRequired[dict[str, str]]
 
 
 class ClusterState(TypedDict):
@@ -675,7 +699,7 @@ def stop_detached(
             say(f"{entry['name']}: not running")
             continue
         os.kill(pid, entry.get("stop_signal", signal.SIGTERM))
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + entry.get("stop_timeout", timeout)
         while pid_runs(pid, started) and time.monotonic() < deadline:
             time.sleep(0.05)
         if pid_runs(pid, started):

@@ -409,6 +409,8 @@ CONNECT_TOKEN_KEY = env_str("CONNECT_TOKEN_KEY", SB["CONNECT_TOKEN_KEY"])
 METRICS_TOKEN = env_str("METRICS_TOKEN", SB["METRICS_TOKEN"])
 # /readyz fails while the event loop runs later than this: HAProxy sends new clients elsewhere.
 READY_MAX_LOOP_LAG_SECS = env_float("READY_MAX_LOOP_LAG_SECS", SB["READY_MAX_LOOP_LAG_SECS"])
+# Draining (SIGTERM, `cluster drain`): sockets leave in slots spread over this many seconds.
+DRAIN_WINDOW_SECS = env_float("DRAIN_WINDOW_SECS", SB["DRAIN_WINDOW_SECS"])
 CONNECT_TOKEN_ORIGINS = env_list("CONNECT_TOKEN_ORIGINS", [])
 
 # The history archive (realtime/archive.py): messages of archived kinds (the chat's rooms) on

@@ -78,6 +78,8 @@ DEFAULTS: dict[str, Any] = {
     # GET /readyz fails (HAProxy sends new clients elsewhere) while the event loop runs later
     # than this (realtime/readiness.py).
     "READY_MAX_LOOP_LAG_SECS": 1.0,
+    # A draining replica's sockets get reconnect slots spread over this long (realtime/drain.py).
+    "DRAIN_WINDOW_SECS": 10.0,
     "LOGIN_IP_MAX_FAILURES": 20,  # realtime/login_lockout.py, when django-axes uses it
 }
 

@@ -17,7 +17,16 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from realtime import archive, broker, metrics, presence, protocol, session_watch, transport
+from realtime import (
+    archive,
+    broker,
+    drain,
+    metrics,
+    presence,
+    protocol,
+    session_watch,
+    transport,
+)
 from realtime.asgi_types import ASGIApp, Receive, Scope, Send
 from realtime.broker import BrokerUnavailable
 from realtime.delivery.inbound import (
@@ -86,6 +95,16 @@ class RealtimeConsumer:
         self, scope: Scope, writer: transport.SocketWriter, layer: Any, channel: str
     ) -> Session | None:
         """Accept the socket with its streams placed, or refuse it with a code and a reason."""
+        if drain.is_draining():
+            # Sent elsewhere: HAProxy takes a draining replica out within two checks, and the
+            # client reconnects (1012: service restart) to one that is not.
+            await _refuse(
+                writer,
+                code="draining",
+                message="This server is restarting; reconnecting to another.",
+                close_code=drain.CLOSE_SERVICE_RESTART,
+            )
+            return None
         user = scope["user"]
         if not user.is_authenticated:
             # A refused connection token says why (realtime/connect_tokens.py).

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.conf import settings
 
-from realtime import broker, metrics
+from realtime import broker, drain, metrics
 
 # A shard that does not answer PING this fast counts as down for readiness.
 READY_REDIS_TIMEOUT_SECS = 0.5
@@ -26,7 +26,7 @@ async def problems(layer: Any) -> list[str]:
     become ready."""
     layer.start()
     metrics.watch_loop_lag()
-    reasons = []
+    reasons = ["draining (realtime/drain.py)"] if drain.is_draining() else []
     for row in await broker.current().shard_health(timeout=READY_REDIS_TIMEOUT_SECS):
         if not row["reachable"]:
             reasons.append(f"Redis shard {row['shard']} does not answer ({row['error']})")

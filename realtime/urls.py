@@ -12,6 +12,7 @@ from realtime import views
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
+    path("drain", views.drain_view, name="drain"),
     path("metrics", views.metrics_view, name="metrics"),
     path("api/whoami", views.whoami, name="whoami"),
     # The SSE transport's client frames.

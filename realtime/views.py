@@ -22,6 +22,7 @@ from realtime import (
     broker,
     connect_tokens,
     control,
+    drain,
     groups,
     lifetimes,
     metrics,
@@ -115,6 +116,25 @@ async def healthz(request: HttpRequest) -> JsonResponse:
             "stats": replica_stats.as_dict(),
         }
     )
+
+
+@csrf_exempt  # from this host only: no browser reaches it
+@require_POST
+async def drain_view(request: HttpRequest) -> JsonResponse:
+    """POST /drain[?window_secs=N] from the replica's own host (the runner, an operator on the
+    box; realtime/drain.py): its sockets move to other replicas in slots over the window.
+    POST /drain?undo=1 takes it back. Anyone else: 404."""
+    if not _from_inside(request):
+        return JsonResponse({"ok": False, "error": "not_found"}, status=404)
+    if request.GET.get("undo"):
+        return ok_response(drain.stop())
+    try:
+        window = float(request.GET.get("window_secs", settings.DRAIN_WINDOW_SECS))
+    except ValueError:
+        return error_response(400, "bad_window", "window_secs is a number of seconds.")
+    if not 0 <= window <= 3600:
+        return error_response(400, "bad_window", "window_secs is 0 to 3600.")
+    return ok_response(await drain.start(get_channel_layer(), window_secs=window))
 
 
 @require_GET

@@ -191,6 +191,8 @@ def running_cluster(tmp_path_factory: pytest.TempPathFactory, *, db: str) -> Ite
         # users leave presence after 6 s (15 s): the tests wait for both.
         "SSE_HEARTBEAT_SECS": "1",
         "PRESENCE_HEARTBEAT_SECS": "2",
+        # A drain moves a replica's sockets over 2 s (10 by default): the rolling restart test.
+        "DRAIN_WINDOW_SECS": "2",
     }
     os.environ.update(env)
     # The tests open hundreds of sockets from 127.0.0.1 within seconds: no per-IP connect limit

@@ -182,6 +182,14 @@ export interface ErrorFrame {
   retry_after_ms?: number;
 }
 
+/** A draining replica's slot: the client leaves after `after_ms` and reconnects at once. */
+export interface ReconnectFrame {
+  type: "reconnect";
+  after_ms: number;
+  reason: "draining" | (string & {});
+  replica: string;
+}
+
 export interface PongFrame {
   type: "pong";
   replica: string;
@@ -281,6 +289,7 @@ export interface RealtimeClientEventMap {
   resumed: RealtimeEvent<ResumedFrame>;
   ack: RealtimeEvent<AckFrame>;
   error: RealtimeEvent<ErrorFrame>;
+  reconnect: RealtimeEvent<ReconnectFrame>;
   pong: RealtimeEvent<PongFrame>;
   echo: RealtimeEvent<EchoFrame>;
   presence: RealtimeEvent<PresenceFrame>;
@@ -302,6 +311,8 @@ export interface ClientStats {
   reconnects: number;
   /** Stream frames delivered as `message` events. */
   delivered: number;
+  /** Reconnects the server asked for (`reconnect` frames from a draining replica). */
+  moves: number;
 }
 
 interface OutboxEntry {

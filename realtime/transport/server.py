@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import pprint
+import signal
 import sys
 from collections import deque
 from functools import partial
@@ -38,6 +39,7 @@ from typing import Any
 import autobahn.util
 import autobahn.websocket.protocol
 import daphne.server
+from channels.layers import get_channel_layer
 from daphne.cli import CommandLineInterface
 from daphne.http_protocol import HTTPFactory, WebRequest
 from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
@@ -45,7 +47,7 @@ from django.conf import settings
 from twisted.internet.defer import succeed
 from twisted.internet.task import LoopingCall
 
-from realtime import gc_policy, transport
+from realtime import drain, gc_policy, transport
 from realtime.lifetimes import counted
 from realtime.transport import daphne as fast_path
 from realtime.transport import warm_up
@@ -161,10 +163,34 @@ class LeanServer(daphne.server.Server):
         gc.collect()
         gc.freeze()
         daphne.server.reactor.callWhenRunning(lambda: asyncio.ensure_future(warm_up.start_pools()))
+        # After Twisted installed its own signal handlers (its startup runs first): ours.
+        daphne.server.reactor.callWhenRunning(self._drain_on_sigterm)
         if settings.GC_FULL_COLLECT_SECS:
             gc_policy.take_over_full_collections()
             LoopingCall(gc_policy.collect_full).start(settings.GC_FULL_COLLECT_SECS, now=False)
         super().run()
+
+    def _drain_on_sigterm(self) -> None:
+        """SIGTERM drains before the process exits (realtime/drain.py): Daphne's own handler
+        would stop the reactor at once, and its sockets would close without a word, all at
+        the same moment. A second SIGTERM stops at once."""
+        self._terminating = False
+        asyncio.get_event_loop().add_signal_handler(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self) -> None:
+        if self._terminating:
+            daphne.server.reactor.stop()
+            return
+        self._terminating = True
+        self._draining = asyncio.ensure_future(self._drain_then_stop())
+
+    async def _drain_then_stop(self) -> None:
+        try:
+            layer = get_channel_layer()
+            await drain.start(layer)
+            await drain.finished(layer, timeout=settings.DRAIN_WINDOW_SECS + drain.GRACE_SECS + 2)
+        finally:
+            daphne.server.reactor.stop()
 
     def create_application(self, protocol: Any, scope: dict[str, Any]) -> Inbox | None:
         """Daphne's own create_application (4.2), with an Inbox for the queue."""

@@ -17,7 +17,7 @@ from switchboard_client import RealtimeClient
 from tests.cluster.helpers import sessions_for
 from tests.conftest import manage
 from tests.support.clients import WsClient, origin_of
-from tests.support.harness import Harness, unique_prefix
+from tests.support.harness import ConnectRateSampler, Harness, unique_prefix
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -31,12 +31,16 @@ async def test_fault_harness_two_replicas_killed_every_stream_exactly_once_in_or
         await harness.open_clients()
         targets = harness.plan(pushes=2400, broadcasts=150, room_messages=450)
         progress = harness.start_publishing(targets, via_manage=6)
-        for victim, at in (("d1", 600), ("d2", 1600)):
-            await progress.reached(at)
-            await asyncio.to_thread(cluster.kill_replica, victim)
-            await asyncio.to_thread(cluster.wait_server_status, victim, "DOWN", timeout=15)
-            await asyncio.to_thread(cluster.start_replica, victim)
-            await asyncio.to_thread(cluster.wait_server_status, victim, "UP", timeout=30)
+        with ConnectRateSampler(cluster) as sampler:
+            for victim, at in (("d1", 600), ("d2", 1600)):
+                await progress.reached(at)
+                await asyncio.to_thread(cluster.kill_replica, victim)
+                await asyncio.to_thread(cluster.wait_server_status, victim, "DOWN", timeout=15)
+                await asyncio.to_thread(cluster.start_replica, victim)
+                await asyncio.to_thread(cluster.wait_server_status, victim, "UP", timeout=30)
+        # Compare with the rolling restart's (tests/cluster/test_drain.py): killed, a replica's
+        # clients all come back within their backoff, not in slots.
+        print("replicas killed, peak connects per second:", sampler.peak_per_sec())
         await harness.publishing_done()
         await harness.wait_delivered(timeout=60)
         report = harness.verify()

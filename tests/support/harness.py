@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import json
 import random
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -322,3 +323,44 @@ class Progress:
 
 def unique_prefix(name: str) -> str:
     return f"{name}{uuid.uuid4().hex[:6]}"
+
+
+class ConnectRateSampler:
+    """Each replica's accepted connects, read from its /healthz ten times a second in a thread
+    of its own: the busiest second any replica saw (a restarted replica's count starts again)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.samples: dict[str, list[tuple[float, int]]] = defaultdict(list)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="connect-rate", daemon=True)
+
+    def __enter__(self) -> ConnectRateSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            for name in self.cluster.replica_names:
+                try:
+                    stats = self.cluster.replica_health(name)["stats"]
+                except (OSError, ValueError, KeyError):
+                    continue  # down or restarting
+                self.samples[name].append((time.monotonic(), int(stats["connections_total"])))  # type: ignore[index]
+
+    def peak_per_sec(self) -> dict[str, int]:
+        """Per replica, the most connects it accepted within any one second."""
+        peaks = {}
+        for name, series in self.samples.items():
+            peak, start = 0, 0
+            for end in range(len(series)):
+                while series[end][0] - series[start][0] > 1.0:
+                    start += 1
+                gained = series[end][1] - series[start][1]
+                peak = max(peak, gained)  # negative across a restart: not counted
+            peaks[name] = peak
+        return peaks

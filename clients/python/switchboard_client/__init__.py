@@ -95,6 +95,7 @@ class ClientStats:
     gaps_seen: int = 0  # a seq skipped on the wire: the server should never let one through
     resets: int = 0  # resumed with recovered: false
     resent: int = 0  # outbox frames sent again after a reconnect
+    moves: int = 0  # reconnects the server asked for ({"type": "reconnect"}: a replica draining)
     replicas: list[str] = field(default_factory=list)  # the replica of every connection, in order
 
     @property
@@ -183,6 +184,10 @@ class RealtimeClient:
         self._changed = asyncio.Event()
         self._connected = asyncio.Event()
         self._closing = False
+        # Set when the server asked us to move (a draining replica): the next connect is at
+        # once, in the slot the server gave, not after a backoff.
+        self._moving = False
+        self._mover: asyncio.Task[None] | None = None
         self._runner: asyncio.Task[None] | None = None
         self._acker: asyncio.Task[None] | None = None
 
@@ -215,7 +220,7 @@ class RealtimeClient:
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self._connection.close()
-        for task in (self._runner, self._acker):
+        for task in (self._runner, self._acker, self._mover):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -318,6 +323,12 @@ class RealtimeClient:
                 self.refused = "not logged in (4401)"
             if self.refused or self._closing:
                 return
+            if self._moving:
+                # The server's slot has come: reconnect now (HAProxy sends us to a replica that
+                # is not draining), resuming from our positions.
+                self._moving = False
+                attempt = 0
+                continue
             if (
                 opened_at is not None
                 and time.monotonic() - opened_at >= self.options.min_uptime_secs
@@ -444,7 +455,25 @@ class RealtimeClient:
         elif kind == "error":
             self.events.append(frame)
             self._on_error(frame)
+        elif kind == "reconnect":
+            self.events.append(frame)
+            self._move_after(float(frame.get("after_ms") or 0) / 1000)
         self._changed.set()
+
+    def _move_after(self, delay: float) -> None:
+        """The server is draining this replica: leave at `delay` (the slot it gave, spread so
+        its sockets do not all land elsewhere at once) and reconnect at once."""
+        connection = self._connection
+
+        async def move() -> None:
+            await asyncio.sleep(max(0.0, delay))
+            if connection is not None and connection is self._connection:
+                self._moving = True
+                self.stats.moves += 1
+                await connection.close(code=4000, reason="moving: the replica is draining")
+
+        if self._mover is None or self._mover.done():
+            self._mover = asyncio.get_running_loop().create_task(move())
 
     async def _on_hello(self, frame: Frame) -> None:
         self.events.append(frame)

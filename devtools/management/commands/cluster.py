@@ -6,7 +6,12 @@ up      start redis-server, N Daphne replicas and HAProxy; wait until HAProxy re
         --db postgres: a PostgreSQL of its own first (devtools/postgres.py, its data kept in
         <run-dir>/postgres), migrated and given the demo users; SQLite by default.
 status  what a detached cluster is running, and HAProxy's view of each replica.
-down    stop a detached cluster, by the PIDs it recorded, in reverse order.
+down    stop a detached cluster, by the PIDs it recorded, in reverse order (each replica
+        drains first: SIGTERM moves its sockets away in slots).
+drain dX    take dX out (HAProxy maintenance) and move its sockets to the other replicas in
+            reconnect slots spread over --window seconds (devtools/rolling.py).
+undrain dX  take dX back once it is ready.
+restart --rolling  drain, restart and re-admit each replica of a detached cluster in turn.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
+from devtools import rolling
 from devtools.cluster import (
     Cluster,
     ClusterConfig,
@@ -41,7 +47,21 @@ class Command(BaseCommand):
     help = "Run the cluster (Redis + Daphne replicas + HAProxy) as local processes."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("action", choices=["up", "status", "down"])
+        parser.add_argument(
+            "action", choices=["up", "status", "down", "drain", "undrain", "restart"]
+        )
+        parser.add_argument("replica", nargs="?", help="drain, undrain: the replica (d1…).")
+        parser.add_argument(
+            "--rolling",
+            action="store_true",
+            help="restart: one replica at a time, each drained first (the only kind there is).",
+        )
+        parser.add_argument(
+            "--window",
+            type=float,
+            default=None,
+            help="drain, restart: seconds the reconnect slots are spread over (DRAIN_WINDOW_SECS).",
+        )
         parser.add_argument("--replicas", type=int, default=3)
         parser.add_argument("--port", type=int, default=8000, help="HAProxy's port.")
         parser.add_argument(
@@ -96,8 +116,38 @@ class Command(BaseCommand):
         elif options["action"] == "down":
             if not stop_detached(run_dir, say=self.stdout.write):
                 self.stdout.write(f"No detached cluster recorded in {run_dir}.")
+        elif options["action"] in ("drain", "undrain", "restart"):
+            self.operate(run_dir, options)
         else:
             self.up(options)
+
+    def operate(self, run_dir: Path, options: dict[str, Any]) -> None:
+        state = read_state(run_dir)
+        if state is None:
+            raise CommandError(f"No detached cluster recorded in {run_dir}.")
+        window = options["window"] if options["window"] is not None else settings.DRAIN_WINDOW_SECS
+        try:
+            if options["action"] == "restart":
+                if not options["rolling"]:
+                    raise CommandError("restart needs --rolling: replicas go one at a time.")
+                rolling.restart_detached(run_dir, window_secs=window, say=self.stdout.write)
+                return
+            name = options["replica"]
+            if not name:
+                raise CommandError(f"Name the replica to {options['action']}: d1, d2, …")
+            url = rolling.replica_address(state, name)
+            if options["action"] == "drain":
+                answer = rolling.drain(state["admin_socket"], url, name, window_secs=window)
+                self.stdout.write(
+                    f"{name} is draining: {answer['sockets']} socket(s) reconnect to other "
+                    f"replicas over {answer['window_secs']:g} s; `cluster undrain {name}` takes "
+                    "it back."
+                )
+            else:
+                rolling.undrain(state["admin_socket"], url, name)
+                self.stdout.write(f"{name} takes sockets again (HAProxy admits it once ready).")
+        except (ClusterError, OSError) as exc:
+            raise CommandError(str(exc)) from None
 
     def up(self, options: dict[str, Any]) -> None:
         run_dir: Path = options["run_dir"]

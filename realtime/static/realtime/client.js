@@ -145,7 +145,7 @@ export class RealtimeClient extends EventTarget {
     this.replica = null;
     this.state = "idle";
     this.final = false;
-    this.stats = { duplicates: 0, reconnects: 0, delivered: 0 };
+    this.stats = { duplicates: 0, reconnects: 0, delivered: 0, moves: 0 };
     this._timers = {};
     this.transport = this.options.transport === "sse" ? "sse" : "websocket";
     this._failedOpens = 0; // WebSockets in a row that closed before their hello
@@ -277,6 +277,9 @@ export class RealtimeClient extends EventTarget {
         break;
       case "error":
         this._onError(frame);
+        break;
+      case "reconnect":
+        this._onReconnectAsked(frame);
         break;
       default:
         break;
@@ -424,6 +427,27 @@ export class RealtimeClient extends EventTarget {
     }
     const base = TRY_LATER_CODES.has(code) ? this.options.tryLaterBaseMs : this.options.backoffBaseMs;
     this._retry(this._delay(base, this.attempt++), code);
+  }
+
+  // A draining replica gives each of its sockets a slot (after_ms), spread so that they do not
+  // all arrive elsewhere at once: leave then, and reconnect at once (HAProxy sends the new
+  // connection to a replica that is not draining), resuming from our positions.
+  _onReconnectAsked(frame) {
+    const socket = this.socket;
+    this._clear("move");
+    this._timers.move = setTimeout(() => {
+      delete this._timers.move;
+      if (socket !== this.socket || this.final) return;
+      this.stats.moves += 1;
+      this.debug("moving to another replica, as the server asked");
+      this.socket = null;
+      this._stopTimers();
+      socket.onclose = null;
+      socket.onmessage = null;
+      try { socket.close(4000, "moving: the server is draining"); } catch { /* already closing */ }
+      this.attempt = 0;
+      this._retry(0, 1012, { moving: true });
+    }, Math.max(0, Number(frame.after_ms) || 0));
   }
 
   // Leave a dead socket without waiting for its close handshake.
