@@ -411,6 +411,11 @@ METRICS_TOKEN = env_str("METRICS_TOKEN", SB["METRICS_TOKEN"])
 READY_MAX_LOOP_LAG_SECS = env_float("READY_MAX_LOOP_LAG_SECS", SB["READY_MAX_LOOP_LAG_SECS"])
 # Draining (SIGTERM, `cluster drain`): sockets leave in slots spread over this many seconds.
 DRAIN_WINDOW_SECS = env_float("DRAIN_WINDOW_SECS", SB["DRAIN_WINDOW_SECS"])
+# Overload: sockets per replica process, and new sockets it accepts per second (1013 past them).
+MAX_SOCKETS_PER_REPLICA = env_int(
+    "MAX_SOCKETS_PER_REPLICA", SB["MAX_SOCKETS_PER_REPLICA"], minimum=1
+)
+MAX_CONNECTS_PER_SEC = env_float("MAX_CONNECTS_PER_SEC", SB["MAX_CONNECTS_PER_SEC"])
 CONNECT_TOKEN_ORIGINS = env_list("CONNECT_TOKEN_ORIGINS", [])
 
 # The history archive (realtime/archive.py): messages of archived kinds (the chat's rooms) on

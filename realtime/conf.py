@@ -50,6 +50,14 @@ DEFAULTS: dict[str, Any] = {
     "SOCKET_TYPING_BURST": 10,
     "MAX_STREAMS_PER_SOCKET": 50,
     "MAX_SOCKETS_PER_USER": 20,
+    # Per replica process: an open socket holds ~23 KiB (docs/performance.md), so 5 000 are
+    # ~115 MiB, and HAProxy's per-server maxconn is 5 000 too. At the cap new sockets get 1013
+    # and /readyz fails, so HAProxy sends them to another replica.
+    "MAX_SOCKETS_PER_REPLICA": 5000,
+    # New sockets a replica accepts per second (a burst of twice that): a reconnect storm is
+    # spread over the cluster and over time instead of stalling one replica (1013 past it).
+    # ~480/s is what 3 replicas accepted flat out in the bench.
+    "MAX_CONNECTS_PER_SEC": 200.0,
     "SOCKET_REPLAY_BYTES_PER_MIN": 32 * 1024 * 1024,
     "REPLAY_BATCH_BYTES": 256 * 1024,
     # --- the history archive (realtime/archive.py), for kinds registered with archive=True ---

@@ -37,6 +37,7 @@ from realtime.delivery.inbound import (
 )
 from realtime.delivery.session import Session
 from realtime.lifetimes import counted
+from realtime.limits import TokenBucket
 from realtime.protocol import InvalidFrame
 from realtime.selectors import StreamDenied, stream_check_readable
 from realtime.stats import replica_stats
@@ -104,6 +105,11 @@ class RealtimeConsumer:
                 message="This server is restarting; reconnecting to another.",
                 close_code=drain.CLOSE_SERVICE_RESTART,
             )
+            return None
+        overload = overloaded()
+        if overload:
+            logger.warning("socket refused: %s replica=%s", overload, settings.REPLICA_ID)
+            await _refuse(writer, code="overloaded", message=overload, close_code=CLOSE_OVERLOADED)
             return None
         user = scope["user"]
         if not user.is_authenticated:
@@ -249,6 +255,29 @@ async def _admitted(user: Any, conn: str) -> bool:
         )
     except BrokerUnavailable:
         return True
+
+
+# RFC 6455's "try again later" (written on Daphne's protocol: Autobahn refuses it to apps).
+CLOSE_OVERLOADED = 1013
+# New sockets this process accepts per second, as a bucket (a burst of twice that).
+_connects: TokenBucket | None = None
+
+
+def overloaded() -> str:
+    """Why this replica takes no new socket now, or "" (realtime/readiness.py says the same
+    to HAProxy, which then sends new sockets elsewhere)."""
+    global _connects
+    if replica_stats.open_connections >= settings.MAX_SOCKETS_PER_REPLICA:
+        return (
+            f"This server holds its most sockets ({settings.MAX_SOCKETS_PER_REPLICA}); "
+            "reconnecting to another."
+        )
+    rate = settings.MAX_CONNECTS_PER_SEC
+    if _connects is None or _connects.rate != rate:
+        _connects = TokenBucket(rate=rate, burst=2 * rate)
+    if not _connects.take():
+        return f"This server takes at most {rate:g} new sockets a second; retrying shortly."
+    return ""
 
 
 async def _refuse(

@@ -156,6 +156,14 @@ SERVER_FRAMES: Mapping[str, FrameSpec] = {
         "code: one of ERROR_CODES; ref: the refused frame's id; stream: the stream it is about; "
         "retry_after_ms: when sending again may succeed (rate_limited)",
     ),
+    "reconnect": FrameSpec(
+        ("after_ms", "reason", "replica"),
+        (),
+        Handling.STATE,
+        "the replica is draining (realtime/drain.py): leave after after_ms, the slot it gave "
+        "this socket, and reconnect at once (HAProxy sends the new connection elsewhere), "
+        "resuming from the positions held; reason: draining",
+    ),
     "lab": FrameSpec(
         ("way", "replica", "id", "text"),
         (),
@@ -219,10 +227,17 @@ CLOSE_CODES: Mapping[int, CloseCode] = {
     ),
     1013: CloseCode(
         "try_again_later",
-        "nobody",
+        "consumer",
         CloseAction.TRY_LATER,
-        "RFC 6455's 'try again later': Switchboard sends 4503 instead; honoured in case a proxy "
-        "or another server sends it",
+        "the replica is overloaded: MAX_SOCKETS_PER_REPLICA sockets open, or new sockets past "
+        "MAX_CONNECTS_PER_SEC (error overloaded first); written on Daphne's protocol directly",
+    ),
+    1012: CloseCode(
+        "service_restart",
+        "consumer",
+        CloseAction.RETRY,
+        "the replica is draining (error draining first, at connect) or its drain window ended "
+        "before this socket left; reconnect, and HAProxy sends it to another replica",
     ),
     1008: CloseCode(
         "policy_violation",
@@ -250,7 +265,8 @@ CLOSE_CODES: Mapping[int, CloseCode] = {
         "client_gave_up",
         "client",
         None,
-        "the client dropped this socket (no answer to a ping, or drop()) and reconnects",
+        "the client dropped this socket (no answer to a ping, drop(), or a reconnect frame's "
+        "slot) and reconnects",
     ),
 }
 
@@ -343,6 +359,13 @@ ERROR_CODES: Mapping[str, ErrorCode] = {
         ErrorAction.FORGET_STREAM,
         "the stream named in 'stream' was taken away: stop asking for it; without 'stream' the "
         "login is no longer valid and close 4401 follows",
+    ),
+    "draining": ErrorCode(
+        ErrorAction.NOTICE, "the replica is draining and takes no new sockets; close 1012 follows"
+    ),
+    "overloaded": ErrorCode(
+        ErrorAction.NOTICE,
+        "the replica is at MAX_SOCKETS_PER_REPLICA or MAX_CONNECTS_PER_SEC; close 1013 follows",
     ),
     "too_many_sockets": ErrorCode(
         ErrorAction.NOTICE, "the user has MAX_SOCKETS_PER_USER sockets open; close 4429 follows"

@@ -15,6 +15,7 @@ from typing import Any
 from django.conf import settings
 
 from realtime import broker, drain, metrics
+from realtime.stats import replica_stats
 
 # A shard that does not answer PING this fast counts as down for readiness.
 READY_REDIS_TIMEOUT_SECS = 0.5
@@ -33,6 +34,8 @@ async def problems(layer: Any) -> list[str]:
     for shard, subscribed in enumerate(layer.shards_connected()):
         if not subscribed:
             reasons.append(f"no subscription to Redis shard {shard} (yet)")
+    if replica_stats.open_connections >= settings.MAX_SOCKETS_PER_REPLICA:
+        reasons.append(f"at MAX_SOCKETS_PER_REPLICA ({settings.MAX_SOCKETS_PER_REPLICA})")
     lag, most = metrics.loop_lag_secs(), settings.READY_MAX_LOOP_LAG_SECS
     if lag > most:
         reasons.append(f"event loop {lag:.2f} s late (READY_MAX_LOOP_LAG_SECS {most})")

@@ -15,3 +15,6 @@ CHANNEL_LAYERS = {
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast hashing in tests
 LOGGING["loggers"].update({"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}})
 REPLICA_ID = "unit"
+# The test process opens sockets as fast as its tests go: no per-process connect rate here
+# (tests/integration/test_overload.py sets one).
+MAX_CONNECTS_PER_SEC = 1_000_000.0

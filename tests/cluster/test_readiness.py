@@ -12,6 +12,7 @@ import redis
 
 from devtools.cluster import Cluster, wait_until
 from tests.cluster.helpers import api_post, sessions_for, socket_for
+from tests.support.clients import WsClient
 
 # HAProxy's check interval in the tests' cluster (SB_CHECK_INTER, haproxy.cfg: fall 2, rise 2).
 CHECK_SECS = 1.0
@@ -99,3 +100,48 @@ def test_when_no_replica_is_ready_haproxy_falls_back_to_the_live_ones(cluster: C
         timeout=20,
         what="every replica ready again",
     )
+
+
+async def test_a_replica_at_its_socket_cap_sends_new_sockets_elsewhere(cluster: Cluster) -> None:
+    """MAX_SOCKETS_PER_REPLICA=50 on d3: its 51st socket is refused with 1013 (or, once HAProxy
+    saw d3 not ready, sent elsewhere), and after two checks every new one goes elsewhere, even
+    with a cookie naming d3. d3's own sockets carry on."""
+    d3 = cluster.processes["d3"]
+    original = dict(d3.env)
+    await asyncio.to_thread(d3.stop)
+    d3.env = {**original, "MAX_SOCKETS_PER_REPLICA": "50"}
+    try:
+        await asyncio.to_thread(cluster.start_replica, "d3")
+        await asyncio.to_thread(cluster.wait_server_status, "d3", "UP", timeout=30)
+        users = list((await asyncio.to_thread(sessions_for, cluster, 55, "capped")).values())
+        held = [await socket_for(cluster, session, replica="d3") for session in users[:50]]
+        assert {ws.hello["replica"] for ws in held} == {"d3"}
+        fifty_first = await WsClient.open(
+            cluster.ws_url, cookie=f"sessionid={users[50]}; SERVERID=d3", origin=cluster.url
+        )
+        await fifty_first.wait_for(lambda frames: bool(frames), what="hello or error")
+        first = fifty_first.frames[0]
+        if first["type"] == "error":
+            assert first["code"] == "overloaded"
+            assert await fifty_first.wait_closed() == 1013
+        else:
+            assert first["replica"] != "d3"
+        await asyncio.to_thread(cluster.wait_server_status, "d3", "DOWN", timeout=10)
+        for session in users[51:]:
+            ws = await socket_for(cluster, session, replica="d3")
+            assert ws.hello["replica"] != "d3"
+            await ws.close()
+        response = await asyncio.to_thread(
+            api_post, cluster, "/api/push", {"user": "capped0", "payload": "held"}
+        )
+        assert response.status_code == 200, response.text
+        await held[0].wait_for(
+            lambda frames: any(f.get("payload") == "held" for f in frames), what="the push"
+        )
+        for ws in [*held, fifty_first]:
+            await ws.close()
+    finally:
+        await asyncio.to_thread(d3.stop)
+        d3.env = original
+        await asyncio.to_thread(cluster.start_replica, "d3")
+    await asyncio.to_thread(cluster.wait_server_status, "d3", "UP", timeout=30)

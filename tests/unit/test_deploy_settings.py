@@ -125,7 +125,7 @@ def test_the_tls_profile_trusts_haproxys_proto_header_and_exempts_health_checks(
     assert values == {
         "SECURE_PROXY_SSL_HEADER": ["HTTP_X_FORWARDED_PROTO", "https"],
         "SECURE_SSL_REDIRECT": True,
-        "SECURE_REDIRECT_EXEMPT": ["^healthz$", "^readyz$"],
+        "SECURE_REDIRECT_EXEMPT": ["^healthz$", "^readyz$", "^metrics$"],
         "SECURE_HSTS_SECONDS": 365 * 24 * 3600,
         "SESSION_COOKIE_SECURE": True,
         "CSRF_COOKIE_SECURE": True,

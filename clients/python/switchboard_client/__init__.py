@@ -57,7 +57,7 @@ CLOSE_TRY_LATER = frozenset({4503, 4429, 1013})
 # the stream envelopes, and the frames that change its state. The rest (echo, pong,
 # unsubscribed, presence, typing, lab) it ignores.
 STREAM_FRAME_TYPES = frozenset({"push", "message", "broadcast", "ops"})
-STATE_FRAME_TYPES = frozenset({"hello", "subscribed", "resumed", "ack", "error"})
+STATE_FRAME_TYPES = frozenset({"hello", "subscribed", "resumed", "ack", "error", "reconnect"})
 
 
 @dataclass(frozen=True)
