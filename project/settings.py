@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from project.env import env_bool, env_float, env_int, env_list, env_str
 from realtime.conf import DEFAULTS as SB
@@ -378,13 +379,19 @@ HAPROXY_STATS_USER = unquote(_stats_url.username or "")
 HAPROXY_STATS_PASSWORD = unquote(_stats_url.password or "")
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+# "line" (readable) or "json" (one object a line, for a log pipeline).
+LOG_FORMAT = env_str("LOG_FORMAT", "line")
+if LOG_FORMAT not in ("line", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT is line or json, not {LOG_FORMAT!r}")
 LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "line": {"format": f"%(asctime)s %(levelname)s [{REPLICA_ID}] %(name)s: %(message)s"}
+        "line": {"format": f"%(asctime)s %(levelname)s [{REPLICA_ID}] %(name)s: %(message)s"},
+        # LOG_FORMAT=json: one JSON object a line, key=value pairs as fields (log_format.py).
+        "json": {"()": "realtime.log_format.JsonLines", "replica": REPLICA_ID},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "line"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.channels.server": {"level": "WARNING"},
@@ -404,6 +411,9 @@ SWITCHBOARD_STREAM_KINDS: dict[str, dict[str, str]] = {}
 # socket with one (a client with no Origin header, not a browser, always may).
 CONNECT_TOKEN_TTL_SECS = env_int("CONNECT_TOKEN_TTL_SECS", SB["CONNECT_TOKEN_TTL_SECS"], minimum=10)
 CONNECT_TOKEN_KEY = env_str("CONNECT_TOKEN_KEY", SB["CONNECT_TOKEN_KEY"])
+CONNECT_TOKEN_ORIGINS = env_list("CONNECT_TOKEN_ORIGINS", [])
+
+# --- Operating: metrics, readiness, drain, overload (docs/architecture.md, Replicas and HAProxy)
 # GET /metrics (Prometheus) from another host needs `Authorization: Bearer <METRICS_TOKEN>`;
 # empty, only this host and staff may read it (docs/monitoring.md).
 METRICS_TOKEN = env_str("METRICS_TOKEN", SB["METRICS_TOKEN"])
@@ -416,7 +426,6 @@ MAX_SOCKETS_PER_REPLICA = env_int(
     "MAX_SOCKETS_PER_REPLICA", SB["MAX_SOCKETS_PER_REPLICA"], minimum=1
 )
 MAX_CONNECTS_PER_SEC = env_float("MAX_CONNECTS_PER_SEC", SB["MAX_CONNECTS_PER_SEC"])
-CONNECT_TOKEN_ORIGINS = env_list("CONNECT_TOKEN_ORIGINS", [])
 
 # The history archive (realtime/archive.py): messages of archived kinds (the chat's rooms) on
 # their way to the database wait in a Redis queue of at most this many (publishers warn from
