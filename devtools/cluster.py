@@ -33,6 +33,7 @@ from devtools.redis_topology import (
     redis_server_argv,
     sentinel_config,
 )
+from devtools.tls import DevCertificate, dev_certificate
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 HAPROXY_CFG = BASE_DIR / "haproxy.cfg"
@@ -175,6 +176,10 @@ class ClusterConfig:
     # Redis shards (REDIS_URLS): 2 or more redis-servers, redis-shard-0 on redis_port, each
     # holding the streams whose names hash to it (realtime/broker/redis_broker.py).
     redis_shards: int = 1
+    # TLS at HAProxy (https, wss) with a development certificate (devtools/tls.py) on
+    # https_port; plain HTTP on http_port redirects there. The replicas run SWITCHBOARD_TLS=1.
+    tls: bool = False
+    https_port: int = 0
     # App hosts, simulated: with 2 or more, the replicas bind to 127.0.0.2, 127.0.0.3, … in
     # turn (Linux routes all of 127/8 to loopback), as if each address were a machine of its
     # own; Redis, PostgreSQL and HAProxy stay on 127.0.0.1. 1: every replica on 127.0.0.1.
@@ -238,6 +243,13 @@ class Cluster:
                 )
         self.redis_urls = [f"redis://127.0.0.1:{port}/0" for port in self.shard_ports]
         self.redis_url = self.redis_urls[0]
+        self.certificate: DevCertificate | None = None
+        self.https_port = 0
+        if config.tls:
+            self.https_port = config.https_port or free_port()
+            if not port_is_free(self.https_port):
+                raise ClusterError(f"the HTTPS port {self.https_port} is taken; pick another")
+            self.certificate = dev_certificate(self.run_dir / "tls")
         self.sentinel_group: SentinelGroup | None = None
         if config.redis_mode == "sentinel":
             self.sentinel_group = SentinelGroup(
@@ -268,10 +280,14 @@ class Cluster:
 
     @property
     def url(self) -> str:
+        if self.certificate is not None:
+            return f"https://127.0.0.1:{self.https_port}"
         return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def ws_url(self) -> str:
+        if self.certificate is not None:
+            return f"wss://127.0.0.1:{self.https_port}/ws/"
         return f"ws://127.0.0.1:{self.http_port}/ws/"
 
     @property
@@ -296,6 +312,12 @@ class Cluster:
         )
         if len(self.redis_urls) > 1:
             env["REDIS_URLS"] = ",".join(self.redis_urls)
+        if self.certificate is not None:
+            env["SWITCHBOARD_TLS"] = "1"
+            # Five minutes, not the profile's year: a development certificate on localhost, and
+            # a browser that remembered HSTS for a year would refuse plain http://localhost.
+            env.setdefault("SECURE_HSTS_SECONDS", "300")
+            env.setdefault("SECURE_HSTS_PRELOAD", "0")
         if self.sentinel_group is not None:
             env["REDIS_SENTINELS"] = self.sentinel_group.sentinels_setting
             env["REDIS_SENTINEL_MASTER"] = SENTINEL_MASTER
@@ -353,6 +375,10 @@ class Cluster:
                 "SB_WS_CONNECTS_PER_IP_10S": str(self.config.ws_connects_per_ip_10s),
             }
         )
+        if self.certificate is not None:
+            haproxy_env["SB_TLS_BIND"] = f"127.0.0.1:{self.https_port}"
+            haproxy_env["SB_TLS_CERT"] = str(self.certificate.bundle)
+            haproxy_env["SB_TLS_PORT"] = str(self.https_port)
         for index, port in enumerate(self.replica_ports.values(), start=1):
             haproxy_env[f"SB_D{index}"] = f"{self.replica_hosts[f'd{index}']}:{port}"
         self._add(

@@ -71,6 +71,13 @@ class Command(BaseCommand):
             help="6390, the default REDIS_URL, so `manage.py push` finds it.",
         )
         parser.add_argument("--stats-port", type=int, default=8404)
+        parser.add_argument(
+            "--tls",
+            action="store_true",
+            help="HAProxy terminates TLS (https, wss) with a development certificate on "
+            "--https-port; plain HTTP redirects there; the replicas run SWITCHBOARD_TLS=1.",
+        )
+        parser.add_argument("--https-port", type=int, default=8443)
         parser.add_argument("--run-dir", type=Path, default=settings.VAR_DIR / "cluster")
         parser.add_argument(
             "--persist", action="store_true", help="Redis with an append-only file."
@@ -169,6 +176,8 @@ class Command(BaseCommand):
                     redis_persistence=options["persist"],
                     redis_mode=options["redis"],
                     redis_shards=options["redis_shards"],
+                    tls=options["tls"],
+                    https_port=options["https_port"],
                     hosts=options["hosts"],
                     db=options["db"],
                     postgres_port=options["postgres_port"],
@@ -220,6 +229,15 @@ class Command(BaseCommand):
                 f"  redis        {self.redis_line(cluster)}",
                 f"  database     {self.database_line(cluster)}",
                 f"  try          {self.try_line(cluster)}",
+                *(
+                    [
+                        f"  tls          development certificate {cluster.certificate.cert} "
+                        f"(curl --cacert it; a browser asks once); http://127.0.0.1:"
+                        f"{cluster.http_port}/ redirects here"
+                    ]
+                    if cluster.certificate is not None
+                    else []
+                ),
                 "",
             ]
         )
