@@ -426,6 +426,9 @@ MAX_SOCKETS_PER_REPLICA = env_int(
     "MAX_SOCKETS_PER_REPLICA", SB["MAX_SOCKETS_PER_REPLICA"], minimum=1
 )
 MAX_CONNECTS_PER_SEC = env_float("MAX_CONNECTS_PER_SEC", SB["MAX_CONNECTS_PER_SEC"])
+# History encrypted at rest: "k2:<base64 32 bytes>,k1:<…>", the first seals, any opens
+# (realtime/sealing.py). A secret: from the environment only, never in a committed file.
+HISTORY_ENCRYPTION_KEYS = env_list("HISTORY_ENCRYPTION_KEYS", [])
 
 # The history archive (realtime/archive.py): messages of archived kinds (the chat's rooms) on
 # their way to the database wait in a Redis queue of at most this many (publishers warn from

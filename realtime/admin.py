@@ -24,7 +24,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from realtime import broker, groups, publish
+from realtime import broker, groups, publish, sealing
 from realtime.broker import BrokerUnavailable
 from realtime.forms import MessageForm
 from realtime.models import ApiToken, ArchivedMessage
@@ -176,7 +176,7 @@ def ledger_view(request: HttpRequest, user_id: int) -> HttpResponse:
 
 def _ledger_row(message: dict[str, Any]) -> dict[str, Any]:
     """A history entry as the ledger page shows it (the template escapes every value)."""
-    frame = json.loads(message["frame"])
+    frame = json.loads(sealing.open_frame(message["frame"]))
     payload = frame.get("payload")
     text = payload.get("text") if isinstance(payload, dict) and "text" in payload else payload
     return {

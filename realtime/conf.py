@@ -88,6 +88,9 @@ DEFAULTS: dict[str, Any] = {
     "READY_MAX_LOOP_LAG_SECS": 1.0,
     # A draining replica's sockets get reconnect slots spread over this long (realtime/drain.py).
     "DRAIN_WINDOW_SECS": 10.0,
+    # ["<id>:<base64 of 32 bytes>", …]: history sealed at rest in Redis and the archive with the
+    # first (AES-256-GCM), opened with any (realtime/sealing.py). Empty: stored as sent.
+    "HISTORY_ENCRYPTION_KEYS": [],
     "LOGIN_IP_MAX_FAILURES": 20,  # realtime/login_lockout.py, when django-axes uses it
 }
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import msgpack
 from channels.exceptions import ChannelFull
 
-from realtime import metrics
+from realtime import metrics, sealing
 from realtime.broker import frames
 
 logger = logging.getLogger(__name__)
@@ -133,6 +133,7 @@ class Hub:
             return
         if frames.is_frame_message(data):
             stream, seq, epoch, frame = frames.decode_message(data)
+            frame = sealing.open_frame(frame)  # once here, not per socket
             for channel in list(members):
                 sink = self.sinks.get(channel)
                 try:

@@ -20,7 +20,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from realtime import broker, groups, metrics, protocol, streams
+from realtime import broker, groups, metrics, protocol, sealing, streams
 from realtime.broker import BrokerUnavailable, StreamPolicy
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,9 @@ async def publish(
         envelope["sender"] = sender
     # Encoded once here; the publish script adds seq and epoch, and every replica writes the
     # resulting text to its sockets as it is.
-    body = protocol.encode(envelope)
+    # With HISTORY_ENCRYPTION_KEYS, sealed: Redis and the archive keep it encrypted, and the
+    # replicas open it before their sockets get it (realtime/sealing.py).
+    body = sealing.seal_body(protocol.encode(envelope))
     # What the stream's kind keeps (realtime/streams.py): a kind without history keeps none
     # (max_len 0), and its messages are still numbered; an archived kind's messages are queued
     # for the database in the same script, and written there later (realtime/archive.py): the

@@ -29,6 +29,7 @@ from realtime import (
     presence,
     publish,
     readiness,
+    sealing,
     streams,
     transport,
 )
@@ -439,7 +440,7 @@ async def api_history(request: HttpRequest) -> JsonResponse:
         entries = await broker.current().read(stream, after=after, limit=limit)
         if policy.archive and (not entries or entries[0][0] > after + 1):
             entries = await _with_archived(stream, after=after, limit=limit, window=entries)
-        messages = [json.loads(text) for _, text in entries]
+        messages = [json.loads(sealing.open_frame(text)) for _, text in entries]
         return ok_response({"stream": stream, "messages": messages})
 
     return await _answer(handle)

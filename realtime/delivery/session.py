@@ -23,7 +23,17 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 
-from realtime import access, broker, control, groups, presence, protocol, session_watch, streams
+from realtime import (
+    access,
+    broker,
+    control,
+    groups,
+    presence,
+    protocol,
+    sealing,
+    session_watch,
+    streams,
+)
 from realtime.broker import BrokerUnavailable
 from realtime.delivery.cursor import Cursor, Decision
 from realtime.delivery.marks import delivered_marks
@@ -457,7 +467,7 @@ class Session:
                 await self.send_resumed(stream, reason="gap", epoch=cursor.epoch, seq=first - 1)
             for (seq, frame), size in zip(entries, sizes, strict=True):
                 cursor.last = seq
-                await self._send_stream_frame(stream, cursor, frame)
+                await self._send_stream_frame(stream, cursor, sealing.open_frame(frame))
                 replay.sent += 1
                 replica_stats.frames_replayed += 1
                 held -= size

@@ -19,7 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from devtools.bench import shards, workloads
+from devtools.bench import sealing, shards, workloads
 from devtools.bench.clients import ClientPool
 from devtools.bench.report import Progress, Result, churn_lines, json_line, ratios, table
 from devtools.bench.targets import Target, external_cluster, start_cluster, start_limit
@@ -96,6 +96,11 @@ class Command(BaseCommand):
             "redis-servers of the bench's own, the broker's publish script.",
         )
         parser.add_argument(
+            "--sealing",
+            action="store_true",
+            help="Also measure what HISTORY_ENCRYPTION_KEYS costs per message (in-process).",
+        )
+        parser.add_argument(
             "--shard-publishes",
             type=int,
             default=20_000,
@@ -103,10 +108,13 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["sealing"]:
+            for line in sealing.lines(sealing.measure()):
+                self.stdout.write(line)
         if options["redis_shards"]:
             self._shards(options)
-            if options["workloads"] == "":
-                return
+        if (options["sealing"] or options["redis_shards"]) and options["workloads"] == "":
+            return
         wanted = [w.strip().upper() for w in options["workloads"].split(",") if w.strip()]
         if unknown := set(wanted) - set(WORKLOADS):
             raise CommandError(
