@@ -27,7 +27,7 @@ from typing import Any
 
 from django.conf import settings
 
-from realtime import broker, groups, publish
+from realtime import broker, drain, groups, publish
 from realtime.asgi_types import ASGIApp, Receive, Scope, Send
 from realtime.broker import BrokerUnavailable
 from realtime.stats import replica_stats
@@ -56,6 +56,18 @@ def parse_haproxy_csv(text: str, *, backend: str = "replicas") -> HaproxyStates:
     return states
 
 
+def parse_haproxy_addresses(text: str, *, backend: str = "replicas") -> dict[str, str]:
+    """`show stat` CSV -> {"d1": "10.0.0.11:8001", ...}: where each replica listens."""
+    rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
+    return {
+        row["svname"]: row["addr"]
+        for row in rows
+        if row.get("pxname") == backend
+        and row.get("svname") not in ("FRONTEND", "BACKEND", None)
+        and row.get("addr")
+    }
+
+
 def display_status(raw: str) -> str:
     """HAProxy's status words as an operator reads them: UP, draining, DOWN, maint.
 
@@ -69,17 +81,20 @@ def display_status(raw: str) -> str:
 
 
 def haproxy_states(stats_url: str, *, user: str = "", password: str = "") -> HaproxyStates:
-    """HAProxy's view of the replicas, from its stats page (blocking: run it in a thread).
+    """HAProxy's view of the replicas, from its stats page (blocking: run it in a thread)."""
+    return parse_haproxy_csv(_stats_csv(stats_url, user=user, password=password))
 
-    With a password, the request logs in with basic auth. The credentials go in a header only,
-    never in the URL, which errors and logs may show."""
+
+def _stats_csv(stats_url: str, *, user: str = "", password: str = "") -> str:
+    """The stats page's CSV (blocking). With a password, the request logs in with basic auth.
+    The credentials go in a header only, never in the URL, which errors and logs may show."""
     request = urllib.request.Request(stats_url.rstrip("/") + "/;csv")
     if password:
         credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
         request.add_unredirected_header("Authorization", f"Basic {credentials}")
     try:
         with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_SECS) as answer:
-            return parse_haproxy_csv(answer.read().decode())
+            return str(answer.read().decode())
     except urllib.error.HTTPError as refused:
         refused.close()  # it holds the connection (401: wrong credentials) until collected
         raise
@@ -91,6 +106,17 @@ def configured_haproxy_states() -> HaproxyStates:
         settings.HAPROXY_STATS_URL,
         user=settings.HAPROXY_STATS_USER,
         password=settings.HAPROXY_STATS_PASSWORD,
+    )
+
+
+def configured_haproxy_addresses() -> dict[str, str]:
+    """Each replica's own address, from this replica's HAPROXY_STATS_URL (blocking)."""
+    return parse_haproxy_addresses(
+        _stats_csv(
+            settings.HAPROXY_STATS_URL,
+            user=settings.HAPROXY_STATS_USER,
+            password=settings.HAPROXY_STATS_PASSWORD,
+        )
     )
 
 
@@ -151,6 +177,8 @@ async def ops_report(meter: RateMeter) -> dict[str, Any]:
         **meter.sample(),
         "redis": redis,
         "haproxy": haproxy,
+        # The cluster view's drain button reads it (realtime/drain.py).
+        "draining": drain.is_draining(),
     }
 
 

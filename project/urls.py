@@ -15,6 +15,7 @@ urlpatterns = [
     # /lab/nosticky/...: the same views; HAProxy routes them ignoring the SERVERID cookie.
     re_path(r"^lab/(?:nosticky/)?(?P<way>http|direct|relay)$", lab_views.lab_send, name="lab-send"),
     path("cluster/", ops_views.cluster_page, name="cluster"),
+    path("cluster/drain", ops_views.drain_replica, name="cluster-drain"),
     path("chat/", chat_views.chat_home, name="chat"),
     path("chat/create/", chat_views.room_create, name="chat-create"),
     path("chat/<slug:slug>/", chat_views.room_page, name="chat-room"),

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.core import signing
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,26 @@ def stop() -> dict[str, Any]:
         state.closer = None
     logger.info("undrained replica=%s", settings.REPLICA_ID)
     return {"replica": settings.REPLICA_ID, "draining": False}
+
+
+# A drain asked for by staff on another replica (the cluster view's button) arrives signed with
+# the SECRET_KEY every replica shares, naming this replica, and is good for this long.
+ORDER_SALT = "switchboard.drain"
+ORDER_MAX_AGE_SECS = 30
+ORDER_HEADER = "X-Switchboard-Drain"
+
+
+def signed_order(replica: str, *, undo: bool) -> str:
+    return signing.dumps({"replica": replica, "undo": undo}, salt=ORDER_SALT)
+
+
+def order_valid(token: str, *, undo: bool) -> bool:
+    """Whether `token` orders this replica to drain (or undrain, with `undo`) right now."""
+    try:
+        order = signing.loads(token, salt=ORDER_SALT, max_age=ORDER_MAX_AGE_SECS)
+    except signing.BadSignature:
+        return False
+    return bool(order.get("replica") == settings.REPLICA_ID and order.get("undo") is undo)
 
 
 def status() -> dict[str, Any]:

@@ -123,11 +123,14 @@ async def healthz(request: HttpRequest) -> JsonResponse:
 @require_POST
 async def drain_view(request: HttpRequest) -> JsonResponse:
     """POST /drain[?window_secs=N] from the replica's own host (the runner, an operator on the
-    box; realtime/drain.py): its sockets move to other replicas in slots over the window.
-    POST /drain?undo=1 takes it back. Anyone else: 404."""
-    if not _from_inside(request):
+    box), or relayed from another replica for staff with an order signed by the shared
+    SECRET_KEY (the cluster view's button; realtime/drain.py): its sockets move to other
+    replicas in slots over the window. POST /drain?undo=1 takes it back. Anyone else: 404."""
+    undo = bool(request.GET.get("undo"))
+    order = request.headers.get(drain.ORDER_HEADER, "")
+    if not _from_inside(request) and not (order and drain.order_valid(order, undo=undo)):
         return JsonResponse({"ok": False, "error": "not_found"}, status=404)
-    if request.GET.get("undo"):
+    if undo:
         return ok_response(drain.stop())
     try:
         window = float(request.GET.get("window_secs", settings.DRAIN_WINDOW_SECS))

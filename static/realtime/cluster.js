@@ -57,8 +57,13 @@ function card(name) {
     svg.append(lines[kind]);
   }
   const peak = element("div", "legend");
-  root.append(title, list, svg, peak);
-  entry = { root, fields, svg, lines, peak, history: [], lastAt: 0, reports: 0 };
+  // Staff drain a replica from here: its sockets move to the others in reconnect slots.
+  const button = element("button", "drain", "Drain");
+  button.type = "button";
+  button.dataset.replica = name;
+  button.addEventListener("click", () => toggleDrain(name, entry));
+  root.append(title, list, svg, peak, button);
+  entry = { root, fields, svg, lines, peak, button, history: [], lastAt: 0, reports: 0, draining: false };
   cards.set(name, entry);
   // Keep the cards in name order whatever order the reports come in.
   const after = [...cards.keys()].sort().find((other) => other > name);
@@ -82,9 +87,36 @@ function drawSpark(entry) {
   entry.peak.textContent = `scale 0–${peak}/s, last ${entry.history.length} reports`;
 }
 
+function csrfToken() {
+  const found = document.cookie.split("; ").find((part) => part.startsWith("csrftoken="));
+  return found ? found.slice("csrftoken=".length) : "";
+}
+
+async function toggleDrain(name, entry) {
+  const undo = entry.draining;
+  entry.button.disabled = true;
+  const form = new URLSearchParams({ replica: name, ...(undo ? { undo: "1" } : {}) });
+  try {
+    const answer = await fetch("/cluster/drain", {
+      method: "POST", body: form, credentials: "same-origin",
+      headers: { "X-CSRFToken": csrfToken() },
+    });
+    const body = await answer.json();
+    if (!answer.ok || body.ok === false) throw new Error(body.message || body.error || answer.status);
+    entry.draining = !undo;
+    entry.button.textContent = entry.draining ? `Undrain (moving ${body.sockets ?? 0})` : "Drain";
+  } catch (error) {
+    entry.button.textContent = `failed: ${error.message}`;
+  } finally {
+    entry.button.disabled = false;
+  }
+}
+
 function showState(name, entry) {
   const view = haproxy[name];
-  const status = view ? view.status : "unknown";
+  // A replica that drains fails its readiness check, so HAProxy calls it DOWN: it is draining.
+  const draining = entry.draining && view && !view.status.startsWith("UP");
+  const status = draining ? "draining" : view ? view.status : "unknown";
   const word = status.split(" ")[0];
   entry.fields.state.textContent = status;
   entry.fields.state.className = `state ${word.toLowerCase()}`;
@@ -102,6 +134,12 @@ function onReport(report) {
   entry.fields.out.textContent = report.out_per_sec;
   entry.fields.redis.textContent = report.redis.reachable
     ? `ok, ${report.redis.latency_ms} ms` : `unreachable (${report.redis.error})`;
+  if (typeof report.draining === "boolean" && !entry.button.disabled) {
+    entry.draining = report.draining;
+    if (!entry.button.textContent.startsWith("Undrain (") || !report.draining) {
+      entry.button.textContent = report.draining ? "Undrain" : "Drain";
+    }
+  }
   entry.history.push({ in: report.in_per_sec, out: report.out_per_sec });
   if (entry.history.length > HISTORY_POINTS) entry.history.shift();
   drawSpark(entry);

@@ -11,10 +11,11 @@ import json
 import signal
 import time
 
+import httpx
 import pytest
 
 from devtools import rolling
-from devtools.cluster import Cluster
+from devtools.cluster import Cluster, wait_until
 from tests.cluster.helpers import sessions_for, socket_for
 from tests.support.harness import ConnectRateSampler, Harness, unique_prefix
 
@@ -37,33 +38,18 @@ async def test_a_rolling_restart_under_load_loses_duplicates_and_reorders_nothin
         await progress.reached(100)
         started = time.monotonic()
         with ConnectRateSampler(cluster) as sampler:
-            # d1 first, by hand, to see what a drain does to a client that asks for d1.
-            told = await asyncio.to_thread(
-                rolling.drain,
-                cluster.admin_socket,
-                cluster.replica_url("d1"),
-                "d1",
-                window_secs=WINDOW_SECS,
+            # All three, drained, restarted and re-admitted one after another; meanwhile a
+            # client whose cookie names d1 is sent elsewhere while d1 drains.
+            rolling_restart = asyncio.create_task(
+                asyncio.to_thread(
+                    rolling.restart_rolling, cluster, window_secs=WINDOW_SECS, say=lambda _: None
+                )
             )
-            on_d1 = [c for c in harness.clients if c.replica == "d1"]
-            assert told["sockets"] >= len(on_d1) > 0
+            await asyncio.to_thread(_until_draining, cluster, "d1")
             elsewhere = await socket_for(cluster, next(iter(late.values())), replica="d1")
             assert elsewhere.hello["replica"] != "d1"  # cookie holders go elsewhere at once
             await elsewhere.close()
-            for client in on_d1:
-                await client.wait_for(
-                    lambda c: c.connected and c.replica != "d1",
-                    timeout=WINDOW_SECS + 10,
-                    what="a d1 client to move",
-                )
-            await asyncio.to_thread(
-                rolling.undrain, cluster.admin_socket, cluster.replica_url("d1"), "d1"
-            )
-            await asyncio.to_thread(cluster.wait_server_status, "d1", "UP", timeout=30)
-            # Then all three, drained, restarted and re-admitted one after another.
-            steps = await asyncio.to_thread(
-                rolling.restart_rolling, cluster, window_secs=WINDOW_SECS, say=lambda _: None
-            )
+            steps = await rolling_restart
         total_secs = time.monotonic() - started
         await harness.publishing_done()
         await harness.wait_delivered(timeout=60)
@@ -90,6 +76,14 @@ async def test_a_rolling_restart_under_load_loses_duplicates_and_reorders_nothin
         assert all(c.closed_code != 1012 for c in harness.clients)
     finally:
         await harness.close()
+
+
+def _until_draining(cluster: Cluster, name: str) -> None:
+    def draining() -> bool:
+        answer = httpx.get(f"{cluster.replica_url(name)}/readyz", timeout=2)
+        return answer.status_code == 503 and "draining" in " ".join(answer.json()["reasons"])
+
+    wait_until(draining, timeout=10, interval=0.02, what=f"{name} to drain")
 
 
 async def test_sigterm_drains_a_replica_before_it_exits(cluster: Cluster) -> None:

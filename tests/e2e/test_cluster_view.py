@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
+
 from devtools.cluster import Cluster
 from tests.e2e.conftest import LoginPage, screenshot
 
@@ -105,3 +107,28 @@ def test_cluster_view_says_when_reports_stop_and_resumes_after_redis_returns(
         timeout=30_000,
     )
     page.wait_for_selector(".replica:not(.silent)")
+
+
+def test_staff_drain_a_replica_from_its_card_and_take_it_back(
+    browser_user: LoginPage, healthy_cluster: Cluster
+) -> None:
+    """The Drain button on d2's card, wherever the page's own requests land: d2 stops being
+    ready (HAProxy takes it out) and says it is draining; Undrain brings it back."""
+    page = browser_user("admin", path="/cluster/")
+    wait_state(page, "d2", "UP")
+    button = page.locator(".replica[data-replica=d2] button.drain")
+    button.click()
+    page.wait_for_function(
+        "document.querySelector('.replica[data-replica=d2] button.drain')"
+        ".textContent.startsWith('Undrain')"
+    )
+    ready = httpx.get(f"{healthy_cluster.replica_url('d2')}/readyz", timeout=5)
+    assert ready.status_code == 503 and "draining" in ready.json()["reasons"][0]
+    wait_state(page, "d2", "draining")  # HAProxy says DOWN (not ready); the report, draining
+    screenshot(page, "cluster-view-d2-draining")
+    button.click()
+    page.wait_for_function(
+        "document.querySelector('.replica[data-replica=d2] button.drain').textContent === 'Drain'"
+    )
+    wait_state(page, "d2", "UP")
+    assert httpx.get(f"{healthy_cluster.replica_url('d2')}/readyz", timeout=5).status_code == 200

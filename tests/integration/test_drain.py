@@ -53,3 +53,32 @@ async def test_only_the_replicas_own_host_may_drain_it(layer: StreamChannelLayer
     assert (await AsyncClient().get("/drain")).status_code == 405
     assert (await AsyncClient().post("/drain?window_secs=-1")).status_code == 400
     assert not drain.is_draining()
+
+
+async def test_a_relayed_order_drains_only_the_replica_it_names_while_fresh(
+    layer: StreamChannelLayer,
+) -> None:
+    """The cluster view's button reaches dX through another replica with an order signed by
+    the SECRET_KEY they share; anything else from outside is refused as if there were no
+    such page."""
+    outside = {"X-Forwarded-For": "203.0.113.7"}
+    other = drain.signed_order("d9", undo=False)  # this process is "unit"
+    assert (
+        await AsyncClient().post("/drain", headers={**outside, drain.ORDER_HEADER: other})
+    ).status_code == 404
+    undo_order = drain.signed_order("unit", undo=True)
+    assert (
+        await AsyncClient().post("/drain", headers={**outside, drain.ORDER_HEADER: undo_order})
+    ).status_code == 404  # an undo order does not drain
+    forged = drain.signed_order("unit", undo=False)[:-2] + "xx"
+    assert (
+        await AsyncClient().post("/drain", headers={**outside, drain.ORDER_HEADER: forged})
+    ).status_code == 404
+    assert not drain.is_draining()
+    order = drain.signed_order("unit", undo=False)
+    answer = await AsyncClient().post("/drain", headers={**outside, drain.ORDER_HEADER: order})
+    assert answer.status_code == 200 and drain.is_draining()
+    answer = await AsyncClient().post(
+        "/drain?undo=1", headers={**outside, drain.ORDER_HEADER: undo_order}
+    )
+    assert answer.status_code == 200 and not drain.is_draining()
