@@ -18,7 +18,8 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import path, re_path
+from django.urls import path, re_path, reverse
+from django.utils.html import format_html
 
 from chat.models import ChatMessage, Room
 from realtime import presence
@@ -30,7 +31,9 @@ User = get_user_model()
 
 @admin.register(Room)
 class RoomAdmin(admin.ModelAdmin):
-    list_display = ("slug", "title", "is_private", "member_count", "created_by", "created_at")
+    list_display = (
+        "slug", "title", "is_private", "member_count", "created_by", "created_at", "ledger_link",
+    )  # fmt: skip
     list_filter = ("is_private",)
     search_fields = ("slug", "title")
     filter_horizontal = ("members",)
@@ -39,6 +42,11 @@ class RoomAdmin(admin.ModelAdmin):
     @admin.display(description="Members")
     def member_count(self, room: Room) -> int:
         return room.members.count()
+
+    @admin.display(description="Delivery ledger")
+    def ledger_link(self, room: Room) -> str:
+        url = reverse("admin:realtime-stream-ledger", args=[f"room:{room.slug}"])
+        return format_html('<a href="{}">messages</a>', url)
 
     def save_model(self, request: HttpRequest, obj: Room, form: Any, change: bool) -> None:
         if not change:

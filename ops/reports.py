@@ -27,7 +27,7 @@ from typing import Any
 
 from django.conf import settings
 
-from realtime import broker, drain, groups, publish
+from realtime import broker, drain, groups, metrics, publish
 from realtime.asgi_types import ASGIApp, Receive, Scope, Send
 from realtime.broker import BrokerUnavailable
 from realtime.stats import replica_stats
@@ -127,18 +127,27 @@ class RateMeter:
         self.at = time.monotonic()
         self.frames_in = replica_stats.frames_in
         self.frames_out = replica_stats.frames_out
+        self.deliveries = sum(metrics.deliveries_by_kind.values())
 
     def sample(self) -> dict[str, float]:
         now = time.monotonic()
         elapsed = max(now - self.at, 1e-6)
+        deliveries = sum(metrics.deliveries_by_kind.values())
         rates = {
             "in_per_sec": round((replica_stats.frames_in - self.frames_in) / elapsed, 1),
             "out_per_sec": round((replica_stats.frames_out - self.frames_out) / elapsed, 1),
+            # The same counters /metrics exports (realtime/metrics.py), as the page shows them.
+            "deliveries_per_sec": round((deliveries - self.deliveries) / elapsed, 1),
+            "loop_lag_ms": round(metrics.loop_lag_secs() * 1000, 1),
+            "replayed_total": replica_stats.frames_replayed,
+            "gap_repairs_total": replica_stats.gaps_repaired,
+            "frames_dropped_total": replica_stats.frames_dropped + replica_stats.frames_deferred,
         }
-        self.at, self.frames_in, self.frames_out = (
+        self.at, self.frames_in, self.frames_out, self.deliveries = (
             now,
             replica_stats.frames_in,
             replica_stats.frames_out,
+            deliveries,
         )
         return rates
 

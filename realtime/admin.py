@@ -18,7 +18,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -26,6 +26,7 @@ from django.utils.html import format_html
 
 from realtime import broker, groups, publish, sealing
 from realtime.broker import BrokerUnavailable
+from realtime.delivery.tallies import tallied
 from realtime.forms import MessageForm
 from realtime.models import ApiToken, ArchivedMessage
 from realtime.services import api_token_issue
@@ -151,7 +152,21 @@ def ledger_view(request: HttpRequest, user_id: int) -> HttpResponse:
     if not request.user.has_perm("auth.view_user"):
         raise PermissionDenied("Viewing a user's messages needs the 'view user' permission.")
     user = get_object_or_404(User, pk=user_id)
-    stream = groups.user_stream(user.pk)
+    title = f"Delivery ledger: {user.get_username()}"
+    return _ledger_page(request, groups.user_stream(user.pk), title=title, subject=user)
+
+
+def stream_ledger_view(request: HttpRequest, stream: str) -> HttpResponse:
+    """A stream many sockets read (a room, an app's own kind), newest first: each message with
+    the sockets it was delivered to and acknowledged by, summed over the replicas."""
+    if not tallied(stream):
+        raise Http404("Only streams of a registered kind (rooms, …) have counts per message.")
+    return _ledger_page(request, stream, title=f"Delivery ledger: {stream}", tallied=True)
+
+
+def _ledger_page(
+    request: HttpRequest, stream: str, *, title: str, subject: Any = None, tallied: bool = False
+) -> HttpResponse:
     ledger, rows = None, []
     try:
         ledger = async_to_sync(broker.current().ledger)(stream, count=LEDGER_ROWS)
@@ -165,9 +180,10 @@ def ledger_view(request: HttpRequest, user_id: int) -> HttpResponse:
         "admin/realtime/ledger.html",
         {
             **admin.site.each_context(request),
-            "title": f"Delivery ledger: {user.get_username()}",
-            "subject": user,
+            "title": title,
+            "subject": subject,
             "stream": stream,
+            "tallied": tallied,
             "ledger": ledger,
             "rows": rows,
         },
@@ -186,6 +202,8 @@ def _ledger_row(message: dict[str, Any]) -> dict[str, Any]:
         "origin": frame.get("origin"),
         "sender": frame.get("sender"),
         "text": text if isinstance(text, str) else json.dumps(text),
+        "delivered_to": message.get("delivered_to", 0),
+        "acked_by": message.get("acked_by", 0),
     }
 
 
@@ -203,6 +221,11 @@ def _get_urls() -> list[Any]:
             "realtime/ledger/<int:user_id>/",
             admin.site.admin_view(ledger_view),
             name="realtime-ledger",
+        ),
+        path(
+            "realtime/ledger/stream/<str:stream>/",
+            admin.site.admin_view(stream_ledger_view),
+            name="realtime-stream-ledger",
         ),
     ]
     return extra + _original_get_urls()

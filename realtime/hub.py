@@ -20,6 +20,7 @@ from channels.exceptions import ChannelFull
 
 from realtime import metrics, sealing
 from realtime.broker import frames
+from realtime.delivery.tallies import tallied, tallies
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,8 @@ class Hub:
                     # One broken socket must not stop delivery to the others.
                     logger.exception("delivery to %s failed", channel)
             metrics.fanned_out(stream, len(members), frame)
+            if tallied(stream):
+                tallies().delivered(stream, epoch, seq, len(members))
             return
         message = msgpack.unpackb(data, raw=False)
         for channel in list(members):

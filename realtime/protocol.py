@@ -104,7 +104,7 @@ CLIENT_FRAMES: Mapping[str, FrameSpec] = {
     "ack": FrameSpec(
         ("stream", "seq"),
         ("id",),
-        about="'I have everything up to seq' (recorded for user streams); no answer",
+        about="'I have everything up to seq' (a user stream's mark, a room's counts); no answer",
     ),
 }
 

@@ -8,6 +8,9 @@ several deployments, or tests, share one Redis.
   <p>:{<stream>}:meta          hash: seq (the last given), epoch, delivered, acked
   <p>:{<stream>}:log           Redis Stream: entry "<seq>-0", fields f (frame), t (ms); none
                                for a stream whose kind keeps no history
+  <p>:{<stream>}:tally         hash: "d:<epoch>:<seq>" / "a:<epoch>:<seq>" -> sockets a message
+                               was delivered to / acknowledged by, summed over the replicas
+                               (delivery/tallies.py), for streams of a registered kind
   <p>:{<stream>}:presence      sorted set: "<user id>:<connection>" -> expiry ms (a stream whose
                                kind has presence: the chat's rooms, a project's own kinds)
   <p>:{<stream>}:idem:<token>  a publish's idempotency key -> "<seq> <epoch> <message id>"
@@ -61,6 +64,9 @@ class Keys:
 
     def members(self, stream: str) -> str:
         return f"{self.prefix}:{{{stream}}}:members"
+
+    def stream_tally(self, stream: str) -> str:
+        return f"{self.prefix}:{{{stream}}}:tally"
 
     def presence_stream(self, stream: str) -> str:
         return f"{self.prefix}:{{{stream}}}:presence"

@@ -52,6 +52,8 @@ MEMBERSHIP_BATCH_GROUPS = 100
 # The consumer group in which every replica's archiver reads the archive queue: each entry goes
 # to one archiver, and stays pending until that one wrote it to the database (archive.py).
 ARCHIVE_GROUP = "archivers"
+# A stream's delivery tally outlives its newest message by this long (refreshed by each flush).
+TALLY_TTL_SECS = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -395,15 +397,35 @@ class RedisBroker:
 
         await self.each_shard(marks, _first, on_shard)
 
+    async def tally_many(self, counts: list[tuple[str, str, int, str, int]]) -> None:
+        """Add (stream, epoch, seq, "d" | "a", n) to the streams' tallies, a pipeline per
+        shard; each tally lives as long as its stream's history could (HISTORY age)."""
+
+        async def on_shard(shard: int, batch: list[tuple[str, str, int, str, int]]) -> None:
+            def queue(pipe: Any) -> None:
+                for stream, epoch, seq, field, n in batch:
+                    pipe.hincrby(self.keys.stream_tally(stream), f"{field}:{epoch}:{seq}", n)
+                for stream in {row[0] for row in batch}:
+                    pipe.expire(self.keys.stream_tally(stream), TALLY_TTL_SECS)
+
+            await self.pipelined(queue, what="delivery tallies", on=shard)
+
+        await self.each_shard(counts, _first_of_five, on_shard)
+
     async def ledger(self, stream: str, *, count: int = 100) -> dict[str, Any]:
-        """The last `count` messages of a stream, each marked sent / delivered / acknowledged."""
+        """The last `count` messages of a stream, each marked sent / delivered / acknowledged
+        (a user stream's marks), with how many sockets each was delivered to and acknowledged
+        by (a tallied stream's counts, delivery/tallies.py; 0 for others)."""
         meta: Any
         entries: Any
+        tally: Any
         with translated("ledger"):
             meta = await self.redis(stream).hgetall(self.keys.stream_meta(stream))
             entries = await self.redis(stream).xrevrange(self.keys.stream_log(stream), count=count)
+            tally = await self.redis(stream).hgetall(self.keys.stream_tally(stream))
         delivered = int(meta.get(b"delivered", 0))
         acked = int(meta.get(b"acked", 0))
+        epoch = _text(meta[b"epoch"]) if b"epoch" in meta else ""
         rows = []
         for entry_id, fields in entries:
             seq = int(entry_id.split(b"-")[0])
@@ -414,6 +436,8 @@ class RedisBroker:
                     "frame": fields[b"f"].decode(),
                     "stored_at": int(fields[b"t"]),
                     "state": state,
+                    "delivered_to": int(tally.get(f"d:{epoch}:{seq}".encode(), 0)),
+                    "acked_by": int(tally.get(f"a:{epoch}:{seq}".encode(), 0)),
                 }
             )
         return {
@@ -551,6 +575,10 @@ def _itself(name: str) -> str:
 
 
 def _first(row: tuple[str, str, str, int]) -> str:
+    return row[0]
+
+
+def _first_of_five(row: tuple[str, str, int, str, int]) -> str:
     return row[0]
 
 

@@ -20,6 +20,7 @@ from django.conf import settings
 from realtime import broker, groups, protocol, publish, publish_hooks
 from realtime.broker import BrokerUnavailable
 from realtime.delivery.session import Session
+from realtime.delivery.tallies import tallied, tallies
 from realtime.lifetimes import counted
 from realtime.limits import SocketLimits
 from realtime.protocol import ClientFrame, InvalidFrame, Position
@@ -273,6 +274,17 @@ class Inbound:
             )
         if stream.startswith("user:"):
             await broker.current().mark(stream, field="acked", epoch=cursor.epoch, seq=seq)
+        elif tallied(stream):
+            # Counted once per message and socket: from this socket's last ack on.
+            acked = self.session.acked
+            if acked is None:
+                acked = self.session.acked = {}
+            epoch, last = acked.get(stream, (cursor.epoch, 0))
+            if epoch != cursor.epoch:
+                last = 0  # a new epoch starts its seqs again
+            if seq > last:
+                acked[stream] = (cursor.epoch, seq)
+                tallies().acked(stream, cursor.epoch, range(last + 1, seq + 1))
 
 
 # Frame type -> its handler, looked up once: a name built per frame for getattr() would also

@@ -83,7 +83,7 @@ class Session:
 
     # One per socket, so no __dict__ (about 1 KiB a socket saved).
     __slots__ = (
-        "_limits", "auth_hash", "channel_name", "cursors", "dirty", "inbound", "layer",
+        "_limits", "acked", "auth_hash", "channel_name", "cursors", "dirty", "inbound", "layer",
         "presence", "queue", "ready", "released", "session_digest", "task", "token_streams",
         "user", "writer",
     )  # fmt: skip
@@ -108,6 +108,9 @@ class Session:
     ) -> None:
         self.user = user
         self.writer = writer
+        # stream -> the last seq this socket acknowledged, for tallied streams (tallies.py);
+        # made by the first such ack (most sockets never send one).
+        self.acked: dict[str, tuple[str, int]] | None = None
         self.layer = layer
         self.channel_name = channel_name
         self.presence = presence_

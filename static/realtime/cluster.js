@@ -37,7 +37,8 @@ function card(name) {
   const list = element("dl");
   const fields = { state };
   for (const [key, label] of [["haproxy", "HAProxy"], ["connections", "sockets"], ["in", "in /s"],
-    ["out", "out /s"], ["redis", "Redis"], ["seen", "report"]]) {
+    ["out", "out /s"], ["deliveries", "delivered /s"], ["lag", "loop lag"],
+    ["repairs", "replayed · gaps"], ["redis", "Redis"], ["seen", "report"]]) {
     fields[key] = element("dd", "", "–");
     fields[key].dataset.field = key;
     list.append(element("dt", "", label), fields[key]);
@@ -132,6 +133,12 @@ function onReport(report) {
   entry.fields.connections.textContent = report.connections;
   entry.fields.in.textContent = report.in_per_sec;
   entry.fields.out.textContent = report.out_per_sec;
+  // The numbers /metrics exports too (switchboard_deliveries_total, _event_loop_lag_seconds…).
+  if (report.deliveries_per_sec !== undefined) {
+    entry.fields.deliveries.textContent = report.deliveries_per_sec;
+    entry.fields.lag.textContent = `${report.loop_lag_ms} ms`;
+    entry.fields.repairs.textContent = `${report.replayed_total} · ${report.gap_repairs_total}`;
+  }
   entry.fields.redis.textContent = report.redis.reachable
     ? `ok, ${report.redis.latency_ms} ms` : `unreachable (${report.redis.error})`;
   if (typeof report.draining === "boolean" && !entry.button.disabled) {

@@ -173,6 +173,10 @@ async def test_ops_stream_refuses_non_staff_and_feeds_staff_reports_from_every_r
         )
         report = admin_ws.of_type("ops")[-1]["payload"]
         assert report["redis"]["reachable"] is True
+        # The numbers /metrics exports, as the page shows them; the replicas check readiness
+        # every second, which runs the loop-lag watcher.
+        assert report["deliveries_per_sec"] >= 0 and 0 <= report["loop_lag_ms"] < 1000
+        assert report["draining"] is False and report["replayed_total"] >= 0
         assert {name: view["status"] for name, view in report["haproxy"].items()} == {
             "d1": "UP",
             "d2": "UP",
