@@ -11,7 +11,7 @@ from devtools.cluster import Cluster, wait_until
 from tests.cluster.helpers import api_post
 from tests.support.clients import WsClient, cookie_header, login, open_user_socket
 
-ROW = re.compile(r'<tr class="ledger-row" data-seq="(\d+)" data-state="(\w+)">')
+ROW = re.compile(r'<tr class="ledger-row" data-seq="(\d+)" data-state="(\w+)"')
 
 
 def ledger_states(admin: httpx.Client, user_id: int) -> dict[int, str]:

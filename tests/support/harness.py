@@ -252,8 +252,10 @@ class Harness:
             await client.wait_for(
                 lambda c, i=index: caught_up(c, i),
                 timeout=timeout,
-                what=f"client {index} to catch up with "
-                f"{[(s, heads.get(s)) for s in self.streams_of(index)]}",
+                what=f"client {index} (on {client.replica}) to catch up with "
+                f"{[(s, heads.get(s)) for s in self.streams_of(index)]}; it holds "
+                f"{[(s, client.positions.get(s)) for s in self.streams_of(index)]}, last events "
+                f"{client.events[-4:]}",
             )
 
     def verify(self, *, epochs: str = "one") -> Report:
