@@ -100,6 +100,23 @@ def haproxy_command(admin_socket: str, command: str) -> str:
 DEFAULT_DRAIN_WINDOW_SECS = 10.0
 
 
+def server_states(admin_socket: str) -> dict[str, dict[str, str]]:
+    """HAProxy's view of the servers of its `replicas` backend, from its runtime API: status
+    (UP, DOWN, MAINT, DRAIN…), last check and open sessions, by server name."""
+    lines = haproxy_command(admin_socket, "show stat").splitlines()
+    header = lines[0].lstrip("# ").split(",")
+    states = {}
+    for line in lines[1:]:
+        row = dict(zip(header, line.split(","), strict=False))
+        if row.get("pxname") == "replicas" and row.get("svname") not in (None, "BACKEND"):
+            states[row["svname"]] = {
+                "status": row.get("status", ""),
+                "check_status": row.get("check_status", ""),
+                "sessions": row.get("scur", ""),
+            }
+    return states
+
+
 @dataclass
 class ManagedProcess:
     name: str
@@ -575,18 +592,8 @@ class Cluster:
 
     def server_states(self) -> dict[str, dict[str, str]]:
         """HAProxy's view of each replica: status (UP, DOWN, MAINT, DRAIN…) and last check."""
-        lines = self.haproxy_command("show stat").splitlines()
-        header = lines[0].lstrip("# ").split(",")
-        states = {}
-        for line in lines[1:]:
-            row = dict(zip(header, line.split(","), strict=False))
-            if row.get("pxname") == "replicas" and row.get("svname") in self.replica_ports:
-                states[row["svname"]] = {
-                    "status": row.get("status", ""),
-                    "check_status": row.get("check_status", ""),
-                    "sessions": row.get("scur", ""),
-                }
-        return states
+        states = server_states(self.admin_socket)
+        return {name: state for name, state in states.items() if name in self.replica_ports}
 
     def wait_server_status(self, name: str, prefix: str, *, timeout: float = 20.0) -> None:
         def matches() -> bool:
@@ -712,6 +719,20 @@ def record_runs(record: ProcessRecord) -> bool:
     return pid is not None and started is not None and pid_runs(pid, started)
 
 
+def stop_recorded(entry: ProcessRecord, *, timeout: float) -> None:
+    """Stop a recorded process by its PID (and start time: never a reused PID): its stop signal,
+    then SIGKILL after `timeout`. Nothing if it is not running."""
+    pid, started = entry["pid"], entry["start_ticks"]
+    if pid is None or started is None or not pid_runs(pid, started):
+        return
+    os.kill(pid, entry.get("stop_signal", signal.SIGTERM))
+    deadline = time.monotonic() + timeout
+    while pid_runs(pid, started) and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the PID: a process not our child has no wait() to block on
+    if pid_runs(pid, started):
+        os.kill(pid, signal.SIGKILL)
+
+
 def stop_detached(
     run_dir: Path, *, timeout: float = 10.0, say: Callable[[str], None] = print
 ) -> bool:
@@ -724,12 +745,7 @@ def stop_detached(
         if pid is None or started is None or not pid_runs(pid, started):
             say(f"{entry['name']}: not running")
             continue
-        os.kill(pid, entry.get("stop_signal", signal.SIGTERM))
-        deadline = time.monotonic() + entry.get("stop_timeout", timeout)
-        while pid_runs(pid, started) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if pid_runs(pid, started):
-            os.kill(pid, signal.SIGKILL)
+        stop_recorded(entry, timeout=entry.get("stop_timeout", timeout))
         say(f"{entry['name']}: stopped (pid {pid})")
     (run_dir / STATE_FILE).unlink(missing_ok=True)
     return True

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 import urllib.request
@@ -27,13 +26,13 @@ from devtools.cluster import (
     STATE_FILE,
     Cluster,
     ClusterError,
-    ProcessRecord,
     haproxy_command,
     is_replica_name,
-    pid_runs,
     process_start_ticks,
     read_state,
     record_runs,
+    server_states,
+    stop_recorded,
     wait_until,
 )
 
@@ -163,7 +162,7 @@ def restart_detached(
 
     def restart(name: str) -> None:
         record = records[name]
-        _stop_pid(record, timeout=window_secs + 10)
+        stop_recorded(record, timeout=window_secs + 10)
         with open(record.get("log_path") or run_dir / f"{name}.log", "ab") as log:
             popen = subprocess.Popen(
                 record["argv"],
@@ -192,27 +191,9 @@ def restart_detached(
     ]
 
 
-def _stop_pid(record: ProcessRecord, *, timeout: float) -> None:
-    pid, started = record["pid"], record["start_ticks"]
-    if pid is None or started is None or not pid_runs(pid, started):
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while pid_runs(pid, started) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if pid_runs(pid, started):
-        os.kill(pid, signal.SIGKILL)
-
-
 def _live(replica_url: str) -> bool:
     return open_sockets(replica_url) is not None
 
 
 def _up_in_haproxy(admin_socket: str, name: str) -> bool:
-    lines = haproxy_command(admin_socket, "show stat").splitlines()
-    header = lines[0].lstrip("# ").split(",")
-    for line in lines[1:]:
-        row = dict(zip(header, line.split(","), strict=False))
-        if row.get("pxname") == "replicas" and row.get("svname") == name:
-            return row.get("status") == "UP"
-    return False
+    return server_states(admin_socket).get(name, {}).get("status") == "UP"

@@ -49,7 +49,7 @@ def is_draining() -> bool:
 
 def sessions_here(layer: Any) -> list[Any]:
     """This process's open sessions (the hub's sinks that are sockets' sessions)."""
-    return [s for s in list(layer._layer().hub.sinks.values()) if getattr(s, "ready", False)]
+    return [s for s in layer.local_sinks() if getattr(s, "ready", False)]
 
 
 async def start(layer: Any, *, window_secs: float | None = None) -> dict[str, Any]:

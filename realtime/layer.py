@@ -139,6 +139,11 @@ class StreamChannelLayer(BaseChannelLayer):
         receive() being cancelled does for consumers that read their inbox."""
         self._layer().forget(channel)
 
+    def local_sinks(self) -> list[StreamSink]:
+        """The sessions of this process's sockets (this loop's): draining and /metrics go
+        through them."""
+        return list(self._layer().hub.sinks.values())
+
     def local_sink(self, channel: str) -> StreamSink | None:
         """The session behind `channel` if its socket lives in this process (and loop), else
         None. A socket exists in one process's memory only: another replica cannot reach it

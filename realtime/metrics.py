@@ -233,7 +233,7 @@ def render(*, shards_up: list[bool], shards_subscribed: list[bool], backlogged: 
 def backlogged_sockets(sinks: Any) -> int:
     """How many of a hub's sessions have a backlogged writer now."""
     count = 0
-    for sink in list(sinks):
+    for sink in sinks:
         writer = getattr(sink, "writer", None)
         if writer is not None and writer.backlogged():
             count += 1

@@ -165,7 +165,7 @@ async def metrics_view(request: HttpRequest) -> HttpResponse:
     body = metrics.render(
         shards_up=[row["reachable"] for row in shards],
         shards_subscribed=layer.shards_connected(),
-        backlogged=metrics.backlogged_sockets(layer._layer().hub.sinks.values()),
+        backlogged=metrics.backlogged_sockets(layer.local_sinks()),
     )
     return HttpResponse(body, content_type=metrics.CONTENT_TYPE_LATEST)
 

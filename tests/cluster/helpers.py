@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
@@ -49,3 +51,31 @@ async def socket_for(
     ws = await WsClient.open(cluster.ws_url, cookie=cookie, origin=origin_of(cluster.url))
     await ws.wait_type("hello", timeout=timeout)
     return ws
+
+
+async def probe_until_published(
+    cluster: Cluster, token: str, stream: str = "user:999999999", *, bound_secs: float = 30
+) -> tuple[float, list[str]]:
+    """POST a publish to `stream` (by default one no client of the harness reads: nobody is
+    sent an extra frame) every 50 ms until one is answered 200: (seconds it took, the error
+    codes of the refusals on the way). Fails after `bound_secs`."""
+    started = time.monotonic()
+    refusals: list[str] = []
+    async with httpx.AsyncClient(base_url=cluster.url, timeout=5) as http:
+        while time.monotonic() - started < bound_secs:
+            try:
+                answer = await http.post(
+                    "/api/publish",
+                    json={"stream": stream, "payload": {"probe": True}},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+            except httpx.TransportError as exc:
+                refusals.append(type(exc).__name__)
+            else:
+                if answer.status_code == 200:
+                    return time.monotonic() - started, refusals
+                refusals.append(f"{answer.status_code} {answer.json().get('error')}")
+            await asyncio.sleep(0.05)  # the probe's pace: what it measures is when one succeeds
+    raise AssertionError(
+        f"no publish to {stream} succeeded within {bound_secs:g} s: {refusals[-5:]}"
+    )

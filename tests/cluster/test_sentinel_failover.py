@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from devtools.cluster import Cluster
-from tests.cluster.helpers import api_token
+from tests.cluster.helpers import api_token, probe_until_published
 from tests.conftest import cluster_of_its_own
 from tests.support.harness import Harness, unique_prefix
 
@@ -39,30 +37,6 @@ def sentinel_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clust
         yield cluster
 
 
-async def _probe_until_published(cluster: Cluster, token: str) -> tuple[float, list[str]]:
-    """POST a publish every 50 ms until one is answered 200: (seconds it took, the error codes
-    of the refusals on the way)."""
-    started = time.monotonic()
-    refusals: list[str] = []
-    async with httpx.AsyncClient(base_url=cluster.url, timeout=5) as http:
-        while time.monotonic() - started < 30:
-            try:
-                answer = await http.post(
-                    "/api/publish",
-                    # A stream no client of the harness reads: nobody is sent an extra frame.
-                    json={"stream": "user:999999999", "payload": {"probe": True}},
-                    headers={"Authorization": f"Bearer {token}"},
-                )
-            except httpx.TransportError as exc:
-                refusals.append(type(exc).__name__)
-            else:
-                if answer.status_code == 200:
-                    return time.monotonic() - started, refusals
-                refusals.append(f"{answer.status_code} {answer.json().get('error')}")
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"no publish succeeded within 30 s: {refusals[-5:]}")
-
-
 async def test_a_killed_primary_fails_over_and_no_client_misses_anything_unannounced(
     sentinel_cluster: Cluster,
 ) -> None:
@@ -76,7 +50,7 @@ async def test_a_killed_primary_fails_over_and_no_client_misses_anything_unannou
         await progress.reached(300)
         killed = await asyncio.to_thread(cluster.kill_redis_primary)
         assert killed == "redis-primary"
-        recovery_secs, refusals = await _probe_until_published(cluster, token)
+        recovery_secs, refusals = await probe_until_published(cluster, token)
         await harness.publishing_done()
         # One more message on every stream, so each has been written since the failover.
         await harness.publish_all(

@@ -18,7 +18,7 @@ import redis
 
 from devtools.cluster import Cluster
 from switchboard_client import RealtimeClient
-from tests.cluster.helpers import api_token
+from tests.cluster.helpers import api_token, probe_until_published
 from tests.conftest import cluster_of_its_own
 from tests.support.harness import Harness, unique_prefix
 
@@ -133,10 +133,7 @@ async def test_a_dead_shard_stops_only_its_streams_and_they_recover(
         delivered_during_outage_secs = time.monotonic() - killed_at
 
         await asyncio.to_thread(cluster.start_redis_shard, VICTIM)
-        deadline = time.monotonic() + 20
-        while await _publish_status(cluster, token, _probe_stream(VICTIM)) != 200:
-            assert time.monotonic() < deadline, "the shard's streams did not come back"
-            await asyncio.sleep(0.1)
+        await probe_until_published(cluster, token, _probe_stream(VICTIM), bound_secs=20)
         back_after_secs = time.monotonic() - killed_at
         # Every stream once more: the victim's start new epochs on the empty shard.
         await harness.publish_all(streams, round_name="after")
