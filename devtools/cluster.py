@@ -216,6 +216,9 @@ class ClusterConfig:
     # What the replicas serve; the benchmark's stock baseline swaps both.
     settings_module: str = "project.settings"
     asgi_app: str = "project.asgi:application"
+    # Each replica's publish port (PUBLISH_PORT_BIND, realtime/transport/publish_port.py), where
+    # HAProxy sends the token publish API; off for the stock baseline, whose views are its own.
+    publish_port: bool = True
 
 
 class Cluster:
@@ -284,6 +287,8 @@ class Cluster:
             raise ClusterError(f"--db is sqlite or postgres, not {config.db!r}")
         self.replica_names = [f"d{i}" for i in range(1, config.replicas + 1)]
         self.replica_ports = {name: free_port() for name in self.replica_names}
+        # Each replica's publish port (PUBLISH_PORT_BIND), as _build_replica gives one.
+        self.publish_binds: dict[str, str] = {}
         if config.hosts < 1:
             raise ClusterError("--hosts must be at least 1")
         self.replica_hosts = {
@@ -367,21 +372,8 @@ class Cluster:
                 "postgres", argv, dict(os.environ), self.postgres.port, LocalPostgres.stop_signal
             )
         self._build_redis()
-        # Command lines keep each option beside its value (the formatter would put one per line).
         for name, port in self.replica_ports.items():
-            argv = [
-                sys.executable, "-m", "realtime.serve",
-                "-b", self.replica_hosts[name], "-p", str(port),
-                "--proxy-headers", "--websocket_timeout", "-1",
-                "-v", "1" if self.config.access_log else "0",
-                self.config.asgi_app,
-            ]  # fmt: skip
-            # The stats page, read-only, tells each replica HAProxy's view of all of them.
-            env = self.command_env(REPLICA_ID=name, HAPROXY_STATS_URL=self.stats_url)
-            self._add(name, argv, env, port)
-            # SIGTERM drains first: the window, a second of grace, and some slack.
-            window = float(env.get("DRAIN_WINDOW_SECS") or DEFAULT_DRAIN_WINDOW_SECS)
-            self.processes[name].stop_timeout = window + 5
+            self._build_replica(name, port)
         haproxy_env = dict(os.environ)
         haproxy_env.update(
             {
@@ -398,9 +390,33 @@ class Cluster:
             haproxy_env["SB_TLS_PORT"] = str(self.https_port)
         for index, port in enumerate(self.replica_ports.values(), start=1):
             haproxy_env[f"SB_D{index}"] = f"{self.replica_hosts[f'd{index}']}:{port}"
+            if bind := self.publish_binds.get(f"d{index}"):
+                haproxy_env[f"SB_D{index}_PUBLISH"] = bind
         self._add(
             "haproxy", ["haproxy", "-db", "-f", str(HAPROXY_CFG)], haproxy_env, self.http_port
         )
+
+    def _build_replica(self, name: str, port: int) -> None:
+        """One Daphne replica. A subclass serves something else behind the same Redis and
+        HAProxy (the benchmark's Socket.IO peer, devtools/bench/socketio_peer.py)."""
+        # Command lines keep each option beside its value (the formatter would put one per line).
+        argv = [
+            sys.executable, "-m", "realtime.serve",
+            "-b", self.replica_hosts[name], "-p", str(port),
+            "--proxy-headers", "--websocket_timeout", "-1",
+            "-v", "1" if self.config.access_log else "0",
+            self.config.asgi_app,
+        ]  # fmt: skip
+        # The stats page, read-only, tells each replica HAProxy's view of all of them.
+        # The publish port: the token publish API past Daphne (haproxy.cfg's `publishers`).
+        env = self.command_env(REPLICA_ID=name, HAPROXY_STATS_URL=self.stats_url)
+        if self.config.publish_port:
+            bind = self.publish_binds[name] = f"{self.replica_hosts[name]}:{free_port()}"
+            env["PUBLISH_PORT_BIND"] = bind
+        self._add(name, argv, env, port)
+        # SIGTERM drains first: the window, a second of grace, and some slack.
+        window = float(env.get("DRAIN_WINDOW_SECS") or DEFAULT_DRAIN_WINDOW_SECS)
+        self.processes[name].stop_timeout = window + 5
 
     def _build_redis(self) -> None:
         persistence = self.config.redis_persistence

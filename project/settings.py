@@ -264,6 +264,11 @@ if SWITCHBOARD_TLS:
 HEARTBEAT_SECS = env_int("HEARTBEAT_SECS", SB["HEARTBEAT_SECS"], minimum=1)
 # How long a replica trusts an API token it has checked: revoking one takes up to this long.
 API_TOKEN_CACHE_SECS = env_int("API_TOKEN_CACHE_SECS", SB["API_TOKEN_CACHE_SECS"], minimum=0)
+# How long a replica remembers a username's id for the push API (realtime/user_directory.py).
+API_USER_CACHE_SECS = env_int("API_USER_CACHE_SECS", SB["API_USER_CACHE_SECS"], minimum=0)
+# "host:port" where this replica also serves the token publish API, past Daphne (the runner sets
+# it per replica; haproxy.cfg's `publishers` backend points there).
+PUBLISH_PORT_BIND = env_str("PUBLISH_PORT_BIND", SB["PUBLISH_PORT_BIND"])
 # Frames waiting for one socket before further ones are dropped and fetched from history later.
 DELIVERY_QUEUE_MAX_FRAMES = env_int(
     "DELIVERY_QUEUE_MAX_FRAMES", SB["DELIVERY_QUEUE_MAX_FRAMES"], minimum=1

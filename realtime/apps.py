@@ -18,10 +18,11 @@ class RealtimeConfig(AppConfig):
     def ready(self) -> None:
         from django.conf import settings
 
-        from realtime import sealing, streams
+        from realtime import sealing, streams, user_directory
         from realtime.access import connect_signals
 
         connect_signals()
+        user_directory.connect_signals()
         # A malformed key stops the start, naming the entry (never the key).
         sealing.parse_keys(settings.HISTORY_ENCRYPTION_KEYS)
         # A project's own stream kinds, by dotted path (or an app registers its in its ready()).

@@ -74,6 +74,12 @@ DEFAULTS: dict[str, Any] = {
     "ARCHIVE_CLAIM_IDLE_SECS": 30.0,
     # --- access ---
     "API_TOKEN_CACHE_SECS": 5,  # revoking an API token takes up to this long
+    # The push API remembers a username's id this long (realtime/user_directory.py): a user
+    # renamed or deactivated on another replica is still found by the old name until then.
+    "API_USER_CACHE_SECS": 60,
+    # "host:port": each replica also serves the token publish API there, past Daphne
+    # (realtime/transport/publish_port.py); HAProxy routes those requests to it. Empty: no port.
+    "PUBLISH_PORT_BIND": "",
     "CONNECT_TOKEN_TTL_SECS": 300,
     "CONNECT_TOKEN_KEY": "",  # empty: derived from SECRET_KEY
     "CONNECT_TOKEN_ORIGINS": [],  # origins besides the site's own that may use a token

@@ -73,7 +73,12 @@ class StreamChannelLayer(BaseChannelLayer):
         self.node = node or settings.REPLICA_ID
         # Redis client names may not hold spaces; a REPLICA_ID is a host name and pid anyway.
         name = "switchboard:" + "".join(c if c.isalnum() or c in "-_.:" else "_" for c in self.node)
-        self.broker = RedisBroker(addresses, prefix=prefix, client_name=name)
+        self.broker = RedisBroker(
+            addresses,
+            prefix=prefix,
+            client_name=name,
+            sync_timeout=float(settings.REDIS_TIMEOUT_SECS),
+        )
         self.heartbeat_secs = heartbeat_secs
         self._loops: dict[asyncio.AbstractEventLoop, _LoopLayer] = {}
 
@@ -125,6 +130,7 @@ class StreamChannelLayer(BaseChannelLayer):
         if layer is not None:
             await layer.close()
         await self.broker.close()
+        self.broker.close_sync()
 
     # --- the sink extension --------------------------------------------------------------------
 

@@ -16,12 +16,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 
 from realtime import broker, groups, metrics, protocol, sealing, streams
-from realtime.broker import BrokerUnavailable, StreamPolicy
+from realtime.broker import Appended, BrokerUnavailable, StreamPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -82,24 +81,28 @@ def check_payload(payload: Any) -> None:
 _KINDS = {"user": "push", "broadcast": "broadcast", "ops": "ops", "*": "message"}
 
 
-async def publish(
-    *, stream: str, payload: Any, sender: str | None = None, idempotency: str | None = None
-) -> PublishResult:
-    """Publish `payload` to `stream` (user:<id>, broadcast, room:<slug> or a registered kind's).
+@dataclass(frozen=True)
+class _Outgoing:
+    """A message made ready for the broker: what `publish` and `publish_sync` share."""
 
-    `idempotency` is a key already scoped to its publisher (see `idempotency_key`): a
-    repeated key publishes nothing and returns the first publish's seq, so retries are safe.
-    """
+    stream: str
+    group: str
+    body: str
+    message_id: str
+    idempotency: str | None
+    policy: StreamPolicy
+
+
+def _outgoing(stream: str, payload: Any, sender: str | None, idempotency: str | None) -> _Outgoing:
     group = groups.group_for_stream(stream)
     check_payload(payload)
-    origin = settings.REPLICA_ID
     message_id = uuid.uuid4().hex
     envelope = protocol.envelope(
         kind=_KINDS.get(stream.partition(":")[0]) or _KINDS["*"],
         stream=stream,
         message_id=message_id,
         payload=payload,
-        origin=origin,
+        origin=settings.REPLICA_ID,
     )
     if sender is not None:
         envelope["sender"] = sender
@@ -120,30 +123,37 @@ async def publish(
         archive=kind.archive,
         archive_queue_max_len=settings.ARCHIVE_QUEUE_MAXLEN,
     )
-    started = time.perf_counter()
-    try:
-        appended = await asyncio.wait_for(
-            broker.current().publish(
-                stream=stream,
-                group=group,
-                body=body,
-                message_id=message_id,
-                idempotency=idempotency,
-                policy=policy,
-            ),
-            timeout=settings.REDIS_TIMEOUT_SECS,
-        )
-    except (BrokerUnavailable, TimeoutError) as exc:
-        # The details (which Redis, why) go to the log; callers show the message to users, and
-        # a Redis URL can carry a password.
-        logger.warning("publish failed stream=%s replica=%s error=%r", stream, origin, exc)
-        raise RealtimeUnavailable(UNAVAILABLE_MESSAGE) from exc
+    return _Outgoing(stream, group, body, message_id, idempotency, policy)
+
+
+def _broker_args(out: _Outgoing) -> dict[str, Any]:
+    return {
+        "stream": out.stream,
+        "group": out.group,
+        "body": out.body,
+        "message_id": out.message_id,
+        "idempotency": out.idempotency,
+        "policy": out.policy,
+    }
+
+
+def _unavailable(out: _Outgoing, exc: Exception) -> RealtimeUnavailable:
+    # The details (which Redis, why) go to the log; callers show the message to users, and a
+    # Redis URL can carry a password.
+    logger.warning(
+        "publish failed stream=%s replica=%s error=%r", out.stream, settings.REPLICA_ID, exc
+    )
+    return RealtimeUnavailable(UNAVAILABLE_MESSAGE)
+
+
+def _result(out: _Outgoing, appended: Appended, started: float) -> PublishResult:
     metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
-    logger.debug("published stream=%s seq=%s replica=%s", stream, appended.seq, origin)
-    if appended.archive_queue > ARCHIVE_QUEUE_WARN_FRACTION * policy.archive_queue_max_len:
-        _warn_archive_queue(appended.archive_queue, policy.archive_queue_max_len)
+    origin = settings.REPLICA_ID
+    logger.debug("published stream=%s seq=%s replica=%s", out.stream, appended.seq, origin)
+    if appended.archive_queue > ARCHIVE_QUEUE_WARN_FRACTION * out.policy.archive_queue_max_len:
+        _warn_archive_queue(appended.archive_queue, out.policy.archive_queue_max_len)
     return PublishResult(
-        stream=stream,
+        stream=out.stream,
         id=appended.message_id,
         origin=origin,
         seq=appended.seq,
@@ -151,6 +161,53 @@ async def publish(
         replicas=appended.receivers,
         sockets=appended.sockets,
         duplicate=appended.duplicate,
+    )
+
+
+async def publish(
+    *, stream: str, payload: Any, sender: str | None = None, idempotency: str | None = None
+) -> PublishResult:
+    """Publish `payload` to `stream` (user:<id>, broadcast, room:<slug> or a registered kind's).
+
+    `idempotency` is a key already scoped to its publisher (see `idempotency_key`): a
+    repeated key publishes nothing and returns the first publish's seq, so retries are safe.
+    """
+    out = _outgoing(stream, payload, sender, idempotency)
+    started = time.perf_counter()
+    try:
+        # asyncio.timeout, not wait_for: no task made per publish.
+        async with asyncio.timeout(settings.REDIS_TIMEOUT_SECS):
+            appended = await broker.current().publish(**_broker_args(out))
+    except (BrokerUnavailable, TimeoutError) as exc:
+        raise _unavailable(out, exc) from exc
+    return _result(out, appended, started)
+
+
+def publish_sync(
+    *, stream: str, payload: Any, sender: str | None = None, idempotency: str | None = None
+) -> PublishResult:
+    """`publish` for sync code: a Django view, an admin action, a management command, a task
+    queue worker, a WSGI process. The same script through a blocking Redis client on the
+    calling thread: no event loop is started and no thread is handed the call, so it costs
+    about what the publish itself costs (docs/performance.md). Raises RuntimeError inside an
+    event loop (it would block it): use `publish` there."""
+    _refuse_in_event_loop("publish_sync")
+    out = _outgoing(stream, payload, sender, idempotency)
+    started = time.perf_counter()
+    try:
+        appended = broker.current().publish_sync(**_broker_args(out))
+    except BrokerUnavailable as exc:
+        raise _unavailable(out, exc) from exc
+    return _result(out, appended, started)
+
+
+def _refuse_in_event_loop(name: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(
+        f"{name}() blocks, and this thread runs an event loop: await the async function instead."
     )
 
 
@@ -210,6 +267,15 @@ async def publish_ephemeral(*, stream: str, frame: dict[str, Any]) -> None:
         raise RealtimeUnavailable(UNAVAILABLE_MESSAGE) from exc
 
 
-publish_sync = async_to_sync(publish)
-push_to_user_sync = async_to_sync(push_to_user)
-broadcast_sync = async_to_sync(broadcast)
+def push_to_user_sync(
+    *, user_id: int, payload: Any, idempotency: str | None = None
+) -> PublishResult:
+    """`push_to_user` for sync code (see publish_sync)."""
+    return publish_sync(
+        stream=groups.user_stream(user_id), payload=payload, idempotency=idempotency
+    )
+
+
+def broadcast_sync(*, payload: Any, idempotency: str | None = None) -> PublishResult:
+    """`broadcast` for sync code (see publish_sync)."""
+    return publish_sync(stream=groups.BROADCAST_STREAM, payload=payload, idempotency=idempotency)

@@ -9,9 +9,10 @@
 Each returns the publish's PublishResult (stream, seq, epoch, duplicate), or for the
 `_on_commit` ones None (the publish happens later, or never if the transaction rolls back).
 `idempotency_key` is yours: the same key on the same stream publishes once, so a retried task
-does not send twice. The sync functions are for sync code only (called inside an event loop
-they raise, as async_to_sync does: use the `a` ones there). A stream of a kind nobody
-registered raises InvalidStreamName; Redis unreachable raises RealtimeUnavailable.
+does not send twice. The sync functions are for sync code only: they run the publish script
+through a blocking Redis client on the calling thread (no event loop, no thread hand-off), and
+called inside an event loop they raise RuntimeError (use the `a` ones there). A stream of a
+kind nobody registered raises InvalidStreamName; Redis unreachable raises RealtimeUnavailable.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from django.db import transaction
 
 from realtime import groups
@@ -31,16 +31,23 @@ logger = logging.getLogger(__name__)
 
 async def apublish(stream: str, payload: Any, *, idempotency_key: str = "") -> PublishResult:
     """Publish `payload` to `stream` (any kind: user:<id>, broadcast, room:<slug>, your own)."""
-    groups.group_for_stream(stream)  # a bad name fails before the key is made
     return await publishing.publish(
-        stream=stream,
-        payload=payload,
-        idempotency=(
-            publishing.idempotency_key(f"app:{stream}", idempotency_key)
-            if idempotency_key
-            else None
-        ),
+        stream=stream, payload=payload, idempotency=_scoped(stream, idempotency_key)
     )
+
+
+def publish(stream: str, payload: Any, *, idempotency_key: str = "") -> PublishResult:
+    """`apublish` for sync code."""
+    return publishing.publish_sync(
+        stream=stream, payload=payload, idempotency=_scoped(stream, idempotency_key)
+    )
+
+
+def _scoped(stream: str, idempotency_key: str) -> str | None:
+    groups.group_for_stream(stream)  # a bad name fails before the key is made
+    if not idempotency_key:
+        return None
+    return publishing.idempotency_key(f"app:{stream}", idempotency_key)
 
 
 async def apush(user: Any, payload: Any, *, idempotency_key: str = "") -> PublishResult:
@@ -54,9 +61,15 @@ async def abroadcast(payload: Any, *, idempotency_key: str = "") -> PublishResul
     return await apublish(groups.BROADCAST_STREAM, payload, idempotency_key=idempotency_key)
 
 
-publish = async_to_sync(apublish)
-push = async_to_sync(apush)
-broadcast = async_to_sync(abroadcast)
+def push(user: Any, payload: Any, *, idempotency_key: str = "") -> PublishResult:
+    """`apush` for sync code."""
+    user_id = user if isinstance(user, int) else user.pk
+    return publish(groups.user_stream(user_id), payload, idempotency_key=idempotency_key)
+
+
+def broadcast(payload: Any, *, idempotency_key: str = "") -> PublishResult:
+    """`abroadcast` for sync code."""
+    return publish(groups.BROADCAST_STREAM, payload, idempotency_key=idempotency_key)
 
 
 def publish_on_commit(

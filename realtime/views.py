@@ -32,6 +32,7 @@ from realtime import (
     sealing,
     streams,
     transport,
+    user_directory,
 )
 from realtime.api import (
     ApiError,
@@ -43,11 +44,7 @@ from realtime.api import (
     sse_sender_id,
 )
 from realtime.broker import BrokerUnavailable
-from realtime.selectors import (
-    archived_messages_read,
-    user_get_by_username,
-    user_ids_by_username,
-)
+from realtime.selectors import archived_messages_read
 from realtime.stats import replica_stats
 
 logger = logging.getLogger(__name__)
@@ -250,11 +247,11 @@ async def api_push(request: HttpRequest) -> JsonResponse:
         if not isinstance(username, str) or not username:
             raise ApiError(400, "bad_user", "'user' must be a username string.")
         payload = _payload_from(body)
-        user = await database_sync_to_async(user_get_by_username)(username=username)
-        if user is None:
+        user_id = await user_directory.active_user_id(username)
+        if user_id is None:
             raise ApiError(404, "unknown_user", f"There is no active user {username[:150]!r}.")
         result = await publish.push_to_user(
-            user_id=user.pk, payload=payload, idempotency=_idempotency(request, publisher)
+            user_id=user_id, payload=payload, idempotency=_idempotency(request, publisher)
         )
         logger.info("push user=%s seq=%s by=%s", username, result.seq, publisher)
         return ok_response({"user": username, **result.as_dict()})
@@ -299,7 +296,7 @@ async def api_push_batch(request: HttpRequest) -> JsonResponse:
                 )
             _payload_from(item)
         usernames = {m["user"] for m in messages}
-        ids = await database_sync_to_async(user_ids_by_username)(usernames=usernames)
+        ids = await user_directory.active_user_ids(usernames)
         if unknown := sorted(usernames - set(ids)):
             raise ApiError(
                 404,
@@ -516,10 +513,10 @@ def _check_stream_name(stream: str) -> str:
 async def _user_id_named(username: Any) -> int:
     if not isinstance(username, str) or not username:
         raise ApiError(400, "bad_user", "'user' must be a username.")
-    ids = await database_sync_to_async(user_ids_by_username)(usernames={username})
-    if username not in ids:
+    user_id = await user_directory.active_user_id(username)
+    if user_id is None:
         raise ApiError(404, "unknown_user", f"No active user {username[:150]!r}.")
-    return ids[username]
+    return user_id
 
 
 @csrf_exempt  # checked in authenticate_publisher for session callers

@@ -91,6 +91,11 @@ class BenchClient:
         else:
             self.awaiting_resume = set()
         cookie = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
+        await self._open_socket(url, cookie)
+        await asyncio.wait_for(self.ready.wait(), CONNECT_TIMEOUT_SECS)
+
+    async def _open_socket(self, url: str, cookie: str) -> None:
+        """The handshake; the replica's SERVERID kept, so the next connect goes back to it."""
         protocol, headers = await ws_connect(
             url,
             cookie=cookie,
@@ -101,7 +106,6 @@ class BenchClient:
         self.protocol = protocol
         self.cookies.update({k: v for k, v in set_cookies(headers).items() if k == "SERVERID"})
         protocol.closed.add_done_callback(lambda _: self._on_closed(protocol))
-        await asyncio.wait_for(self.ready.wait(), CONNECT_TIMEOUT_SECS)
 
     def _on_closed(self, protocol: WsProtocol) -> None:
         if self.closing or protocol is not self.protocol:
@@ -181,12 +185,20 @@ class ClientPool:
     """N clients of one target, plus the counters a workload reads and resets."""
 
     def __init__(
-        self, *, ws_url: str, origin: str, sessions: dict[str, str], resumable: bool = True
+        self,
+        *,
+        ws_url: str,
+        origin: str,
+        sessions: dict[str, str],
+        resumable: bool = True,
+        client_class: type[BenchClient] | None = None,
     ) -> None:
         self.ws_url = ws_url
         self.origin = origin
         self.resumable = resumable  # the target answers ?resume= with `resumed` frames
-        self.clients = [BenchClient(self, name, key) for name, key in sessions.items()]
+        # Chosen once per target, so our protocol's per-frame path has no branch for a peer's.
+        make = client_class or BenchClient
+        self.clients = [make(self, name, key) for name, key in sessions.items()]
         self.latencies: array[float] = array("f")
         self.delivered = 0
         self.unrecovered = 0

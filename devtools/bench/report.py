@@ -16,12 +16,13 @@ from devtools.cluster import is_replica_name
 
 @dataclass
 class Result:
-    target: str  # ours, stock, limit
-    workload: str  # W1..W5
+    target: str  # ours, stock, limit, socketio
+    workload: str  # W1, W2 (single pushes), W2b (batched pushes), W3, W4, W5
     clients: int
     messages: int
     seconds: float
-    # deliveries/s (W1), pushes/s (W2), connections/s (W3), resumes/s (W4), churned sockets/s (W5)
+    # deliveries/s (W1), pushes/s (W2, W2b), connections/s (W3), resumes/s (W4), churned sockets/s
+    # (W5)
     rate: float
     rate_unit: str
     deliveries: int = 0
@@ -109,7 +110,7 @@ def _num(value: float | None, digits: int = 0) -> str:
 
 def table(results: list[Result]) -> str:
     header = (
-        f"{'target':<6} {'wl':<3} {'clients':>7} {'msgs':>6} {'secs':>6} {'rate':>9} {'unit':<8} "
+        f"{'target':<8} {'wl':<3} {'clients':>7} {'msgs':>6} {'secs':>6} {'rate':>9} {'unit':<8} "
         f"{'p50ms':>7} {'p99ms':>7} {'maxms':>7} {'lost':>5} {'dup':>4} {'reord':>5} "
         f"{'cpu:repl':>8} {'redis':>6} {'hapx':>6} {'client':>6} {'us/dlv':>7}  notes"
     )
@@ -117,7 +118,7 @@ def table(results: list[Result]) -> str:
     for r in results:
         notes = " ".join(f"{k}={v}" for k, v in r.extra.items() if not isinstance(v, dict | list))
         lines.append(
-            f"{r.target:<6} {r.workload:<3} {r.clients:>7} {r.messages:>6} {r.seconds:>6.2f} "
+            f"{r.target:<8} {r.workload:<3} {r.clients:>7} {r.messages:>6} {r.seconds:>6.2f} "
             f"{_num(r.rate):>9} {r.rate_unit:<8} {_num(r.p50_ms, 1):>7} {_num(r.p99_ms, 1):>7} "
             f"{_num(r.max_ms, 1):>7} {r.lost:>5} {r.dup:>4} {r.reorder:>5} "
             f"{r.replica_cpu:>8.2f} {r.cpu_secs.get('redis', 0):>6.2f} "
@@ -128,11 +129,12 @@ def table(results: list[Result]) -> str:
 
 
 def ratios(results: list[Result]) -> list[str]:
-    """Ours as a ratio to stock and to the limit, for the figures the issue's targets name."""
+    """Ours as a ratio to stock, the limit and the Socket.IO peer, for the figures the issue's
+    targets name."""
     found = {(r.target, r.workload): r for r in results}
     lines = []
-    for other in ("stock", "limit"):
-        for workload in ("W1", "W2", "W3"):
+    for other in ("stock", "limit", "socketio"):
+        for workload in ("W1", "W2", "W2b", "W3"):
             ours, them = found.get(("ours", workload)), found.get((other, workload))
             if ours is None or them is None or not them.rate:
                 continue

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import urlopen
 
+from devtools.bench.clients import BenchClient
 from devtools.bench.wire import HttpConnection, WsProtocol, ws_connect
 from devtools.cluster import (
     BASE_DIR,
@@ -51,6 +52,8 @@ class Target:
     cluster: Cluster | None = None
     # Each replica's own address (not HAProxy's), where /healthz answers in full: W5 reads it.
     replica_urls: dict[str, str] = field(default_factory=dict)
+    # The pool's client for this target's protocol; None: ours (BenchClient).
+    client_class: type[BenchClient] | None = None
 
     @property
     def pids(self) -> dict[str, int]:
@@ -196,6 +199,7 @@ def start_cluster(
     if stock:
         config.settings_module = "devtools.bench.stock_settings"
         config.asgi_app = "devtools.bench.stock_asgi:application"
+        config.publish_port = False  # its publish views are its own, served by Daphne
     cluster = Cluster(config)
     _manage(cluster, "migrate", "--noinput", "-v0")
     sessions = json.loads(

@@ -2,7 +2,10 @@
 
 W3 connect        open every client through HAProxy; connections/s; RSS per connection
 W1 fan-out        M broadcasts, as fast as the API accepts them; deliveries/s, latency, order
-W2 push           M pushes to random users, unthrottled; pushes/s, latency, order
+W2 push           M pushes to random users, one request each (--push-concurrency in flight);
+                  pushes/s, latency, order
+W2b push batches  the same M pushes, --push-batch per request (--concurrency in flight), where
+                  the target has the batch endpoint
 W4 storm          kill the replica holding most clients while broadcasting; time until all
                   are back and resumed; nothing may be lost
 W5 churn          (only when named) short-lived sockets opened and closed, half without a close
@@ -177,6 +180,7 @@ async def _measure(
     calls: int,
     publish: Callable[[int], Awaitable[Published]],
     publisher: Publisher,
+    concurrency: int,  # publish requests in flight
     **extra: object,
 ) -> Result:
     pool = ctx.pool
@@ -201,7 +205,7 @@ async def _measure(
 
     async with ctx.progress.ticking(status):
         try:
-            seqs, errors = await publish_many(calls, ctx.concurrency, counted)
+            seqs, errors = await publish_many(calls, concurrency, counted)
         finally:
             await publisher.close()
         publish_secs = time.time() * 1000 - started_ms
@@ -261,24 +265,37 @@ async def fan_out(ctx: Context, *, messages: int) -> Result:
     async def one(n: int) -> Published:
         return [await publisher.broadcast(n)]
 
-    return await _measure(ctx, "W1", messages, "dlv/s", messages, one, publisher)
+    return await _measure(ctx, "W1", messages, "dlv/s", messages, one, publisher, ctx.concurrency)
 
 
-async def push(ctx: Context, *, messages: int, batch: int) -> Result:
-    """M pushes to random users: one request each, or `batch` per request where the target
-    has a batch endpoint (the last request takes the remainder)."""
+async def push(ctx: Context, *, messages: int, concurrency: int) -> Result:
+    """W2: M pushes to random users, one `POST /api/push` each, `concurrency` in flight."""
+    publisher = ctx.target.publisher(concurrency)
+    users = [client.username for client in ctx.pool.connected()]
+
+    async def one(n: int) -> Published:
+        return [await publisher.push(n, random.choice(users))]
+
+    return await _measure(
+        ctx, "W2", messages, "push/s", messages, one, publisher, concurrency, batch=1
+    )
+
+
+async def push_batches(ctx: Context, *, messages: int, batch: int) -> Result:
+    """W2b: the same M pushes, `batch` per `POST /api/push/batch` (the last request takes the
+    remainder), `--concurrency` in flight; only where the target has the batch endpoint."""
     publisher = ctx.target.publisher(ctx.concurrency)
     users = [client.username for client in ctx.pool.connected()]
-    batch = max(1, min(batch, messages)) if ctx.target.can_batch else 1
+    batch = max(1, min(batch, messages))
     calls = -(-messages // batch)
 
     async def one(n: int) -> Published:
-        if batch == 1:
-            return [await publisher.push(n, random.choice(users))]
         size = min(batch, messages - n * batch)
         return await publisher.push_batch(n, [random.choice(users) for _ in range(size)])
 
-    return await _measure(ctx, "W2", messages, "push/s", calls, one, publisher, batch=batch)
+    return await _measure(
+        ctx, "W2b", messages, "push/s", calls, one, publisher, ctx.concurrency, batch=batch
+    )
 
 
 async def warm_up(ctx: Context, *, messages: int = 20) -> None:
@@ -325,7 +342,8 @@ async def storm(ctx: Context, *, timeout: float = 60.0) -> Result:
     dropped = [c for c in pool.connected() if c.replica == victim]
     publisher = target.publisher(4)
     cpu = ctx.cpu_window()
-    seqs: list[int] = []
+    # Per stream: the Socket.IO peer numbers each publishing replica's broadcasts apart.
+    seqs: dict[str, list[int]] = {}
     errors: list[str] = []
     stop_publishing = asyncio.Event()
 
@@ -334,7 +352,8 @@ async def storm(ctx: Context, *, timeout: float = 60.0) -> Result:
             if stop_publishing.is_set():
                 return
             try:
-                seqs.append((await publisher.broadcast(n))[1])
+                stream, seq = await publisher.broadcast(n)
+                seqs.setdefault(stream, []).append(seq)
             except (PublishError, OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
                 errors.append(repr(exc)[:200])
             await asyncio.sleep(1 / STORM_PUBLISH_PER_SEC)
@@ -355,7 +374,7 @@ async def storm(ctx: Context, *, timeout: float = 60.0) -> Result:
             await asyncio.sleep(1.0)  # and some traffic after everyone is back
             stop_publishing.set()
             await publishing
-            ranges = {"broadcast": (min(seqs), max(seqs))} if seqs else {}
+            ranges = {stream: (min(s), max(s)) for stream, s in seqs.items()}
             # Without resume, what a dropped client missed never comes: no use waiting long.
             settle = SETTLE_SECS if pool.resumable else 3.0
             settled = await wait_until(caught_up(pool, ranges), timeout=settle)
@@ -374,7 +393,7 @@ async def storm(ctx: Context, *, timeout: float = 60.0) -> Result:
             new_homes.setdefault(client.replica or "?", []).append(client.ready_at)
     result = ctx.result(
         "W4",
-        len(seqs),
+        sum(len(s) for s in seqs.values()),
         (time.time() * 1000 - killed_ms) / 1000,
         len(dropped) / resume_secs if resume_secs else 0.0,
         "resume/s",
@@ -391,6 +410,8 @@ async def storm(ctx: Context, *, timeout: float = 60.0) -> Result:
             "resume_secs": round(resume_secs, 2) if resume_secs is not None else None,
             "peak_conn_per_sec": {name: peak_rate(t) for name, t in new_homes.items()},
             "unrecovered": pool.unrecovered,
+            # False for the Socket.IO peer: what its dropped clients missed counts as lost.
+            "resumable": pool.resumable,
             "publish_errors": len(errors),
             "settled": settled,
         },

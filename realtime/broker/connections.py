@@ -15,12 +15,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+import redis.connection
+import redis.retry
+import redis.sentinel
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+try:
+    import hiredis
+except ImportError:  # optional: redis-py then packs and parses in Python
+    hiredis = None  # type: ignore[assignment]
 
 # Command connections per process and loop: enough for Redis to pipeline a burst of publishes
 # (each is one short script), few enough that 3 replicas never crowd Redis' connection table.
@@ -109,12 +117,35 @@ def _pool_options(client_name: str | None) -> dict[str, Any]:
     }
 
 
+class _HiredisPacking:
+    """Commands packed by hiredis (C) where redis-py's asyncio connections pack them in Python
+    (its sync ones use hiredis when installed): a third of what a publish cost the replica's
+    event loop was that packing (docs/performance.md)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str):
+            args = tuple(args[0].encode().split()) + args[1:]
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:  # a type hiredis does not take: redis-py's own packing and error
+            return super().pack_command(*args)  # type: ignore[misc,no-any-return]
+
+
+def _packing_with_hiredis(pool: Any) -> Any:
+    """`pool`, its connections' class (plain, TLS, Unix or Sentinel-managed) given hiredis'
+    packing, when hiredis is installed."""
+    if hiredis is not None:
+        base = pool.connection_class
+        pool.connection_class = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
+    return pool
+
+
 def client_for(address: RedisAddress, *, client_name: str | None = None) -> aioredis.Redis:
     """A client with a pool of its own, for the running event loop; its connections named
     `client_name` in Redis (CLIENT SETNAME) if given."""
     if not address.sentinels:
         pool = BlockingConnectionPool.from_url(address.url, **_pool_options(client_name))
-        return aioredis.Redis(connection_pool=pool)
+        return aioredis.Redis(connection_pool=_packing_with_hiredis(pool))
     credentials = {
         name: value
         for name, value in parse_url(address.url).items()
@@ -130,7 +161,37 @@ def client_for(address: RedisAddress, *, client_name: str | None = None) -> aior
     sentinel_pool = BlockingSentinelConnectionPool(
         address.sentinel_master, sentinel, **credentials, **_pool_options(client_name)
     )
-    return aioredis.Redis(connection_pool=sentinel_pool)
+    return aioredis.Redis(connection_pool=_packing_with_hiredis(sentinel_pool))
+
+
+def sync_pool_for(
+    address: RedisAddress, *, client_name: str | None = None, timeout: float = 5.0
+) -> redis.connection.ConnectionPool:
+    """A connection pool for blocking clients, for publishing from sync code without an event
+    loop. Not bounded: each thread that publishes holds one connection of it (see
+    RedisBroker.sync_redis), so a WSGI server's or a worker's threads never wait for each other.
+    Commands wait at most `timeout` for Redis; after a fork the child opens its own connections
+    (the pool checks its pid)."""
+    options = {**_pool_options(client_name), "socket_timeout": timeout}
+    options["retry"] = redis.retry.Retry(NoBackoff(), 1)
+    del options["max_connections"], options["timeout"]  # BlockingConnectionPool's only
+    if not address.sentinels:
+        return redis.connection.ConnectionPool.from_url(address.url, **options)
+    credentials = {
+        name: value
+        for name, value in parse_url(address.url).items()
+        if name in ("db", "username", "password")
+    }
+    sentinel = redis.sentinel.Sentinel(
+        list(address.sentinels),
+        sentinel_kwargs={
+            "socket_connect_timeout": SENTINEL_TIMEOUT_SECS,
+            "socket_timeout": SENTINEL_TIMEOUT_SECS,
+        },
+    )
+    return redis.sentinel.SentinelConnectionPool(
+        address.sentinel_master, sentinel, **credentials, **options
+    )
 
 
 async def close_client(client: aioredis.Redis) -> None:

@@ -20,6 +20,8 @@ there.
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -27,11 +29,19 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis import ConnectionPool
+from redis import Redis as SyncRedis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import ResponseError
 
 from realtime.broker import frames, scripts
-from realtime.broker.connections import RedisAddress, client_for, close_client
+from realtime.broker.autopipeline import AutoPipeline
+from realtime.broker.connections import (
+    RedisAddress,
+    client_for,
+    close_client,
+    sync_pool_for,
+)
 from realtime.broker.errors import BrokerUnavailable, translated
 from realtime.broker.keys import Keys, stream_of_group
 
@@ -121,6 +131,7 @@ class RedisBroker:
         *,
         prefix: str = "sb",
         client_name: str | None = None,
+        sync_timeout: float = 3.0,
     ) -> None:
         given = [address] if isinstance(address, RedisAddress | str) else list(address)
         if not given:
@@ -129,10 +140,21 @@ class RedisBroker:
             a if isinstance(a, RedisAddress) else RedisAddress(a) for a in given
         )
         self.keys = Keys(prefix)
+        self._descriptions = [
+            f"shard {i} ({a.describe()})" if len(self.shards) > 1 else a.describe()
+            for i, a in enumerate(self.shards)
+        ]
         # What Redis' CLIENT LIST calls our connections: "switchboard:<replica>" from the layer.
         self.client_name = client_name
         self._clients: dict[asyncio.AbstractEventLoop, dict[int, aioredis.Redis]] = {}
+        # For sync code: a pool per shard, and each thread's own client holding one connection
+        # of it (made on first use).
+        self.sync_timeout = sync_timeout
+        self._sync_pools: dict[int, ConnectionPool] = {}
+        self._sync_lock = threading.Lock()
+        self._thread = threading.local()
         self._tasks: dict[asyncio.AbstractEventLoop, set[asyncio.Task[None]]] = {}
+        self._pipelines: dict[asyncio.AbstractEventLoop, dict[int, AutoPipeline]] = {}
 
     # --- shards ----------------------------------------------------------------------------------
 
@@ -154,9 +176,8 @@ class RedisBroker:
 
     def describe(self, shard: int) -> str:
         """A shard for logs and errors: its index (when there are several) and address, never
-        a password."""
-        where = self.shards[shard].describe()
-        return f"shard {shard} ({where})" if len(self.shards) > 1 else where
+        a password. Made once: every call's error context names its shard."""
+        return self._descriptions[shard]
 
     async def each_shard(
         self,
@@ -213,6 +234,53 @@ class RedisBroker:
             client = clients[shard] = client_for(self.shards[shard], client_name=self.client_name)
         return client
 
+    def sync_redis(self, on: Route = 0) -> SyncRedis:
+        """This thread's blocking client for the shard of `on`. Each thread keeps a connection
+        of its own: taking one from a shared pool on every call (a lock, and a poll of the
+        socket) cost a third of a sync publish. A thread that ends gives its connection back
+        to the pool; a forked child makes its own."""
+        shard = self.shard_of(on)
+        local = self._thread
+        clients: dict[int, SyncRedis] | None = getattr(local, "clients", None)
+        if clients is None or local.pid != os.getpid():
+            clients = local.clients = {}
+            local.pid = os.getpid()
+        client = clients.get(shard)
+        if client is None:
+            client = clients[shard] = SyncRedis(
+                connection_pool=self._sync_pool(shard), single_connection_client=True
+            )
+        return client
+
+    def _sync_pool(self, shard: int) -> ConnectionPool:
+        with self._sync_lock:
+            pool = self._sync_pools.get(shard)
+            if pool is None:
+                pool = self._sync_pools[shard] = sync_pool_for(
+                    self.shards[shard], client_name=self.client_name, timeout=self.sync_timeout
+                )
+            return pool
+
+    def close_sync(self) -> None:
+        """Close the blocking clients' connections (a test's end; a process exits without). A
+        thread's client used after this connects again."""
+        with self._sync_lock:
+            pools, self._sync_pools = self._sync_pools, {}
+        self._thread = threading.local()
+        for pool in pools.values():
+            pool.disconnect()
+            for sentinel in getattr(getattr(pool, "sentinel_manager", None), "sentinels", ()):
+                sentinel.close()
+
+    def autopipeline(self, shard: int) -> AutoPipeline:
+        """This event loop's automatic pipeline to `shard`: the script calls (publishes above
+        all) of the loop share one connection and go out together (autopipeline.py)."""
+        pipelines = self._pipelines.setdefault(asyncio.get_running_loop(), {})
+        pipeline = pipelines.get(shard)
+        if pipeline is None:
+            pipeline = pipelines[shard] = AutoPipeline(self.redis(shard).connection_pool)
+        return pipeline
+
     def has_client(self) -> bool:
         """Whether this event loop has its clients: made by the first call, dropped by close()."""
         return bool(self._clients.get(asyncio.get_running_loop()))
@@ -237,6 +305,8 @@ class RedisBroker:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=2)  # bounded: closing must never hang a shutdown
+        for pipeline in self._pipelines.pop(loop, {}).values():
+            await pipeline.close()
         for client in self._clients.pop(loop, {}).values():
             await close_client(client)
 
@@ -282,7 +352,9 @@ class RedisBroker:
     ) -> Any:
         shard = self.shard_of(on)
         with translated(f"{script.name} on {self.describe(shard)}"):
-            return await scripts.run(self.redis(shard), script, keys, args)
+            return await scripts.run(
+                self.autopipeline(shard), self.redis(shard), script, keys, args
+            )
 
     # --- streams ---------------------------------------------------------------------------------
 
@@ -309,6 +381,38 @@ class RedisBroker:
         The epoch is a random id given to a stream when its meta hash is created: a Redis that
         lost its data starts streams afresh under new epochs, so a client's position from
         before is told apart from the same seq after."""
+        keys, args = self._publish_call(stream, group, body, message_id, idempotency, policy)
+        return _appended(await self.run(scripts.PUBLISH, keys, args, on=stream))
+
+    def publish_sync(
+        self,
+        *,
+        stream: str,
+        group: str,
+        body: str,
+        message_id: str,
+        idempotency: str | None,
+        policy: StreamPolicy,
+    ) -> Appended:
+        """`publish` for sync code (a view, an admin action, a task, a command): the same script
+        through a blocking client, on the calling thread, with no event loop and no hand-off to
+        another thread. Waits for Redis at most `sync_timeout` seconds."""
+        keys, args = self._publish_call(stream, group, body, message_id, idempotency, policy)
+        shard = self.shard_of(stream)
+        with translated(f"{scripts.PUBLISH.name} on {self.describe(shard)}"):
+            reply = scripts.run_sync(self.sync_redis(shard), scripts.PUBLISH, keys, args)
+        return _appended(reply)
+
+    def _publish_call(
+        self,
+        stream: str,
+        group: str,
+        body: str,
+        message_id: str,
+        idempotency: str | None,
+        policy: StreamPolicy,
+    ) -> tuple[list[str], list[Any]]:
+        """The publish script's keys and arguments."""
         if len(self.shards) > 1 and self.shard_of(stream_of_group(group)) != self.shard_of(stream):
             # The layer subscribes to a group on its stream's shard (keys.stream_of_group): a
             # group of another shard would be published where none of its members listen.
@@ -332,18 +436,7 @@ class RedisBroker:
             "=" if policy.max_len < EXACT_TRIM_BELOW else "~",
             policy.archive_queue_max_len,
         ]
-        seq, epoch, receivers, sockets, duplicate, first_id, queued = await self.run(
-            scripts.PUBLISH, keys, args, on=stream
-        )
-        return Appended(
-            int(seq),
-            _text(epoch),
-            int(receivers),
-            int(sockets),
-            bool(duplicate),
-            _text(first_id),
-            int(queued),
-        )
+        return keys, args
 
     async def heads(self, streams: list[str]) -> dict[str, Position]:
         """Each stream's current position, in one round trip per shard."""
@@ -568,6 +661,19 @@ class RedisBroker:
     async def hit(self, key: str, *, window_ms: int) -> int:
         """Count one hit on a fixed-window counter; the count in the current window."""
         return int(await self.run(scripts.LIMIT_HIT, [self.keys.limit(key)], [window_ms], on=key))
+
+
+def _appended(reply: list[Any]) -> Appended:
+    seq, epoch, receivers, sockets, duplicate, first_id, queued = reply
+    return Appended(
+        int(seq),
+        _text(epoch),
+        int(receivers),
+        int(sockets),
+        bool(duplicate),
+        _text(first_id),
+        int(queued),
+    )
 
 
 def _itself(name: str) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
@@ -86,7 +87,36 @@ async def pipelined(client: Any, queue: Callable[[Any], None]) -> list[Any]:
     return replies
 
 
-async def run(client: Any, script: Script, keys: list[str], args: list[Any]) -> Any:
-    """One script call (a pipeline of one, so NOSCRIPT is handled as for the others)."""
-    replies = await pipelined(client, lambda pipe: script.queue(pipe, keys, args))
-    return replies[0]
+def run_sync(client: Any, script: Script, keys: list[str], args: list[Any]) -> Any:
+    """One script call on a sync client: EVALSHA, and on NOSCRIPT every script loaded and the
+    call made again (no pipeline: one call is one round trip either way)."""
+    try:
+        return client.evalsha(script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        with client.pipeline(transaction=False) as pipe:
+            for each in ALL:
+                pipe.script_load(each.source)
+            pipe.execute()
+        return client.evalsha(script.sha, len(keys), *keys, *args)
+
+
+async def run(pipeline: Any, client: Any, script: Script, keys: list[str], args: list[Any]) -> Any:
+    """One script call through the loop's automatic pipeline (autopipeline.py): EVALSHA, and on
+    NOSCRIPT every script loaded (through `client`) and the call made again. A connection that
+    failed under the call (Redis restarted, a failover) is replaced and the call made once more,
+    as redis-py's Retry did for each command (a publish whose first write did reach Redis is then
+    stored twice: callers that must not see that send an idempotency key)."""
+    call = ("EVALSHA", script.sha, len(keys), *keys, *args)
+    for attempt in range(2):
+        try:
+            return await pipeline.call(*call)
+        except NoScriptError:
+            async with client.pipeline(transaction=False) as pipe:
+                for each in ALL:
+                    pipe.script_load(each.source)
+                await pipe.execute()
+            return await pipeline.call(*call)
+        except (RedisConnectionError, ConnectionError):
+            if attempt == 1:
+                raise
+    raise AssertionError("unreachable")

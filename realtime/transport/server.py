@@ -50,7 +50,7 @@ from twisted.internet.task import LoopingCall
 from realtime import drain, gc_policy, transport
 from realtime.lifetimes import counted
 from realtime.transport import daphne as fast_path
-from realtime.transport import warm_up
+from realtime.transport import publish_port, warm_up
 
 
 @counted
@@ -165,10 +165,31 @@ class LeanServer(daphne.server.Server):
         daphne.server.reactor.callWhenRunning(lambda: asyncio.ensure_future(warm_up.start_pools()))
         # After Twisted installed its own signal handlers (its startup runs first): ours.
         daphne.server.reactor.callWhenRunning(self._drain_on_sigterm)
+        if settings.PUBLISH_PORT_BIND:
+            daphne.server.reactor.callWhenRunning(
+                lambda: asyncio.ensure_future(self._open_publish_port())
+            )
         if settings.GC_FULL_COLLECT_SECS:
             gc_policy.take_over_full_collections()
             LoopingCall(gc_policy.collect_full).start(settings.GC_FULL_COLLECT_SECS, now=False)
         super().run()
+
+    async def _open_publish_port(self) -> None:
+        from realtime.api import MAX_BODY_BYTES
+
+        try:
+            self.publish_port = await publish_port.serve(settings.PUBLISH_PORT_BIND, MAX_BODY_BYTES)
+        except OSError as exc:
+            # A replica without the port it was told to serve would leave HAProxy's publishers
+            # backend pointing at nothing: stop, loudly, as for Daphne's own port.
+            print(
+                f"switchboard: cannot listen on PUBLISH_PORT_BIND={settings.PUBLISH_PORT_BIND}: "
+                f"{exc}",
+                file=sys.stderr,
+            )
+            daphne.server.reactor.stop()
+            return
+        print(f"switchboard: publish port on {settings.PUBLISH_PORT_BIND}", file=sys.stderr)
 
     def _drain_on_sigterm(self) -> None:
         """SIGTERM drains before the process exits (realtime/drain.py): Daphne's own handler

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import httpx
 import pytest
 
@@ -59,3 +61,37 @@ def test_malformed_push_answers_a_clear_error(
 
 def test_api_rejects_get(cluster: Cluster) -> None:
     assert httpx.get(f"{cluster.url}/api/push").status_code == 405
+
+
+def _publishers_served(cluster: Cluster) -> dict[str, int]:
+    """Requests each server of HAProxy's `publishers` backend (the publish ports) took."""
+    rows = httpx.get(f"{cluster.stats_url};csv", timeout=5).text.lstrip("# ").splitlines()
+    table = list(csv.DictReader(rows))
+    return {
+        row["svname"]: int(row["stot"])
+        for row in table
+        if row["pxname"] == "publishers" and row["svname"] not in ("FRONTEND", "BACKEND")
+    }
+
+
+def test_token_publishes_go_to_the_pinned_replicas_publish_port_and_sessions_to_django(
+    cluster: Cluster,
+) -> None:
+    before = _publishers_served(cluster)
+    assert set(before) == set(cluster.replica_names), "each replica has its publish port"
+    for replica in cluster.replica_names:
+        for n in range(3):
+            answer = api_post(
+                cluster, "/api/push", {"user": "alice", "payload": n}, replica=replica
+            )
+            assert answer.status_code == 200 and answer.headers["X-Replica"] == replica
+    after = _publishers_served(cluster)
+    assert {r: after[r] - before[r] for r in after} == dict.fromkeys(cluster.replica_names, 3)
+    # A staff session's publish (cookie and CSRF) is Django's: the publish ports see none of it.
+    staff = login(cluster.url, "admin", "admin-pass")
+    answer = staff.post(
+        "/api/broadcast", json={"payload": 1}, headers={"X-CSRFToken": staff.cookies["csrftoken"]}
+    )
+    staff.close()
+    assert answer.status_code == 200
+    assert _publishers_served(cluster) == after

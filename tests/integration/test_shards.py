@@ -115,6 +115,28 @@ async def test_sockets_on_streams_of_every_shard_receive_in_order(shards: Shards
         await sockets[shard].close()
 
 
+async def test_sync_publishes_go_to_each_streams_shard_and_arrive_in_order(
+    shards: Shards,
+) -> None:
+    sockets = {shard: (await open_socket(a_user(user)))[0] for shard, user in USER_ON_SHARD.items()}
+    await memberships_written(shards.layer)
+
+    def publish_from_sync_code() -> list[int]:
+        return [
+            publish.push_to_user_sync(user_id=user, payload=n).seq
+            for n in range(1, 6)
+            for user in USER_ON_SHARD.values()
+        ]
+
+    assert await sync_to_async(publish_from_sync_code)() == [n for n in range(1, 6) for _ in "abc"]
+    for shard, user in USER_ON_SHARD.items():
+        frames = await sockets[shard].receive_many(5)
+        assert [(f["stream"], f["seq"]) for f in frames] == [
+            (f"user:{user}", n) for n in range(1, 6)
+        ]
+        await sockets[shard].close()
+
+
 async def test_channels_and_plain_groups_cross_layers_on_every_shard(shards: Shards) -> None:
     """Another replica's layer over the same shards: send() to its channel goes through the
     shard its process id hashes to, and a plain group through its name's shard."""

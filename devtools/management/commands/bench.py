@@ -4,8 +4,8 @@
 Starts a cluster with the one runner (or uses --url), opens N real WebSocket clients through
 HAProxy, runs the workloads (see devtools/bench/workloads.py), and prints progress on stderr,
 then a table (and W5's verdict line) and one JSON line per workload on stdout. --baseline
-stock and --limit measure the same workloads against stock Channels and a raw `websockets`
-server, as ratios.
+stock, --limit and --peer socketio measure the same workloads against stock Channels, a raw
+`websockets` server and a Socket.IO cluster (Redis adapter, behind the same HAProxy), as ratios.
 """
 
 from __future__ import annotations
@@ -19,15 +19,18 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from devtools.bench import sealing, shards, workloads
+from devtools.bench import inprocess, sealing, shards, workloads
 from devtools.bench.clients import ClientPool
 from devtools.bench.report import Progress, Result, churn_lines, json_line, ratios, table
+from devtools.bench.socketio_peer import PeerUnavailable, start_socketio
 from devtools.bench.targets import Target, external_cluster, start_cluster, start_limit
 from devtools.cluster import read_state
 
 logger = logging.getLogger(__name__)
 
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
+# Other realtime servers measured with the same clients and workloads (--peer).
+PEERS = ("socketio",)
 
 
 class Command(BaseCommand):
@@ -52,10 +55,17 @@ class Command(BaseCommand):
             "--concurrency", type=int, default=4, help="Publish requests in flight."
         )
         parser.add_argument(
+            "--push-concurrency",
+            type=int,
+            default=16,
+            help="W2: single pushes (one POST /api/push each) in flight.",
+        )
+        parser.add_argument(
             "--push-batch",
             type=int,
             default=20,
-            help="W2: pushes per request to POST /api/push/batch (1: one POST /api/push each).",
+            help="W2b, after W2's single pushes: the same pushes, this many per POST "
+            "/api/push/batch (--concurrency in flight); 1: no W2b.",
         )
         parser.add_argument(
             "--connect-concurrency", type=int, default=100, help="Handshakes in flight."
@@ -72,6 +82,14 @@ class Command(BaseCommand):
         parser.add_argument("--baseline", choices=["stock"], help="Also measure stock Channels.")
         parser.add_argument(
             "--limit", action="store_true", help="Also measure a raw websockets server."
+        )
+        parser.add_argument(
+            "--peer",
+            action="append",
+            choices=PEERS,
+            default=[],
+            help="Also measure this peer (repeatable): socketio is Socket.IO 4 with its Redis "
+            "adapter, node replicas behind the same HAProxy (needs node and npm; W5 is skipped).",
         )
         parser.add_argument(
             "--churn-rate",
@@ -96,6 +114,15 @@ class Command(BaseCommand):
             "redis-servers of the bench's own, the broker's publish script.",
         )
         parser.add_argument(
+            "--inprocess",
+            action="store_true",
+            help="Also measure publishing from Django code in this process: sync and async calls "
+            "per second and CPU per call (a redis-server of the bench's own).",
+        )
+        parser.add_argument(
+            "--inprocess-calls", type=int, default=5000, help="With --inprocess: calls per row."
+        )
+        parser.add_argument(
             "--sealing",
             action="store_true",
             help="Also measure what HISTORY_ENCRYPTION_KEYS costs per message (in-process).",
@@ -108,12 +135,18 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["inprocess"]:
+            self.stderr.write("measuring in-process publishing …")
+            rows = inprocess.measure(options["inprocess_calls"], options["var_dir"] / "inprocess")
+            for line in inprocess.lines(rows):
+                self.stdout.write(line)
         if options["sealing"]:
             for line in sealing.lines(sealing.measure()):
                 self.stdout.write(line)
         if options["redis_shards"]:
             self._shards(options)
-        if (options["sealing"] or options["redis_shards"]) and options["workloads"] == "":
+        side = options["sealing"] or options["redis_shards"] or options["inprocess"]
+        if side and options["workloads"] == "":
             return
         wanted = [w.strip().upper() for w in options["workloads"].split(",") if w.strip()]
         if unknown := set(wanted) - set(WORKLOADS):
@@ -126,16 +159,24 @@ class Command(BaseCommand):
             )
         if options["churn_rate"] <= 0 or options["churn_secs"] <= 0:
             raise CommandError("--churn-rate and --churn-secs must be above 0.")
+        if options["concurrency"] < 1 or options["push_concurrency"] < 1:
+            raise CommandError("--concurrency and --push-concurrency must be 1 or more.")
         if options["churn_publish_rate"] < 0:
             raise CommandError("--churn-publish-rate must be 0 or more.")
         names = (
             ["ours"]
             + (["stock"] if options["baseline"] else [])
             + (["limit"] if options["limit"] else [])
+            + list(dict.fromkeys(options["peer"]))
         )
         results: list[Result] = []
         for name in names:
-            target = self._start(name, options)
+            try:
+                target = self._start(name, options)
+            except PeerUnavailable as exc:
+                # A missing node must not cost the rest of the run (ours is already measured).
+                self.stderr.write(f"skipping the {name} peer: {exc}")
+                continue
             try:
                 results += asyncio.run(self._run(target, wanted, options))
             finally:
@@ -169,6 +210,8 @@ class Command(BaseCommand):
         started = time.monotonic()
         if name == "limit":
             target: Target = start_limit(clients=clients, var_dir=var_dir)
+        elif name == "socketio":
+            target = start_socketio(replicas=options["replicas"], clients=clients, var_dir=var_dir)
         elif name == "ours" and options["url"]:
             state = read_state(options["cluster_dir"])
             target = external_cluster(options["url"], clients=clients, state=state)
@@ -191,6 +234,7 @@ class Command(BaseCommand):
             origin=target.origin,
             sessions=target.sessions,
             resumable=target.resumable,
+            client_class=target.client_class,
         )
         if "W5" in wanted and target.name == "ours" and not target.replica_urls:
             raise CommandError(
@@ -212,11 +256,22 @@ class Command(BaseCommand):
             if "W1" in wanted:
                 results.append(await workloads.fan_out(ctx, messages=messages))
             if "W2" in wanted and target.can_push:
+                # Single pushes first, then the same number batched: two rows, W2 and W2b.
                 results.append(
-                    await workloads.push(ctx, messages=messages, batch=options["push_batch"])
+                    await workloads.push(
+                        ctx, messages=messages, concurrency=options["push_concurrency"]
+                    )
                 )
+                if target.can_batch and options["push_batch"] > 1:
+                    results.append(
+                        await workloads.push_batches(
+                            ctx, messages=messages, batch=options["push_batch"]
+                        )
+                    )
             # Before W4, which kills a replica and starts another in its place.
-            if "W5" in wanted and target.replica_urls:
+            if "W5" in wanted and target.name in PEERS:
+                self.stderr.write(f"W5 skipped for {target.name}: it reads our replicas' /healthz")
+            elif "W5" in wanted and target.replica_urls:
                 results.append(
                     await workloads.churn(
                         ctx,

@@ -1,0 +1,140 @@
+"""Commands of one event loop to one shard, sent together: an automatic pipeline.
+
+redis-py's asyncio client takes a connection from its pool for every command, writes it, waits
+for its reply and puts the connection back: ~290 µs of a replica's CPU per publish script on
+the bench machine, most of it the pool, the timeouts it arms and a write per command. Here every
+script call of the loop shares one connection (checked out of the same pool, so TLS, AUTH, the
+database, the client name and Sentinel's primary discovery are redis-py's): each caller packs
+its command (hiredis when installed) and queues a future; the commands queued in one turn of
+the loop go out in one write; one reader task takes the replies, which Redis sends in order,
+and hands each to its future. 127 µs per call one at a time, 35 µs with 16 in flight
+(docs/performance.md) — what ioredis' enableAutoPipelining and centrifuge's rueidis do.
+
+A connection that fails (Redis restarted, a Sentinel failover's READONLY, a timeout) fails
+every call waiting on it with that error and is dropped; the next call connects afresh. A call
+whose write may have reached Redis is not retried here: the broker's callers decide (a publish
+retries once, as redis-py's Retry did, and says an idempotency key makes that safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+try:
+    from hiredis import pack_command
+except ImportError:  # optional: redis-py's own packing then
+    pack_command = None  # type: ignore[assignment]
+
+
+class AutoPipeline:
+    """One shard's connection for one event loop's script calls."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.connection: Any = None
+        self.connecting: asyncio.Future[Any] | None = None
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.outgoing: list[bytes] = []
+        self.flush_scheduled = False
+        self.read_by: Any = None  # the connection a reader task is reading from
+        self.closed = False
+
+    async def call(self, *args: Any) -> Any:
+        """Send one command; its reply (an error reply raised as redis-py raises it)."""
+        connection = self.connection or await self._connect()
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append(future)
+        if pack_command is not None:
+            self.outgoing.append(pack_command(args))
+        else:
+            self.outgoing.extend(connection.pack_command(*args))
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush, connection)
+        if self.read_by is not connection:
+            self.read_by = connection
+            asyncio.get_running_loop().create_task(self._read(connection))
+        return await future
+
+    async def _connect(self) -> Any:
+        if self.closed:
+            raise ConnectionError("the broker is closed")
+        if self.connecting is None:
+            self.connecting = asyncio.ensure_future(self.pool.get_connection())
+        connecting = self.connecting
+        try:
+            # Shielded: one caller's timeout must not cancel the others' connect.
+            connection = await asyncio.shield(connecting)
+        finally:
+            if self.connecting is connecting and connecting.done():
+                self.connecting = None
+        if self.connection is None:
+            self.connection = connection
+        elif self.connection is not connection:  # another caller's connect won
+            await self.pool.release(connection)
+        return self.connection
+
+    def _flush(self, connection: Any) -> None:
+        self.flush_scheduled = False
+        data, self.outgoing = b"".join(self.outgoing), []
+        if connection is not self.connection:
+            return  # failed meanwhile: its callers were told
+        writer = getattr(connection, "_writer", None)
+        if writer is None or writer.is_closing():
+            self._fail(connection, ConnectionError("the connection to Redis closed"))
+            return
+        # Redis reads as fast as we write, and what is in flight is bounded by the callers
+        # waiting: no drain() (it would make a task per write).
+        writer.write(data)
+
+    async def _read(self, connection: Any) -> None:
+        try:
+            while self.waiting and connection is self.connection:
+                try:
+                    reply = await connection.read_response()
+                except ResponseError as exc:  # an error reply: the call's, not the connection's
+                    reply = exc
+                future = self.waiting.popleft()
+                if future.done():
+                    continue  # its caller gave up (a timeout): the reply is dropped
+                if isinstance(reply, ResponseError):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+        except (Exception, asyncio.CancelledError) as exc:
+            self._fail(connection, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            if self.read_by is connection:
+                self.read_by = None
+
+    def _fail(self, connection: Any, exc: BaseException, *, discard: bool = True) -> None:
+        """Every call waiting on `connection` fails with `exc`; the connection is dropped."""
+        if connection is not self.connection:
+            return
+        self.connection = None
+        waiting, self.waiting = self.waiting, deque()
+        self.outgoing = []
+        error = exc if isinstance(exc, Exception) else ConnectionError("the read was cancelled")
+        for future in waiting:
+            if not future.done():
+                future.set_exception(error)
+        if discard:
+            asyncio.get_running_loop().create_task(self._discard(connection))
+
+    async def _discard(self, connection: Any) -> None:
+        await connection.disconnect(nowait=True)
+        await self.pool.release(connection)
+
+    async def close(self) -> None:
+        """Give the connection back (its pool is closed next); waiting calls fail."""
+        self.closed = True
+        connection = self.connection
+        if connection is not None:
+            self._fail(connection, ConnectionError("the broker closed"), discard=False)
+            await self._discard(connection)

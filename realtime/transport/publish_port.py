@@ -1,0 +1,263 @@
+"""The publish port: a lean HTTP/1.1 listener in each replica for the token publish API only.
+
+A single `POST /api/push` through Daphne cost a replica ~1.7 ms of CPU, most of it Twisted
+parsing the request and Daphne turning it into an ASGI application instance; the publish lane
+(realtime/publish_lane.py) and the publish itself are ~0.3 ms of that (docs/performance.md).
+With `PUBLISH_PORT_BIND=host:port` a replica also listens there, on the same event loop, with
+this small asyncio protocol: it reads a request (Content-Length bodies only, at most
+api.MAX_BODY_BYTES), hands it to the publish lane as an ASGI `http` scope, and writes the
+answer; connections are kept alive. HAProxy sends `POST /api/push`, `/api/push/batch`,
+`/api/broadcast` and `/api/publish` with an `Authorization` header there (haproxy.cfg, backend
+`publishers`, the same servers, cookie and health as `replicas`); everything else, and every
+deployment without the port, goes through Daphne as before, with the same answers.
+
+Only what the lane serves is served: any other request gets a 404 (or 405, 411, 413, 431,
+501) in the API's JSON error shape, and the connection is closed after an error that leaves
+the stream unreadable. A connection idle for IDLE_SECS, or one that sends a request's head
+slower than HEAD_SECS, is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote
+
+from django.conf import settings
+
+from realtime.asgi_types import ASGIApp, Message
+
+logger = logging.getLogger(__name__)
+
+MAX_HEAD_BYTES = 16 * 1024
+HEAD_SECS = 10.0
+IDLE_SECS = 75.0  # above HAProxy's `timeout http-keep-alive`, so HAProxy closes first
+
+
+def _error(status: int, code: str, message: str) -> tuple[int, bytes]:
+    """The API's error shape (realtime/api.py error_response), as bytes."""
+    answer = {"ok": False, "error": code, "message": message, "replica": settings.REPLICA_ID}
+    return status, json.dumps(answer).encode()
+
+
+def _error_headers() -> list[tuple[bytes, bytes]]:
+    return [(b"content-type", b"application/json"), (b"x-replica", settings.REPLICA_ID.encode())]
+
+
+class PublishPortProtocol(asyncio.Protocol):
+    """One client connection (HAProxy's, reused across requests): requests in order, one at a
+    time; reading pauses while one is being answered."""
+
+    def __init__(self, app: ASGIApp, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.busy = False
+        self.closed = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.disconnected: asyncio.Future[None] | None = None
+
+    # --- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.disconnected = asyncio.get_running_loop().create_future()
+        self._arm(IDLE_SECS)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.busy:
+            self._next()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.disconnected is not None and not self.disconnected.done():
+            self.disconnected.set_result(None)
+
+    # --- requests ----------------------------------------------------------------------------
+
+    def _arm(self, secs: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(secs, self._timed_out)
+
+    def _timed_out(self) -> None:
+        if self.transport is not None and not self.busy:
+            self.transport.close()
+
+    def _next(self) -> None:
+        """Start on the next complete request in the buffer, if there is one."""
+        if self.closed:
+            return
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buffer) > MAX_HEAD_BYTES:
+                self._fail(*_error(431, "head_too_large", "Request headers are too large."))
+            elif self.buffer:
+                self._arm(HEAD_SECS)  # a request has begun: its head must come soon
+            return
+        if end > MAX_HEAD_BYTES:
+            self._fail(*_error(431, "head_too_large", "Request headers are too large."))
+            return
+        head = bytes(self.buffer[:end]).decode("latin-1")
+        lines = head.split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            self._fail(*_error(400, "bad_request", "Not an HTTP/1.1 request."))
+            return
+        method, target, version = parts
+        headers: list[tuple[bytes, bytes]] = []
+        length = 0
+        keep_alive = version == "HTTP/1.1"
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep or not name or name != name.strip():
+                self._fail(*_error(400, "bad_request", "A malformed header line."))
+                return
+            name, value = name.lower(), value.strip()
+            if name == "content-length":
+                if not value.isdigit() or length:
+                    self._fail(*_error(400, "bad_request", "A malformed Content-Length."))
+                    return
+                length = int(value)
+            elif name == "transfer-encoding":
+                self._fail(*_error(501, "chunked", "Send a Content-Length body here."))
+                return
+            elif name == "connection":
+                keep_alive = value.lower() != "close" and (
+                    version == "HTTP/1.1" or value.lower() == "keep-alive"
+                )
+            headers.append((name.encode("latin-1"), value.encode("latin-1")))
+        if length > self.max_body:
+            self._fail(
+                *_error(
+                    413, "body_too_large", f"Request bodies may be at most {self.max_body} bytes."
+                )
+            )
+            return
+        if len(self.buffer) < end + 4 + length:
+            self._arm(HEAD_SECS)  # the body is on its way
+            return
+        body = bytes(self.buffer[end + 4 : end + 4 + length])
+        del self.buffer[: end + 4 + length]
+        path, _, query = target.partition("?")
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": version[5:],
+            "method": method,
+            "scheme": "http",
+            "path": unquote(path),
+            "raw_path": path.encode("latin-1"),
+            "query_string": query.encode("latin-1"),
+            "root_path": "",
+            "headers": headers,
+            "client": self._client(headers),
+            "server": self._server(),
+        }
+        self.busy = True
+        if self.timer is not None:
+            self.timer.cancel()
+        asyncio.get_running_loop().create_task(self._answer(scope, body, keep_alive))
+
+    def _client(self, headers: list[tuple[bytes, bytes]]) -> tuple[str, int] | None:
+        # As Daphne's --proxy-headers: the address HAProxy put last in X-Forwarded-For.
+        for name, value in headers:
+            if name == b"x-forwarded-for":
+                return value.decode("latin-1").split(",")[-1].strip(), 0
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        return (peer[0], peer[1]) if peer else None
+
+    def _server(self) -> tuple[str, int] | None:
+        sock = self.transport.get_extra_info("sockname") if self.transport else None
+        return (sock[0], sock[1]) if sock else None
+
+    async def _answer(self, scope: dict[str, Any], body: bytes, keep_alive: bool) -> None:
+        status, headers, content = 500, [], b""
+        sent_body = False
+
+        async def receive() -> Message:
+            nonlocal sent_body
+            if not sent_body:
+                sent_body = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            assert self.disconnected is not None
+            await self.disconnected
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            nonlocal status, headers, content
+            if message["type"] == "http.response.start":
+                status, headers = message["status"], list(message.get("headers", []))
+            elif message["type"] == "http.response.body":
+                content += message.get("body", b"")
+
+        try:
+            await self.app(scope, receive, send)
+        except Exception:
+            logger.exception("publish port: the request failed path=%s", scope["path"])
+            status, content = _error(500, "server_error", "The request failed; see the log.")
+            headers = _error_headers()
+        self._write(status, headers, content, keep_alive)
+        self.busy = False
+        if keep_alive and not self.closed:
+            self._arm(IDLE_SECS)
+            if self.buffer:
+                self._next()
+
+    def _write(
+        self, status: int, headers: list[tuple[bytes, bytes]], content: bytes, keep_alive: bool
+    ) -> None:
+        if self.closed or self.transport is None:
+            return
+        lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}".encode()]
+        has_length = False
+        for name, value in headers:
+            has_length = has_length or name.lower() == b"content-length"
+            lines.append(name + b": " + value)
+        if not has_length:
+            lines.append(b"content-length: " + str(len(content)).encode())
+        if not keep_alive:
+            lines.append(b"connection: close")
+        self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + content)
+        if not keep_alive:
+            self.transport.close()
+
+    def _fail(self, status: int, content: bytes) -> None:
+        """An answer to a request that cannot be read on from: then the connection closes."""
+        self._write(status, _error_headers(), content, keep_alive=False)
+        self.closed = True
+
+
+def lane_only() -> ASGIApp:
+    """The publish lane, with everything it does not take answered 404: this port serves the
+    token publish API and nothing else (no session, no CSRF, no pages)."""
+
+    async def not_here(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        status, content = _error(
+            404, "not_found", "This port serves POST /api/push, /api/push/batch, /api/broadcast "
+            "and /api/publish with 'Authorization: Bearer <token>' only.",
+        )  # fmt: skip
+        await send({"type": "http.response.start", "status": status, "headers": _error_headers()})
+        await send({"type": "http.response.body", "body": content})
+
+    from realtime.publish_lane import PublishLane
+
+    return PublishLane(not_here)
+
+
+async def serve(bind: str, max_body: int) -> asyncio.Server:
+    """Listen on `bind` ("host:port") with the lane; the server, already serving."""
+    host, _, port = bind.rpartition(":")
+    app = lane_only()
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: PublishPortProtocol(app, max_body), host.strip("[]") or None, int(port)
+    )

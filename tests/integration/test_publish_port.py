@@ -1,0 +1,197 @@
+"""The publish port (realtime/transport/publish_port.py) on a real socket and a real Redis: the
+token publish API answered there, requests kept alive and pipelined, and what it refuses, each
+with a clear answer; and the push API's username cache (realtime/user_directory.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from django.contrib.auth.models import User
+
+from devtools.cluster import free_port
+from realtime import api, user_directory
+from realtime.api import MAX_BODY_BYTES
+from realtime.layer import StreamChannelLayer
+from realtime.services import api_token_issue
+from realtime.transport import publish_port
+from tests.integration.conftest import open_socket
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+async def port(layer: StreamChannelLayer) -> AsyncIterator[int]:
+    api._token_names.clear()
+    user_directory.clear()
+    number = free_port()
+    server = await publish_port.serve(f"127.0.0.1:{number}", MAX_BODY_BYTES)
+    yield number
+    server.close()
+    await server.wait_closed()
+    user_directory.clear()
+
+
+@pytest.fixture
+async def token() -> str:
+    _, secret = await database_sync_to_async(api_token_issue)(name="port")
+    return secret
+
+
+def request(path: str, body: Any, token: str | None, *, extra: str = "") -> bytes:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(content)}\r\n"
+    if token is not None:
+        head += f"Authorization: Bearer {token}\r\n"
+    return (head + extra + "\r\n").encode() + content
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], Any]:
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode("latin-1")
+    lines = head.split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.lower()] = value.strip()
+    body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 5)
+    return status, headers, json.loads(body)
+
+
+async def exchange(port: int, data: bytes) -> tuple[int, dict[str, str], Any, bool]:
+    """One request on a new connection: the answer, and whether the port closed after it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    status, headers, body = await read_answer(reader)
+    try:
+        closed = await asyncio.wait_for(reader.read(1), 0.5) == b""
+    except TimeoutError:
+        closed = False  # still open, waiting for the next request
+    writer.close()
+    return status, headers, body, closed
+
+
+async def test_a_push_through_the_port_reaches_the_users_socket_with_the_apis_answer(
+    port: int, token: str
+) -> None:
+    user = await User.objects.acreate(username="port-a")
+    witness_user = await User.objects.acreate(username="port-witness")
+    socket, _ = await open_socket(user)
+    witness, _ = await open_socket(witness_user)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    # Three requests in one write (pipelined), on one kept-alive connection.
+    writer.write(
+        request("/api/push", {"user": "port-a", "payload": {"n": 1}}, token)
+        + request("/api/push", {"user": "port-a", "payload": {"n": 2}}, token)
+        + request("/api/broadcast", {"payload": "all"}, token)
+    )
+    answers = [await read_answer(reader) for _ in range(3)]
+    assert [(status, body["ok"]) for status, _, body in answers] == [(200, True)] * 3
+    assert [body["seq"] for _, _, body in answers[:2]] == [1, 2]
+    assert answers[0][1]["content-type"] == "application/json"
+    assert answers[0][1]["x-content-type-options"] == "nosniff" and "x-replica" in answers[0][1]
+    frames = await socket.receive_many(3)
+    assert [(f["stream"], f["seq"], f["payload"]) for f in frames[:2]] == [
+        (f"user:{user.pk}", 1, {"n": 1}),
+        (f"user:{user.pk}", 2, {"n": 2}),
+    ]
+    assert frames[2]["payload"] == "all"
+    assert (await witness.receive())["payload"] == "all"
+    assert await witness.nothing(), "the witness got the broadcast and nothing else"
+    # Still open: a fourth request on the same connection.
+    writer.write(request("/api/push", {"user": "port-a", "payload": {"n": 3}}, token))
+    status, _, body = await read_answer(reader)
+    assert (status, body["seq"]) == (200, 3)
+    writer.close()
+    await socket.close()
+    await witness.close()
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "code", "closes"),
+    [
+        # What the lane does not take: no token, another path, another method.
+        (request("/api/push", {"user": "x", "payload": 1}, None), 404, "not_found", False),
+        (request("/admin/", {}, "sb_x"), 404, "not_found", False),
+        (b"GET /api/push HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 404, "not_found", False),
+        # The API's own answers.
+        (
+            request("/api/push", {"user": "x", "payload": 1}, "sb_wrong"),
+            401,
+            "invalid_token",
+            False,
+        ),
+        (request("/api/push", b"{not json", "TOKEN"), 400, "bad_json", False),
+        # What cannot be read on from: answered, then the connection closes.
+        (
+            b"POST /api/push HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            501,
+            "chunked",
+            True,
+        ),
+        (
+            b"POST /api/push HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n"
+            % (MAX_BODY_BYTES + 1),
+            413,
+            "body_too_large",
+            True,
+        ),
+        (b"HELLO\r\n\r\n", 400, "bad_request", True),
+        (
+            b"POST /api/push HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+            400,
+            "bad_request",
+            True,
+        ),
+        (
+            b"POST /api/push HTTP/1.1\r\n" + b"X: " + b"y" * 20_000 + b"\r\n\r\n",
+            431,
+            "head_too_large",
+            True,
+        ),
+    ],
+)
+async def test_what_the_port_refuses_gets_a_clear_answer_and_nobody_else_notices(
+    port: int, token: str, data: bytes, status: int, code: str, closes: bool
+) -> None:
+    witness_user = await User.objects.acreate(username="port-witness-2")
+    witness, _ = await open_socket(witness_user)
+    got_status, headers, body, closed = await exchange(port, data.replace(b"TOKEN", token.encode()))
+    assert (got_status, body["ok"], body["error"]) == (status, False, code)
+    assert headers["content-type"] == "application/json" and headers["x-replica"] == body["replica"]
+    assert closed is closes
+    # The port still serves, and the witness on the same replica noticed nothing but this.
+    status_after, _, after, _ = await exchange(
+        port, request("/api/push", {"user": "port-witness-2", "payload": "ok"}, token)
+    )
+    assert (status_after, after["seq"]) == (200, 1)
+    assert (await witness.receive())["payload"] == "ok"
+    assert await witness.nothing()
+    await witness.close()
+
+
+async def test_the_push_apis_names_follow_renames_here_and_new_users_at_once(
+    port: int, token: str
+) -> None:
+    async def push(name: str) -> tuple[int, Any]:
+        status, _, body, _ = await exchange(
+            port, request("/api/push", {"user": name, "payload": 1}, token)
+        )
+        return status, body
+
+    assert (await push("port-new"))[1]["error"] == "unknown_user"
+    user = await User.objects.acreate(username="port-new")  # not cached as unknown
+    assert (await push("port-new"))[0] == 200
+    user.username = "port-renamed"
+    await user.asave()  # this process forgets the old name at once
+    assert (await push("port-new"))[1]["error"] == "unknown_user"
+    status, body = await push("port-renamed")
+    assert (status, body["stream"]) == (200, f"user:{user.pk}")
+    user.is_active = False
+    await user.asave()
+    assert (await push("port-renamed"))[1]["error"] == "unknown_user"
