@@ -75,6 +75,11 @@ def test_compose_describes_redis_postgres_three_replicas_and_haproxy() -> None:
         assert env["SECRET_KEY"] == REQUIRED["SECRET_KEY"]
     haproxy_env = services["haproxy"]["environment"]
     assert [haproxy_env[f"SB_D{i}"] for i in (1, 2, 3)] == ["d1:8000", "d2:8000", "d3:8000"]
+    # Each replica's publish port, inside the compose network only, and HAProxy pointed at it.
+    ports = {services[name]["environment"]["PUBLISH_PORT_BIND"] for name in ("d1", "d2", "d3")}
+    assert ports == {"0.0.0.0:8001"}
+    assert [haproxy_env[f"SB_D{i}_PUBLISH"] for i in (1, 2, 3)] == ["d1:8001", "d2:8001", "d3:8001"]
+    assert not [p for s in services.values() for p in s.get("ports", []) if "8001" in str(p)]
 
 
 @pytest.mark.parametrize("missing", sorted(REQUIRED))
@@ -132,6 +137,7 @@ def haproxy_env(**overrides: str) -> dict[str, str]:
     env = {**os.environ, **compose()["services"]["haproxy"]["environment"]}
     # Compose's service names do not resolve here: check with loopback addresses instead.
     env.update({f"SB_D{i}": f"127.0.0.1:{free_port()}" for i in (1, 2, 3)})
+    env.update({f"SB_D{i}_PUBLISH": f"127.0.0.1:{free_port()}" for i in (1, 2, 3)})
     env.update(overrides)
     return env
 

@@ -1,0 +1,88 @@
+"""The handshake's user lookup (realtime/handshake_user.py) decides as Django's get_user does, for
+every kind of session, without compiling a query per handshake."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from importlib import import_module
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user
+from django.contrib.auth.models import User
+from django.contrib.sessions.models import Session
+from django.db.models.sql.compiler import SQLCompiler
+from django.test import Client
+from django.utils import timezone
+
+from realtime import handshake_user
+from realtime.compiled_lookup import CompiledGet
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def session_of(user: User) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies[settings.SESSION_COOKIE_NAME].value
+
+
+def djangos_answer(key: str) -> Any:
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    session = store(key)
+    session.cycle_key = lambda: None  # type: ignore[method-assign]
+    return get_user(handshake_user._SessionOnly(session))  # type: ignore[arg-type]
+
+
+def test_every_kind_of_session_gets_djangos_answer_without_compiling_a_query(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    alice = User.objects.create_user("hs-alice", password="pw")
+    keys = {"valid": session_of(alice), "unknown": "x" * 32, "empty": ""}
+    inactive = User.objects.create_user("hs-inactive", password="pw")
+    keys["inactive"] = session_of(inactive)
+    User.objects.filter(pk=inactive.pk).update(is_active=False)
+    gone = User.objects.create_user("hs-gone", password="pw")
+    keys["deleted user"] = session_of(gone)
+    User.objects.filter(pk=gone.pk).delete()
+    expired = User.objects.create_user("hs-expired", password="pw")
+    keys["expired"] = session_of(expired)
+    Session.objects.filter(session_key=keys["expired"]).update(
+        expire_date=timezone.now() - timedelta(seconds=1)
+    )
+    expected = {"valid": alice.pk}
+    handshake_user.user_of_session(store, keys["valid"])  # compiled here, once
+    compiled: list[Any] = []
+    original = SQLCompiler.as_sql
+
+    def counted(self: SQLCompiler, *args: Any, **kwargs: Any) -> Any:
+        compiled.append(self.query.model)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SQLCompiler, "as_sql", counted)
+    for name, key in keys.items():
+        ours = handshake_user.user_of_session(store, key)
+        assert ours.pk == expected.get(name), name
+    assert compiled == [], "a handshake compiled a query"
+    monkeypatch.undo()
+    for name, key in keys.items():
+        assert djangos_answer(key).pk == expected.get(name), name
+
+
+def test_a_session_older_than_its_users_password_is_anonymous_and_ended_as_by_django() -> None:
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    bob = User.objects.create_user("hs-bob", password="old")
+    key = session_of(bob)
+    bob.set_password("new")
+    User.objects.filter(pk=bob.pk).update(password=bob.password)  # no signal: the row stays
+    assert Session.objects.filter(session_key=key).exists()
+    assert handshake_user.user_of_session(store, key).is_authenticated is False
+    assert not Session.objects.filter(session_key=key).exists(), "flushed, as get_user does"
+
+
+def test_a_lookup_by_a_key_it_cannot_stand_in_for_uses_the_orm() -> None:
+    assert CompiledGet.make(User._default_manager, "pk") is not None
+    assert CompiledGet.make(User._default_manager, "username") is not None
+    assert CompiledGet.make(User._default_manager, "date_joined") is None
