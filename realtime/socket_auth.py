@@ -18,10 +18,8 @@ Channels' WebsocketDenier does, so Daphne answers HTTP 403.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from importlib import import_module
 from types import MappingProxyType
 from typing import Any
@@ -33,12 +31,11 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.contrib.sessions.backends.base import SessionBase
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError, connections
 from django.http import parse_cookie
 from django.http.request import split_domain_port, validate_host
 from django.urls import URLPattern
 
-from realtime import connect_tokens, handshake_user
+from realtime import connect_tokens, db_thread, handshake_user
 from realtime.asgi_types import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
@@ -239,34 +236,14 @@ async def _deny(receive: Receive, send: Send) -> None:
         await send({"type": "websocket.close"})
 
 
-# The handshakes' database thread: one, so its connection is opened once and kept (see below).
-_handshake_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sb-handshake-db")
-
-
 async def _user_of_session(
     store: type[SessionBase], session_key: str
 ) -> AbstractBaseUser | AnonymousUser:
     """The session's user, checked as Django checks it on every request (the session's auth
-    hash must match the user's: a changed password logs other sessions out), or AnonymousUser.
-    The session and the user are loaded in one hop to the handshakes' own database thread.
-
-    Not database_sync_to_async: that closes the thread's database connection after every call
-    (CONN_MAX_AGE=0), and opening it again (for SQLite the file and its WAL pragmas) was a sixth
-    of a replica's CPU in a connect storm. Here it stays open from one handshake to the next,
-    and one that failed is closed at once. Not asgiref's sync_to_async either: its hand-off
-    cost as much as the two lookups (docs/performance.md); a plain executor's is a third."""
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_handshake_thread, _lookup_user, store, session_key)
-
-
-def _lookup_user(store: type[SessionBase], session_key: str) -> AbstractBaseUser | AnonymousUser:
-    try:
-        # Django's get_user, its two lookups compiled once (realtime/handshake_user.py).
-        return handshake_user.user_of_session(store, session_key)
-    except DatabaseError:
-        for connection in connections.all(initialized_only=True):
-            connection.close()
-        raise
+    hash must match the user's: a changed password logs other sessions out), or AnonymousUser:
+    Django's get_user with its two lookups compiled once (realtime/handshake_user.py), in one
+    hop to the hot paths' database thread (realtime/db_thread.py)."""
+    return await db_thread.run(handshake_user.user_of_session, store, session_key)
 
 
 class EventStreams:

@@ -16,15 +16,19 @@ holds. Unknown names are not cached: a user created a moment ago is found at onc
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
+from typing import Any
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models.signals import post_delete, post_save
 
+from realtime import db_thread
+from realtime.compiled_lookup import CompiledGet
 from realtime.selectors import user_ids_by_username
 
 # About 100 bytes an entry: 100k users cost a replica ~10 MB at most.
@@ -47,14 +51,66 @@ async def active_user_ids(usernames: Iterable[str]) -> dict[str, int]:
         else:
             missing.add(name)
     if missing:
-        fetched = await database_sync_to_async(user_ids_by_username)(usernames=missing)
+        fetched = await db_thread.run(lambda: user_ids_by_username(usernames=missing))
         found.update(fetched)
         remember(fetched)
     return found
 
 
 async def active_user_id(username: str) -> int | None:
-    return (await active_user_ids((username,))).get(username)
+    """One name's id. Misses that arrive together (pushes in flight at once) are asked in one
+    query and one hop to the hot paths' database thread (realtime/db_thread.py), as a
+    DataLoader batches: one name alone is a lookup by key compiled once
+    (realtime/compiled_lookup.py)."""
+    entry = _ids.get(username)
+    if entry is not None and entry[1] > time.monotonic():
+        _ids.move_to_end(username)
+        return entry[0]
+    loop = asyncio.get_running_loop()
+    pending = _pending.setdefault(loop, {})
+    waiting = pending.get(username)
+    if waiting is None:
+        waiting = pending[username] = loop.create_future()
+        if len(pending) == 1:
+            loop.call_soon(_ask_pending, loop)
+    return await asyncio.shield(waiting)
+
+
+# Names asked for in this turn of each event loop, each with the future its callers wait on.
+_pending: dict[asyncio.AbstractEventLoop, dict[str, asyncio.Future[int | None]]] = {}
+
+
+def _ask_pending(loop: asyncio.AbstractEventLoop) -> None:
+    names = _pending.pop(loop, {})
+    task = asyncio.get_running_loop().create_task(db_thread.run(_lookup_active, list(names)))
+    task.add_done_callback(lambda done: _answer(names, done))
+
+
+def _answer(names: dict[str, asyncio.Future[int | None]], done: asyncio.Task[Any]) -> None:
+    error = done.exception() if not done.cancelled() else asyncio.CancelledError()
+    ids: dict[str, int] = {} if error else done.result()
+    if not error:
+        remember(ids)
+    for name, future in names.items():
+        if future.done():
+            continue
+        if error:
+            future.set_exception(error)
+        else:
+            future.set_result(ids.get(name))
+
+
+@functools.cache
+def _by_username() -> CompiledGet | None:
+    return CompiledGet.make(get_user_model()._default_manager, "username")
+
+
+def _lookup_active(names: list[str]) -> dict[str, int]:
+    lookup = _by_username()
+    if len(names) > 1 or lookup is None:
+        return user_ids_by_username(usernames=set(names))
+    user: Any = lookup.get(names[0])
+    return {names[0]: int(user.pk)} if user is not None and user.is_active else {}
 
 
 def remember(ids: dict[str, int]) -> None:

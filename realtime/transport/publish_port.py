@@ -5,8 +5,10 @@ parsing the request and Daphne turning it into an ASGI application instance; the
 (realtime/publish_lane.py) and the publish itself are ~0.3 ms of that (docs/performance.md).
 With `PUBLISH_PORT_BIND=host:port` a replica also listens there, on the same event loop, with
 this small asyncio protocol: it reads a request (Content-Length bodies only, at most
-api.MAX_BODY_BYTES), hands it to the publish lane as an ASGI `http` scope, and writes the
-answer; connections are kept alive. HAProxy sends `POST /api/push`, `/api/push/batch`,
+api.MAX_BODY_BYTES), runs the very view the URL conf names for it (the publish lane's routes)
+on a TokenRequest (its method, headers and body: all those views read of a token request), and
+writes the view's answer with the headers Django's middleware would add; connections are kept
+alive. HAProxy sends `POST /api/push`, `/api/push/batch`,
 `/api/broadcast` and `/api/publish` with an `Authorization` header there (haproxy.cfg, backend
 `publishers`, the same servers, cookie and health as `replicas`); everything else, and every
 deployment without the port, goes through Daphne as before, with the same answers.
@@ -23,12 +25,12 @@ import asyncio
 import json
 import logging
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 from django.conf import settings
-
-from realtime.asgi_types import ASGIApp, Message
+from django.http import HttpRequest
+from django.http.request import split_domain_port, validate_host
 
 logger = logging.getLogger(__name__)
 
@@ -51,22 +53,19 @@ class PublishPortProtocol(asyncio.Protocol):
     """One client connection (HAProxy's, reused across requests): requests in order, one at a
     time; reading pauses while one is being answered."""
 
-    def __init__(self, app: ASGIApp, max_body: int) -> None:
-        self.app = app
+    def __init__(self, max_body: int) -> None:
         self.max_body = max_body
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.busy = False
         self.closed = False
         self.timer: asyncio.TimerHandle | None = None
-        self.disconnected: asyncio.Future[None] | None = None
 
     # --- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self.disconnected = asyncio.get_running_loop().create_future()
         self._arm(IDLE_SECS)
 
     def data_received(self, data: bytes) -> None:
@@ -78,8 +77,6 @@ class PublishPortProtocol(asyncio.Protocol):
         self.closed = True
         if self.timer is not None:
             self.timer.cancel()
-        if self.disconnected is not None and not self.disconnected.done():
-            self.disconnected.set_result(None)
 
     # --- requests ----------------------------------------------------------------------------
 
@@ -113,7 +110,7 @@ class PublishPortProtocol(asyncio.Protocol):
             self._fail(*_error(400, "bad_request", "Not an HTTP/1.1 request."))
             return
         method, target, version = parts
-        headers: list[tuple[bytes, bytes]] = []
+        headers: dict[str, str] = {}
         length = 0
         keep_alive = version == "HTTP/1.1"
         for line in lines[1:]:
@@ -134,7 +131,7 @@ class PublishPortProtocol(asyncio.Protocol):
                 keep_alive = value.lower() != "close" and (
                     version == "HTTP/1.1" or value.lower() == "keep-alive"
                 )
-            headers.append((name.encode("latin-1"), value.encode("latin-1")))
+            headers[name] = value
         if length > self.max_body:
             self._fail(
                 *_error(
@@ -147,65 +144,24 @@ class PublishPortProtocol(asyncio.Protocol):
             return
         body = bytes(self.buffer[end + 4 : end + 4 + length])
         del self.buffer[: end + 4 + length]
-        path, _, query = target.partition("?")
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": version[5:],
-            "method": method,
-            "scheme": "http",
-            "path": unquote(path),
-            "raw_path": path.encode("latin-1"),
-            "query_string": query.encode("latin-1"),
-            "root_path": "",
-            "headers": headers,
-            "client": self._client(headers),
-            "server": self._server(),
-        }
+        path = unquote(target.partition("?")[0])
         self.busy = True
         if self.timer is not None:
             self.timer.cancel()
-        asyncio.get_running_loop().create_task(self._answer(scope, body, keep_alive))
+        asyncio.get_running_loop().create_task(
+            self._answer(method, path, headers, body, keep_alive)
+        )
 
-    def _client(self, headers: list[tuple[bytes, bytes]]) -> tuple[str, int] | None:
-        # As Daphne's --proxy-headers: the address HAProxy put last in X-Forwarded-For.
-        for name, value in headers:
-            if name == b"x-forwarded-for":
-                return value.decode("latin-1").split(",")[-1].strip(), 0
-        peer = self.transport.get_extra_info("peername") if self.transport else None
-        return (peer[0], peer[1]) if peer else None
-
-    def _server(self) -> tuple[str, int] | None:
-        sock = self.transport.get_extra_info("sockname") if self.transport else None
-        return (sock[0], sock[1]) if sock else None
-
-    async def _answer(self, scope: dict[str, Any], body: bytes, keep_alive: bool) -> None:
-        status, headers, content = 500, [], b""
-        sent_body = False
-
-        async def receive() -> Message:
-            nonlocal sent_body
-            if not sent_body:
-                sent_body = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            assert self.disconnected is not None
-            await self.disconnected
-            return {"type": "http.disconnect"}
-
-        async def send(message: Message) -> None:
-            nonlocal status, headers, content
-            if message["type"] == "http.response.start":
-                status, headers = message["status"], list(message.get("headers", []))
-            elif message["type"] == "http.response.body":
-                content += message.get("body", b"")
-
+    async def _answer(
+        self, method: str, path: str, headers: dict[str, str], body: bytes, keep_alive: bool
+    ) -> None:
         try:
-            await self.app(scope, receive, send)
+            status, answer_headers, content = await respond(method, path, headers, body)
         except Exception:
-            logger.exception("publish port: the request failed path=%s", scope["path"])
+            logger.exception("publish port: the request failed path=%s", path)
             status, content = _error(500, "server_error", "The request failed; see the log.")
-            headers = _error_headers()
-        self._write(status, headers, content, keep_alive)
+            answer_headers = _error_headers()
+        self._write(status, answer_headers, content, keep_alive)
         self.busy = False
         if keep_alive and not self.closed:
             self._arm(IDLE_SECS)
@@ -236,28 +192,75 @@ class PublishPortProtocol(asyncio.Protocol):
         self.closed = True
 
 
-def lane_only() -> ASGIApp:
-    """The publish lane, with everything it does not take answered 404: this port serves the
-    token publish API and nothing else (no session, no CSRF, no pages)."""
+class TokenRequest:
+    """What the publish views read of a token request: its method, its headers (by any case,
+    as Django's request.headers) and its body. Handed to them here instead of an ASGIRequest,
+    whose parsing of every header into META and the ASGI round trip around it were a fifth of
+    a push's CPU on this port; tests/integration/test_publish_port.py runs every publish view
+    through it."""
 
-    async def not_here(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        status, content = _error(
-            404, "not_found", "This port serves POST /api/push, /api/push/batch, /api/broadcast "
-            "and /api/publish with 'Authorization: Bearer <token>' only.",
-        )  # fmt: skip
-        await send({"type": "http.response.start", "status": status, "headers": _error_headers()})
-        await send({"type": "http.response.body", "body": content})
+    method = "POST"
 
-    from realtime.publish_lane import PublishLane
+    def __init__(self, headers: dict[str, str], body: bytes) -> None:
+        self.headers = _Headers(headers)
+        self.body = body
 
-    return PublishLane(not_here)
+
+class _Headers(dict[str, str]):
+    """Header names lower-cased on the way in; looked up by any case."""
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return dict.get(self, name.lower(), default)
+
+    def __getitem__(self, name: str) -> str:
+        return dict.__getitem__(self, name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and dict.__contains__(self, name.lower())
+
+
+NOT_HERE = (
+    "This port serves POST /api/push, /api/push/batch, /api/broadcast and /api/publish with "
+    "'Authorization: Bearer <token>' only."
+)
+
+
+async def respond(
+    method: str, path: str, headers: dict[str, str], body: bytes
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The publish view's answer to a token request (status, headers, body), with the headers
+    Django's middleware would add, as the publish lane gives it; 404 for anything else."""
+    from realtime.publish_lane import ROUTES, SECURITY_HEADERS  # the views need Django set up
+
+    view = ROUTES.get(path)
+    if view is None or method != "POST" or "authorization" not in headers:
+        status, content = _error(404, "not_found", NOT_HERE)
+        return status, _error_headers(), content
+    if not _host_allowed(headers.get("host", "")):
+        # The detail (which host) is for the log, not the caller, as in the publish lane.
+        logger.info("publish port refused host %r", headers.get("host", "")[:200])
+        status, content = _error(400, "bad_host", "This host name is not served here.")
+        return status, _error_headers(), content
+    response = await view(cast(HttpRequest, TokenRequest(headers, body)))
+    answer = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.items()]
+    answer += SECURITY_HEADERS
+    answer.append((b"x-replica", settings.REPLICA_ID.encode()))
+    return response.status_code, answer, response.content
+
+
+def _host_allowed(host: str) -> bool:
+    """As HttpRequest.get_host checks the Host header against ALLOWED_HOSTS."""
+    allowed = settings.ALLOWED_HOSTS
+    if settings.DEBUG and not allowed:
+        allowed = [".localhost", "127.0.0.1", "[::1]"]
+    domain, _ = split_domain_port(host)
+    return bool(domain) and validate_host(domain, allowed)
 
 
 async def serve(bind: str, max_body: int) -> asyncio.Server:
     """Listen on `bind` ("host:port") with the lane; the server, already serving."""
     host, _, port = bind.rpartition(":")
-    app = lane_only()
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: PublishPortProtocol(app, max_body), host.strip("[]") or None, int(port)
+        lambda: PublishPortProtocol(max_body), host.strip("[]") or None, int(port)
     )

@@ -175,6 +175,44 @@ async def test_what_the_port_refuses_gets_a_clear_answer_and_nobody_else_notices
     await witness.close()
 
 
+async def test_every_publish_endpoint_answers_on_the_port_as_through_django(
+    port: int, token: str
+) -> None:
+    user = await User.objects.acreate(username="port-every")
+    socket, _ = await open_socket(user)
+    key = "Idempotency-Key: order-7\r\n"
+    batch = {"messages": [{"user": "port-every", "payload": n} for n in (1, 2)]}
+    answers = [
+        await exchange(port, request("/api/push/batch", batch, token)),
+        await exchange(
+            port,
+            request("/api/publish", {"stream": f"user:{user.pk}", "payload": 3}, token, extra=key),
+        ),
+        await exchange(
+            port,
+            request("/api/publish", {"stream": f"user:{user.pk}", "payload": 3}, token, extra=key),
+        ),
+        await exchange(port, request("/api/publish", {"stream": "ops", "payload": 0}, token)),
+        await exchange(port, request("/api/publish", {"stream": "nope!", "payload": 0}, token)),
+    ]
+    (s1, _, b1, _), (s2, _, b2, _), (s3, _, b3, _), (s4, _, b4, _), (s5, _, b5, _) = answers
+    assert (s1, [r["seq"] for r in b1["results"]]) == (200, [1, 2])
+    assert (s2, b2["seq"], b2["duplicate"]) == (200, 3, False)
+    assert (s3, b3["seq"], b3["duplicate"]) == (200, 3, True), "the retry published nothing"
+    assert (s4, b4["error"]) == (403, "forbidden_stream")
+    assert (s5, b5["error"]) == (400, "bad_stream")
+    frames = await socket.receive_many(3)
+    assert [f["payload"] for f in frames] == [1, 2, 3]
+    assert await socket.nothing()
+    # A host name this site does not serve is refused, as Django would.
+    elsewhere = request("/api/broadcast", {"payload": 1}, token).replace(
+        b"Host: 127.0.0.1", b"Host: evil.example"
+    )
+    status, _, body, _ = await exchange(port, elsewhere)
+    assert (status, body["error"]) == (400, "bad_host") and "evil" not in body["message"]
+    await socket.close()
+
+
 async def test_the_push_apis_names_follow_renames_here_and_new_users_at_once(
     port: int, token: str
 ) -> None:
@@ -195,3 +233,25 @@ async def test_the_push_apis_names_follow_renames_here_and_new_users_at_once(
     user.is_active = False
     await user.asave()
     assert (await push("port-renamed"))[1]["error"] == "unknown_user"
+
+
+async def test_names_missed_together_are_asked_in_one_query(
+    port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = [f"port-batch-{n}" for n in range(5)]
+    users = [await User.objects.acreate(username=name) for name in names]
+    asked: list[list[str]] = []
+    lookup = user_directory._lookup_active
+
+    def counted(batch: list[str]) -> dict[str, int]:
+        asked.append(sorted(batch))
+        return lookup(batch)
+
+    monkeypatch.setattr(user_directory, "_lookup_active", counted)
+    found = await asyncio.gather(
+        *(user_directory.active_user_id(name) for name in [*names, "port-nobody", names[0]])
+    )
+    assert found == [u.pk for u in users] + [None, users[0].pk]
+    assert asked == [sorted([*names, "port-nobody"])], "one query for every name missed at once"
+    assert await user_directory.active_user_id(names[3]) == users[3].pk
+    assert len(asked) == 1, "a name found is remembered"
