@@ -54,7 +54,7 @@ class AutoPipeline:
             self.outgoing.extend(connection.pack_command(*args))
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush, connection)
+            asyncio.get_running_loop().call_soon(self._flush)
         if self.read_by is not connection:
             self.read_by = connection
             asyncio.get_running_loop().create_task(self._read(connection))
@@ -78,11 +78,14 @@ class AutoPipeline:
             await self.pool.release(connection)
         return self.connection
 
-    def _flush(self, connection: Any) -> None:
+    def _flush(self) -> None:
         self.flush_scheduled = False
         data, self.outgoing = b"".join(self.outgoing), []
-        if connection is not self.connection:
-            return  # failed meanwhile: its callers were told
+        # What is queued belongs to the current connection: a failed one's queue was dropped
+        # with it (its callers told), and calls since then queued for its successor.
+        connection = self.connection
+        if connection is None or not data:
+            return
         writer = getattr(connection, "_writer", None)
         if writer is None or writer.is_closing():
             self._fail(connection, ConnectionError("the connection to Redis closed"))
