@@ -380,7 +380,8 @@ class _ShardSubscriber:
         if future is None:
             future = self._pending[channel] = asyncio.get_running_loop().create_future()
             await self._pubsub.subscribe(channel)
-        await asyncio.wait_for(asyncio.shield(future), timeout=5)
+        async with asyncio.timeout(5):  # not wait_for: no task made per connect
+            await asyncio.shield(future)
 
     async def unsubscribe(self, group: str) -> None:
         if self.layer.hub.count(group) or self._pubsub is None:

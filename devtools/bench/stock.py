@@ -130,6 +130,8 @@ async def healthz(request: HttpRequest) -> JsonResponse:
 
 urlpatterns = [
     path("healthz", healthz),
+    # HAProxy checks readiness (haproxy.cfg); stock Channels has no more to say than "up".
+    path("readyz", healthz),
     path("api/broadcast", broadcast),
     path("api/push", push),
 ]

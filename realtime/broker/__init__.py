@@ -4,7 +4,9 @@
   lua/*.lua        the scripts, run by scripts.py (NOSCRIPT handled there, once)
   frames.py        the stream frame format: one encoder, one decoder
   errors.py        BrokerUnavailable, the one "Redis is not answering" error
-  redis_broker.py  RedisBroker: connections (one pool per event loop), streams, marks, the
+  autopipeline.py  one connection per event loop and shard for script calls, written together
+  redis_broker.py  RedisBroker: connections (one pool per event loop, a blocking client per
+                   thread for sync code), streams, marks, the
                    archive queue, membership counts, limit counters, and the primitives
                    presence uses
 

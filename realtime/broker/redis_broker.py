@@ -3,9 +3,10 @@
 Modelled on centrifuge's RedisBroker: streams (publish with a seq, history, positions, delivery
 marks), the archive queue (what archived streams send on to the database), the per-group socket
 counts, rate-limit counters, and the primitives presence builds on, each one round trip or
-script. One connection pool per event loop and shard (Daphne runs one loop per process;
-management commands and sync views reach us through `async_to_sync`, which may run a loop of
-its own). Every Redis failure leaves a broker call as `BrokerUnavailable`.
+script. One connection pool per event loop and shard (Daphne runs one loop per process), whose
+script calls share one connection and go out together (autopipeline.py); sync code (views,
+commands, task workers) publishes through a blocking client per thread, with no event loop.
+Every Redis failure leaves a broker call as `BrokerUnavailable`.
 
 Shards: with several Redis (REDIS_URLS, or several Sentinel groups), each stream lives on one,
 chosen by its Redis Cluster slot (CRC16 of its name, which is also the hash tag of all its keys)

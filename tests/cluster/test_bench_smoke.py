@@ -53,9 +53,12 @@ def assert_every_delivery_once(
     assert batched["deliveries"] == batched["expected"] == MESSAGES, batched
 
 
-def test_bench_measures_the_socketio_peer_the_same_way(healthy_cluster: Cluster) -> None:
+def test_bench_measures_the_socketio_peer_and_stock_channels_the_same_way(
+    healthy_cluster: Cluster,
+) -> None:
     """`--peer socketio`: a Socket.IO cluster of its own (npm ci from the lockfile, node
-    replicas behind our HAProxy config), counted by the same pool, after ours."""
+    replicas behind our HAProxy config), counted by the same pool, after ours; and
+    `--baseline stock` (stock Channels behind the same HAProxy config) between them."""
     require_binaries("node", "npm")
     clients = 20
     result = healthy_cluster.manage(
@@ -72,8 +75,10 @@ def test_bench_measures_the_socketio_peer_the_same_way(healthy_cluster: Cluster)
         "W1,W2,W3",
         "--peer",
         "socketio",
-        # npm ci on first use (a clean clone), then two clusters' worth of workloads.
-        timeout=170,
+        "--baseline",
+        "stock",
+        # npm ci on first use (a clean clone), then three clusters' worth of workloads.
+        timeout=240,
     )
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     assert "skipping the socketio peer" not in result.stderr, result.stderr
@@ -81,8 +86,12 @@ def test_bench_measures_the_socketio_peer_the_same_way(healthy_cluster: Cluster)
     rows = [(line["target"], line["workload"]) for line in lines]
     assert rows == [
         *[("ours", w) for w in ("W3", "W1", "W2", "W2b")],
+        *[("stock", w) for w in ("W3", "W1", "W2")],  # no batch endpoint
         *[("socketio", w) for w in ("W3", "W1", "W2", "W2b")],
     ], result.stdout
+    stock = {line["workload"]: line for line in lines if line["target"] == "stock"}
+    assert stock["W3"]["extra"]["connected"] == clients, stock["W3"]
+    assert "ours/stock W1: rate x" in result.stdout, result.stdout
     peer = {line["workload"]: line for line in lines if line["target"] == "socketio"}
     assert peer["W3"]["extra"]["connected"] == clients, peer["W3"]
     # Its own Redis and HAProxy, and three node replicas, all measured.
