@@ -38,7 +38,8 @@ class Result:
 
     @property
     def replica_cpu(self) -> float:
-        return sum(v for k, v in self.cpu_secs.items() if is_replica_name(k))
+        # The raw ceiling's one process ("limit") is its replica.
+        return sum(v for k, v in self.cpu_secs.items() if is_replica_name(k) or k == "limit")
 
     @property
     def replica_us_per_delivery(self) -> float | None:
@@ -144,8 +145,30 @@ def ratios(results: list[Result]) -> list[str]:
                 text += f", server CPU per delivery x{cpu_ratio:.2f}"
             if ours.p99_ms is not None and them.p99_ms:
                 text += f", p99 x{ours.p99_ms / them.p99_ms:.2f}"
+            if workload == "W3":
+                text += _connect_ratios(ours, them)
             lines.append(text)
     return lines
+
+
+def _connect_ratios(ours: Result, them: Result) -> str:
+    """W3's server CPU per connect and memory per socket (the busiest replica's), as ratios."""
+    text = ""
+    connected: tuple[int, int] = (
+        ours.extra.get("connected") or 0,
+        them.extra.get("connected") or 0,
+    )
+    if all(connected) and ours.replica_cpu and them.replica_cpu:
+        per_connect = [r.replica_cpu / n for r, n in zip((ours, them), connected, strict=True)]
+        text += f", server CPU per connect x{per_connect[0] / per_connect[1]:.2f}"
+        text += f" ({per_connect[0] * 1000:.2f} ms against {per_connect[1] * 1000:.2f} ms)"
+    kib: tuple[float, float] = (
+        ours.extra.get("max_kib_per_conn") or 0.0,
+        them.extra.get("max_kib_per_conn") or 0.0,
+    )
+    if all(kib):
+        text += f", memory per socket x{kib[0] / kib[1]:.2f} ({kib[0]} KiB against {kib[1]} KiB)"
+    return text
 
 
 def churn_lines(results: list[Result]) -> list[str]:
