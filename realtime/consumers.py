@@ -26,6 +26,7 @@ from realtime import (
     protocol,
     session_watch,
     transport,
+    user_directory,
 )
 from realtime.asgi_types import ASGIApp, Receive, Scope, Send
 from realtime.broker import BrokerUnavailable
@@ -130,6 +131,8 @@ class RealtimeConsumer:
                 close_code=protocol.CLOSE_UNAUTHORIZED,
             )
             return None
+        # Pushes by name to this user, from this replica, need not ask the database.
+        user_directory.remember({user.username: user.pk})
         problems: list[InvalidFrame | StreamDenied] = []
         try:
             resume = protocol.parse_resume_query(scope.get("query_string", b""))

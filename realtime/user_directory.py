@@ -106,11 +106,17 @@ def _by_username() -> CompiledGet | None:
 
 
 def _lookup_active(names: list[str]) -> dict[str, int]:
+    """The active users' ids among `names`: each a lookup by key compiled once (~30 µs of SQL
+    each, in the one hop), not an ORM query compiled for every batch's IN list (~0.6 ms)."""
     lookup = _by_username()
-    if len(names) > 1 or lookup is None:
+    if lookup is None:
         return user_ids_by_username(usernames=set(names))
-    user: Any = lookup.get(names[0])
-    return {names[0]: int(user.pk)} if user is not None and user.is_active else {}
+    found = {}
+    for name in names:
+        user: Any = lookup.get(name)
+        if user is not None and user.is_active:
+            found[name] = int(user.pk)
+    return found
 
 
 def remember(ids: dict[str, int]) -> None:

@@ -41,12 +41,25 @@ class AutoPipeline:
         self.outgoing: list[bytes] = []
         self.flush_scheduled = False
         self.read_by: Any = None  # the connection a reader task is reading from
+        self.reader: asyncio.Task[None] | None = None
         self.closed = False
 
     async def call(self, *args: Any) -> Any:
         """Send one command; its reply (an error reply raised as redis-py raises it)."""
         connection = self.connection or await self._connect()
-        future = asyncio.get_running_loop().create_future()
+        return await self._queue(connection, args)
+
+    async def call_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Several commands queued at once (one write, with whatever else this turn queues);
+        their replies in order. The first error reply is raised after all have answered."""
+        connection = self.connection or await self._connect()
+        futures = [self._queue(connection, args) for args in commands]
+        return [await future for future in futures]
+
+    def _queue(self, connection: Any, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """Queue a command for this turn's write; the future its reply resolves."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self.waiting.append(future)
         if pack_command is not None:
             self.outgoing.append(pack_command(args))
@@ -54,11 +67,11 @@ class AutoPipeline:
             self.outgoing.extend(connection.pack_command(*args))
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         if self.read_by is not connection:
             self.read_by = connection
-            asyncio.get_running_loop().create_task(self._read(connection))
-        return await future
+            self.reader = loop.create_task(self._read(connection))
+        return future
 
     async def _connect(self) -> Any:
         if self.closed:

@@ -443,11 +443,11 @@ class RedisBroker:
         """Each stream's current position, in one round trip per shard."""
 
         async def on_shard(shard: int, batch: list[str]) -> list[Any]:
-            def queue(pipe: Any) -> None:
-                for stream in batch:
-                    pipe.hmget(self.keys.stream_meta(stream), "epoch", "seq")
-
-            return await self.pipelined(queue, what="heads", on=shard)
+            # Through the automatic pipeline: every connect reads its streams' heads, and a
+            # redis-py pipeline of its own cost a connect ~0.2 ms more.
+            commands = [("HMGET", self.keys.stream_meta(s), "epoch", "seq") for s in batch]
+            with translated(f"heads on {self.describe(shard)}"):
+                return await scripts.retried(self.autopipeline(shard).call_many, commands)
 
         heads = {}
         for batch, rows in await self.each_shard(streams, _itself, on_shard):

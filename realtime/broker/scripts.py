@@ -9,13 +9,15 @@ SCRIPT EXISTS: a second round trip on every presence heartbeat and delivery-mark
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+
+T = TypeVar("T")
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 # Prepended to the presence scripts: Lua has no include.
@@ -98,6 +100,17 @@ def run_sync(client: Any, script: Script, keys: list[str], args: list[Any]) -> A
                 pipe.script_load(each.source)
             pipe.execute()
         return client.evalsha(script.sha, len(keys), *keys, *args)
+
+
+async def retried(
+    call: Callable[[list[tuple[Any, ...]]], Awaitable[T]], commands: list[tuple[Any, ...]]
+) -> T:
+    """`call(commands)` on the automatic pipeline, made once more if the connection failed under
+    it (as redis-py's Retry did): for reads, which are safe to repeat."""
+    try:
+        return await call(commands)
+    except (RedisConnectionError, ConnectionError):
+        return await call(commands)
 
 
 async def run(pipeline: Any, client: Any, script: Script, keys: list[str], args: list[Any]) -> Any:
