@@ -14,13 +14,18 @@ returns None for anything else, and callers use the ORM.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.db import connections, router
 from django.db.models import Manager, Model
 
-# Values no real key takes: compiled into the SQL's parameters, then looked for there.
-_MARKERS: dict[type, Any] = {int: -7_301_945_226_118_553, str: "\x01sb-compiled-lookup-marker"}
+logger = logging.getLogger(__name__)
+
+# Values no real key takes: compiled into the SQL's parameters, then looked for there. The
+# integer fits a 32-bit column (auth_user's id is one): PostgreSQL's backend refuses a lookup by
+# a value out of the column's range (EmptyResultSet) before any SQL is made.
+_MARKERS: dict[type, Any] = {int: -2_147_480_001, str: "\x01sb-compiled-lookup-marker"}
 
 
 class CompiledGet:
@@ -29,6 +34,7 @@ class CompiledGet:
         self.model = manager.model
         self.field = field
         self.marker = _MARKERS[kind]
+        self.uncompilable: set[str] = set()
         self.compiled: dict[
             str, tuple[str, list[Any], int, dict[int, Any], list[str], int, int]
         ] = {}
@@ -67,7 +73,20 @@ class CompiledGet:
         alias = router.db_for_read(self.model)
         compiled = self.compiled.get(alias)
         if compiled is None:
-            compiled = self.compiled[alias] = self._compile(alias)
+            if alias in self.uncompilable:
+                return self.manager.db_manager(alias).filter(**{self.field: value}).first()
+            try:
+                compiled = self.compiled[alias] = self._compile(alias)
+            except Exception:
+                # A backend or manager this cannot stand in for: the ORM, as before, and said once.
+                logger.warning(
+                    "%s.%s: not compiled once, looked up through the ORM instead",
+                    self.model.__name__,
+                    self.field,
+                    exc_info=True,
+                )
+                self.uncompilable.add(alias)
+                return self.manager.db_manager(alias).filter(**{self.field: value}).first()
         sql, params, at, converters, names, start, end = compiled
         params = list(params)
         params[at] = value

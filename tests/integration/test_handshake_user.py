@@ -86,3 +86,19 @@ def test_a_lookup_by_a_key_it_cannot_stand_in_for_uses_the_orm() -> None:
     assert CompiledGet.make(User._default_manager, "pk") is not None
     assert CompiledGet.make(User._default_manager, "username") is not None
     assert CompiledGet.make(User._default_manager, "date_joined") is None
+
+
+def test_a_lookup_that_cannot_be_compiled_on_a_database_goes_through_the_orm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    carol = User.objects.create_user("hs-carol", password="pw")
+    lookup = CompiledGet.make(User._default_manager, "pk")
+    assert lookup is not None
+
+    def refuse(alias: str) -> Any:
+        raise RuntimeError("this backend cannot")
+
+    monkeypatch.setattr(lookup, "_compile", refuse)
+    found = lookup.get(carol.pk)
+    assert found is not None and found.pk == carol.pk and str(found) == "hs-carol"
+    assert lookup.get(carol.pk + 1000) is None  # and again, without trying to compile
