@@ -69,8 +69,8 @@ fmt: $(VENV)/.installed ## format the code and apply ruff's safe fixes
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: $(VENV)/.installed ## benchmark 1000 clients over 3 replicas (W1-W4), with stock and raw-websockets ratios
-	@$(PY) manage.py bench --baseline stock --limit
+bench: $(VENV)/.installed ## benchmark 1000 clients over 3 replicas (W1-W4), with stock, raw-websockets and Socket.IO ratios
+	@$(PY) manage.py bench --baseline stock --limit --peer socketio --inprocess
 
 clean: ## remove the virtualenv and local state (database, logs)
 	rm -rf $(VENV) var staticfiles
