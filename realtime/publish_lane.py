@@ -54,7 +54,6 @@ class PublishLane:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.replica_header = (b"x-replica", settings.REPLICA_ID.encode())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         view = ROUTES.get(scope["path"]) if scope["type"] == "http" else None
@@ -69,26 +68,38 @@ class PublishLane:
                 413, "body_too_large", f"Request bodies may be at most {MAX_BODY_BYTES} bytes."
             )
         else:
-            request = ASGIRequest(scope, io.BytesIO(body))
-            try:
-                request.get_host()  # what CommonMiddleware would check first
-            except DisallowedHost as exc:
-                # The detail (which host, which setting to change) is for the log, not the caller.
-                logger.info("publish lane refused host: %s", exc)
-                response = error_response(400, "bad_host", "This host name is not served here.")
-            else:
-                response = await view(request)
+            response = await answer(view, ASGIRequest(scope, io.BytesIO(body)))
         await self._answer(response, send)
 
     async def _answer(self, response: HttpResponse, send: Send) -> None:
-        headers = [(k.lower().encode("latin1"), v.encode("latin1")) for k, v in response.items()]
-        if not response.has_header("Content-Length"):  # as CommonMiddleware sets it: no chunking
-            headers.append((b"content-length", str(len(response.content)).encode()))
-        headers += SECURITY_HEADERS
-        headers.append(self.replica_header)
+        headers = answer_headers(response)
         start = {"type": "http.response.start", "status": response.status_code, "headers": headers}
         await send(start)
         await send({"type": "http.response.body", "body": response.content})
+
+
+async def answer(
+    view: Callable[[HttpRequest], Awaitable[HttpResponse]], request: HttpRequest
+) -> HttpResponse:
+    """The view's answer, after what CommonMiddleware would check first: the Host. Here and on
+    the publish port (realtime/transport/publish_port.py)."""
+    try:
+        request.get_host()
+    except DisallowedHost as exc:
+        # The detail (which host, which setting to change) is for the log, not the caller.
+        logger.info("publish lane refused host: %s", exc)
+        return error_response(400, "bad_host", "This host name is not served here.")
+    return await view(request)
+
+
+def answer_headers(response: HttpResponse) -> list[tuple[bytes, bytes]]:
+    """The response's headers, with what Django's middleware would add to them."""
+    headers = [(k.lower().encode("latin1"), v.encode("latin1")) for k, v in response.items()]
+    if not response.has_header("Content-Length"):  # as CommonMiddleware sets it: no chunking
+        headers.append((b"content-length", str(len(response.content)).encode()))
+    headers += SECURITY_HEADERS
+    headers.append((b"x-replica", settings.REPLICA_ID.encode()))
+    return headers
 
 
 def _has_authorization(scope: Scope) -> bool:

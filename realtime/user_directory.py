@@ -37,21 +37,28 @@ MAX_ENTRIES = 100_000
 _ids: OrderedDict[str, tuple[int, float]] = OrderedDict()  # username -> (id, good until)
 
 
+def _remembered(name: str, now: float) -> int | None:
+    entry = _ids.get(name)
+    if entry is None or entry[1] <= now:
+        return None
+    _ids.move_to_end(name)
+    return entry[0]
+
+
 async def active_user_ids(usernames: Iterable[str]) -> dict[str, int]:
-    """{username: id} of the active users among `usernames`; the database is asked only for
-    names not remembered (in one query, in a worker thread)."""
+    """{username: id} of the active users among `usernames` (a batch of pushes); the database
+    is asked only for names not remembered, in one hop to the hot paths' database thread."""
     found: dict[str, int] = {}
-    missing: set[str] = set()
+    missing: list[str] = []
     now = time.monotonic()
     for name in usernames:
-        entry = _ids.get(name)
-        if entry is not None and entry[1] > now:
-            _ids.move_to_end(name)
-            found[name] = entry[0]
+        user_id = _remembered(name, now)
+        if user_id is None:
+            missing.append(name)
         else:
-            missing.add(name)
+            found[name] = user_id
     if missing:
-        fetched = await db_thread.run(lambda: user_ids_by_username(usernames=missing))
+        fetched = await db_thread.run(_lookup_active, missing)
         found.update(fetched)
         remember(fetched)
     return found
@@ -59,13 +66,10 @@ async def active_user_ids(usernames: Iterable[str]) -> dict[str, int]:
 
 async def active_user_id(username: str) -> int | None:
     """One name's id. Misses that arrive together (pushes in flight at once) are asked in one
-    query and one hop to the hot paths' database thread (realtime/db_thread.py), as a
-    DataLoader batches: one name alone is a lookup by key compiled once
-    (realtime/compiled_lookup.py)."""
-    entry = _ids.get(username)
-    if entry is not None and entry[1] > time.monotonic():
-        _ids.move_to_end(username)
-        return entry[0]
+    hop to the hot paths' database thread (realtime/db_thread.py), as a DataLoader batches."""
+    user_id = _remembered(username, time.monotonic())
+    if user_id is not None:
+        return user_id
     loop = asyncio.get_running_loop()
     pending = _pending.setdefault(loop, {})
     waiting = pending.get(username)
@@ -105,11 +109,15 @@ def _by_username() -> CompiledGet | None:
     return CompiledGet.make(get_user_model()._default_manager, "username")
 
 
+# From this many names a batch is one IN query (compiled each time, ~0.6 ms), below it each a
+# lookup by key compiled once (~30 µs of SQL each).
+IN_QUERY_FROM = 20
+
+
 def _lookup_active(names: list[str]) -> dict[str, int]:
-    """The active users' ids among `names`: each a lookup by key compiled once (~30 µs of SQL
-    each, in the one hop), not an ORM query compiled for every batch's IN list (~0.6 ms)."""
+    """The active users' ids among `names` (run on the database thread)."""
     lookup = _by_username()
-    if lookup is None:
+    if lookup is None or len(names) >= IN_QUERY_FROM:
         return user_ids_by_username(usernames=set(names))
     found = {}
     for name in names:

@@ -102,34 +102,26 @@ def run_sync(client: Any, script: Script, keys: list[str], args: list[Any]) -> A
         return client.evalsha(script.sha, len(keys), *keys, *args)
 
 
-async def retried(
-    call: Callable[[list[tuple[Any, ...]]], Awaitable[T]], commands: list[tuple[Any, ...]]
-) -> T:
-    """`call(commands)` on the automatic pipeline, made once more if the connection failed under
-    it (as redis-py's Retry did): for reads, which are safe to repeat."""
+async def retried(call: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """`call(*args)` on the automatic pipeline, made once more if the connection failed under
+    it, as redis-py's Retry did for each command (a publish whose first write did reach Redis is
+    then stored twice: callers that must not see that send an idempotency key)."""
     try:
-        return await call(commands)
+        return await call(*args)
     except (RedisConnectionError, ConnectionError):
-        return await call(commands)
+        return await call(*args)
 
 
 async def run(pipeline: Any, client: Any, script: Script, keys: list[str], args: list[Any]) -> Any:
-    """One script call through the loop's automatic pipeline (autopipeline.py): EVALSHA, and on
-    NOSCRIPT every script loaded (through `client`) and the call made again. A connection that
-    failed under the call (Redis restarted, a failover) is replaced and the call made once more,
-    as redis-py's Retry did for each command (a publish whose first write did reach Redis is then
-    stored twice: callers that must not see that send an idempotency key)."""
+    """One script call through the loop's automatic pipeline (autopipeline.py), retried once on
+    a failed connection: EVALSHA, and on NOSCRIPT every script loaded (through `client`) and the
+    call made again."""
     call = ("EVALSHA", script.sha, len(keys), *keys, *args)
-    for attempt in range(2):
-        try:
-            return await pipeline.call(*call)
-        except NoScriptError:
-            async with client.pipeline(transaction=False) as pipe:
-                for each in ALL:
-                    pipe.script_load(each.source)
-                await pipe.execute()
-            return await pipeline.call(*call)
-        except (RedisConnectionError, ConnectionError):
-            if attempt == 1:
-                raise
-    raise AssertionError("unreachable")
+    try:
+        return await retried(pipeline.call, *call)
+    except NoScriptError:
+        async with client.pipeline(transaction=False) as pipe:
+            for each in ALL:
+                pipe.script_load(each.source)
+            await pipe.execute()
+        return await pipeline.call(*call)

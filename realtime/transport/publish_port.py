@@ -25,12 +25,12 @@ import asyncio
 import json
 import logging
 from http import HTTPStatus
-from typing import Any, cast
+from types import ModuleType
+from typing import Any
 from urllib.parse import unquote
 
 from django.conf import settings
 from django.http import HttpRequest
-from django.http.request import split_domain_port, validate_host
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ class PublishPortProtocol(asyncio.Protocol):
     """One client connection (HAProxy's, reused across requests): requests in order, one at a
     time; reading pauses while one is being answered."""
 
-    def __init__(self, max_body: int) -> None:
+    def __init__(self, max_body: int, lane: ModuleType) -> None:
+        self.lane = lane
         self.max_body = max_body
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
@@ -156,7 +157,7 @@ class PublishPortProtocol(asyncio.Protocol):
         self, method: str, path: str, headers: dict[str, str], body: bytes, keep_alive: bool
     ) -> None:
         try:
-            status, answer_headers, content = await respond(method, path, headers, body)
+            status, answer_headers, content = await respond(self.lane, method, path, headers, body)
         except Exception:
             logger.exception("publish port: the request failed path=%s", path)
             status, content = _error(500, "server_error", "The request failed; see the log.")
@@ -192,18 +193,22 @@ class PublishPortProtocol(asyncio.Protocol):
         self.closed = True
 
 
-class TokenRequest:
-    """What the publish views read of a token request: its method, its headers (by any case,
-    as Django's request.headers) and its body. Handed to them here instead of an ASGIRequest,
-    whose parsing of every header into META and the ASGI round trip around it were a fifth of
-    a push's CPU on this port; tests/integration/test_publish_port.py runs every publish view
-    through it."""
+class TokenRequest(HttpRequest):
+    """A token request as the publish views read it: its method, its headers (by any case, as
+    Django's request.headers) and its body, with the Host in META for get_host. Not an
+    ASGIRequest: its parsing of every header into META and the ASGI round trip around it were a
+    fifth of a push's CPU on this port; tests/integration/test_publish_port.py runs every
+    publish view through it."""
 
-    method = "POST"
-
-    def __init__(self, headers: dict[str, str], body: bytes) -> None:
-        self.headers = _Headers(headers)
-        self.body = body
+    def __init__(self, path: str, headers: dict[str, str], body: bytes) -> None:
+        super().__init__()
+        self.method = "POST"
+        self.path = self.path_info = path
+        self.headers = _Headers(headers)  # type: ignore[assignment]
+        self._body = body
+        self.META = {"HTTP_HOST": headers.get("host", ""), "SERVER_NAME": "", "SERVER_PORT": ""}
+        if "x-forwarded-host" in headers:  # read by get_host with USE_X_FORWARDED_HOST
+            self.META["HTTP_X_FORWARDED_HOST"] = headers["x-forwarded-host"]
 
 
 class _Headers(dict[str, str]):
@@ -226,41 +231,24 @@ NOT_HERE = (
 
 
 async def respond(
-    method: str, path: str, headers: dict[str, str], body: bytes
+    lane: ModuleType, method: str, path: str, headers: dict[str, str], body: bytes
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """The publish view's answer to a token request (status, headers, body), with the headers
-    Django's middleware would add, as the publish lane gives it; 404 for anything else."""
-    from realtime.publish_lane import ROUTES, SECURITY_HEADERS  # the views need Django set up
-
-    view = ROUTES.get(path)
+    """The publish view's answer to a token request (status, headers, body), as the publish
+    lane (`lane`, realtime/publish_lane.py) gives it; 404 for anything else."""
+    view = lane.ROUTES.get(path)
     if view is None or method != "POST" or "authorization" not in headers:
         status, content = _error(404, "not_found", NOT_HERE)
         return status, _error_headers(), content
-    if not _host_allowed(headers.get("host", "")):
-        # The detail (which host) is for the log, not the caller, as in the publish lane.
-        logger.info("publish port refused host %r", headers.get("host", "")[:200])
-        status, content = _error(400, "bad_host", "This host name is not served here.")
-        return status, _error_headers(), content
-    response = await view(cast(HttpRequest, TokenRequest(headers, body)))
-    answer = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.items()]
-    answer += SECURITY_HEADERS
-    answer.append((b"x-replica", settings.REPLICA_ID.encode()))
-    return response.status_code, answer, response.content
-
-
-def _host_allowed(host: str) -> bool:
-    """As HttpRequest.get_host checks the Host header against ALLOWED_HOSTS."""
-    allowed = settings.ALLOWED_HOSTS
-    if settings.DEBUG and not allowed:
-        allowed = [".localhost", "127.0.0.1", "[::1]"]
-    domain, _ = split_domain_port(host)
-    return bool(domain) and validate_host(domain, allowed)
+    response = await lane.answer(view, TokenRequest(path, headers, body))
+    return response.status_code, lane.answer_headers(response), response.content
 
 
 async def serve(bind: str, max_body: int) -> asyncio.Server:
     """Listen on `bind` ("host:port") with the lane; the server, already serving."""
+    from realtime import publish_lane  # its views need Django set up: imported when serving
+
     host, _, port = bind.rpartition(":")
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: PublishPortProtocol(max_body), host.strip("[]") or None, int(port)
+        lambda: PublishPortProtocol(max_body, publish_lane), host.strip("[]") or None, int(port)
     )
