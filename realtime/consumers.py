@@ -131,8 +131,8 @@ class RealtimeConsumer:
                 close_code=protocol.CLOSE_UNAUTHORIZED,
             )
             return None
-        # Pushes by name to this user, from this replica, need not ask the database.
-        user_directory.remember({user.username: user.pk})
+        # Pushes by name to this user, from any replica, need not ask the database.
+        user_directory.note_connected(user.get_username(), user.pk)
         problems: list[InvalidFrame | StreamDenied] = []
         try:
             resume = protocol.parse_resume_query(scope.get("query_string", b""))

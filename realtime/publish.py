@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +96,8 @@ class _Outgoing:
 def _outgoing(stream: str, payload: Any, sender: str | None, idempotency: str | None) -> _Outgoing:
     group = groups.group_for_stream(stream)
     check_payload(payload)
-    message_id = uuid.uuid4().hex
+    # 128 random bits as hex, as uuid4().hex gave (less its 6 fixed bits), at a third the cost.
+    message_id = os.urandom(16).hex()
     envelope = protocol.envelope(
         kind=_KINDS.get(stream.partition(":")[0]) or _KINDS["*"],
         stream=stream,

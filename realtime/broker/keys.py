@@ -23,6 +23,8 @@ several deployments, or tests, share one Redis.
   <p>:presence:seen / :names   hashes: user id -> last seen ms / username, one on each shard
                                for the users whose user stream lives there
   <p>:limit:<key>              a fixed-window counter (realtime/limits.py), on <key>'s shard
+  <p>:uname:<username>         an active user's id, for the push API (realtime/user_directory.py),
+                               with a TTL; on its own name's shard
   <p>:archive:queue            Redis Stream, one on each shard: messages of that shard's
                                archived streams on their way to the database, field m (the
                                message as PUBLISHed: frames.py), read by the consumer group
@@ -82,6 +84,9 @@ class Keys:
 
     def limit(self, key: str) -> str:
         return f"{self.prefix}:limit:{key}"
+
+    def username(self, name: str) -> str:
+        return f"{self.prefix}:uname:{name}"
 
     def archive_queue(self) -> str:
         # One queue per shard for all of its archived streams, so it carries no stream's hash

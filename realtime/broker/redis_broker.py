@@ -24,7 +24,6 @@ import asyncio
 import os
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -426,7 +425,7 @@ class RedisBroker:
             self.keys.archive_queue() if policy.archive else "",
         ]
         args = [
-            uuid.uuid4().hex[:12],
+            os.urandom(6).hex(),  # the epoch, should the script create the stream
             body,
             policy.max_len,
             policy.max_age_ms,
@@ -656,6 +655,44 @@ class RedisBroker:
                 await self.pipelined(queue, what="membership counts", on=shard)
 
         await self.each_shard(counts, _itself, on_shard)
+
+    # --- the username directory -------------------------------------------------------------------
+
+    async def user_ids(self, names: list[str]) -> dict[str, int]:
+        """The ids the shared directory holds for `names` (those it has), one round trip per
+        shard through the automatic pipeline."""
+
+        async def on_shard(shard: int, batch: list[str]) -> list[Any]:
+            commands = [("GET", self.keys.username(name)) for name in batch]
+            with translated(f"usernames on {self.describe(shard)}"):
+                return await scripts.retried(self.autopipeline(shard).call_many, commands)
+
+        found = {}
+        for batch, replies in await self.each_shard(names, self.keys.username, on_shard):
+            for name, reply in zip(batch, replies, strict=True):
+                if reply is not None:
+                    found[name] = int(reply)
+        return found
+
+    async def remember_user_ids(self, ids: dict[str, int], *, ttl_ms: int) -> None:
+        """Put `ids` ({username: id}) in the shared directory for `ttl_ms`."""
+
+        async def on_shard(shard: int, batch: list[str]) -> list[Any]:
+            commands = [("SET", self.keys.username(n), ids[n], "PX", ttl_ms) for n in batch]
+            with translated(f"usernames on {self.describe(shard)}"):
+                return await scripts.retried(self.autopipeline(shard).call_many, commands)
+
+        await self.each_shard(list(ids), self.keys.username, on_shard)
+
+    def forget_usernames_sync(self, names: Iterable[str]) -> None:
+        """Drop `names` from the shared directory (a user saved or deleted, from sync code)."""
+        by_shard: dict[int, list[str]] = {}
+        for name in names:
+            key = self.keys.username(name)
+            by_shard.setdefault(self.shard_of(key), []).append(key)
+        for shard, keys in by_shard.items():
+            with translated(f"usernames on {self.describe(shard)}"):
+                self.sync_redis(shard).delete(*keys)
 
     # --- rate limits ------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from realtime.api import MAX_BODY_BYTES
 from realtime.layer import StreamChannelLayer
 from realtime.services import api_token_issue
 from realtime.transport import publish_port
-from tests.integration.conftest import open_socket
+from tests.integration.conftest import eventually, open_socket
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -235,19 +235,25 @@ async def test_the_push_apis_names_follow_renames_here_and_new_users_at_once(
     assert (await push("port-renamed"))[1]["error"] == "unknown_user"
 
 
-async def test_names_missed_together_are_asked_in_one_query(
-    port: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    names = [f"port-batch-{n}" for n in range(5)]
-    users = [await User.objects.acreate(username=name) for name in names]
-    asked: list[list[str]] = []
+@pytest.fixture
+def asked(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The batches of names the database is asked for, each sorted."""
+    batches: list[list[str]] = []
     lookup = user_directory._lookup_active
 
     def counted(batch: list[str]) -> dict[str, int]:
-        asked.append(sorted(batch))
+        batches.append(sorted(batch))
         return lookup(batch)
 
     monkeypatch.setattr(user_directory, "_lookup_active", counted)
+    return batches
+
+
+async def test_names_missed_together_are_asked_in_one_query(
+    port: int, asked: list[list[str]]
+) -> None:
+    names = [f"port-batch-{n}" for n in range(5)]
+    users = [await User.objects.acreate(username=name) for name in names]
     found = await asyncio.gather(
         *(user_directory.active_user_id(name) for name in [*names, "port-nobody", names[0]])
     )
@@ -255,3 +261,70 @@ async def test_names_missed_together_are_asked_in_one_query(
     assert asked == [sorted([*names, "port-nobody"])], "one query for every name missed at once"
     assert await user_directory.active_user_id(names[3]) == users[3].pk
     assert len(asked) == 1, "a name found is remembered"
+
+
+async def test_a_name_one_replica_looked_up_is_found_by_the_others_in_redis(
+    port: int, layer: StreamChannelLayer, asked: list[list[str]]
+) -> None:
+    users = [await User.objects.acreate(username=f"port-shared-{n}") for n in range(3)]
+    names = [u.username for u in users]
+    assert await user_directory.active_user_ids(names[:2]) == {u.username: u.pk for u in users[:2]}
+    assert asked == [names[:2]]
+    redis = layer.broker.redis(layer.broker.keys.username(names[0]))
+    ttl = await redis.pttl(layer.broker.keys.username(names[0]))
+    assert 0 < ttl <= 60_000, "kept for API_USER_CACHE_SECS"
+    user_directory.clear()  # another replica: nothing remembered in its process
+    found = await asyncio.gather(*(user_directory.active_user_id(n) for n in names))
+    assert found == [u.pk for u in users]
+    assert asked == [names[:2], [names[2]]], "the shared names cost no query"
+
+
+async def test_a_sockets_handshake_shares_its_users_name(
+    port: int, layer: StreamChannelLayer, asked: list[list[str]]
+) -> None:
+    user = await User.objects.acreate(username="port-connected")
+    socket, _ = await open_socket(user)
+    key = layer.broker.keys.username("port-connected")
+    redis = layer.broker.redis(key)
+
+    async def shared() -> bool:
+        return await redis.get(key) == str(user.pk).encode()
+
+    await eventually(shared)
+    user_directory.clear()  # a replica the socket is not on
+    assert await user_directory.active_user_id("port-connected") == user.pk
+    assert asked == [], "found without the database"
+    await socket.close()
+
+
+async def test_a_save_anywhere_drops_old_and_new_names_from_the_shared_directory(
+    port: int, layer: StreamChannelLayer
+) -> None:
+    user = await User.objects.acreate(username="port-old")
+    assert await user_directory.active_user_id("port-old") == user.pk
+    keys = layer.broker.keys
+    redis = layer.broker.redis(keys.username("port-old"))
+    assert await redis.get(keys.username("port-old")) == str(user.pk).encode()
+    # A process that loaded the user, and never looked its name up, renames it.
+    user_directory.clear()
+    loaded = await User.objects.aget(pk=user.pk)
+    loaded.username = "port-new-name"
+    await loaded.asave()
+    assert await redis.get(keys.username("port-old")) is None, "the old name is dropped"
+    assert await user_directory.active_user_id("port-old") is None
+    assert await user_directory.active_user_id("port-new-name") == user.pk
+    # A login's last_login leaves the directory alone; a deactivation drops the name.
+    await loaded.asave(update_fields=["last_login"])
+    assert await redis.get(keys.username("port-new-name")) == str(user.pk).encode()
+    user_directory.clear()
+    loaded.is_active = False
+    await loaded.asave(update_fields=["is_active"])
+    assert await redis.get(keys.username("port-new-name")) is None
+    assert await user_directory.active_user_id("port-new-name") is None
+    # And a deleted user's name.
+    other = await User.objects.acreate(username="port-deleted")
+    assert await user_directory.active_user_id("port-deleted") == other.pk
+    user_directory.clear()
+    await (await User.objects.aget(pk=other.pk)).adelete()
+    assert await redis.get(keys.username("port-deleted")) is None
+    assert await user_directory.active_user_id("port-deleted") is None
