@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 REPLICAS ?= 3
+# `make test`'s pytest workers: most of a cluster test's time is waiting, so two share two cores.
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install system-deps browser-deps test-e2e test-package run up down status test test-unit test-integration test-cluster lint fmt bench clean
@@ -40,7 +42,7 @@ browser-deps: ## system-deps plus Chromium (e2e), node + npm (npm package) and P
 	@scripts/install-system-deps.sh --browser --node --postgres
 
 test: browser-deps $(VENV)/.installed ## install what is missing, then run every test tier
-	@$(PY) -m pytest
+	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-unit: $(VENV)/.installed ## the unit tier only
 	@$(PY) -m pytest -m unit

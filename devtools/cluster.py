@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -52,10 +53,44 @@ class ClusterError(RuntimeError):
     """The cluster could not be started, or a process misbehaved; the message says which."""
 
 
+# Ports this process has handed out: a port is given once, even after it is free again.
+_handed_out: set[int] = set()
+# Below this, ports are ours to choose: outgoing connections take theirs from the kernel's
+# ephemeral range above it.
+_LOWEST = 10_000
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A loopback port nobody listens on, for a server started next. Chosen below the kernel's
+    ephemeral range: a port the kernel picked (bind to 0) comes from the range that outgoing
+    connections also take theirs from, and one of them could hold it before the server binds.
+    Each pytest-xdist worker draws from a slice of its own, so two workers' clusters never get
+    the same port."""
+    low, high = _port_slice()
+    for _ in range(500):
+        port = random.randrange(low, high)
+        if port not in _handed_out and port_is_free(port):
+            _handed_out.add(port)
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # the slice is full
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _port_slice() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            ephemeral_low = int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32_768  # Linux's default
+    high = max(ephemeral_low, _LOWEST + 1_000)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", …
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if not worker.startswith("gw") or workers <= 1:
+        return _LOWEST, high
+    span = (high - _LOWEST) // workers
+    index = int(worker[2:]) % workers
+    return _LOWEST + index * span, _LOWEST + (index + 1) * span
 
 
 def port_is_free(port: int) -> bool:

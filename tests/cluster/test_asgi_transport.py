@@ -16,6 +16,9 @@ from devtools.cluster import Cluster, ManagedProcess, free_port, wait_until
 from tests.cluster.helpers import api_post, sessions_for
 from tests.support.clients import WsClient
 
+# One worker runs this module (make test: --dist loadgroup), so its module fixture starts once.
+pytestmark = pytest.mark.xdist_group("asgi_transport")
+
 
 @pytest.fixture(scope="module")
 def uvicorn_replica(cluster: Cluster) -> Iterator[str]:

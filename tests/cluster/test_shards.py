@@ -22,7 +22,8 @@ from tests.cluster.helpers import api_token, probe_until_published
 from tests.conftest import cluster_of_its_own
 from tests.support.harness import Harness, unique_prefix
 
-pytestmark = pytest.mark.timeout(300)
+# One worker runs this module (make test: --dist loadgroup), so its module fixture starts once.
+pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("shards")]
 
 SHARDS = 3
 VICTIM = 0  # holds neither `broadcast` nor `ops` (both hash to shard 2 of 3)

@@ -17,7 +17,8 @@ from devtools.cluster import Cluster
 from tests.cluster.helpers import api_token, sessions_for
 from tests.conftest import cluster_of_its_own
 
-pytestmark = pytest.mark.timeout(180)
+# One worker runs this module (make test: --dist loadgroup), so its module fixture starts once.
+pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("tls")]
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,9 @@ from devtools.cluster import ManagedProcess, free_port, wait_until
 from tests.conftest import BASE_DIR
 from tests.support.clients import WsClient
 
+# One worker runs this module (make test: --dist loadgroup), so its module fixture starts once.
+pytestmark = pytest.mark.xdist_group("package")
+
 EXAMPLE = BASE_DIR / "examples" / "shop"
 REPLICAS = ("r1", "r2")
 
@@ -76,19 +79,28 @@ class InstalledShop:
 def _build_wheels(out: Path) -> list[Path]:
     # --no-isolation: the build backend (setuptools) comes from our virtualenv, no download.
     for source in (BASE_DIR, BASE_DIR / "clients" / "python"):
-        done = subprocess.run(
-            [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out)],
-            cwd=source,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        _remove_work_folders(
+            source
+        )  # a build stopped halfway leaves them, and they confuse the next
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out)],
+                cwd=source,
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
+        finally:
+            _remove_work_folders(source)
         assert done.returncode == 0, done.stdout + done.stderr
-        # setuptools leaves its work folders in the source tree.
-        shutil.rmtree(source / "build", ignore_errors=True)
-        for egg_info in source.glob("*.egg-info"):
-            shutil.rmtree(egg_info, ignore_errors=True)
     return sorted(out.glob("*.whl"))
+
+
+def _remove_work_folders(source: Path) -> None:
+    """What setuptools leaves in the source tree while building."""
+    shutil.rmtree(source / "build", ignore_errors=True)
+    for egg_info in source.glob("*.egg-info"):
+        shutil.rmtree(egg_info, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
