@@ -115,7 +115,9 @@ class Session:
         self.channel_name = channel_name
         self.presence = presence_
         self.cursors: dict[str, Cursor] = {}
-        self.queue: deque[tuple[Any, ...]] = deque()
+        # What the writer task has to do, in order; a deque from the first item on (an empty
+        # deque is ~600 bytes, and most sockets never queue anything), none again once drained.
+        self.queue: deque[tuple[Any, ...]] | tuple[()] = ()
         self.dirty: set[str] = set()
         self.task: asyncio.Task[None] | None = None
         self.ready = False  # accepted and greeted; False again once it is closing
@@ -128,6 +130,12 @@ class Session:
         self._limits: SocketLimits | None = None
         # The client's frames that arrive through the layer (SSE's POSTs): set by the consumer.
         self.inbound: Any = None
+
+    def _queue(self) -> deque[tuple[Any, ...]]:
+        queue = self.queue
+        if isinstance(queue, tuple):
+            queue = self.queue = deque()
+        return queue
 
     def limits(self) -> SocketLimits:
         if self._limits is None:
@@ -143,7 +151,7 @@ class Session:
             self.cursors[stream] = Cursor(head.epoch, head.seq)
         else:
             self.cursors[stream] = Cursor(wanted.epoch, wanted.seq)
-            self.queue.appendleft(("catch_up", stream, True))
+            self._queue().appendleft(("catch_up", stream, True))
 
     async def join(self, stream: str) -> None:
         """Join the stream's group; returns once Redis confirmed it, so a head read after this
@@ -151,7 +159,7 @@ class Session:
         await self.layer.group_add(groups.group_for_stream(stream), self.channel_name)
 
     def catch_up_soon(self, stream: str) -> None:
-        self.queue.append(("catch_up", stream, True))
+        self._queue().append(("catch_up", stream, True))
         self.wake()
 
     async def leave(self, stream: str) -> None:
@@ -230,7 +238,7 @@ class Session:
             self.dirty.add(stream)
             replica_stats.frames_dropped += 1
         else:
-            self.queue.append(("frame", stream, seq, epoch, frame))
+            self._queue().append(("frame", stream, seq, epoch, frame))
         self.wake()
 
     def on_layer_message(self, message: dict[str, Any]) -> None:
@@ -239,7 +247,7 @@ class Session:
         if len(self.queue) >= settings.DELIVERY_QUEUE_MAX_FRAMES:
             replica_stats.frames_dropped += 1  # ephemeral: nothing to fetch back later
             return
-        self.queue.append(("message", message))
+        self._queue().append(("message", message))
         self.wake()
 
     async def on_resync(self, only: Callable[[str], bool] | None = None) -> None:
@@ -282,7 +290,7 @@ class Session:
         try:
             while self.queue or self.dirty:
                 if self.queue:
-                    item = self.queue.popleft()
+                    item = self._queue().popleft()
                     if item[0] == "message":
                         await self._handle_quietly(item[1])
                         continue
@@ -315,6 +323,8 @@ class Session:
             pass  # the socket closed under a replay; release() is on its way
         finally:
             self.task = None
+            if not self.queue:
+                self.queue = ()
 
     async def _handle_quietly(self, message: dict[str, Any]) -> None:
         name = self.LAYER_HANDLERS.get(message.get("type", ""))

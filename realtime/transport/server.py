@@ -61,6 +61,32 @@ class LeanWebSocketProtocol(WebSocketProtocol):
     fanned_out_at: float | None = None
     # Set when direct_send left bytes in Twisted's buffer: only then is the backlog counted.
     behind = False
+    # Autobahn's queue for chopped and "sync" writes (it makes an empty deque, ~600 bytes, per
+    # connection; nearly none ever queues): made by the first write that queues.
+    _send_queue: deque[tuple[bytes, bool]] | None = None
+
+    @property
+    def send_queue(self) -> Any:
+        return () if self._send_queue is None else self._send_queue
+
+    @send_queue.setter
+    def send_queue(self, queue: Any) -> None:
+        self._send_queue = queue or None
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        if (sync or chopsize) and self._send_queue is None:
+            self._send_queue = deque()  # Autobahn appends to it: a real one from now on
+        super().sendData(data, sync, chopsize)
+
+    def onOpen(self) -> None:
+        super().onOpen()
+        # The handshake is over, and the application read the headers it needed from its scope
+        # (realtime/socket_auth.py checks them before accepting). What Autobahn kept of the
+        # request and of its answer, ~2 KiB a socket, is dropped; Daphne's log lines use only
+        # the request's path, which stays.
+        self.http_request_data = self.http_response_data = None
+        self.http_headers.clear()  # the dict Daphne's `request.headers` is too
+        self.http_status_line = None
 
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
@@ -145,8 +171,12 @@ class Inbox:
         self.items.append(item)
 
     async def get(self) -> Any:
-        if self.items:
-            return self.items.popleft()
+        items = self.items
+        if items:
+            item = items.popleft()
+            if not items:
+                self.items = None  # an empty deque is ~600 bytes a socket
+            return item
         self.waiter = asyncio.get_running_loop().create_future()
         return await self.waiter
 
