@@ -302,29 +302,32 @@ async def test_a_save_anywhere_drops_old_and_new_names_from_the_shared_directory
 ) -> None:
     user = await User.objects.acreate(username="port-old")
     assert await user_directory.active_user_id("port-old") == user.pk
-    keys = layer.broker.keys
-    redis = layer.broker.redis(keys.username("port-old"))
-    assert await redis.get(keys.username("port-old")) == str(user.pk).encode()
+
+    async def shared(name: str) -> bytes | None:
+        key = layer.broker.keys.username(name)
+        return await layer.broker.redis(key).get(key)  # type: ignore[no-any-return]
+
+    assert await shared("port-old") == str(user.pk).encode()
     # A process that loaded the user, and never looked its name up, renames it.
     user_directory.clear()
     loaded = await User.objects.aget(pk=user.pk)
     loaded.username = "port-new-name"
     await loaded.asave()
-    assert await redis.get(keys.username("port-old")) is None, "the old name is dropped"
+    assert await shared("port-old") is None, "the old name is dropped"
     assert await user_directory.active_user_id("port-old") is None
     assert await user_directory.active_user_id("port-new-name") == user.pk
     # A login's last_login leaves the directory alone; a deactivation drops the name.
     await loaded.asave(update_fields=["last_login"])
-    assert await redis.get(keys.username("port-new-name")) == str(user.pk).encode()
+    assert await shared("port-new-name") == str(user.pk).encode()
     user_directory.clear()
     loaded.is_active = False
     await loaded.asave(update_fields=["is_active"])
-    assert await redis.get(keys.username("port-new-name")) is None
+    assert await shared("port-new-name") is None
     assert await user_directory.active_user_id("port-new-name") is None
     # And a deleted user's name.
     other = await User.objects.acreate(username="port-deleted")
     assert await user_directory.active_user_id("port-deleted") == other.pk
     user_directory.clear()
     await (await User.objects.aget(pk=other.pk)).adelete()
-    assert await redis.get(keys.username("port-deleted")) is None
+    assert await shared("port-deleted") is None
     assert await user_directory.active_user_id("port-deleted") is None
