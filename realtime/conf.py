@@ -50,8 +50,8 @@ DEFAULTS: dict[str, Any] = {
     "SOCKET_TYPING_BURST": 10,
     "MAX_STREAMS_PER_SOCKET": 50,
     "MAX_SOCKETS_PER_USER": 20,
-    # Per replica process: an open socket holds ~23 KiB (docs/performance.md), so 5 000 are
-    # ~115 MiB, and HAProxy's per-server maxconn is 5 000 too. At the cap new sockets get 1013
+    # Per replica process: an open socket holds ~20 KiB (docs/performance.md), so 5 000 are
+    # ~100 MiB, and HAProxy's per-server maxconn is 5 000 too. At the cap new sockets get 1013
     # and /readyz fails, so HAProxy sends them to another replica.
     "MAX_SOCKETS_PER_REPLICA": 5000,
     # New sockets a replica accepts per second (a burst of twice that): a reconnect storm is
