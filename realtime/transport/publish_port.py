@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 MAX_HEAD_BYTES = 16 * 1024
 HEAD_SECS = 10.0
 IDLE_SECS = 75.0  # above HAProxy's `timeout http-keep-alive`, so HAProxy closes first
+# How long a refused body is read and dropped before the connection closes anyway.
+LINGER_SECS = 2.0
 
 
 def _error(status: int, code: str, message: str) -> tuple[int, bytes]:
@@ -61,6 +63,7 @@ class PublishPortProtocol(asyncio.Protocol):
         self.busy = False
         self.closed = False
         self.timer: asyncio.TimerHandle | None = None
+        self.dropping = 0  # bytes of a refused body still to read and drop before closing
 
     # --- asyncio.Protocol --------------------------------------------------------------------
 
@@ -70,6 +73,9 @@ class PublishPortProtocol(asyncio.Protocol):
         self._arm(IDLE_SECS)
 
     def data_received(self, data: bytes) -> None:
+        if self.dropping:
+            self._drop(len(data))
+            return
         self.buffer += data
         if not self.busy:
             self._next()
@@ -134,11 +140,10 @@ class PublishPortProtocol(asyncio.Protocol):
                 )
             headers[name] = value
         if length > self.max_body:
-            self._fail(
-                *_error(
-                    413, "body_too_large", f"Request bodies may be at most {self.max_body} bytes."
-                )
+            status, content = _error(
+                413, "body_too_large", f"Request bodies may be at most {self.max_body} bytes."
             )
+            self._refuse_body(status, content, unread=end + 4 + length - len(self.buffer))
             return
         if len(self.buffer) < end + 4 + length:
             self._arm(HEAD_SECS)  # the body is on its way
@@ -174,16 +179,7 @@ class PublishPortProtocol(asyncio.Protocol):
     ) -> None:
         if self.closed or self.transport is None:
             return
-        lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}".encode()]
-        has_length = False
-        for name, value in headers:
-            has_length = has_length or name.lower() == b"content-length"
-            lines.append(name + b": " + value)
-        if not has_length:
-            lines.append(b"content-length: " + str(len(content)).encode())
-        if not keep_alive:
-            lines.append(b"connection: close")
-        self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + content)
+        self.transport.write(_head(status, headers, content, keep_alive) + content)
         if not keep_alive:
             self.transport.close()
 
@@ -191,6 +187,42 @@ class PublishPortProtocol(asyncio.Protocol):
         """An answer to a request that cannot be read on from: then the connection closes."""
         self._write(status, _error_headers(), content, keep_alive=False)
         self.closed = True
+
+    def _refuse_body(self, status: int, content: bytes, *, unread: int) -> None:
+        """Answer a request whose body is refused at once, then read and drop that body before
+        closing, for at most LINGER_SECS: a connection closed with bytes unread is reset by the
+        kernel, and the reset can destroy the answer before the peer reads it (HAProxy then
+        told the client nothing at all)."""
+        if self.transport is None:
+            return
+        self.closed = True  # no request after this one
+        self.buffer.clear()
+        self.transport.write(_head(status, _error_headers(), content, keep_alive=False) + content)
+        self.dropping = max(unread, 0)
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(LINGER_SECS, self.transport.close)
+        self._drop(0)
+
+    def _drop(self, count: int) -> None:
+        self.dropping = max(self.dropping - count, 0)
+        if not self.dropping and self.transport is not None:
+            self.transport.close()
+
+
+def _head(
+    status: int, headers: list[tuple[bytes, bytes]], content: bytes, keep_alive: bool
+) -> bytes:
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}".encode()]
+    has_length = False
+    for name, value in headers:
+        has_length = has_length or name.lower() == b"content-length"
+        lines.append(name + b": " + value)
+    if not has_length:
+        lines.append(b"content-length: " + str(len(content)).encode())
+    if not keep_alive:
+        lines.append(b"connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 class TokenRequest(HttpRequest):

@@ -76,31 +76,30 @@ class InstalledShop:
         return done.stdout
 
 
+# What a build needs none of: copying them would be slow, and some change while other tests run.
+_NOT_COPIED = shutil.ignore_patterns(
+    ".git", ".venv", "node_modules", "__pycache__", "var", "test-artifacts", "build", "dist",
+    "*.egg-info", ".mypy_cache", ".ruff_cache", ".pytest_cache",
+)  # fmt: skip
+
+
 def _build_wheels(out: Path) -> list[Path]:
+    """The two wheels, each built from a copy of its sources: setuptools writes its work folders
+    (build/, *.egg-info) next to the sources, and in the repository another test worker's
+    imports and builds meet them (a manifest vanished under a build there)."""
+    copies = out.parent / "sources"
+    shutil.copytree(BASE_DIR, copies / "realtime", ignore=_NOT_COPIED)
     # --no-isolation: the build backend (setuptools) comes from our virtualenv, no download.
-    for source in (BASE_DIR, BASE_DIR / "clients" / "python"):
-        _remove_work_folders(
-            source
-        )  # a build stopped halfway leaves them, and they confuse the next
-        try:
-            done = subprocess.run(
-                [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out)],
-                cwd=source,
-                capture_output=True,
-                text=True,
-                timeout=180,
-            )
-        finally:
-            _remove_work_folders(source)
+    for source in (copies / "realtime", copies / "realtime" / "clients" / "python"):
+        done = subprocess.run(
+            [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out)],
+            cwd=source,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
     return sorted(out.glob("*.whl"))
-
-
-def _remove_work_folders(source: Path) -> None:
-    """What setuptools leaves in the source tree while building."""
-    shutil.rmtree(source / "build", ignore_errors=True)
-    for egg_info in source.glob("*.egg-info"):
-        shutil.rmtree(egg_info, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
