@@ -33,8 +33,8 @@ import functools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Iterable
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -45,6 +45,8 @@ from realtime.compiled_lookup import CompiledGet
 from realtime.selectors import user_ids_by_username
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # About 100 bytes an entry: 100k users cost a replica ~10 MB at most.
 MAX_ENTRIES = 100_000
@@ -133,20 +135,22 @@ async def _resolve(names: list[str]) -> dict[str, int]:
 async def _shared(names: list[str]) -> dict[str, int]:
     """What the shared directory holds of `names`; nothing when Redis does not answer in time
     (the database is asked instead)."""
-    try:
-        async with asyncio.timeout(settings.REDIS_TIMEOUT_SECS):
-            return await broker.current().user_ids(names)
-    except (broker.BrokerUnavailable, TimeoutError) as exc:
-        logger.debug("usernames: the shared directory did not answer: %r", exc)
-        return {}
+    return await _guarded(broker.current().user_ids(names)) or {}
 
 
 async def _share(ids: dict[str, int], ttl: int) -> None:
+    await _guarded(broker.current().remember_user_ids(ids, ttl_ms=ttl * 1000))
+
+
+async def _guarded(call: Awaitable[T]) -> T | None:
+    """`call`'s result, or None when Redis does not answer within REDIS_TIMEOUT_SECS: the
+    directory only saves work, so its failures are never the push's."""
     try:
         async with asyncio.timeout(settings.REDIS_TIMEOUT_SECS):
-            await broker.current().remember_user_ids(ids, ttl_ms=ttl * 1000)
+            return await call
     except (broker.BrokerUnavailable, TimeoutError) as exc:
         logger.debug("usernames: the shared directory did not answer: %r", exc)
+        return None
 
 
 @functools.cache

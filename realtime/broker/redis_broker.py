@@ -440,19 +440,39 @@ class RedisBroker:
 
     async def heads(self, streams: list[str]) -> dict[str, Position]:
         """Each stream's current position, in one round trip per shard."""
+        rows = await self._batched(
+            streams,
+            _itself,
+            lambda stream: ("HMGET", self.keys.stream_meta(stream), "epoch", "seq"),
+            what="heads",
+        )
+        heads = {
+            s: Position(_text(epoch) if epoch else None, int(seq or 0)) for s, (epoch, seq) in rows
+        }
+        return {stream: heads[stream] for stream in streams}
 
-        async def on_shard(shard: int, batch: list[str]) -> list[Any]:
-            # Through the automatic pipeline: every connect reads its streams' heads, and a
-            # redis-py pipeline of its own cost a connect ~0.2 ms more.
-            commands = [("HMGET", self.keys.stream_meta(s), "epoch", "seq") for s in batch]
-            with translated(f"heads on {self.describe(shard)}"):
+    async def _batched(
+        self,
+        items: Iterable[T],
+        route: Callable[[T], Route],
+        command: Callable[[T], tuple[Any, ...]],
+        *,
+        what: str,
+    ) -> list[tuple[T, Any]]:
+        """`command(item)` for each item, each shard's in one batch through its automatic
+        pipeline (retried once on a failed connection); (item, reply) pairs. Every connect reads
+        its heads this way: a redis-py pipeline of its own cost a connect ~0.2 ms more."""
+
+        async def on_shard(shard: int, batch: list[T]) -> list[Any]:
+            commands = [command(item) for item in batch]
+            with translated(f"{what} on {self.describe(shard)}"):
                 return await scripts.retried(self.autopipeline(shard).call_many, commands)
 
-        heads = {}
-        for batch, rows in await self.each_shard(streams, _itself, on_shard):
-            for stream, (epoch, seq) in zip(batch, rows, strict=True):
-                heads[stream] = Position(_text(epoch) if epoch else None, int(seq or 0))
-        return {stream: heads[stream] for stream in streams}
+        return [
+            (item, reply)
+            for batch, replies in await self.each_shard(items, route, on_shard)
+            for item, reply in zip(batch, replies, strict=True)
+        ]
 
     async def read(
         self, stream: str, *, after: int, upto: int | None = None, limit: int = 500
@@ -660,29 +680,23 @@ class RedisBroker:
 
     async def user_ids(self, names: list[str]) -> dict[str, int]:
         """The ids the shared directory holds for `names` (those it has), one round trip per
-        shard through the automatic pipeline."""
-
-        async def on_shard(shard: int, batch: list[str]) -> list[Any]:
-            commands = [("GET", self.keys.username(name)) for name in batch]
-            with translated(f"usernames on {self.describe(shard)}"):
-                return await scripts.retried(self.autopipeline(shard).call_many, commands)
-
-        found = {}
-        for batch, replies in await self.each_shard(names, self.keys.username, on_shard):
-            for name, reply in zip(batch, replies, strict=True):
-                if reply is not None:
-                    found[name] = int(reply)
-        return found
+        shard."""
+        replies = await self._batched(
+            names,
+            self.keys.username,
+            lambda name: ("GET", self.keys.username(name)),
+            what="usernames",
+        )
+        return {name: int(reply) for name, reply in replies if reply is not None}
 
     async def remember_user_ids(self, ids: dict[str, int], *, ttl_ms: int) -> None:
         """Put `ids` ({username: id}) in the shared directory for `ttl_ms`."""
-
-        async def on_shard(shard: int, batch: list[str]) -> list[Any]:
-            commands = [("SET", self.keys.username(n), ids[n], "PX", ttl_ms) for n in batch]
-            with translated(f"usernames on {self.describe(shard)}"):
-                return await scripts.retried(self.autopipeline(shard).call_many, commands)
-
-        await self.each_shard(list(ids), self.keys.username, on_shard)
+        await self._batched(
+            list(ids),
+            self.keys.username,
+            lambda name: ("SET", self.keys.username(name), ids[name], "PX", ttl_ms),
+            what="usernames",
+        )
 
     def forget_usernames_sync(self, names: Iterable[str]) -> None:
         """Drop `names` from the shared directory (a user saved or deleted, from sync code)."""
