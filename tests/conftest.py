@@ -55,6 +55,36 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: order.get(_tier_of(item) or "", len(TIERS)))
 
 
+# Marked tests that xdist failed to group on this worker (see pytest_collection_finish).
+_UNGROUPED: set[str] = set()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Under `--dist loadgroup` (make test), each module marked `xdist_group` must run whole on
+    one worker, or its module fixture (a cluster, a virtualenv) starts once per worker, at the
+    same time. xdist groups by a suffix it adds to each marked test's node id; pytest 9.2
+    ignores that change (pytest-dev/pytest-xdist#1386), and the grouping then stopped without
+    a word. Now those tests fail, saying why."""
+    # On a worker, xdist sets `loadgroup` (its `dist` is "no" there).
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    _UNGROUPED.update(
+        item.nodeid
+        for item in session.items
+        if item.get_closest_marker("xdist_group") is not None and "@" not in item.nodeid
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.nodeid in _UNGROUPED:
+        pytest.fail(
+            "--dist loadgroup did not group this test: this pytest drops the node id suffix "
+            "xdist groups by (pytest-dev/pytest-xdist#1386); install the pytest that "
+            "requirements-dev.txt pins.",
+            pytrace=False,
+        )
+
+
 def require_binaries(*names: str) -> None:
     missing = [name for name in names if shutil.which(name) is None]
     if not missing:
