@@ -27,8 +27,13 @@ class Cursor:
     last: int
 
     def is_next(self, seq: int, epoch: str) -> bool:
-        """The common case, checked first on every frame: the very next one, same epoch."""
-        return seq == self.last + 1 and epoch == self.epoch
+        """The common case, checked first on every frame: the very next one, same epoch. Or the
+        stream's very first frame, for a cursor placed while the stream had none (no epoch, at
+        0): nothing to give up and nothing to tell, as `new_epoch` then `decide` would find. A
+        user's first push since the socket opened is one, and took the slow path before."""
+        if epoch == self.epoch:
+            return seq == self.last + 1
+        return seq == 1 and self.epoch is None and self.last == 0
 
     def new_epoch(self, epoch: str | None) -> bool:
         """Move to `epoch` (from 0) if it is not this cursor's; True when messages were lost

@@ -220,7 +220,8 @@ class Session:
             or not self.writer.write_now(frame)
         ):
             return False
-        cursor.last = seq  # after the write: had it failed, the next frame repairs the gap
+        # After the write: had it failed, the next frame repairs the gap.
+        cursor.epoch, cursor.last = epoch, seq
         replica_stats.frames_out += 1
         self._note_delivered(stream, cursor)
         return True

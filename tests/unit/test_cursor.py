@@ -13,6 +13,13 @@ def test_the_next_seq_in_the_same_epoch_is_delivered() -> None:
     assert not cursor.is_next(6, "e1")
 
 
+def test_a_streams_first_frame_is_next_for_a_cursor_placed_before_it_had_any() -> None:
+    assert Cursor(None, 0).is_next(1, "e1")
+    assert not Cursor(None, 0).is_next(2, "e1")  # its first frame missed: a gap to repair
+    assert not Cursor(None, 3).is_next(1, "e1")  # a position to give up: the slow path says so
+    assert not Cursor("e0", 0).is_next(1, "e1")  # another epoch than the cursor's
+
+
 def test_seen_seqs_are_duplicates_and_later_ones_are_gaps() -> None:
     cursor = Cursor("e1", 4)
     # One decision per seq, in the seqs' order (the formatter would put one per line).
