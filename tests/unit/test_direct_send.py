@@ -7,8 +7,10 @@ import asyncio
 import json
 
 import pytest
+from autobahn.exception import Disconnected
 from autobahn.websocket.protocol import WebSocketProtocol
 
+from realtime.transport import SocketClosed
 from realtime.transport import daphne as direct_send
 
 pytestmark = pytest.mark.unit
@@ -225,3 +227,43 @@ async def test_a_socket_whose_write_fails_does_not_cost_the_others_their_frames(
     direct_send.write_frame(broken, frame(2))
     await next_turn()
     assert broken.writes == [[frame(2)]]  # nothing of the failed write was left queued
+
+
+async def test_the_writers_other_frames_go_out_in_line_with_the_fast_ones(settings) -> None:
+    settings.SOCKET_WRITE_HOLD_MS = 0
+    wire, through_daphne = FakeWire(), []
+
+    async def send(message: dict) -> None:  # type: ignore[type-arg]
+        through_daphne.append(message)
+
+    writer = direct_send.DaphneWriter(wire, send)
+    assert writer.write_now(frame(1))
+    await writer.write(frame(2))  # a hello, an error, a replayed frame
+    assert writer.write_now(frame(3))
+    await next_turn()
+    assert wire.writes == [[frame(1), frame(2), frame(3)]]  # one write, in order
+    assert through_daphne == []
+
+
+async def test_a_write_to_a_socket_that_cannot_take_it_now_goes_through_daphne(
+    settings, monkeypatch
+) -> None:
+    settings.SOCKET_WRITE_HOLD_MS = 0
+    wire, through_daphne = FakeWire(), []
+
+    async def send(message: dict) -> None:  # type: ignore[type-arg]
+        if wire.state != wire.STATE_OPEN:
+            raise Disconnected()
+        through_daphne.append(message)
+
+    writer = direct_send.DaphneWriter(wire, send)
+    # Twisted holds more for the socket than the limit: backlogged, no fast write.
+    wire.behind = True
+    backlog = settings.SOCKET_BACKLOG_MAX_BYTES + 1
+    monkeypatch.setattr(direct_send, "unsent_bytes", lambda protocol: backlog)
+    await writer.write(frame(1))
+    assert through_daphne == [{"type": "websocket.send", "text": frame(1)}]
+    assert wire.writes == []
+    wire.state = WebSocketProtocol.STATE_CLOSED  # closed: Daphne says so, as SocketClosed
+    with pytest.raises(SocketClosed):
+        await writer.write(frame(2))
