@@ -1,8 +1,9 @@
 """The delivery ledger's `delivered` marks, written per process in batches.
 
 A socket notes how far it has delivered a user stream; every DELIVERED_MARK_SECS the streams
-that moved are written together, a pipeline per MARKS_PER_PIPELINE, rather than a script call
-per socket and stream (which, under a push storm, cost as many round trips as the pushes).
+that moved are written together, one script call (per shard) for each MARKS_PER_CALL, rather
+than a call per socket and stream (which, under a push storm, cost as many round trips as the
+pushes).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from realtime import broker
 from realtime.broker import BrokerUnavailable
 
 DELIVERED_MARK_SECS = 0.5
-MARKS_PER_PIPELINE = 100
+MARKS_PER_CALL = 100
 
 
 class DeliveredMarks:
@@ -36,8 +37,8 @@ class DeliveredMarks:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _write(self, marks: list[tuple[str, tuple[str, int]]]) -> None:
-        for start in range(0, len(marks), MARKS_PER_PIPELINE):
-            batch = marks[start : start + MARKS_PER_PIPELINE]
+        for start in range(0, len(marks), MARKS_PER_CALL):
+            batch = marks[start : start + MARKS_PER_CALL]
             with contextlib.suppress(BrokerUnavailable):
                 await broker.current().mark_many(
                     [(s, "delivered", epoch, seq) for s, (epoch, seq) in batch]

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from devtools.cluster import free_port
-from realtime import broker, protocol
+from realtime import broker, protocol, publish
 from realtime.broker import BrokerUnavailable, RedisBroker, StreamPolicy, frames, scripts
 from realtime.layer import StreamChannelLayer
 
@@ -117,3 +117,28 @@ async def test_redis_trouble_is_one_error_type() -> None:
                 await call
     finally:
         await dead.close()
+
+
+async def test_marks_in_one_call_each_land_only_in_their_own_epoch_and_never_go_down(
+    layer: StreamChannelLayer,
+) -> None:
+    the_broker = broker.current()
+    epochs = {}
+    for user_id in (801, 802, 803):
+        for n in range(3):
+            epochs[user_id] = (await publish.push_to_user(user_id=user_id, payload=n)).epoch
+    await the_broker.mark_many([("user:801", "acked", epochs[801], 3)])
+    await the_broker.mark_many(
+        [
+            ("user:801", "delivered", epochs[801], 2),
+            ("user:802", "delivered", "an-epoch-redis-lost", 3),  # must not land
+            ("user:803", "delivered", epochs[803], 3),
+            ("user:801", "acked", epochs[801], 1),  # lower than the mark: never lowers it
+        ]
+    )
+    marks = {
+        user_id: (ledger["delivered"], ledger["acked"])
+        for user_id in (801, 802, 803)
+        if (ledger := await the_broker.ledger(f"user:{user_id}", count=1))
+    }
+    assert marks == {801: (2, 3), 802: (0, 0), 803: (3, 0)}

@@ -268,4 +268,4 @@ async def test_delivered_marks_of_many_streams_are_written_together(
     await asyncio.wait_for(all_written.wait(), timeout=5)
     ledgers = [await broker.current().ledger(f"user:{u}", count=1) for u in range(500, 650)]
     assert all(ledger["delivered"] == 1 for ledger in ledgers)
-    assert round_trips == [100, 50], "150 streams in two pipelines, not 150 calls"
+    assert round_trips == [100, 50], "150 streams in two script calls, not 150"
