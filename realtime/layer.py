@@ -320,6 +320,8 @@ class _LoopLayer:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def close(self) -> None:
+        for subscriber in self.subscribers:
+            subscriber.closing = True
         tasks = [s.reader for s in self.subscribers if s.reader is not None]
         tasks += [t for t in (self._heartbeat, self._membership_writer) if t is not None]
         for task in tasks:
@@ -328,6 +330,15 @@ class _LoopLayer:
             # Bounded: a reader cancelled while its consumer still runs can linger in redis-py;
             # closing must never hang a shutdown.
             await asyncio.wait(tasks, timeout=2)
+        # A reader that outlived its cancel (redis-py swallowed it, seen with three shards)
+        # stayed blocked on its connection for good, and the event loop's own shutdown then
+        # waited on it forever. Its connection is dropped: the read fails, and a closing reader
+        # returns instead of reconnecting.
+        lingering = [s for s in self.subscribers if s.reader is not None and not s.reader.done()]
+        for subscriber in lingering:
+            await subscriber.drop_connection()
+        if lingering:
+            await asyncio.wait([s.reader for s in lingering if s.reader is not None], timeout=2)
         await self.broker.close()
 
 
@@ -343,6 +354,14 @@ class _ShardSubscriber:
         self._pubsub: Any = None
         self._pending: dict[str, asyncio.Future[None]] = {}
         self._confirmed_initial: set[str] = set()
+        self.closing = False  # the layer is closing: a lost connection ends the reader
+
+    async def drop_connection(self) -> None:
+        """Close the subscription connection under the reader, whatever it is waiting on."""
+        connection = getattr(self._pubsub, "connection", None)
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.disconnect(nowait=True)
 
     def is_pending(self, group: str) -> bool:
         return self.layer.owner.group_channel(group) in self._pending
@@ -394,14 +413,20 @@ class _ShardSubscriber:
     async def _read_forever(self) -> None:
         backoff = 0.05
         resync = False
-        while True:
+        while not self.closing:
             pubsub = self.layer.broker.redis(self.shard).pubsub()
             try:
                 channels = self._channels()
                 await pubsub.subscribe(*channels)
+                # redis-py's subscribe() can swallow the cancel of a closing layer (a connect
+                # under way): the reader then went on to listen() for good.
+                if self.closing:
+                    return
                 self._pubsub = pubsub
                 self._confirmed_initial = set(channels)
                 async for message in pubsub.listen():
+                    if self.closing:
+                        return
                     if message["type"] == "subscribe":
                         self._on_subscribed(message["channel"].decode())
                         if not self.subscribed_event.is_set() and not self._confirmed_initial:
@@ -410,6 +435,8 @@ class _ShardSubscriber:
                     elif message["type"] == "message":
                         await self.layer.on_message(message["channel"], message["data"])
             except REDIS_FAILURES as exc:
+                if self.closing:
+                    return
                 if self.subscribed_event.is_set():
                     logger.warning(
                         "layer lost its subscription to %s (%r); reconnecting",

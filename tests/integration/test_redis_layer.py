@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from channels.layers import channel_layers
 from pytest_django.fixtures import Settings as SettingsWrapper
+from redis.asyncio.client import PubSub
 
 from devtools.cluster import free_port
 from realtime import broker, publish
@@ -158,3 +159,30 @@ async def test_publish_with_redis_unreachable_raises_a_clear_error_without_its_a
     # What callers show users (the API, the lab, admin messages): no URL, no password.
     assert "hunter2" not in str(raised.value) and "127.0.0.1" not in str(raised.value)
     channel_layers.backends.clear()
+
+
+async def test_a_layer_closing_ends_a_reader_whose_subscribe_swallowed_the_cancel(
+    layer: StreamChannelLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seen with three shards: redis-py's subscribe(), connecting when the layer closed, took
+    # the cancel and returned; the reader went on to listen for good, and the event loop's
+    # shutdown waited on it for ever. Here each subscribe is slow and swallows a cancel so.
+    subscribe = PubSub.subscribe
+
+    async def swallowing(self: PubSub, *args: Any, **kwargs: Any) -> Any:
+        inner = asyncio.ensure_future(asyncio.sleep(0.3))
+        try:
+            await asyncio.shield(inner)
+        except asyncio.CancelledError:
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            await inner
+        return await subscribe(self, *args, **kwargs)
+
+    monkeypatch.setattr(PubSub, "subscribe", swallowing)
+    other = StreamChannelLayer(hosts=hosts_of(layer), prefix=layer.prefix, node="other")
+    await other.new_channel()  # starts a reader per shard, each now in its slow subscribe
+    readers = [s.reader for s in other._layer().subscribers]
+    await asyncio.sleep(0.05)
+    async with asyncio.timeout(8):
+        await other.flush()
+    assert readers and all(reader is not None and reader.done() for reader in readers)
