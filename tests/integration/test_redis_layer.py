@@ -166,23 +166,38 @@ async def test_a_layer_closing_ends_a_reader_whose_subscribe_swallowed_the_cance
 ) -> None:
     # Seen with three shards: redis-py's subscribe(), connecting when the layer closed, took
     # the cancel and returned; the reader went on to listen for good, and the event loop's
-    # shutdown waited on it for ever. Here each subscribe is slow and swallows a cancel so.
+    # shutdown waited on it for ever. Here each subscribe waits to be let go, swallowing the
+    # cancel meanwhile, and is let go only once every reader's cancel was swallowed.
     subscribe = PubSub.subscribe
+    entered: list[PubSub] = []
+    swallowed: list[PubSub] = []
+    all_entered, all_swallowed, let_go = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    shards = layer.broker.shard_count
 
     async def swallowing(self: PubSub, *args: Any, **kwargs: Any) -> Any:
-        inner = asyncio.ensure_future(asyncio.sleep(0.3))
+        entered.append(self)
+        if len(entered) == shards:
+            all_entered.set()
         try:
-            await asyncio.shield(inner)
+            await let_go.wait()
         except asyncio.CancelledError:
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            await inner
+            swallowed.append(self)
+            if len(swallowed) == shards:
+                all_swallowed.set()
+            await let_go.wait()
         return await subscribe(self, *args, **kwargs)
 
     monkeypatch.setattr(PubSub, "subscribe", swallowing)
     other = StreamChannelLayer(hosts=hosts_of(layer), prefix=layer.prefix, node="other")
-    await other.new_channel()  # starts a reader per shard, each now in its slow subscribe
+    await other.new_channel()  # starts a reader per shard, each now in its subscribe
     readers = [s.reader for s in other._layer().subscribers]
-    await asyncio.sleep(0.05)
+    async with asyncio.timeout(5):
+        await all_entered.wait()
+    closing = asyncio.ensure_future(other.flush())
+    async with asyncio.timeout(5):
+        await all_swallowed.wait()
+    let_go.set()
     async with asyncio.timeout(8):
-        await other.flush()
+        await closing
     assert readers and all(reader is not None and reader.done() for reader in readers)
