@@ -334,11 +334,12 @@ class _LoopLayer:
         # stayed blocked on its connection for good, and the event loop's own shutdown then
         # waited on it forever. Its connection is dropped: the read fails, and a closing reader
         # returns instead of reconnecting.
-        lingering = [s for s in self.subscribers if s.reader is not None and not s.reader.done()]
-        for subscriber in lingering:
-            await subscriber.drop_connection()
+        lingering = [s.reader for s in self.subscribers if s.reader and not s.reader.done()]
+        for subscriber in self.subscribers:
+            if subscriber.reader in lingering:
+                await subscriber.drop_connection()
         if lingering:
-            await asyncio.wait([s.reader for s in lingering if s.reader is not None], timeout=2)
+            await asyncio.wait(lingering, timeout=2)
         await self.broker.close()
 
 
