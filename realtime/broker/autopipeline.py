@@ -36,12 +36,13 @@ class AutoPipeline:
     def __init__(self, pool: Any) -> None:
         self.pool = pool
         self.connection: Any = None
-        self.connecting: asyncio.Future[Any] | None = None
+        self.connecting: asyncio.Future[None] | None = None
         self.waiting: deque[asyncio.Future[Any]] = deque()
         self.outgoing: list[bytes] = []
         self.flush_scheduled = False
         self.read_by: Any = None  # the connection a reader task is reading from
         self.reader: asyncio.Task[None] | None = None
+        self.discarding: set[asyncio.Task[None]] = set()  # dropped connections being given back
         self.closed = False
 
     async def call(self, *args: Any) -> Any:
@@ -51,10 +52,27 @@ class AutoPipeline:
 
     async def call_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Several commands queued at once (one write, with whatever else this turn queues);
-        their replies in order. The first error reply is raised after all have answered."""
+        their replies in order, once all have answered. A failed connection is raised, else the
+        first error reply; every other error is retrieved, never left to the loop to report."""
+        if not commands:
+            return []
         connection = self.connection or await self._connect()
         futures = [self._queue(connection, args) for args in commands]
-        return [await future for future in futures]
+        try:
+            await asyncio.wait(futures)
+        finally:
+            # A caller that gives up (cancelled, timed out) leaves no reply behind unretrieved:
+            # the reader drops the replies of cancelled futures.
+            for future in futures:
+                future.cancel()
+        replies = [future.exception() or future.result() for future in futures]
+        for reply in replies:
+            if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
+                raise reply  # the connection failed under them (callers may retry all)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
 
     def _queue(self, connection: Any, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         """Queue a command for this turn's write; the future its reply resolves."""
@@ -77,19 +95,30 @@ class AutoPipeline:
         if self.closed:
             raise ConnectionError("the broker is closed")
         if self.connecting is None:
-            self.connecting = asyncio.ensure_future(self.pool.get_connection())
+            self.connecting = asyncio.ensure_future(self._open())
         connecting = self.connecting
         try:
-            # Shielded: one caller's timeout must not cancel the others' connect.
-            connection = await asyncio.shield(connecting)
+            # Shielded: one caller's timeout must not cancel the others' connect (nor leave the
+            # connection it brings with nobody: _open adopts or gives it back by itself).
+            await asyncio.shield(connecting)
         finally:
             if self.connecting is connecting and connecting.done():
                 self.connecting = None
         if self.connection is None:
-            self.connection = connection
-        elif self.connection is not connection:  # another caller's connect won
-            await self.pool.release(connection)
+            raise ConnectionError("the broker is closed" if self.closed else "no connection")
         return self.connection
+
+    async def _open(self) -> None:
+        """Take a connection from the pool for this pipeline; give it back at once if the
+        pipeline closed meanwhile (its owner is gone: nobody else would) or has one already."""
+        connection = await self.pool.get_connection()
+        if self.closed:
+            await self._discard(connection)  # its callers are told by _connect
+            return
+        if self.connection is None:
+            self.connection = connection
+        elif self.connection is not connection:  # adopted meanwhile (not by our callers)
+            await self.pool.release(connection)
 
     def _flush(self) -> None:
         self.flush_scheduled = False
@@ -141,7 +170,9 @@ class AutoPipeline:
             if not future.done():
                 future.set_exception(error)
         if discard:
-            asyncio.get_running_loop().create_task(self._discard(connection))
+            task = asyncio.get_running_loop().create_task(self._discard(connection))
+            self.discarding.add(task)
+            task.add_done_callback(self.discarding.discard)
 
     async def _discard(self, connection: Any) -> None:
         await connection.disconnect(nowait=True)
@@ -150,6 +181,11 @@ class AutoPipeline:
     async def close(self) -> None:
         """Give the connection back (its pool is closed next); waiting calls fail."""
         self.closed = True
+        # Bounded: closing must never hang a shutdown. A connect in flight gives its connection
+        # back when it lands (_open); connections dropped earlier are being given back.
+        pending = [task for task in (self.connecting, *self.discarding) if task is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=2)
         connection = self.connection
         if connection is not None:
             self._fail(connection, ConnectionError("the broker closed"), discard=False)

@@ -5,11 +5,15 @@ without the callers noticing."""
 from __future__ import annotations
 
 import asyncio
+import gc
+from typing import Any
 
 import pytest
+from redis.exceptions import ResponseError
 
 from realtime import publish
 from realtime.broker import BrokerUnavailable
+from realtime.broker.autopipeline import AutoPipeline
 from realtime.layer import StreamChannelLayer
 from tests.integration.conftest import eventually
 
@@ -62,3 +66,73 @@ async def test_a_redis_that_answers_nothing_fails_the_call_as_unavailable(
 
     await eventually(answered, timeout=6)
     assert seqs and seqs[0] in (2, 3)
+
+
+async def test_every_error_reply_of_a_batch_is_retrieved_and_the_first_raised(
+    layer: StreamChannelLayer,
+) -> None:
+    key = "{ap-errors}:s"
+    pipeline = layer.broker.autopipeline(layer.broker.shard_of(key))
+    await layer.broker.redis(key).set(key, "text")
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+    try:
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await pipeline.call_many([("HGET", key, "f"), ("GET", key), ("LLEN", key)])
+        gc.collect()  # a future whose exception nobody retrieved says so when it is freed
+        assert unretrieved == []
+        assert await pipeline.call("GET", key) == b"text"  # the connection is fine
+    finally:
+        loop.set_exception_handler(None)
+
+
+async def test_a_caller_that_gives_up_leaves_the_replies_to_come_to_nobody(
+    layer: StreamChannelLayer,
+) -> None:
+    pipeline = layer.broker.autopipeline(0)
+    redis = layer.broker.redis(0)
+    key = "{ap-gone}:s"
+    await redis.set(key, "text")
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+    try:
+        await redis.execute_command("CLIENT", "PAUSE", "300", "ALL")
+        with pytest.raises(TimeoutError):
+            batch = [("HGET", key, "f"), ("INCR", "{ap-gone}:n"), ("HGET", key, "f")]
+            await asyncio.wait_for(pipeline.call_many(batch), timeout=0.05)
+        # Its replies (two errors) come after the pause and are dropped, none of them left
+        # unretrieved; the next call gets its own reply.
+        assert await asyncio.wait_for(pipeline.call("INCR", "{ap-gone}:n"), timeout=5) == 2
+        assert not pipeline.waiting
+        gc.collect()
+        assert unretrieved == []
+    finally:
+        loop.set_exception_handler(None)
+
+
+async def test_a_connect_whose_callers_all_gave_up_gives_its_connection_back_on_close(
+    layer: StreamChannelLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = layer.broker.redis(0).connection_pool
+    pipeline = AutoPipeline(pool)
+    asked, let_go = asyncio.Event(), asyncio.Event()
+    handed: list[Any] = []
+    get_connection = pool.get_connection
+
+    async def slow_connection(*args: Any, **kwargs: Any) -> Any:
+        asked.set()
+        await let_go.wait()
+        handed.append(await get_connection(*args, **kwargs))
+        return handed[-1]
+
+    monkeypatch.setattr(pool, "get_connection", slow_connection)
+    caller = asyncio.ensure_future(pipeline.call("PING"))
+    await asyncio.wait_for(asked.wait(), timeout=5)
+    caller.cancel()  # the caller gives up while the connect is under way
+    closing = asyncio.ensure_future(pipeline.close())
+    let_go.set()
+    await asyncio.wait_for(closing, timeout=5)
+    assert len(handed) == 1 and handed[0] not in pool._in_use_connections
+    assert pipeline.connection is None
