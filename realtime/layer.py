@@ -117,6 +117,11 @@ class StreamChannelLayer(BaseChannelLayer):
     async def group_discard(self, group: str, channel: str) -> None:
         await self._layer().group_discard(group, channel)
 
+    async def memberships_written(self) -> None:
+        """Return once this loop's changed socket counts (what a publish reports as `sockets`)
+        are written to Redis: they go out in the background, soon after a join or a leave."""
+        await self._layer().memberships_written()
+
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         self.require_valid_group_name(group)
         try:
@@ -289,6 +294,13 @@ class _LoopLayer:
         if self._membership_writer is None:
             loop = asyncio.get_running_loop()
             self._membership_writer = loop.create_task(self._write_changed_memberships())
+
+    async def memberships_written(self) -> None:
+        """Return once the counts changed so far are written (or failed to be): they go out in
+        the background, and a publish made meanwhile may report the count before the change."""
+        writer = self._membership_writer
+        if writer is not None:
+            await asyncio.shield(writer)
 
     async def _write_changed_memberships(self) -> None:
         try:

@@ -57,6 +57,7 @@ async def test_a_publish_reaches_a_sink_on_another_layer_and_nowhere_else(
     other.add_sink(bob_channel, bob)
     await other.group_add("user.11", alice_channel)
     await other.group_add("user.12", bob_channel)
+    await other.memberships_written()  # what the publish reports as `sockets`
     result = await publish.push_to_user(user_id=11, payload={"n": 1})
     await alice.wait_count(1)
     stream, seq, frame = alice.frames[0]

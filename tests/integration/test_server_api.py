@@ -5,6 +5,7 @@ nothing."""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -22,7 +23,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def api(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    _, secret = await sync_to_async(api_token_issue)(name=f"svc-{path}-{id(body)}")
+    # A fresh name per call: a token name is unique, and id(body) can repeat within a test.
+    _, secret = await sync_to_async(api_token_issue)(name=f"svc-{path}-{uuid.uuid4().hex[:12]}")
     headers = {"Authorization": f"Bearer {secret}"}
     if method == "GET":
         return await AsyncClient().get(path, headers=headers)
