@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from django.db import DatabaseError, connections
 
@@ -37,3 +37,62 @@ def _guarded(function: Callable[..., T], args: tuple[Any, ...]) -> T:
         for connection in connections.all(initialized_only=True):
             connection.close()
         raise
+
+
+class Batched(Generic[T]):
+    """`function(*args)` on the database thread, the calls made in one turn of an event loop
+    run in one hop, one after another, each answered with its own result or exception.
+
+    A connect storm's handshakes arrive together (epoll hands the loop many sockets at once),
+    and each hop cost a connect about as much as its two lookups: the executor's future, the
+    thread's wake-up, the loop's wake-up through its self-pipe, and the GIL passed back and
+    forth (docs/performance.md)."""
+
+    def __init__(self, function: Callable[..., T]) -> None:
+        self.function = function
+        self.pending: dict[asyncio.AbstractEventLoop, list[tuple[tuple[Any, ...], Any]]] = {}
+
+    async def __call__(self, *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        calls = self.pending.get(loop)
+        if calls is None:
+            calls = self.pending[loop] = []
+            loop.call_soon(self._hop, loop)
+        future: asyncio.Future[T] = loop.create_future()
+        calls.append((args, future))
+        return await future
+
+    def _hop(self, loop: asyncio.AbstractEventLoop) -> None:
+        calls = self.pending.pop(loop, [])
+        arguments = [args for args, _ in calls]
+        hop = loop.run_in_executor(_thread, _each, self.function, arguments)
+        hop.add_done_callback(lambda done: _settle([future for _, future in calls], done))
+
+
+def _each(function: Callable[..., T], arguments: list[tuple[Any, ...]]) -> list[Any]:
+    """Each call's result, or the exception it raised (after which _guarded closed the
+    connection: the next call opens a fresh one)."""
+    outcomes: list[Any] = []
+    for args in arguments:
+        try:
+            outcomes.append((True, _guarded(function, args)))
+        except Exception as exc:
+            outcomes.append((False, exc))
+    return outcomes
+
+
+def _settle(futures: list[asyncio.Future[Any]], done: asyncio.Future[list[Any]]) -> None:
+    failure = None if done.cancelled() else done.exception()
+    for index, future in enumerate(futures):
+        if future.done():
+            continue  # its caller gave up
+        if done.cancelled():  # the executor shut down under it
+            future.cancel()
+        elif failure is not None:
+            future.set_exception(failure)
+            continue
+        ok, value = done.result()[index]
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)

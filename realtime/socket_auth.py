@@ -247,8 +247,12 @@ async def _user_of_session(
     """The session's user, checked as Django checks it on every request (the session's auth
     hash must match the user's: a changed password logs other sessions out), or AnonymousUser:
     Django's get_user with its two lookups compiled once (realtime/handshake_user.py), in one
-    hop to the hot paths' database thread (realtime/db_thread.py)."""
-    return await db_thread.run(handshake_user.user_of_session, store, session_key)
+    hop to the hot paths' database thread (realtime/db_thread.py), shared by the handshakes
+    that arrive together."""
+    return await _users_of_sessions(store, session_key)
+
+
+_users_of_sessions = db_thread.Batched(handshake_user.user_of_session)
 
 
 class EventStreams:

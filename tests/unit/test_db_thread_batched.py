@@ -1,0 +1,64 @@
+"""db_thread.Batched: calls made in one turn of the loop share one hop to the database thread,
+each still answered with its own result or its own exception, in the order made."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from realtime import db_thread
+
+
+def lookup(key: str) -> tuple[str, int]:
+    if key == "bad":
+        raise LookupError(f"no {key}")
+    return key, threading.get_ident()
+
+
+@pytest.fixture
+def hops(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[Any, ...]]]:
+    """The argument lists of each hop to the database thread."""
+    seen: list[list[tuple[Any, ...]]] = []
+    each = db_thread._each
+
+    def counted(function: Any, arguments: list[tuple[Any, ...]]) -> list[Any]:
+        seen.append(list(arguments))
+        return each(function, arguments)
+
+    monkeypatch.setattr(db_thread, "_each", counted)
+    return seen
+
+
+async def test_calls_made_together_share_one_hop_and_get_their_own_answers(
+    hops: list[list[tuple[Any, ...]]],
+) -> None:
+    batched = db_thread.Batched(lookup)
+    keys = ["a", "b", "bad", "c"]
+    answers = await asyncio.gather(*(batched(key) for key in keys), return_exceptions=True)
+    assert hops == [[("a",), ("b",), ("bad",), ("c",)]]
+    assert [a[0] if isinstance(a, tuple) else repr(a) for a in answers] == [
+        "a",
+        "b",
+        "LookupError('no bad')",
+        "c",
+    ]
+    loop_thread = threading.get_ident()
+    assert all(a[1] != loop_thread for a in answers if isinstance(a, tuple)), "off the loop"
+    # A call made later goes in a hop of its own.
+    assert (await batched("d"))[0] == "d"
+    assert len(hops) == 2 and hops[1] == [("d",)]
+
+
+async def test_a_caller_that_gives_up_leaves_the_others_answered(
+    hops: list[list[tuple[Any, ...]]],
+) -> None:
+    batched = db_thread.Batched(lookup)
+    first, second = asyncio.ensure_future(batched("x")), asyncio.ensure_future(batched("y"))
+    await asyncio.sleep(0)  # both queued in this turn
+    first.cancel()
+    assert (await second)[0] == "y"
+    assert first.cancelled()
+    assert hops == [[("x",), ("y",)]]
