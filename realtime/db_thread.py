@@ -8,7 +8,8 @@ connection stays open from one call to the next, and one that failed is closed a
 next call opens a fresh one: PostgreSQL restarted, say). Not asgiref's sync_to_async either:
 its hand-off cost as much as the lookups (0.32 ms on the bench machine), a plain executor's
 0.18 ms (docs/performance.md). One thread: lookups by key take ~0.3 ms, so it serves thousands
-a second, and it holds one connection, not one per request.
+a second, and it holds one connection, not one per request. Handshakes share their hops
+(`Batched`, below): those made in one turn of the loop go over together.
 """
 
 from __future__ import annotations
