@@ -71,8 +71,8 @@ class Batched(Generic[T]):
 
 
 def _each(function: Callable[..., T], arguments: list[tuple[Any, ...]]) -> list[Any]:
-    """Each call's result, or the exception it raised (after which _guarded closed the
-    connection: the next call opens a fresh one)."""
+    """Each call's (True, result) or (False, the exception it raised), one after another; a
+    DatabaseError closes the connection first (_guarded), so the next call opens a fresh one."""
     outcomes: list[Any] = []
     for args in arguments:
         try:
@@ -83,17 +83,20 @@ def _each(function: Callable[..., T], arguments: list[tuple[Any, ...]]) -> list[
 
 
 def _settle(futures: list[asyncio.Future[Any]], done: asyncio.Future[list[Any]]) -> None:
+    """Answer each caller still waiting from the hop's outcomes; if the hop itself failed (or
+    the executor shut down under it), every caller gets that."""
     failure = None if done.cancelled() else done.exception()
+    outcomes = done.result() if failure is None and not done.cancelled() else []
     for index, future in enumerate(futures):
         if future.done():
             continue  # its caller gave up
-        if done.cancelled():  # the executor shut down under it
+        if done.cancelled():
             future.cancel()
         elif failure is not None:
             future.set_exception(failure)
-            continue
-        ok, value = done.result()[index]
-        if ok:
-            future.set_result(value)
         else:
-            future.set_exception(value)
+            ok, value = outcomes[index]
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)

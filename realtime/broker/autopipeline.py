@@ -66,12 +66,12 @@ class AutoPipeline:
             for future in futures:
                 future.cancel()
         replies = [future.exception() or future.result() for future in futures]
-        for reply in replies:
-            if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
-                raise reply  # the connection failed under them (callers may retry all)
-        for reply in replies:
-            if isinstance(reply, ResponseError):
-                raise reply
+        errors = [reply for reply in replies if isinstance(reply, Exception)]
+        if errors:
+            # A failed connection first (callers may retry the whole batch), else the first
+            # error reply.
+            failed = [e for e in errors if not isinstance(e, ResponseError)]
+            raise (failed or errors)[0]
         return replies
 
     def _queue(self, connection: Any, args: tuple[Any, ...]) -> asyncio.Future[Any]:
