@@ -35,22 +35,30 @@ def _guarded(function: Callable[..., T], args: tuple[Any, ...]) -> T:
     try:
         return function(*args)
     except DatabaseError:
-        for connection in connections.all(initialized_only=True):
-            connection.close()
+        _close_all()
         raise
+
+
+def _close_all() -> None:
+    for connection in connections.all(initialized_only=True):
+        connection.close()
 
 
 class Batched(Generic[T]):
     """`function(*args)` on the database thread, the calls made in one turn of an event loop
-    run in one hop, one after another, each answered with its own result or exception.
+    run in one hop, each answered with its own result or exception: one after another, or
+    with `together=True` by one call of `function(list of each call's args)`, which returns each
+    call's outcome, (True, result) or (False, exception), in order (and a failure it raises is
+    every call's): for a function that reads what all of them need in one query.
 
     A connect storm's handshakes arrive together (epoll hands the loop many sockets at once),
     and each hop cost a connect about as much as its two lookups: the executor's future, the
     thread's wake-up, the loop's wake-up through its self-pipe, and the GIL passed back and
     forth (docs/performance.md)."""
 
-    def __init__(self, function: Callable[..., T]) -> None:
+    def __init__(self, function: Callable[..., Any], *, together: bool = False) -> None:
         self.function = function
+        self.together = together
         self.pending: dict[asyncio.AbstractEventLoop, list[tuple[tuple[Any, ...], Any]]] = {}
 
     async def __call__(self, *args: Any) -> T:
@@ -66,7 +74,8 @@ class Batched(Generic[T]):
     def _hop(self, loop: asyncio.AbstractEventLoop) -> None:
         calls = self.pending.pop(loop, [])
         arguments = [args for args, _ in calls]
-        hop = loop.run_in_executor(_thread, _each, self.function, arguments)
+        run = _together if self.together else _each
+        hop = loop.run_in_executor(_thread, run, self.function, arguments)
         hop.add_done_callback(lambda done: _settle([future for _, future in calls], done))
 
 
@@ -79,6 +88,17 @@ def _each(function: Callable[..., T], arguments: list[tuple[Any, ...]]) -> list[
             outcomes.append((True, _guarded(function, args)))
         except Exception as exc:
             outcomes.append((False, exc))
+    return outcomes
+
+
+def _together(
+    function: Callable[[list[tuple[Any, ...]]], list[Any]], arguments: list[tuple[Any, ...]]
+) -> list[Any]:
+    """`function`'s outcomes for the whole batch; a DatabaseError, raised or among them, closes
+    the connection (as _guarded), so the next call opens a fresh one."""
+    outcomes = _guarded(function, (arguments,))
+    if any(not ok and isinstance(value, DatabaseError) for ok, value in outcomes):
+        _close_all()
     return outcomes
 
 

@@ -249,10 +249,13 @@ async def _user_of_session(
     Django's get_user with its two lookups compiled once (realtime/handshake_user.py), in one
     hop to the hot paths' database thread (realtime/db_thread.py), shared by the handshakes
     that arrive together."""
-    return await _users_of_sessions(store, session_key)
+    user: AbstractBaseUser | AnonymousUser = await _users_of_sessions(store, session_key)
+    return user
 
 
-_users_of_sessions = db_thread.Batched(handshake_user.user_of_session)
+_users_of_sessions: db_thread.Batched[Any] = db_thread.Batched(
+    handshake_user.users_of_sessions, together=True
+)
 
 
 class EventStreams:
