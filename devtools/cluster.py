@@ -254,6 +254,9 @@ class ClusterConfig:
     # Each replica's publish port (PUBLISH_PORT_BIND, realtime/transport/publish_port.py), where
     # HAProxy sends the token publish API; off for the stock baseline, whose views are its own.
     publish_port: bool = True
+    # Each replica's socket port (SOCKET_PORT_BIND, realtime/transport/socket_port.py), where
+    # HAProxy sends WebSocket upgrades; off for the stock baseline, which runs Daphne alone.
+    socket_port: bool = True
 
 
 class Cluster:
@@ -324,6 +327,8 @@ class Cluster:
         self.replica_ports = {name: free_port() for name in self.replica_names}
         # Each replica's publish port (PUBLISH_PORT_BIND), as _build_replica gives one.
         self.publish_binds: dict[str, str] = {}
+        # Each replica's socket port (SOCKET_PORT_BIND), as _build_replica gives one.
+        self.socket_binds: dict[str, str] = {}
         if config.hosts < 1:
             raise ClusterError("--hosts must be at least 1")
         self.replica_hosts = {
@@ -427,6 +432,8 @@ class Cluster:
             haproxy_env[f"SB_D{index}"] = f"{self.replica_hosts[f'd{index}']}:{port}"
             if bind := self.publish_binds.get(f"d{index}"):
                 haproxy_env[f"SB_D{index}_PUBLISH"] = bind
+            if bind := self.socket_binds.get(f"d{index}"):
+                haproxy_env[f"SB_D{index}_SOCKETS"] = bind
         self._add(
             "haproxy", ["haproxy", "-db", "-f", str(HAPROXY_CFG)], haproxy_env, self.http_port
         )
@@ -448,6 +455,9 @@ class Cluster:
         if self.config.publish_port:
             bind = self.publish_binds[name] = f"{self.replica_hosts[name]}:{free_port()}"
             env["PUBLISH_PORT_BIND"] = bind
+        if self.config.socket_port:
+            bind = self.socket_binds[name] = f"{self.replica_hosts[name]}:{free_port()}"
+            env["SOCKET_PORT_BIND"] = bind
         self._add(name, argv, env, port)
         # SIGTERM drains first: the window, a second of grace, and some slack.
         window = float(env.get("DRAIN_WINDOW_SECS") or DEFAULT_DRAIN_WINDOW_SECS)

@@ -269,6 +269,9 @@ API_USER_CACHE_SECS = env_int("API_USER_CACHE_SECS", SB["API_USER_CACHE_SECS"], 
 # "host:port" where this replica also serves the token publish API, past Daphne (the runner sets
 # it per replica; haproxy.cfg's `publishers` backend points there).
 PUBLISH_PORT_BIND = env_str("PUBLISH_PORT_BIND", SB["PUBLISH_PORT_BIND"])
+# "host:port" where this replica also serves WebSockets, past Twisted and Autobahn (the runner
+# sets it per replica; haproxy.cfg's `sockets` backend points there).
+SOCKET_PORT_BIND = env_str("SOCKET_PORT_BIND", SB["SOCKET_PORT_BIND"])
 # Frames waiting for one socket before further ones are dropped and fetched from history later.
 DELIVERY_QUEUE_MAX_FRAMES = env_int(
     "DELIVERY_QUEUE_MAX_FRAMES", SB["DELIVERY_QUEUE_MAX_FRAMES"], minimum=1

@@ -80,6 +80,9 @@ DEFAULTS: dict[str, Any] = {
     # "host:port": each replica also serves the token publish API there, past Daphne
     # (realtime/transport/publish_port.py); HAProxy routes those requests to it. Empty: no port.
     "PUBLISH_PORT_BIND": "",
+    # "host:port": each replica also serves WebSockets there, past Twisted and Autobahn
+    # (realtime/transport/socket_port.py); HAProxy sends /ws/ upgrades to it. Empty: no port.
+    "SOCKET_PORT_BIND": "",
     "CONNECT_TOKEN_TTL_SECS": 300,
     "CONNECT_TOKEN_KEY": "",  # empty: derived from SECRET_KEY
     "CONNECT_TOKEN_ORIGINS": [],  # origins besides the site's own that may use a token

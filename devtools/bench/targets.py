@@ -200,6 +200,7 @@ def start_cluster(
         config.settings_module = "devtools.bench.stock_settings"
         config.asgi_app = "devtools.bench.stock_asgi:application"
         config.publish_port = False  # its publish views are its own, served by Daphne
+        config.socket_port = False  # stock Channels: Daphne serves its sockets
     cluster = Cluster(config)
     _manage(cluster, "migrate", "--noinput", "-v0")
     sessions = json.loads(

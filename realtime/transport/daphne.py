@@ -13,7 +13,8 @@ while a busy socket's frames are held, goes out in one send() (see `write_frame`
 Daphne does not expose its protocol object to the application: our server entry point
 (server.py) offers it as the scope extension `transport.FAST_PATH`, after `check_fast_path()`
 found the Daphne, Twisted and Autobahn it was written against. `DaphneWriter` is the
-SocketWriter over it.
+SocketWriter over it. The socket port's connections (socket_port.py) are offered the same way
+and take the same path; they write the framed bytes themselves (`write_frames`).
 """
 
 from __future__ import annotations
@@ -138,6 +139,9 @@ def _write(protocol: Any, chunks: list[bytes]) -> None:
     replica_stats.socket_writes += 1
     replica_stats.frames_coalesced += len(chunks) - 1
     data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if protocol.write_frames is not None:  # a socket port connection (socket_port.py)
+        protocol.write_frames(data)
+        return
     transport = protocol.transport
     if protocol.send_queue or not _idle(transport):
         protocol.sendData(data)
@@ -177,7 +181,10 @@ async def drained(protocol: Any) -> None:
 
 
 def unsent_bytes(protocol: Any) -> int:
-    """Bytes Autobahn and Twisted hold for the socket that the kernel has not taken yet."""
+    """Bytes Autobahn and Twisted (or asyncio, for the socket port) hold for the socket that the
+    kernel has not taken yet."""
+    if protocol.write_frames is not None:
+        return int(protocol.unsent())
     try:
         transport = protocol.transport
         unsent = transport._tempDataLen + len(transport.dataBuffer) - transport.offset

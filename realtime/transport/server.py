@@ -51,6 +51,8 @@ from realtime import drain, gc_policy, transport
 from realtime.lifetimes import counted
 from realtime.transport import daphne as fast_path
 from realtime.transport import publish_port, warm_up
+from realtime.transport.inbox import Inbox
+from realtime.transport.socket_port import SocketPort
 
 
 @counted
@@ -61,6 +63,9 @@ class LeanWebSocketProtocol(WebSocketProtocol):
     fanned_out_at: float | None = None
     # Set when direct_send left bytes in Twisted's buffer: only then is the backlog counted.
     behind = False
+    # The socket port's connections write their own frames (transport/socket_port.py); the
+    # fan-out path writes to this one through Twisted.
+    write_frames = None
     # Autobahn's queue for chopped and "sync" writes (it makes an empty deque, ~600 bytes, per
     # connection; nearly none ever queues): made by the first write that queues.
     _send_queue: deque[tuple[bytes, bool]] | None = None
@@ -150,37 +155,6 @@ def rendered_when_logged(render: Any) -> Any:
     return lambda value: WhenLogged(render, value)
 
 
-@counted
-class Inbox:
-    """An application's input queue as Daphne uses it: put_nowait() from the server, get() from
-    the one task that reads it. Unbounded, like the asyncio.Queue it replaces."""
-
-    __slots__ = ("items", "waiter")
-
-    def __init__(self) -> None:
-        self.items: deque[Any] | None = None
-        self.waiter: asyncio.Future[Any] | None = None
-
-    def put_nowait(self, item: Any) -> None:
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(item)
-            return
-        if self.items is None:
-            self.items = deque()
-        self.items.append(item)
-
-    async def get(self) -> Any:
-        items = self.items
-        if items:
-            item = items.popleft()
-            if not items:
-                self.items = None  # an empty deque is ~600 bytes a socket
-            return item
-        self.waiter = asyncio.get_running_loop().create_future()
-        return await self.waiter
-
-
 class LeanServer(daphne.server.Server):
     fast_path = False  # set by main() after the start-up check
 
@@ -199,6 +173,10 @@ class LeanServer(daphne.server.Server):
             daphne.server.reactor.callWhenRunning(
                 lambda: asyncio.ensure_future(self._open_publish_port())
             )
+        if settings.SOCKET_PORT_BIND:
+            daphne.server.reactor.callWhenRunning(
+                lambda: asyncio.ensure_future(self._open_socket_port())
+            )
         if settings.GC_FULL_COLLECT_SECS:
             gc_policy.take_over_full_collections()
             LoopingCall(gc_policy.collect_full).start(settings.GC_FULL_COLLECT_SECS, now=False)
@@ -207,19 +185,28 @@ class LeanServer(daphne.server.Server):
     async def _open_publish_port(self) -> None:
         from realtime.api import MAX_BODY_BYTES
 
+        self.publish_port = await self._listen(
+            "PUBLISH_PORT_BIND", "publish", lambda bind: publish_port.serve(bind, MAX_BODY_BYTES)
+        )
+
+    async def _open_socket_port(self) -> None:
+        port = SocketPort(self.application, proxy_headers=bool(self.proxy_forwarded_address_header))
+        if await self._listen("SOCKET_PORT_BIND", "socket", port.serve) is not None:
+            self.socket_port = port
+
+    async def _listen(self, setting: str, what: str, serve: Any) -> Any:
+        """`serve(bind)` on the setting's address: what it returns, or None after stopping. A
+        replica without a port it was told to serve would leave HAProxy's backend for it
+        pointing at nothing: it stops, loudly, as for Daphne's own port."""
+        bind = getattr(settings, setting)
         try:
-            self.publish_port = await publish_port.serve(settings.PUBLISH_PORT_BIND, MAX_BODY_BYTES)
+            served = await serve(bind)
         except OSError as exc:
-            # A replica without the port it was told to serve would leave HAProxy's publishers
-            # backend pointing at nothing: stop, loudly, as for Daphne's own port.
-            print(
-                f"switchboard: cannot listen on PUBLISH_PORT_BIND={settings.PUBLISH_PORT_BIND}: "
-                f"{exc}",
-                file=sys.stderr,
-            )
+            print(f"switchboard: cannot listen on {setting}={bind}: {exc}", file=sys.stderr)
             daphne.server.reactor.stop()
-            return
-        print(f"switchboard: publish port on {settings.PUBLISH_PORT_BIND}", file=sys.stderr)
+            return None
+        print(f"switchboard: {what} port on {bind}", file=sys.stderr)
+        return served
 
     def _drain_on_sigterm(self) -> None:
         """SIGTERM drains before the process exits (realtime/drain.py): Daphne's own handler

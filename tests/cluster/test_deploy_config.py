@@ -80,6 +80,11 @@ def test_compose_describes_redis_postgres_three_replicas_and_haproxy() -> None:
     assert ports == {"0.0.0.0:8001"}
     assert [haproxy_env[f"SB_D{i}_PUBLISH"] for i in (1, 2, 3)] == ["d1:8001", "d2:8001", "d3:8001"]
     assert not [p for s in services.values() for p in s.get("ports", []) if "8001" in str(p)]
+    # And its socket port, the same way.
+    ports = {services[name]["environment"]["SOCKET_PORT_BIND"] for name in ("d1", "d2", "d3")}
+    assert ports == {"0.0.0.0:8002"}
+    assert [haproxy_env[f"SB_D{i}_SOCKETS"] for i in (1, 2, 3)] == ["d1:8002", "d2:8002", "d3:8002"]
+    assert not [p for s in services.values() for p in s.get("ports", []) if "8002" in str(p)]
 
 
 @pytest.mark.parametrize("missing", sorted(REQUIRED))
@@ -138,6 +143,7 @@ def haproxy_env(**overrides: str) -> dict[str, str]:
     # Compose's service names do not resolve here: check with loopback addresses instead.
     env.update({f"SB_D{i}": f"127.0.0.1:{free_port()}" for i in (1, 2, 3)})
     env.update({f"SB_D{i}_PUBLISH": f"127.0.0.1:{free_port()}" for i in (1, 2, 3)})
+    env.update({f"SB_D{i}_SOCKETS": f"127.0.0.1:{free_port()}" for i in (1, 2, 3)})
     env.update(overrides)
     return env
 

@@ -21,6 +21,7 @@ class FakeWire:
     write goes through sendData, which records it."""
 
     STATE_OPEN = WebSocketProtocol.STATE_OPEN
+    write_frames = None  # as on our Daphne protocol: the frames go through Twisted
 
     def __init__(self) -> None:
         self.state = self.STATE_OPEN

@@ -50,8 +50,13 @@ CLIENT_PY = ROOT / "clients" / "python" / "switchboard_client" / "__init__.py"
 # Server code is every Python file of the project but these: the clients, the tests, and the
 # benchmark's stand-in servers (devtools/bench: stock Channels and a limit server, not ours).
 NOT_SERVER = {".venv", ".git", "tests", "var", "test-artifacts", "node_modules", "migrations"}
-# The publish port speaks HTTP only: its {"type": "http"} is an ASGI scope, not a frame.
-NOT_SERVER_FILES = {CLIENT_PY, ROOT / "realtime" / "transport" / "publish_port.py"}
+# The publish and socket ports speak ASGI to the application: their {"type": "http"} and
+# {"type": "websocket"} are scopes, not frames.
+NOT_SERVER_FILES = {
+    CLIENT_PY,
+    ROOT / "realtime" / "transport" / "publish_port.py",
+    ROOT / "realtime" / "transport" / "socket_port.py",
+}
 NOT_SERVER_DIRS = {ROOT / "devtools" / "bench"}
 
 
