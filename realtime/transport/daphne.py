@@ -59,7 +59,12 @@ def write_frame(protocol: Any, frame: str) -> None:
     Any other write to the socket must call `flush_socket` first, so frames never overtake
     each other.
     """
-    data = prepared(frame).payloadHybi
+    write_bytes(protocol, prepared(frame).payloadHybi)
+
+
+def write_bytes(protocol: Any, data: bytes) -> None:
+    """Queue bytes already framed for the wire as `write_frame` queues a frame (the socket
+    port's handshake answer, which then goes out in one send() with the hello after it)."""
     chunks = _pending.get(protocol)
     if chunks is not None:
         chunks.append(data)

@@ -55,6 +55,9 @@ HANDSHAKE_SECS = 10.0
 CONNECT_SECS = 5.0
 CLOSE_SECS = 5.0
 APP_CLOSE_SECS = 10.0
+# After the server ended a connection (FIN sent), how long the client's data is read and
+# dropped before the connection is cut.
+LINGER_SECS = 2.0
 # Frames a client may send before the application accepted its socket (they wait for it).
 MAX_EARLY_FRAMES = 16
 
@@ -103,6 +106,11 @@ class SocketPortConnection(asyncio.Protocol):
     @property
     def state(self) -> State:
         return State.CLOSED if self.closed else self.ws.state
+
+    @property
+    def ended(self) -> bool:
+        """Closed, or ended from this side (websockets sent its EOF: we are lingering)."""
+        return self.closed or self.ws.eof_sent
 
     # --- asyncio.Protocol --------------------------------------------------------------------
 
@@ -202,7 +210,9 @@ class SocketPortConnection(asyncio.Protocol):
             response.headers["Sec-WebSocket-Protocol"] = subprotocol
         self._disarm()
         self.ws.send_response(response)
-        self._write_protocol_data()
+        # Queued on the fan-out path, not written: the hello the application sends next joins
+        # it, one send() and one wake-up of HAProxy for both.
+        fast_path.write_bytes(self, b"".join(self.ws.data_to_send()))
         early, self.early = self.early, None
         for message in early or ():
             assert self.inbox is not None
@@ -210,7 +220,7 @@ class SocketPortConnection(asyncio.Protocol):
 
     def _reject(self) -> None:
         """A close before accept, or no answer within CONNECT_SECS: HTTP 403, as Daphne."""
-        if self.response is None or self.closed:
+        if self.response is None or self.ended:
             return
         self.response = None
         self._disarm()
@@ -258,7 +268,7 @@ class SocketPortConnection(asyncio.Protocol):
     async def _send(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "websocket.accept":
-            if self.response is not None and not self.closed:
+            if self.response is not None and not self.ended:
                 self._accept(message.get("subprotocol"))
         elif kind == "websocket.close":
             if self.response is not None:
@@ -268,7 +278,7 @@ class SocketPortConnection(asyncio.Protocol):
                 self.ws.send_close(message.get("code") or 1000, message.get("reason") or "")
                 self._write_protocol_data()
         elif kind == "websocket.send":
-            if self.response is not None:
+            if self.response is not None and not self.ended:
                 self._accept(None)  # as Daphne: a send before accept accepts
             if self.state is not State.OPEN:
                 raise SocketClosed("the socket closed")
@@ -295,6 +305,8 @@ class SocketPortConnection(asyncio.Protocol):
         if self.closed:
             self._disarm()
             return
+        if self.ws.eof_sent:
+            return  # ended from this side already: the linger timer runs on
         if self.response is not None:
             self.response = None
             self._disarm()
@@ -330,9 +342,18 @@ class SocketPortConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.closed:
             return
+        fast_path.flush_socket(self)  # what the fan-out path holds goes first (the 101, frames)
         for data in self.ws.data_to_send():
             if data:
                 transport.write(data)
+            elif transport.can_write_eof():
+                # The server ends the connection: FIN after what is written, then what the
+                # client still sends is read and dropped until it closes too (or LINGER_SECS).
+                # Closed with its data unread, the kernel would reset the connection, and the
+                # reset can destroy the close frame before HAProxy and the client read it.
+                transport.write_eof()
+                self._arm(LINGER_SECS, self._abort)
+                return
             else:
                 transport.close()
                 return
