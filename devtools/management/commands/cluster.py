@@ -219,6 +219,11 @@ class Command(BaseCommand):
         replicas = ", ".join(
             f"{n} {cluster.replica_hosts[n]}:{p}" for n, p in cluster.replica_ports.items()
         )
+        ports = ", ".join(
+            f"{n} sockets {cluster.socket_binds[n]}"
+            + (f" publish {cluster.publish_binds[n]}" if n in cluster.publish_binds else "")
+            for n in cluster.socket_binds
+        )
         return "\n".join(
             [
                 "",
@@ -226,6 +231,7 @@ class Command(BaseCommand):
                 f"  admin        {cluster.url}/admin/  (admin / admin-pass)",
                 f"  HAProxy      stats {cluster.stats_url}  runtime socket {cluster.admin_socket}",
                 f"  replicas     {replicas}",
+                *([f"  their ports  {ports}"] if ports else []),
                 f"  redis        {self.redis_line(cluster)}",
                 f"  database     {self.database_line(cluster)}",
                 f"  try          {self.try_line(cluster)}",
