@@ -124,31 +124,26 @@ def users_of_sessions(calls: Sequence[tuple[type[SessionBase], str]]) -> list[Ou
             rows = rows_of([sessions[i].session_key for i in indexes if sessions[i].session_key])
             for i in indexes:
                 sessions[i].prefetched_row = rows.get(sessions[i].session_key)
-    # Each session's claims: a user id and a backend the compiled lookup can serve, or the
-    # outcome already decided (anonymous, or Django's own get_user for anything else).
+    # Each session's outcome, or its claim (a user id and a backend) for the compiled user
+    # lookup to finish: anonymous, or Django's own get_user, are decided at once.
     outcomes: list[Outcome | None] = []
-    claims: list[tuple[Any, Any] | None] = []
-    for session in sessions:
+    claims: dict[int, tuple[Any, Any]] = {}
+    for index, session in enumerate(sessions):
         try:
             claimed = _claim(session)
         except Exception as exc:
             outcomes.append((False, exc))
-            claims.append(None)
             continue
         if isinstance(claimed, tuple):
+            claims[index] = claimed
             outcomes.append(None)
-            claims.append(claimed)
         else:
             outcomes.append((True, claimed))
-            claims.append(None)
-    wanted = [claim[0] for claim in claims if claim is not None]
     lookup = _user_lookup()
+    wanted = [user_id for user_id, _ in claims.values()]
     users = lookup.get_many(wanted) if wanted and lookup is not None else {}
     handed_out: set[Any] = set()
-    for index, claim in enumerate(claims):
-        if claim is None:
-            continue
-        user_id, backend = claim
+    for index, (user_id, backend) in claims.items():
         user = users.get(user_id)
         if user is not None and user_id in handed_out:
             user = copy.copy(user)  # one instance per socket, as each lookup made its own

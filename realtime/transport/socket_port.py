@@ -220,11 +220,15 @@ class SocketPortConnection(asyncio.Protocol):
 
     def _reject(self) -> None:
         """A close before accept, or no answer within CONNECT_SECS: HTTP 403, as Daphne."""
+        self._refuse_handshake(403, "Access denied\n")
+
+    def _refuse_handshake(self, status: int, text: str) -> None:
+        """Answer the held handshake with an HTTP error instead of its 101, and end."""
         if self.response is None or self.ended:
             return
         self.response = None
         self._disarm()
-        self.ws.send_response(self.ws.reject(403, "Access denied\n"))
+        self.ws.send_response(self.ws.reject(status, text))
         self._write_protocol_data()
 
     # --- frames from the client --------------------------------------------------------------
@@ -274,7 +278,7 @@ class SocketPortConnection(asyncio.Protocol):
             if self.response is not None:
                 self._reject()
             elif self.state is State.OPEN:
-                fast_path.flush_socket(self)
+                fast_path.flush_socket(self)  # before the close, which ends the fan-out path's
                 self.ws.send_close(message.get("code") or 1000, message.get("reason") or "")
                 self._write_protocol_data()
         elif kind == "websocket.send":
@@ -282,7 +286,6 @@ class SocketPortConnection(asyncio.Protocol):
                 self._accept(None)  # as Daphne: a send before accept accepts
             if self.state is not State.OPEN:
                 raise SocketClosed("the socket closed")
-            fast_path.flush_socket(self)
             text, data = message.get("text"), message.get("bytes")
             if text is not None:
                 self.ws.send_text(text.encode())
@@ -308,13 +311,11 @@ class SocketPortConnection(asyncio.Protocol):
         if self.ws.eof_sent:
             return  # ended from this side already: the linger timer runs on
         if self.response is not None:
-            self.response = None
-            self._disarm()
-            self.ws.send_response(self.ws.reject(500, "Internal server error\n"))
+            self._refuse_handshake(500, "Internal server error\n")
         elif self.ws.state is State.OPEN:
-            fast_path.flush_socket(self)
+            fast_path.flush_socket(self)  # before the close, which ends the fan-out path's writes
             self.ws.send_close(1011 if failure is not None else 1000)
-        self._write_protocol_data()
+            self._write_protocol_data()
 
     # --- what the fan-out path calls (transport/daphne.py) -----------------------------------
 

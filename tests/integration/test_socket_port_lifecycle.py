@@ -102,7 +102,7 @@ async def test_an_application_that_ignores_its_disconnect_is_cancelled(serve: An
         await receive()
         await send({"type": "websocket.accept"})
         try:
-            await asyncio.sleep(3600)  # never reads its disconnect
+            await asyncio.Event().wait()  # never set: it never reads its disconnect
         except asyncio.CancelledError:
             cancelled.set()
             raise
