@@ -7,7 +7,8 @@ its own) or holders of an API token (`Authorization: Bearer sb_…`, no cookie, 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from typing import Any, Protocol
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -30,18 +31,38 @@ class ApiError(Exception):
         self.message = message
 
 
+class ApiRequest(Protocol):
+    """What the publish endpoints read of a request: its headers (by any case), its body, and
+    for a session caller its user. A Django HttpRequest is one; so is the publish port's own,
+    lighter request (realtime/transport/publish_port.py)."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def body(self) -> bytes: ...
+
+    def auser(self) -> Awaitable[Any]: ...
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """The API's error shape: what every error answer's JSON holds."""
+    return {"ok": False, "error": code, "message": message, "replica": settings.REPLICA_ID}
+
+
+def ok_body(data: dict[str, Any]) -> dict[str, Any]:
+    return {"ok": True, "replica": settings.REPLICA_ID, **data}
+
+
 def error_response(status: int, code: str, message: str) -> JsonResponse:
-    return JsonResponse(
-        {"ok": False, "error": code, "message": message, "replica": settings.REPLICA_ID},
-        status=status,
-    )
+    return JsonResponse(error_body(code, message), status=status)
 
 
 def ok_response(data: dict[str, Any], status: int = 200) -> JsonResponse:
-    return JsonResponse({"ok": True, "replica": settings.REPLICA_ID, **data}, status=status)
+    return JsonResponse(ok_body(data), status=status)
 
 
-def parse_json_object(request: HttpRequest) -> dict[str, Any]:
+def parse_json_object(request: ApiRequest) -> dict[str, Any]:
     # Content-Length first (nothing read yet); the body's own length for a chunked upload.
     declared = int(request.headers.get("Content-Length") or 0)
     if declared > MAX_BODY_BYTES or len(request.body) > MAX_BODY_BYTES:
@@ -94,7 +115,7 @@ async def token_name(raw: str) -> str | None:
     return token.name
 
 
-async def authenticate_publisher(request: HttpRequest) -> str:
+async def authenticate_publisher(request: ApiRequest) -> str:
     """Who is publishing, as 'token:<name>' or 'staff:<username>'; ApiError if nobody may."""
     header = request.headers.get("Authorization")
     if header is not None:
@@ -121,8 +142,9 @@ async def _api_token_name(header: str) -> str:
     return name
 
 
-def _require_csrf(request: HttpRequest) -> None:
-    if _csrf_failure(request):
+def _require_csrf(request: ApiRequest) -> None:
+    # Only a Django request carries a session (the publish port serves token requests only).
+    if not isinstance(request, HttpRequest) or _csrf_failure(request):
         raise ApiError(
             403, "csrf_failed", "Send the CSRF token in the X-CSRFToken header with session auth."
         )

@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -36,9 +36,12 @@ from realtime import (
 )
 from realtime.api import (
     ApiError,
+    ApiRequest,
     authenticate_publisher,
     connect_token_subject,
+    error_body,
     error_response,
+    ok_body,
     ok_response,
     parse_json_object,
     sse_sender_id,
@@ -235,37 +238,67 @@ async def whoami(request: HttpRequest) -> JsonResponse:
     )
 
 
-@csrf_exempt  # checked in authenticate_publisher for session callers
-@require_POST
-async def api_push(request: HttpRequest) -> JsonResponse:
+# --- The publish endpoints ----------------------------------------------------------------
+# Each is a handler that reads an ApiRequest (headers and body) and returns its answer's data
+# or raises: the same handler answers through Django (the views below, for staff sessions and
+# any token request Django gets) and on the publish lanes (realtime/publish_lane.py), which
+# skip Django's request and response objects for token requests.
+
+ApiHandler = Callable[[ApiRequest], Awaitable[dict[str, Any]]]
+
+
+async def outcome(handler: ApiHandler, request: ApiRequest) -> tuple[int, dict[str, Any]]:
+    """(status, JSON body) of `handler`'s answer to `request`, errors in the API's shape."""
+    try:
+        data = await handler(request)
+    except Exception as exc:
+        failure = _api_failure(exc)
+        if failure is None:
+            raise
+        status, code, message = failure
+        return status, error_body(code, message)
+    return 200, ok_body(data)
+
+
+def publish_view(handler: ApiHandler) -> Callable[[HttpRequest], Coroutine[Any, Any, JsonResponse]]:
+    """`handler` as a Django view: POST only; CSRF is checked in authenticate_publisher for
+    session callers (token callers send no cookie)."""
+
+    async def view(request: HttpRequest) -> JsonResponse:
+        status, body = await outcome(handler, request)
+        return JsonResponse(body, status=status)
+
+    view.__name__ = view.__qualname__ = handler.__name__.replace("handle_", "api_")
+    view.__doc__ = handler.__doc__
+    return csrf_exempt(require_POST(view))
+
+
+async def handle_push(request: ApiRequest) -> dict[str, Any]:
     """POST {"user": "alice", "payload": {...}} -> the message reaches every socket of alice."""
+    publisher = await authenticate_publisher(request)
+    body = parse_json_object(request)
+    username = body.get("user")
+    if not isinstance(username, str) or not username:
+        raise ApiError(400, "bad_user", "'user' must be a username string.")
+    payload = _payload_from(body)
+    user_id = await user_directory.active_user_id(username)
+    if user_id is None:
+        raise ApiError(404, "unknown_user", f"There is no active user {username[:150]!r}.")
+    result = await publish.push_to_user(
+        user_id=user_id, payload=payload, idempotency=_idempotency(request, publisher)
+    )
+    logger.info("push user=%s seq=%s by=%s", username, result.seq, publisher)
+    return {"user": username, **result.as_dict()}
 
-    async def handle() -> JsonResponse:
-        publisher = await authenticate_publisher(request)
-        body = parse_json_object(request)
-        username = body.get("user")
-        if not isinstance(username, str) or not username:
-            raise ApiError(400, "bad_user", "'user' must be a username string.")
-        payload = _payload_from(body)
-        user_id = await user_directory.active_user_id(username)
-        if user_id is None:
-            raise ApiError(404, "unknown_user", f"There is no active user {username[:150]!r}.")
-        result = await publish.push_to_user(
-            user_id=user_id, payload=payload, idempotency=_idempotency(request, publisher)
-        )
-        logger.info("push user=%s seq=%s by=%s", username, result.seq, publisher)
-        return ok_response({"user": username, **result.as_dict()})
 
-    return await _answer(handle)
+api_push = publish_view(handle_push)
 
 
 # A batch is one request's worth of work: bounded, so one caller cannot hold a replica for long.
 MAX_BATCH_MESSAGES = 500
 
 
-@csrf_exempt  # checked in authenticate_publisher for session callers
-@require_POST
-async def api_push_batch(request: HttpRequest) -> JsonResponse:
+async def handle_push_batch(request: ApiRequest) -> dict[str, Any]:
     """POST {"messages": [{"user": "alice", "payload": {...}}, ...]} -> each reaches its user.
 
     One request, one token check and one user query for up to MAX_BATCH_MESSAGES pushes: a
@@ -274,76 +307,63 @@ async def api_push_batch(request: HttpRequest) -> JsonResponse:
     With an Idempotency-Key, message i is keyed "<key>#<i>", so a batch retried after a 503
     (which may come after some were sent) publishes each message exactly once.
     """
-
-    async def handle() -> JsonResponse:
-        publisher = await authenticate_publisher(request)
-        messages = parse_json_object(request).get("messages")
-        if not isinstance(messages, list) or not 0 < len(messages) <= MAX_BATCH_MESSAGES:
-            raise ApiError(
-                400,
-                "bad_messages",
-                f"'messages' must be a list of 1 to {MAX_BATCH_MESSAGES} "
-                "{user, payload} objects.",
-            )
-        for index, item in enumerate(messages):
-            if (
-                not isinstance(item, dict)
-                or not isinstance(item.get("user"), str)
-                or not item["user"]
-            ):
-                raise ApiError(
-                    400, "bad_user", f"messages[{index}]: 'user' must be a username string."
-                )
-            _payload_from(item)
-        usernames = {m["user"] for m in messages}
-        ids = await user_directory.active_user_ids(usernames)
-        if unknown := sorted(usernames - set(ids)):
-            raise ApiError(
-                404,
-                "unknown_user",
-                f"There is no active user {unknown[0][:150]!r} (and {len(unknown) - 1} more); "
-                "nothing was sent.",
-            )
-        key = _idempotency(request, publisher)
-        by_user: dict[str, list[int]] = {}
-        for index, item in enumerate(messages):
-            by_user.setdefault(item["user"], []).append(index)
-        results: list[dict[str, Any]] = [{} for _ in messages]
-
-        async def push_in_order(username: str, indexes: list[int]) -> None:
-            for index in indexes:
-                result = await publish.push_to_user(
-                    user_id=ids[username],
-                    payload=messages[index]["payload"],
-                    idempotency=f"{key}#{index}" if key else None,
-                )
-                results[index] = {"user": username, **result.as_dict()}
-
-        outcomes = await asyncio.gather(
-            *(push_in_order(u, indexes) for u, indexes in by_user.items()), return_exceptions=True
+    publisher = await authenticate_publisher(request)
+    messages = parse_json_object(request).get("messages")
+    if not isinstance(messages, list) or not 0 < len(messages) <= MAX_BATCH_MESSAGES:
+        raise ApiError(
+            400,
+            "bad_messages",
+            f"'messages' must be a list of 1 to {MAX_BATCH_MESSAGES} {{user, payload}} objects.",
         )
-        for outcome in outcomes:  # every push has finished or failed: none is left running
-            if isinstance(outcome, BaseException):
-                raise outcome
-        logger.info("push batch=%d users=%d by=%s", len(messages), len(by_user), publisher)
-        return ok_response({"results": results})
+    for index, item in enumerate(messages):
+        if not isinstance(item, dict) or not isinstance(item.get("user"), str) or not item["user"]:
+            raise ApiError(400, "bad_user", f"messages[{index}]: 'user' must be a username string.")
+        _payload_from(item)
+    usernames = {m["user"] for m in messages}
+    ids = await user_directory.active_user_ids(usernames)
+    if unknown := sorted(usernames - set(ids)):
+        raise ApiError(
+            404,
+            "unknown_user",
+            f"There is no active user {unknown[0][:150]!r} (and {len(unknown) - 1} more); "
+            "nothing was sent.",
+        )
+    key = _idempotency(request, publisher)
+    by_user: dict[str, list[int]] = {}
+    for index, item in enumerate(messages):
+        by_user.setdefault(item["user"], []).append(index)
+    results: list[dict[str, Any]] = [{} for _ in messages]
 
-    return await _answer(handle)
+    async def push_in_order(username: str, indexes: list[int]) -> None:
+        for index in indexes:
+            result = await publish.push_to_user(
+                user_id=ids[username],
+                payload=messages[index]["payload"],
+                idempotency=f"{key}#{index}" if key else None,
+            )
+            results[index] = {"user": username, **result.as_dict()}
+
+    finished = await asyncio.gather(
+        *(push_in_order(u, indexes) for u, indexes in by_user.items()), return_exceptions=True
+    )
+    for each in finished:  # every push has finished or failed: none is left running
+        if isinstance(each, BaseException):
+            raise each
+    logger.info("push batch=%d users=%d by=%s", len(messages), len(by_user), publisher)
+    return {"results": results}
 
 
-@csrf_exempt  # checked in authenticate_publisher for session callers
-@require_POST
-async def api_broadcast(request: HttpRequest) -> JsonResponse:
+api_push_batch = publish_view(handle_push_batch)
+
+
+async def handle_broadcast(request: ApiRequest) -> dict[str, Any]:
     """POST {"payload": {...}} -> the message reaches every connected socket."""
+    publisher = await authenticate_publisher(request)
+    payload = _payload_from(parse_json_object(request))
+    return await _published(request, publisher, stream=groups.BROADCAST_STREAM, payload=payload)
 
-    async def handle() -> JsonResponse:
-        publisher = await authenticate_publisher(request)
-        payload = _payload_from(parse_json_object(request))
-        return await _publish_answer(
-            request, publisher, stream=groups.BROADCAST_STREAM, payload=payload
-        )
 
-    return await _answer(handle)
+api_broadcast = publish_view(handle_broadcast)
 
 
 @csrf_exempt  # checked in connect_token_subject for session callers
@@ -519,45 +539,38 @@ async def _user_id_named(username: Any) -> int:
     return user_id
 
 
-@csrf_exempt  # checked in authenticate_publisher for session callers
-@require_POST
-async def api_publish(request: HttpRequest) -> JsonResponse:
+async def handle_publish(request: ApiRequest) -> dict[str, Any]:
     """POST {"stream": "room:lobby" | "user:<id>" | "broadcast", "payload": {...}}."""
-
-    async def handle() -> JsonResponse:
-        publisher = await authenticate_publisher(request)
-        body = parse_json_object(request)
-        stream = body.get("stream")
-        if not isinstance(stream, str):
-            raise ApiError(
-                400, "bad_stream", "'stream' must be a stream name such as 'room:lobby'."
-            )
-        _check_stream_name(stream)
-        if stream == groups.OPS_STREAM:
-            # The cluster view trusts what it reads there: only the replicas' reporters write it.
-            raise ApiError(
-                403, "forbidden_stream", "The ops stream is written by the replicas only."
-            )
-        return await _publish_answer(request, publisher, stream=stream, payload=_payload_from(body))
-
-    return await _answer(handle)
+    publisher = await authenticate_publisher(request)
+    body = parse_json_object(request)
+    stream = body.get("stream")
+    if not isinstance(stream, str):
+        raise ApiError(400, "bad_stream", "'stream' must be a stream name such as 'room:lobby'.")
+    _check_stream_name(stream)
+    if stream == groups.OPS_STREAM:
+        # The cluster view trusts what it reads there: only the replicas' reporters write it.
+        raise ApiError(403, "forbidden_stream", "The ops stream is written by the replicas only.")
+    return await _published(request, publisher, stream=stream, payload=_payload_from(body))
 
 
-async def _publish_answer(
-    request: HttpRequest, publisher: str, *, stream: str, payload: Any
-) -> JsonResponse:
+api_publish = publish_view(handle_publish)
+
+
+async def _published(
+    request: ApiRequest, publisher: str, *, stream: str, payload: Any
+) -> dict[str, Any]:
     result = await publish.publish(
         stream=stream, payload=payload, idempotency=_idempotency(request, publisher)
     )
     logger.info("publish stream=%s seq=%s by=%s", stream, result.seq, publisher)
-    return ok_response(result.as_dict())
+    return result.as_dict()
 
 
 # Idempotency keys: a client's own unique string per message, like Stripe's.
 MAX_IDEMPOTENCY_KEY_CHARS = 100
 
 
-def _idempotency(request: HttpRequest, publisher: str) -> str | None:
+def _idempotency(request: ApiRequest, publisher: str) -> str | None:
     """The history key for this request's Idempotency-Key header, scoped to its publisher: a
     retried request with the same key returns the first one's seq and publishes nothing."""
     key = request.headers.get("Idempotency-Key")
@@ -588,10 +601,21 @@ def _payload_from(body: dict[str, Any]) -> Any:
 async def _answer(handle: Callable[[], Awaitable[JsonResponse]]) -> JsonResponse:
     try:
         return await handle()
-    except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
-    except publish.RealtimeUnavailable as exc:
-        return error_response(503, "redis_unavailable", str(exc))
-    except BrokerUnavailable:  # a read (history, presence): its detail is for the log only
+    except Exception as exc:
+        failure = _api_failure(exc)
+        if failure is None:
+            raise
+        return error_response(*failure)
+
+
+def _api_failure(exc: Exception) -> tuple[int, str, str] | None:
+    """(status, code, message) an API caller is told of `exc`; None: not the caller's to know
+    (a bug: Django's 500, or the lane's)."""
+    if isinstance(exc, ApiError):
+        return exc.status, exc.code, exc.message
+    if isinstance(exc, publish.RealtimeUnavailable):
+        return 503, "redis_unavailable", str(exc)
+    if isinstance(exc, BrokerUnavailable):  # a read (history, presence): detail for the log only
         logger.warning("API read failed: Redis unavailable", exc_info=True)
-        return error_response(503, "redis_unavailable", publish.UNAVAILABLE_MESSAGE)
+        return 503, "redis_unavailable", publish.UNAVAILABLE_MESSAGE
+    return None

@@ -5,10 +5,10 @@ parsing the request and Daphne turning it into an ASGI application instance; the
 (realtime/publish_lane.py) and the publish itself are ~0.3 ms of that (docs/performance.md).
 With `PUBLISH_PORT_BIND=host:port` a replica also listens there, on the same event loop, with
 this small asyncio protocol: it reads a request (Content-Length bodies only, at most
-api.MAX_BODY_BYTES), runs the very view the URL conf names for it (the publish lane's routes)
-on a TokenRequest (its method, headers and body: all those views read of a token request), and
-writes the view's answer with the headers Django's middleware would add; connections are kept
-alive. HAProxy sends `POST /api/push`, `/api/push/batch`,
+api.MAX_BODY_BYTES), runs the very handler the endpoint's Django view runs (the publish lane's
+routes) on a PortRequest (its headers and body: all a token request's handler reads), and
+writes the answer as the publish lane does, with the headers Django's middleware would add;
+connections are kept alive. HAProxy sends `POST /api/push`, `/api/push/batch`,
 `/api/broadcast` and `/api/publish` with an `Authorization` header there (haproxy.cfg, backend
 `publishers`, the same servers, cookie and health as `replicas`); everything else, and every
 deployment without the port, goes through Daphne as before, with the same answers.
@@ -22,33 +22,22 @@ slower than HEAD_SECS, is closed.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from http import HTTPStatus
 from types import ModuleType
 from typing import Any
 from urllib.parse import unquote
 
-from django.conf import settings
-from django.http import HttpRequest
-
 logger = logging.getLogger(__name__)
+
+# (status, headers, body), as realtime/publish_lane.py answers.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 MAX_HEAD_BYTES = 16 * 1024
 HEAD_SECS = 10.0
 IDLE_SECS = 75.0  # above HAProxy's `timeout http-keep-alive`, so HAProxy closes first
 # How long a refused body is read and dropped before the connection closes anyway.
 LINGER_SECS = 2.0
-
-
-def _error(status: int, code: str, message: str) -> tuple[int, bytes]:
-    """The API's error shape (realtime/api.py error_response), as bytes."""
-    answer = {"ok": False, "error": code, "message": message, "replica": settings.REPLICA_ID}
-    return status, json.dumps(answer).encode()
-
-
-def _error_headers() -> list[tuple[bytes, bytes]]:
-    return [(b"content-type", b"application/json"), (b"x-replica", settings.REPLICA_ID.encode())]
 
 
 class PublishPortProtocol(asyncio.Protocol):
@@ -103,18 +92,18 @@ class PublishPortProtocol(asyncio.Protocol):
         end = self.buffer.find(b"\r\n\r\n")
         if end < 0:
             if len(self.buffer) > MAX_HEAD_BYTES:
-                self._fail(*_error(431, "head_too_large", "Request headers are too large."))
+                self._fail(431, "head_too_large", "Request headers are too large.")
             elif self.buffer:
                 self._arm(HEAD_SECS)  # a request has begun: its head must come soon
             return
         if end > MAX_HEAD_BYTES:
-            self._fail(*_error(431, "head_too_large", "Request headers are too large."))
+            self._fail(431, "head_too_large", "Request headers are too large.")
             return
         head = bytes(self.buffer[:end]).decode("latin-1")
         lines = head.split("\r\n")
         parts = lines[0].split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            self._fail(*_error(400, "bad_request", "Not an HTTP/1.1 request."))
+            self._fail(400, "bad_request", "Not an HTTP/1.1 request.")
             return
         method, target, version = parts
         headers: dict[str, str] = {}
@@ -123,16 +112,16 @@ class PublishPortProtocol(asyncio.Protocol):
         for line in lines[1:]:
             name, sep, value = line.partition(":")
             if not sep or not name or name != name.strip():
-                self._fail(*_error(400, "bad_request", "A malformed header line."))
+                self._fail(400, "bad_request", "A malformed header line.")
                 return
             name, value = name.lower(), value.strip()
             if name == "content-length":
                 if not value.isdigit() or length:
-                    self._fail(*_error(400, "bad_request", "A malformed Content-Length."))
+                    self._fail(400, "bad_request", "A malformed Content-Length.")
                     return
                 length = int(value)
             elif name == "transfer-encoding":
-                self._fail(*_error(501, "chunked", "Send a Content-Length body here."))
+                self._fail(501, "chunked", "Send a Content-Length body here.")
                 return
             elif name == "connection":
                 keep_alive = value.lower() != "close" and (
@@ -140,10 +129,9 @@ class PublishPortProtocol(asyncio.Protocol):
                 )
             headers[name] = value
         if length > self.max_body:
-            status, content = _error(
-                413, "body_too_large", f"Request bodies may be at most {self.max_body} bytes."
-            )
-            self._refuse_body(status, content, unread=end + 4 + length - len(self.buffer))
+            message = f"Request bodies may be at most {self.max_body} bytes."
+            answer = self.lane.refusal(413, "body_too_large", message)
+            self._refuse_body(answer, unread=end + 4 + length - len(self.buffer))
             return
         if len(self.buffer) < end + 4 + length:
             self._arm(HEAD_SECS)  # the body is on its way
@@ -165,8 +153,9 @@ class PublishPortProtocol(asyncio.Protocol):
             status, answer_headers, content = await respond(self.lane, method, path, headers, body)
         except Exception:
             logger.exception("publish port: the request failed path=%s", path)
-            status, content = _error(500, "server_error", "The request failed; see the log.")
-            answer_headers = _error_headers()
+            status, answer_headers, content = self.lane.refusal(
+                500, "server_error", "The request failed; see the log."
+            )
         self._write(status, answer_headers, content, keep_alive)
         self.busy = False
         if keep_alive and not self.closed:
@@ -183,12 +172,13 @@ class PublishPortProtocol(asyncio.Protocol):
         if not keep_alive:
             self.transport.close()
 
-    def _fail(self, status: int, content: bytes) -> None:
+    def _fail(self, status: int, code: str, message: str) -> None:
         """An answer to a request that cannot be read on from: then the connection closes."""
-        self._write(status, _error_headers(), content, keep_alive=False)
+        answer: Answer = self.lane.refusal(status, code, message)
+        self._write(*answer, keep_alive=False)
         self.closed = True
 
-    def _refuse_body(self, status: int, content: bytes, *, unread: int) -> None:
+    def _refuse_body(self, answer: Answer, *, unread: int) -> None:
         """Answer a request whose body is refused at once, then read and drop that body before
         closing, for at most LINGER_SECS: a connection closed with bytes unread is reset by the
         kernel, and the reset can destroy the answer before the peer reads it (HAProxy then
@@ -197,7 +187,8 @@ class PublishPortProtocol(asyncio.Protocol):
             return
         self.closed = True  # no request after this one
         self.buffer.clear()
-        self.transport.write(_head(status, _error_headers(), content, keep_alive=False) + content)
+        status, headers, content = answer
+        self.transport.write(_head(status, headers, content, keep_alive=False) + content)
         self.dropping = max(unread, 0)
         if self.timer is not None:
             self.timer.cancel()
@@ -225,22 +216,24 @@ def _head(
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-class TokenRequest(HttpRequest):
-    """A token request as the publish views read it: its method, its headers (by any case, as
-    Django's request.headers) and its body, with the Host in META for get_host. Not an
-    ASGIRequest: its parsing of every header into META and the ASGI round trip around it were a
-    fifth of a push's CPU on this port; tests/integration/test_publish_port.py runs every
-    publish view through it."""
+class PortRequest:
+    """A token request as the publish handlers read it (realtime/api.py ApiRequest): its
+    headers, looked up by any case, and its body. Not an HttpRequest: building one (its
+    QueryDicts, META) and the JsonResponse after it were a sixth of a push's CPU on this port.
+    tests/integration/test_publish_port.py runs every publish endpoint through it."""
 
-    def __init__(self, path: str, headers: dict[str, str], body: bytes) -> None:
-        super().__init__()
-        self.method = "POST"
-        self.path = self.path_info = path
-        self.headers = _Headers(headers)  # type: ignore[assignment]
-        self._body = body
-        self.META = {"HTTP_HOST": headers.get("host", ""), "SERVER_NAME": "", "SERVER_PORT": ""}
-        if "x-forwarded-host" in headers:  # read by get_host with USE_X_FORWARDED_HOST
-            self.META["HTTP_X_FORWARDED_HOST"] = headers["x-forwarded-host"]
+    __slots__ = ("body", "headers")
+
+    def __init__(self, headers: dict[str, str], body: bytes) -> None:
+        self.headers = _Headers(headers)
+        self.body = body
+
+    async def auser(self) -> Any:
+        # Never asked: the port serves requests with an Authorization header only, and a
+        # token caller is never a session's user.
+        from django.contrib.auth.models import AnonymousUser
+
+        return AnonymousUser()
 
 
 class _Headers(dict[str, str]):
@@ -264,15 +257,13 @@ NOT_HERE = (
 
 async def respond(
     lane: ModuleType, method: str, path: str, headers: dict[str, str], body: bytes
-) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """The publish view's answer to a token request (status, headers, body), as the publish
-    lane (`lane`, realtime/publish_lane.py) gives it; 404 for anything else."""
-    view = lane.ROUTES.get(path)
-    if view is None or method != "POST" or "authorization" not in headers:
-        status, content = _error(404, "not_found", NOT_HERE)
-        return status, _error_headers(), content
-    response = await lane.answer(view, TokenRequest(path, headers, body))
-    return response.status_code, lane.answer_headers(response), response.content
+) -> Answer:
+    """The publish endpoint's answer to a token request (status, headers, body), as the
+    publish lane (`lane`, realtime/publish_lane.py) gives it; 404 for anything else."""
+    handler = lane.ROUTES.get(path)
+    if handler is None or method != "POST" or "authorization" not in headers:
+        return lane.refusal(404, "not_found", NOT_HERE)  # type: ignore[no-any-return]
+    return await lane.answer(handler, PortRequest(headers, body))  # type: ignore[no-any-return]
 
 
 async def serve(bind: str, max_body: int) -> asyncio.Server:
