@@ -4,9 +4,10 @@
     from realtime.asgi import switchboard_application
     application = switchboard_application()
 
-HTTP goes to Django (the publish API's token requests by a shorter lane, realtime/publish_lane.py),
-`GET /sse/` and WebSockets on `/ws/` to Switchboard's consumer, each checked by one middleware
-(origin, session or connection token; realtime/socket_auth.py).
+HTTP goes to Django (the publish API's token requests by a shorter lane, realtime/publish_lane.py,
+and HAProxy's health checks by another, realtime/probe_lane.py), `GET /sse/` and WebSockets on
+`/ws/` to Switchboard's consumer, each checked by one middleware (origin, session or connection
+token; realtime/socket_auth.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def switchboard_application(
     from channels.routing import ProtocolTypeRouter
     from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
+    from realtime.probe_lane import ProbeLane
     from realtime.publish_lane import PublishLane
     from realtime.routing import event_stream_urlpatterns, websocket_urlpatterns
     from realtime.socket_auth import EventStreams, SocketAuthMiddleware
@@ -45,7 +47,7 @@ def switchboard_application(
         {
             # GET /sse/ is the SSE transport's stream, served by the same consumer as /ws/.
             "http": EventStreams(
-                SocketAuthMiddleware(event_stream_urlpatterns), PublishLane(django_app)
+                SocketAuthMiddleware(event_stream_urlpatterns), ProbeLane(PublishLane(django_app))
             ),
             # Browsers send Origin on every WebSocket handshake; one that is not ours is refused,
             # so another site cannot open a socket with the user's cookies. One middleware checks

@@ -138,3 +138,15 @@ async def eventually(check: Any, timeout: float = 3) -> None:
     async with asyncio.timeout(timeout):
         while not await check():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
+
+
+class Fallback:
+    """Stands in for Django: records what reached it and answers 299."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.paths.append(scope["path"])
+        await send({"type": "http.response.start", "status": 299, "headers": []})
+        await send({"type": "http.response.body", "body": b"django"})

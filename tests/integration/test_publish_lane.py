@@ -18,20 +18,9 @@ from realtime.layer import StreamChannelLayer
 from realtime.models import ApiToken
 from realtime.publish_lane import PublishLane
 from realtime.services import api_token_issue
+from tests.integration.conftest import Fallback
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-class Fallback:
-    """Stands in for Django: records what reached it and answers 299."""
-
-    def __init__(self) -> None:
-        self.paths: list[str] = []
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        self.paths.append(scope["path"])
-        await send({"type": "http.response.start", "status": 299, "headers": []})
-        await send({"type": "http.response.body", "body": b"django"})
 
 
 @pytest.fixture(autouse=True)
