@@ -182,13 +182,29 @@ def note_connected(name: str, user_id: int) -> None:
     if entry is not None and entry[0] == user_id and entry[1] - time.monotonic() > ttl / 2:
         return
     remember({name: user_id})
-    task = asyncio.get_running_loop().create_task(_share({name: user_id}, ttl))
-    _sharing.add(task)
-    task.add_done_callback(_sharing.discard)
+    # Handshakes finish in batches (their database hop is shared: realtime/db_thread.py), so
+    # the names noted in one turn of the loop go to Redis in one write, not a task each.
+    loop = asyncio.get_running_loop()
+    noted = _noted.setdefault(loop, {})
+    if not noted:
+        loop.call_soon(_share_noted, loop)
+    noted[name] = user_id
 
 
+# Names noted in this turn of each event loop, to be shared together.
+_noted: dict[asyncio.AbstractEventLoop, dict[str, int]] = {}
 # The handshakes' writes in flight (a task nobody holds may be collected before it ends).
 _sharing: set[asyncio.Task[None]] = set()
+
+
+def _share_noted(loop: asyncio.AbstractEventLoop) -> None:
+    ids = _noted.pop(loop, {})
+    ttl = settings.API_USER_CACHE_SECS
+    if not ids or ttl <= 0:
+        return
+    task = loop.create_task(_share(ids, ttl))
+    _sharing.add(task)
+    task.add_done_callback(_sharing.discard)
 
 
 def remember(ids: dict[str, int]) -> None:

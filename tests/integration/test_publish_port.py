@@ -346,3 +346,30 @@ async def test_a_save_anywhere_drops_old_and_new_names_from_the_shared_directory
     await (await User.objects.aget(pk=other.pk)).adelete()
     assert await shared("port-deleted") is None
     assert await user_directory.active_user_id("port-deleted") is None
+
+
+async def test_names_noted_in_one_turn_are_shared_in_one_write(
+    layer: StreamChannelLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[dict[str, int]] = []
+    remember = layer.broker.remember_user_ids
+
+    async def counted(ids: dict[str, int], *, ttl_ms: int) -> None:
+        writes.append(dict(ids))
+        await remember(ids, ttl_ms=ttl_ms)
+
+    monkeypatch.setattr(layer.broker, "remember_user_ids", counted)
+    user_directory.clear()
+    for n in range(3):  # as a batch of handshakes finishes: in one turn of the loop
+        user_directory.note_connected(f"turn-{n}", 100 + n)
+    user_directory.note_connected("turn-0", 100)  # a second tab of the same user
+    redis = layer.broker.redis(layer.broker.keys.username("turn-2"))
+
+    async def all_shared() -> bool:
+        keys = [layer.broker.keys.username(f"turn-{n}") for n in range(3)]
+        return all([await layer.broker.redis(k).get(k) for k in keys])
+
+    await eventually(all_shared)
+    assert writes == [{"turn-0": 100, "turn-1": 101, "turn-2": 102}]
+    assert await redis.get(layer.broker.keys.username("turn-2")) == b"102"
+    user_directory.clear()
