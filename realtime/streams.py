@@ -271,6 +271,11 @@ def registered() -> list[str]:
     return sorted(_kinds)
 
 
+def kind_named(name: str) -> StreamKind | None:
+    """The registered kind called `name` (None for the core's kinds and unknown names)."""
+    return _kinds.get(name)
+
+
 def forget(kind: str) -> None:
     """Unregister (tests)."""
     _kinds.pop(kind, None)

@@ -318,7 +318,7 @@ async def handle_push_batch(request: ApiRequest) -> dict[str, Any]:
     for index, item in enumerate(messages):
         if not isinstance(item, dict) or not isinstance(item.get("user"), str) or not item["user"]:
             raise ApiError(400, "bad_user", f"messages[{index}]: 'user' must be a username string.")
-        _payload_from(item)
+        _payload_from(item, check=True)  # all of them before any is sent
     usernames = {m["user"] for m in messages}
     ids = await user_directory.active_user_ids(usernames)
     if unknown := sorted(usernames - set(ids)):
@@ -585,17 +585,25 @@ def _idempotency(request: ApiRequest, publisher: str) -> str | None:
     return publish.idempotency_key(publisher, key)
 
 
-def _payload_from(body: dict[str, Any]) -> Any:
+def _payload_from(body: dict[str, Any], *, check: bool = False) -> Any:
+    """`body`'s payload. Checked here (`check`) only where several are sent: one publish checks
+    its payload itself before anything is sent, and its refusal is answered as these are
+    (_api_failure); checking twice was a second JSON encoding per push."""
     if "payload" not in body:
         raise ApiError(400, "missing_payload", "'payload' is required (any JSON value).")
     payload = body["payload"]
-    try:
-        publish.check_payload(payload)
-    except publish.PayloadTooLarge as exc:
-        raise ApiError(413, "payload_too_large", str(exc)) from None
-    except publish.InvalidPayload as exc:
-        raise ApiError(400, "bad_payload", str(exc)) from None
+    if check:
+        try:
+            publish.check_payload(payload)
+        except publish.InvalidPayload as exc:
+            raise ApiError(*_payload_refusal(exc)) from None
     return payload
+
+
+def _payload_refusal(exc: publish.InvalidPayload) -> tuple[int, str, str]:
+    if isinstance(exc, publish.PayloadTooLarge):
+        return 413, "payload_too_large", str(exc)
+    return 400, "bad_payload", str(exc)
 
 
 async def _answer(handle: Callable[[], Awaitable[JsonResponse]]) -> JsonResponse:
@@ -613,6 +621,8 @@ def _api_failure(exc: Exception) -> tuple[int, str, str] | None:
     (a bug: Django's 500, or the lane's)."""
     if isinstance(exc, ApiError):
         return exc.status, exc.code, exc.message
+    if isinstance(exc, publish.InvalidPayload):  # refused by the publish: nothing was sent
+        return _payload_refusal(exc)
     if isinstance(exc, publish.RealtimeUnavailable):
         return 503, "redis_unavailable", str(exc)
     if isinstance(exc, BrokerUnavailable):  # a read (history, presence): detail for the log only

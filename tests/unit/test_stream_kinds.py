@@ -235,3 +235,29 @@ def test_settings_with_an_option_no_kind_takes_are_refused_by_name() -> None:
 def test_a_stream_of_no_registered_kind_has_no_policy() -> None:
     with pytest.raises(ValueError, match="no registered stream kind"):
         streams.policy_for("nope:1")
+
+
+def test_the_publishs_policy_follows_settings_and_registrations(settings: Settings) -> None:
+    """publish makes each kind's StreamPolicy once; a changed setting or a kind registered
+    again is never answered with the old one."""
+    from realtime import publish
+
+    settings.HISTORY_MAXLEN = 100
+    settings.IDEMPOTENCY_TTL_SECS = 60
+    assert publish._policy("user:1").max_len == 100
+    assert publish._policy("user:2") is publish._policy("user:1"), "made once per kind"
+    settings.HISTORY_MAXLEN = 7
+    settings.IDEMPOTENCY_TTL_SECS = 9
+    policy = publish._policy("user:1")
+    assert (policy.max_len, policy.idempotency_ttl_secs) == (7, 9)
+    streams.register("ledger", key=r"[0-9]+", can_read=lambda user, stream: True)
+    try:
+        assert publish._policy("ledger:1").max_len == 7
+        streams.forget("ledger")
+        streams.register("ledger", key=r"[0-9]+", can_read=lambda user, stream: True, history=False)
+        assert publish._policy("ledger:1").max_len == 0, "the kind registered again"
+        streams.forget("ledger")
+        with pytest.raises(ValueError, match="no registered stream kind"):
+            publish._policy("ledger:1")
+    finally:
+        streams.forget("ledger")
