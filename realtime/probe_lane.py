@@ -23,6 +23,7 @@ from django.http import HttpRequest, HttpResponse
 
 from realtime import views
 from realtime.asgi_types import ASGIApp, Receive, Scope, Send
+from realtime.middleware import content_security_policy
 from realtime.publish_lane import SECURITY_HEADERS, host_served
 
 # The probes, by path, as realtime/urls.py routes them (included at the site's root).
@@ -54,6 +55,7 @@ class ProbeLane:
         headers += [
             (b"content-length", str(len(response.content)).encode()),
             *SECURITY_HEADERS,
+            (b"content-security-policy", content_security_policy(request).encode()),
             (b"x-replica", settings.REPLICA_ID.encode()),
         ]
         await send(

@@ -256,6 +256,11 @@ def _on_user_changed(sender: Any, instance: Any, **kwargs: Any) -> None:
         if name is not None:
             names.add(name)
     _on_user_loaded(sender, instance)
+    if kwargs.get("created"):
+        # A new user's name is in no cache: unknown names are never kept. (Asking Redis anyway
+        # made `seed_demo` and `createsuperuser`, run before the cluster's Redis is up, warn
+        # and wait on every user.)
+        return
     if names and settings.API_USER_CACHE_SECS > 0:
         _forget_shared(names)
 

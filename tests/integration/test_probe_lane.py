@@ -56,6 +56,7 @@ async def test_a_probe_from_this_host_is_answered_by_its_view_without_django(
     assert (status, ready["ready"], ready["reasons"]) == (200, True, [])
     assert headers[b"x-replica"] == ready["replica"].encode()
     assert headers[b"x-content-type-options"] == b"nosniff"
+    assert headers[b"content-security-policy"].startswith(b"default-src 'self'")
     assert headers[b"content-type"] == b"application/json"
     assert int(headers[b"content-length"]) == len(body)
     status, _, body = await probe(app, "/healthz")
