@@ -25,13 +25,14 @@ import asyncio
 import logging
 from http import HTTPStatus
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
+
+if TYPE_CHECKING:  # the lane itself is imported when serving (its views need Django set up)
+    from realtime.publish_lane import Answer
 
 logger = logging.getLogger(__name__)
 
-# (status, headers, body), as realtime/publish_lane.py answers.
-Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 MAX_HEAD_BYTES = 16 * 1024
 HEAD_SECS = 10.0
