@@ -259,7 +259,10 @@ async def _admitted(user: Any, conn: str) -> bool:
     delivery calls that follow still need Redis, and refuse it if it is down)."""
     try:
         return await presence.user_admit(
-            user_id=user.pk, conn=conn, limit=settings.MAX_SOCKETS_PER_USER
+            user_id=user.pk,
+            username=user.username,
+            conn=conn,
+            limit=settings.MAX_SOCKETS_PER_USER,
         )
     except BrokerUnavailable:
         return True

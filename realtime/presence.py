@@ -10,8 +10,9 @@ are realtime/broker/lua/presence_*).
 A user is on a stream while any of their entries there has not expired. Each process (each
 event loop) has one heartbeat task for all its connections: every beat it refreshes all their
 entries in one pipeline and sweeps each stream it has connections on, once. (A new
-connection's entries are first written within 50 ms, in one pipeline with every other
-connection registered meanwhile; a stream subscribed later is written at once.) A replica that
+connection's user entry is written by its admission, which also marks the user seen; its
+entries on presence streams within 50 ms, in one pipeline with every other connection
+registered meanwhile; a stream subscribed later is written at once.) A replica that
 dies without running disconnect() stops refreshing; the next sweep by a live replica with a
 connection on that stream removes the expired entries and announces who left, within one TTL.
 Join/leave are decided inside Lua scripts, so two replicas sweeping at once announce a leave
@@ -171,14 +172,21 @@ async def user_touch(*, user_id: int, username: str, conn: str, ttl: int | None 
     )
 
 
-async def user_admit(*, user_id: int, conn: str, limit: int, ttl: int | None = None) -> bool:
+async def user_admit(
+    *, user_id: int, username: str, conn: str, limit: int, ttl: int | None = None
+) -> bool:
     """Register a new socket of the user, unless they have `limit` live sockets already (on any
-    replica). Its entry is the one the heartbeat refreshes and close() removes."""
+    replica). Its entry is the one the heartbeat refreshes and close() removes; admitted, the
+    user is marked seen and named as the heartbeat's touch does."""
     ttl = ttl or ttl_ms()
     now = now_ms()
-    args = [conn, now + ttl, now, limit, _key_ttl(ttl)]
+    keys = _broker().keys
+    args = [conn, now + ttl, now, limit, _key_ttl(ttl), user_id, username]
     admitted = await _run(
-        scripts.PRESENCE_ADMIT, [_user_key(user_id)], args, on=_user_route(user_id)
+        scripts.PRESENCE_ADMIT,
+        [_user_key(user_id), keys.presence_seen(), keys.presence_names()],
+        args,
+        on=_user_route(user_id),
     )
     return bool(admitted)
 
@@ -370,6 +378,8 @@ async def connections_refresh(conns: list[ConnectionPresence], *, sweep: bool) -
         gone += [(s, int(uid)) for s in swept for uid in left.get(s, ())]
     for stream, conn in joins:
         await announce(stream=stream, event="join", user_id=conn.user_id, username=conn.username)
+    if not gone:
+        return
     names = await _names([user_id for _, user_id in gone])
     for (stream, user_id), name in zip(gone, names, strict=True):
         await announce(stream=stream, event="leave", user_id=user_id, username=name)
@@ -399,10 +409,11 @@ class ConnectionPresence:
         self.streams: set[str] = set()
 
     async def start(self, streams: list[str]) -> None:
-        # No Redis round trip here: the heartbeat writes this socket's entries within
-        # REGISTER_FLUSH_SECS, in one pipeline with every socket that connected meanwhile.
+        # No Redis round trip here. The user entry is the admission's (user_admit); the entries
+        # on presence streams, if any, are written within REGISTER_FLUSH_SECS, in one pipeline
+        # with every socket that connected meanwhile. From then on the heartbeat refreshes all.
         self.streams.update(stream for stream in streams if has_presence(stream))
-        _heartbeat().add(self)
+        _heartbeat().add(self, flush=bool(self.streams))
 
     async def enter(self, stream: str) -> None:
         # Written at once, not on the next beat: the user just opened the stream's page. The
@@ -454,8 +465,9 @@ class _Heartbeat:
     """The live ConnectionPresence objects of one event loop, and the one task refreshing them.
 
     The task runs while there are sockets: it ends on the first beat that finds none, and add()
-    starts it again. Sockets added between beats are first written by a flush
-    REGISTER_FLUSH_SECS later, all in one pipeline.
+    starts it again. Sockets added between beats with entries on presence streams have them
+    first written by a flush REGISTER_FLUSH_SECS later, all in one pipeline (their user entries
+    are their admissions').
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -468,11 +480,14 @@ class _Heartbeat:
         # cannot land after it and bring the entry back.
         self.writes: set[asyncio.Future[None]] = set()
 
-    def add(self, conn: ConnectionPresence) -> None:
+    def add(self, conn: ConnectionPresence, *, flush: bool = True) -> None:
+        """Refresh `conn` from the next beat on; with `flush`, write its entries within
+        REGISTER_FLUSH_SECS too (a socket whose entries are not all written yet)."""
         self.live.add(conn)
-        self.fresh.add(conn)
-        if self.flusher is None:
-            self.flusher = self.loop.create_task(self._flush_soon(), name="presence-flush")
+        if flush:
+            self.fresh.add(conn)
+            if self.flusher is None:
+                self.flusher = self.loop.create_task(self._flush_soon(), name="presence-flush")
         if self.task is None:
             self.task = self.loop.create_task(self._beat_forever(), name="presence-heartbeat")
 

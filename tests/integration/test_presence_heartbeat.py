@@ -199,21 +199,47 @@ async def test_the_heartbeat_stops_with_its_last_socket_and_starts_with_the_next
     layer: StreamChannelLayer, settings: Settings
 ) -> None:
     settings.PRESENCE_HEARTBEAT_SECS = 0.1
-    first = ConnectionPresence(user_id=81, username="erin")
-    await first.start(["user:81"])
-    await flushed()
+    first = await admitted(81, "erin", ["user:81"])
+    assert heartbeat_names() == ["presence-heartbeat"], "no presence stream: nothing to flush"
     assert await online(81)
     await first.close()
     assert not await online(81)
     await asyncio.wait_for(asyncio.wait(presence_tasks()), timeout=2)
     assert asyncio.get_running_loop() not in presence._heartbeats  # nothing kept for the loop
-    second = ConnectionPresence(user_id=82, username="fred")
-    await second.start(["user:82"])
+    await Room.objects.acreate(slug="porch", title="Porch")
+    second = await admitted(82, "fred", ["user:82", "room:porch"])
     assert heartbeat_names() == ["presence-flush", "presence-heartbeat"]
     await flushed()
-    assert await online(82)
+    assert await online(82) and await presence.room_online(slug="porch") == [82]
     await second.close()
     await asyncio.wait_for(asyncio.wait(presence_tasks()), timeout=2)
+
+
+async def admitted(user_id: int, username: str, streams: list[str]) -> ConnectionPresence:
+    """A socket's presence as the consumer starts it: admitted (its user entry), then started."""
+    conn = ConnectionPresence(user_id=user_id, username=username)
+    assert await presence.user_admit(user_id=user_id, username=username, conn=conn.conn, limit=5)
+    await conn.start(streams)
+    return conn
+
+
+async def test_an_admitted_socket_marks_its_user_seen_and_named_with_no_write_of_its_own(
+    layer: StreamChannelLayer, beat_by_hand: None, round_trips: Calls
+) -> None:
+    before = presence.now_ms()
+    conn = await admitted(83, "gina", ["broadcast", "user:83"])
+    assert writes(round_trips) == [], "no pipeline of its own"
+    assert heartbeat_names() == ["presence-heartbeat"], "and no flush to come"
+    status = (await presence.user_statuses(user_ids=[83]))[83]
+    assert status.online and status.last_seen_ms is not None and status.last_seen_ms >= before
+    assert await presence._names([83]) == ["gina"]
+    # The beat refreshes its entry all the same.
+    [(member, score)] = (await scores(presence._user_key(83))).items()
+    await broker.current().redis("user:83").zadd(presence._user_key(83), {member: score - 1000})
+    await presence._heartbeats[asyncio.get_running_loop()].beat()
+    assert (await scores(presence._user_key(83)))[member] > score - 1000
+    await conn.close()
+    assert not (await presence.user_statuses(user_ids=[83]))[83].online
 
 
 async def test_a_dead_sockets_leave_is_announced_once_by_the_process_sweep(
