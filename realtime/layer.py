@@ -77,7 +77,7 @@ class StreamChannelLayer(BaseChannelLayer):
             addresses,
             prefix=prefix,
             client_name=name,
-            sync_timeout=float(settings.REDIS_TIMEOUT_SECS),
+            timeout=float(settings.REDIS_TIMEOUT_SECS),
         )
         self.heartbeat_secs = heartbeat_secs
         self._loops: dict[asyncio.AbstractEventLoop, _LoopLayer] = {}
@@ -366,6 +366,10 @@ class _ShardSubscriber:
         self.reader: asyncio.Task[None] | None = None
         self._pubsub: Any = None
         self._pending: dict[str, asyncio.Future[None]] = {}
+        # SUBSCRIBEs and UNSUBSCRIBEs asked for and not sent yet: those of one turn of the loop
+        # go out together, in the order asked (_send_queued).
+        self._queued: list[tuple[str, str]] = []
+        self._sender: asyncio.Task[None] | None = None  # (held: the loop keeps tasks weakly)
         self._confirmed_initial: set[str] = set()
         self.closing = False  # the layer is closing: a lost connection ends the reader
 
@@ -411,7 +415,7 @@ class _ShardSubscriber:
         future = self._pending.get(channel)
         if future is None:
             future = self._pending[channel] = asyncio.get_running_loop().create_future()
-            await self._pubsub.subscribe(channel)
+            self._queue("SUBSCRIBE", channel)
         async with asyncio.timeout(5):  # not wait_for: no task made per connect
             await asyncio.shield(future)
 
@@ -420,8 +424,48 @@ class _ShardSubscriber:
             return
         if not self.subscribed_event.is_set():
             return
-        with contextlib.suppress(*REDIS_FAILURES):
-            await self._pubsub.unsubscribe(self.layer.owner.group_channel(group))
+        self._queue("UNSUBSCRIBE", self.layer.owner.group_channel(group))
+
+    def _queue(self, command: str, channel: str) -> None:
+        """Send `command` for `channel` with the others asked for in this turn of the loop. A
+        connect storm's sockets each subscribe to their own user's stream, and one redis-py
+        call each cost a connect ~2% of its CPU; queued, a turn's subscriptions are one
+        command. One queue for both kinds keeps their order: an UNSUBSCRIBE asked for after a
+        SUBSCRIBE is never sent before it."""
+        self._queued.append((command, channel))
+        if len(self._queued) == 1:
+            self._sender = asyncio.get_running_loop().create_task(self._send_queued())
+
+    async def _send_queued(self) -> None:
+        queued, self._queued = self._queued, []
+        runs: list[tuple[str, list[str]]] = []
+        for command, channel in queued:
+            if runs and runs[-1][0] == command:
+                runs[-1][1].append(channel)
+            else:
+                runs.append((command, [channel]))
+        for index, (command, channels) in enumerate(runs):
+            pubsub = self._pubsub
+            try:
+                if pubsub is None:
+                    raise ConnectionError("the subscription connection is down")
+                if command == "SUBSCRIBE":
+                    await pubsub.subscribe(*channels)
+                else:
+                    await pubsub.unsubscribe(*channels)
+            except REDIS_FAILURES as exc:
+                # The reader reconnects and subscribes to every group still held; what waits
+                # on a SUBSCRIBE not sent is told now (group_add() raises BrokerUnavailable).
+                for _, failed in runs[index:]:
+                    self._fail(failed, exc)
+                return
+
+    def _fail(self, channels: list[str], exc: BaseException) -> None:
+        for channel in channels:
+            future = self._pending.pop(channel, None)
+            if future is not None and not future.done():
+                future.set_exception(ConnectionError(f"subscribing failed: {exc!r}"))
+                future.exception()  # consumed here, so an unawaited one is not reported
 
     async def _read_forever(self) -> None:
         backoff = 0.05

@@ -71,6 +71,46 @@ async def test_a_publish_reaches_a_sink_on_another_layer_and_nowhere_else(
     await other.flush()
 
 
+async def subscribe_calls(layer: StreamChannelLayer) -> int:
+    """How many SUBSCRIBE commands the layer's Redis servers have run."""
+    calls = 0
+    for shard in range(layer.broker.shard_count):
+        stats = await layer.broker.redis(shard).info("commandstats")
+        calls += stats.get("cmdstat_subscribe", {}).get("calls", 0)
+    return calls
+
+
+async def test_sockets_joining_in_one_turn_share_a_subscribe_and_each_gets_only_its_own(
+    layer: StreamChannelLayer,
+) -> None:
+    other = StreamChannelLayer(hosts=hosts_of(layer), prefix=layer.prefix, node="other")
+    first = Collector()
+    channel = await other.new_channel()
+    other.add_sink(channel, first)
+    await other.group_add("user.300", channel)  # the subscription connection is up
+    before = await subscribe_calls(layer)
+    sinks = {user_id: Collector() for user_id in range(301, 341)}
+    channels = {user_id: await other.new_channel() for user_id in sinks}
+    for user_id, sink in sinks.items():
+        other.add_sink(channels[user_id], sink)
+    await asyncio.gather(*(other.group_add(f"user.{u}", channels[u]) for u in sinks))
+    # One SUBSCRIBE for the forty (one per shard the groups live on), not one each.
+    assert await subscribe_calls(layer) - before <= layer.broker.shard_count
+    for user_id in sinks:
+        await publish.push_to_user(user_id=user_id, payload={"to": user_id})
+    for user_id, sink in sinks.items():
+        await sink.wait_count(1)
+        [(stream, seq, frame)] = sink.frames
+        assert (stream, seq) == (f"user:{user_id}", 1) and f'"to":{user_id}' in frame
+    # Leaving and joining again in one turn: the UNSUBSCRIBE is never sent after the SUBSCRIBE.
+    await other.group_discard("user.301", channels[301])
+    await other.group_add("user.301", channels[301])
+    await publish.push_to_user(user_id=301, payload={"to": "again"})
+    await sinks[301].wait_count(2)
+    assert first.frames == []
+    await other.flush()
+
+
 async def test_plain_group_messages_cross_layers(layer: StreamChannelLayer, redis_url: str) -> None:
     other = StreamChannelLayer(hosts=hosts_of(layer), prefix=layer.prefix, node="other")
     channel = await other.new_channel()
