@@ -14,12 +14,20 @@ A connection that fails (Redis restarted, a Sentinel failover's READONLY, a time
 every call waiting on it with that error and is dropped; the next call connects afresh. A call
 whose write may have reached Redis is not retried here: the broker's callers decide (a publish
 retries once, as redis-py's Retry did, and says an idempotency key makes that safe).
+
+Redis must answer every command within `timeout` seconds of its write, or the connection fails
+with TimeoutError (which callers report as Redis being unavailable). One timer watches the
+whole connection, armed for the oldest unanswered write: callers arm no timeout of their own
+and redis-py's reads arm none per reply, which were two timers a publish (~5% of a replica's
+CPU per push, docs/performance.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -33,8 +41,15 @@ except ImportError:  # optional: redis-py's own packing then
 class AutoPipeline:
     """One shard's connection for one event loop's script calls."""
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, *, timeout: Callable[[], float]) -> None:
         self.pool = pool
+        self.timeout = timeout  # read at each write: seconds Redis has to answer it
+        # The current connection's commands written and replies read, and for each write not
+        # yet answered in full (deadline, how many commands had been written with it).
+        self.written = 0
+        self.answered = 0
+        self.deadlines: deque[tuple[float, int]] = deque()
+        self.watchdog: asyncio.TimerHandle | None = None
         self.connection: Any = None
         self.connecting: asyncio.Future[None] | None = None
         self.waiting: deque[asyncio.Future[Any]] = deque()
@@ -79,6 +94,7 @@ class AutoPipeline:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.waiting.append(future)
+        self.written += 1
         if pack_command is not None:
             self.outgoing.append(pack_command(args))
         else:
@@ -99,8 +115,10 @@ class AutoPipeline:
         connecting = self.connecting
         try:
             # Shielded: one caller's timeout must not cancel the others' connect (nor leave the
-            # connection it brings with nobody: _open adopts or gives it back by itself).
-            await asyncio.shield(connecting)
+            # connection it brings with nobody: _open adopts or gives it back by itself). The
+            # deadline of the call's first write covers connecting too.
+            async with asyncio.timeout(self.timeout()):
+                await asyncio.shield(connecting)
         finally:
             if self.connecting is connecting and connecting.done():
                 self.connecting = None
@@ -135,14 +153,48 @@ class AutoPipeline:
         # Redis reads as fast as we write, and what is in flight is bounded by the callers
         # waiting: no drain() (it would make a task per write).
         writer.write(data)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout()
+        self.deadlines.append((deadline, self.written))
+        # One timer at a time. It is left armed when its write is answered (cancelling and
+        # arming one per call is what this saves): it then finds the next deadline when it
+        # fires, at most a timeout later. Re-armed only if this write is due first (the timeout
+        # was shortened).
+        watchdog = self.watchdog
+        if watchdog is None or watchdog.when() > deadline:
+            if watchdog is not None:
+                watchdog.cancel()
+            self.watchdog = loop.call_at(deadline, self._watch, connection)
+
+    def _watch(self, connection: Any) -> None:
+        """The oldest write's deadline came: fail the connection if that write is still not
+        answered in full, else watch the next one."""
+        self.watchdog = None
+        if connection is not self.connection:
+            return
+        deadlines = self.deadlines
+        while deadlines and deadlines[0][1] <= self.answered:
+            deadlines.popleft()
+        if not deadlines:
+            return
+        loop = asyncio.get_running_loop()
+        if deadlines[0][0] <= loop.time():
+            self._fail(connection, TimeoutError("Redis did not answer in time"))
+        else:
+            self.watchdog = loop.call_at(deadlines[0][0], self._watch, connection)
 
     async def _read(self, connection: Any) -> None:
         try:
             while self.waiting and connection is self.connection:
                 try:
-                    reply = await connection.read_response()
+                    # No timeout per reply: the watchdog's deadline bounds the wait (_watch).
+                    reply = await connection.read_response(timeout=math.inf)
                 except ResponseError as exc:  # an error reply: the call's, not the connection's
                     reply = exc
+                self.answered += 1
+                deadlines = self.deadlines
+                while deadlines and deadlines[0][1] <= self.answered:
+                    deadlines.popleft()
                 future = self.waiting.popleft()
                 if future.done():
                     continue  # its caller gave up (a timeout): the reply is dropped
@@ -165,6 +217,11 @@ class AutoPipeline:
         self.connection = None
         waiting, self.waiting = self.waiting, deque()
         self.outgoing = []
+        self.written = self.answered = 0
+        self.deadlines.clear()
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
         error = exc if isinstance(exc, Exception) else ConnectionError("the read was cancelled")
         for future in waiting:
             if not future.done():

@@ -131,7 +131,7 @@ class RedisBroker:
         *,
         prefix: str = "sb",
         client_name: str | None = None,
-        sync_timeout: float = 3.0,
+        timeout: float = 3.0,
     ) -> None:
         given = [address] if isinstance(address, RedisAddress | str) else list(address)
         if not given:
@@ -147,9 +147,11 @@ class RedisBroker:
         # What Redis' CLIENT LIST calls our connections: "switchboard:<replica>" from the layer.
         self.client_name = client_name
         self._clients: dict[asyncio.AbstractEventLoop, dict[int, aioredis.Redis]] = {}
+        # Seconds Redis has to answer a call: a script or a read through the automatic pipeline,
+        # or any command of sync code (then BrokerUnavailable).
+        self.timeout = timeout
         # For sync code: a pool per shard, and each thread's own client holding one connection
         # of it (made on first use).
-        self.sync_timeout = sync_timeout
         self._sync_pools: dict[int, ConnectionPool] = {}
         self._sync_lock = threading.Lock()
         self._thread = threading.local()
@@ -257,7 +259,7 @@ class RedisBroker:
             pool = self._sync_pools.get(shard)
             if pool is None:
                 pool = self._sync_pools[shard] = sync_pool_for(
-                    self.shards[shard], client_name=self.client_name, timeout=self.sync_timeout
+                    self.shards[shard], client_name=self.client_name, timeout=self.timeout
                 )
             return pool
 
@@ -278,7 +280,9 @@ class RedisBroker:
         pipelines = self._pipelines.setdefault(asyncio.get_running_loop(), {})
         pipeline = pipelines.get(shard)
         if pipeline is None:
-            pipeline = pipelines[shard] = AutoPipeline(self.redis(shard).connection_pool)
+            pipeline = pipelines[shard] = AutoPipeline(
+                self.redis(shard).connection_pool, timeout=lambda: self.timeout
+            )
         return pipeline
 
     def has_client(self) -> bool:
@@ -396,7 +400,7 @@ class RedisBroker:
     ) -> Appended:
         """`publish` for sync code (a view, an admin action, a task, a command): the same script
         through a blocking client, on the calling thread, with no event loop and no hand-off to
-        another thread. Waits for Redis at most `sync_timeout` seconds."""
+        another thread. Waits for Redis at most `timeout` seconds."""
         keys, args = self._publish_call(stream, group, body, message_id, idempotency, policy)
         shard = self.shard_of(stream)
         with translated(f"{scripts.PUBLISH.name} on {self.describe(shard)}"):

@@ -49,7 +49,7 @@ async def test_a_redis_that_answers_nothing_fails_the_call_as_unavailable(
 ) -> None:
     await publish.push_to_user(user_id=79, payload="warm")
     redis = layer.broker.redis("user:79")
-    monkeypatch.setattr("django.conf.settings.REDIS_TIMEOUT_SECS", 1)
+    monkeypatch.setattr(layer.broker, "timeout", 1)  # REDIS_TIMEOUT_SECS when it was made
     await redis.execute_command("CLIENT", "PAUSE", "1500", "ALL")
     with pytest.raises(BrokerUnavailable):
         await publish.push_to_user(user_id=79, payload="paused")
@@ -116,7 +116,7 @@ async def test_a_connect_whose_callers_all_gave_up_gives_its_connection_back_on_
     layer: StreamChannelLayer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pool = layer.broker.redis(0).connection_pool
-    pipeline = AutoPipeline(pool)
+    pipeline = AutoPipeline(pool, timeout=lambda: 5.0)
     asked, let_go = asyncio.Event(), asyncio.Event()
     handed: list[Any] = []
     get_connection = pool.get_connection
@@ -136,3 +136,32 @@ async def test_a_connect_whose_callers_all_gave_up_gives_its_connection_back_on_
     await asyncio.wait_for(closing, timeout=5)
     assert len(handed) == 1 and handed[0] not in pool._in_use_connections
     assert pipeline.connection is None
+
+
+async def test_calls_redis_leaves_unanswered_past_the_timeout_fail_together_before_it_answers(
+    layer: StreamChannelLayer,
+) -> None:
+    pool = layer.broker.redis(0).connection_pool
+    pipeline = AutoPipeline(pool, timeout=lambda: 0.3)
+    assert await pipeline.call("PING") == b"PONG"
+    await layer.broker.redis(0).execute_command("CLIENT", "PAUSE", "1500", "ALL")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    outcomes = await asyncio.gather(
+        pipeline.call_many([("PING",), ("PING",)]),
+        pipeline.call("PING"),
+        return_exceptions=True,
+    )
+    # Both failed with the connection, at its deadline: well before the pause ends.
+    assert [type(outcome) for outcome in outcomes] == [TimeoutError, TimeoutError]
+    assert loop.time() - started < 1.2
+    assert pipeline.connection is None and not pipeline.waiting
+
+    async def answers() -> bool:
+        try:
+            return bool(await pipeline.call("PING") == b"PONG")
+        except TimeoutError:
+            return False
+
+    await eventually(answers, timeout=8)  # a fresh connection once Redis is back
+    await pipeline.close()
