@@ -231,9 +231,14 @@ class LeanServer(daphne.server.Server):
             daphne.server.reactor.stop()
 
     def create_application(self, protocol: Any, scope: dict[str, Any]) -> Inbox | None:
-        """Daphne's own create_application (4.2), with an Inbox for the queue."""
+        """Daphne's own create_application (4.2), with an Inbox for the queue: a WebSocket's
+        bounded, its connection no longer read while its application is behind (inbox.py)."""
         assert "application_instance" not in self.connections[protocol]
-        input_queue = Inbox()
+        reads = getattr(protocol, "transport", None)
+        if scope.get("type") == "websocket" and reads is not None:
+            input_queue = Inbox(reads.pauseProducing, reads.resumeProducing)
+        else:
+            input_queue = Inbox()
         scope.setdefault("asgi", {"version": "3.0"})
         if self.fast_path and scope.get("type") == "websocket":
             scope["extensions"] = {

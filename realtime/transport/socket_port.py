@@ -23,8 +23,10 @@ not a WebSocket handshake gets websockets' 400 (or 426) and is closed.
 Limits: the request's head within HANDSHAKE_SECS, the application's accept within
 CONNECT_SECS (else 403, as Daphne's websocket_connect_timeout), the client's close frame within
 CLOSE_SECS of ours; an application still running APP_CLOSE_SECS after its socket closed is
-cancelled (Daphne's application_close_timeout). Liveness is the application's heartbeat
-(HEARTBEAT_SECS), not WebSocket pings.
+cancelled (Daphne's application_close_timeout); frames the application has not taken yet, at
+most inbox.py's INBOX_MAX_MESSAGES and INBOX_MAX_BYTES (past them the connection is not read
+until it catches up). Liveness is the application's heartbeat (HEARTBEAT_SECS), not WebSocket
+pings.
 """
 
 from __future__ import annotations
@@ -157,7 +159,9 @@ class SocketPortConnection(asyncio.Protocol):
             self.ws.send_response(response)
             return
         self.response = response
-        self.inbox = Inbox()
+        assert self.transport is not None
+        # Bounded: while the application is behind, the client's frames wait in TCP (inbox.py).
+        self.inbox = Inbox(self.transport.pause_reading, self.transport.resume_reading)
         self.inbox.put_nowait({"type": "websocket.connect"})
         scope = self._scope(request)
         # websockets' parser keeps the request for the socket's life (a local of its generator):

@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from devtools.cluster import free_port
 from realtime.lifetimes import LIVE
-from realtime.transport import socket_port
+from realtime.transport import inbox, socket_port
 from realtime.transport.socket_port import SocketPort
 from tests.integration.conftest import eventually
 
@@ -190,3 +190,59 @@ async def _until(condition: Callable[[], bool]) -> None:
         return condition()
 
     await eventually(holds, timeout=5)
+
+
+async def test_a_flood_the_application_has_not_read_waits_in_tcp_and_arrives_whole(
+    serve: Any,
+) -> None:
+    """A client sends far more than its application takes: the port stops reading it (the
+    inbox holds at most its limit), another socket is served meanwhile, and once the
+    application reads, every frame arrives, in order."""
+    reading = asyncio.Event()
+    got: dict[str, list[str]] = {}
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        name = scope["query_string"].decode()
+        got[name] = []
+        await receive()
+        await send({"type": "websocket.accept"})
+        if name == "flooder":
+            await reading.wait()
+        while (message := await receive())["type"] == "websocket.receive":
+            got[name].append(message["text"])
+            if name == "witness":
+                await send({"type": "websocket.send", "text": "echo " + message["text"]})
+
+    url, port = await serve(slow)
+    frame = "x" * 10_000
+    count = 2_000  # 20 MB
+    async with websockets.connect(url + "?flooder", open_timeout=5, max_queue=None) as flooder:
+        sending = asyncio.ensure_future(
+            _send_all(flooder, [f"{n:05d}{frame}" for n in range(count)])
+        )
+        [conn] = port.connections
+        await _until(lambda: conn.inbox is not None and conn.inbox.paused)
+        async with websockets.connect(url + "?witness", open_timeout=5) as witness:
+            for n in range(5):
+                await witness.send(f"ping {n}")
+                assert await asyncio.wait_for(witness.recv(), 2) == f"echo ping {n}"
+        assert not sending.done(), "the flooder's writes wait: its frames are not read"
+        # Held: the limit, and at most what the read that crossed it brought (asyncio reads
+        # 256 KiB at a time), of the 20 MB sent.
+        assert conn.inbox is not None and conn.inbox.items is not None
+        assert len(conn.inbox.items) < inbox.INBOX_MAX_MESSAGES + 30
+        assert conn.inbox.held < inbox.INBOX_MAX_BYTES + 256 * 1024
+        reading.set()
+        await asyncio.wait_for(sending, 30)
+
+        async def all_read() -> bool:
+            return len(got["flooder"]) == count
+
+        await eventually(all_read, timeout=30)
+    assert [int(text[:5]) for text in got["flooder"]] == list(range(count))
+    assert all(text[5:] == frame for text in got["flooder"])
+
+
+async def _send_all(client: Any, texts: list[str]) -> None:
+    for text in texts:
+        await client.send(text)

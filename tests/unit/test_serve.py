@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 
+from realtime.transport.inbox import INBOX_MAX_BYTES, INBOX_MAX_MESSAGES
 from realtime.transport.server import (
     ClosingWebSocketFactory,
     Inbox,
+    LeanServer,
     LeanWebSocketProtocol,
     WhenLogged,
 )
@@ -36,6 +39,54 @@ async def test_an_item_put_after_the_reader_was_cancelled_is_kept() -> None:
         await asyncio.wait_for(inbox.get(), 0.01)
     inbox.put_nowait("disconnect")
     assert await asyncio.wait_for(inbox.get(), 1) == "disconnect"
+
+
+class Reads:
+    """A connection's reads, as Twisted's transports pause and resume them."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pauseProducing(self) -> None:  # Twisted's name
+        self.calls.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.calls.append("resume")
+
+
+class Protocol:
+    """Daphne's protocol of one connection, as create_application sees it."""
+
+    def __init__(self) -> None:
+        self.transport = Reads()
+
+
+async def test_a_websockets_inbox_stops_its_reads_at_its_limit_and_resumes_once_emptied() -> None:
+    server = SimpleNamespace(
+        connections={},
+        application=lambda **_: asyncio.sleep(0),
+        fast_path=False,
+        handle_reply=lambda *_: None,
+    )
+    protocol = Protocol()
+    server.connections[protocol] = {}
+    inbox = LeanServer.create_application(server, protocol, {"type": "websocket"})  # type: ignore[arg-type]
+    assert inbox is not None
+    frames = [{"type": "websocket.receive", "text": str(n)} for n in range(INBOX_MAX_MESSAGES)]
+    for frame in frames[:-1]:
+        inbox.put_nowait(frame)
+    assert protocol.transport.calls == []
+    inbox.put_nowait(frames[-1])
+    assert protocol.transport.calls == ["pause"]
+    inbox.put_nowait({"type": "websocket.disconnect", "code": 1006})  # still queued, not lost
+    taken = [await inbox.get() for _ in range(INBOX_MAX_MESSAGES)]
+    assert taken == frames and protocol.transport.calls == ["pause"]
+    assert await inbox.get() == {"type": "websocket.disconnect", "code": 1006}
+    assert protocol.transport.calls == ["pause", "resume"]
+    # A megabyte in a few frames counts as much as many small ones.
+    inbox.put_nowait({"type": "websocket.receive", "bytes": b"x" * INBOX_MAX_BYTES})
+    assert protocol.transport.calls == ["pause", "resume", "pause"]
+    await server.connections[protocol]["application_instance"]
 
 
 def test_protocol_options_live_on_the_protocol_class_not_on_each_connection() -> None:
