@@ -54,6 +54,7 @@ PRESENCE_SWEEP = _load("presence_sweep")
 PRESENCE_ADMIT = _load("presence_admit")
 LIMIT_HIT = _load("limit_hit")
 ARCHIVE_TAKE = _load("archive_take")
+MEMBERSHIPS = _load("memberships")
 ALL = (
     PUBLISH,
     MARK,
@@ -63,6 +64,7 @@ ALL = (
     PRESENCE_ADMIT,
     LIMIT_HIT,
     ARCHIVE_TAKE,
+    MEMBERSHIPS,
 )
 
 

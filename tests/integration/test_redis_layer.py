@@ -111,6 +111,25 @@ async def test_sockets_joining_in_one_turn_share_a_subscribe_and_each_gets_only_
     await other.flush()
 
 
+async def test_a_publish_counts_the_sockets_joined_and_none_once_they_left(
+    layer: StreamChannelLayer,
+) -> None:
+    other = StreamChannelLayer(hosts=hosts_of(layer), prefix=layer.prefix, node="other")
+    channels = [await other.new_channel() for _ in range(3)]
+    await asyncio.gather(*(other.group_add("user.400", channel) for channel in channels))
+    await other.memberships_written()
+    first = await publish.push_to_user(user_id=400, payload=1)
+    assert (first.sockets, first.replicas) == (3, 1)
+    for channel in channels:
+        await other.group_discard("user.400", channel)
+    await other.memberships_written()
+    second = await publish.push_to_user(user_id=400, payload=2)
+    assert (second.sockets, second.replicas) == (0, 0)
+    members = layer.broker.keys.members("user:400")
+    assert await layer.broker.redis("user:400").hgetall(members) == {}  # the entry is gone
+    await other.flush()
+
+
 async def test_plain_group_messages_cross_layers(layer: StreamChannelLayer, redis_url: str) -> None:
     other = StreamChannelLayer(hosts=hosts_of(layer), prefix=layer.prefix, node="other")
     channel = await other.new_channel()
