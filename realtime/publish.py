@@ -207,6 +207,23 @@ async def publish(
     return _result(out, appended, started)
 
 
+async def publish_many(messages: list[tuple[str, Any, str | None]]) -> list[PublishResult]:
+    """`publish` for several (stream, payload, idempotency) messages, their results in the
+    order given: each Redis shard's in one script call, each message numbered and stored as a
+    publish of its own would be, a stream's messages in the order given. Raises
+    RealtimeUnavailable if any shard does not answer (the others' messages may have gone out:
+    idempotency keys make a retry of the whole batch safe)."""
+    outs = [
+        _outgoing(stream, payload, None, idempotency) for stream, payload, idempotency in messages
+    ]
+    started = time.perf_counter()
+    try:
+        appended = await broker.current().publish_many([_broker_args(out) for out in outs])
+    except (BrokerUnavailable, TimeoutError) as exc:
+        raise _unavailable(outs[0], exc) from exc
+    return [_result(out, each, started) for out, each in zip(outs, appended, strict=True)]
+
+
 def publish_sync(
     *, stream: str, payload: Any, sender: str | None = None, idempotency: str | None = None
 ) -> PublishResult:

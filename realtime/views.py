@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
@@ -302,8 +301,9 @@ async def handle_push_batch(request: ApiRequest) -> dict[str, Any]:
     """POST {"messages": [{"user": "alice", "payload": {...}}, ...]} -> each reaches its user.
 
     One request, one token check and one user query for up to MAX_BATCH_MESSAGES pushes: a
-    Django request costs far more server CPU than a publish. Pushes to the same user are sent
-    in the order given; different users' in parallel. All users must exist, or nothing is sent.
+    Django request costs far more server CPU than a publish. The pushes go to Redis together
+    (publish.publish_many), each numbered and stored as a push of its own, those to the same
+    user in the order given. All users must exist, or nothing is sent.
     With an Idempotency-Key, message i is keyed "<key>#<i>", so a batch retried after a 503
     (which may come after some were sent) publishes each message exactly once.
     """
@@ -329,27 +329,23 @@ async def handle_push_batch(request: ApiRequest) -> dict[str, Any]:
             "nothing was sent.",
         )
     key = _idempotency(request, publisher)
-    by_user: dict[str, list[int]] = {}
-    for index, item in enumerate(messages):
-        by_user.setdefault(item["user"], []).append(index)
-    results: list[dict[str, Any]] = [{} for _ in messages]
-
-    async def push_in_order(username: str, indexes: list[int]) -> None:
-        for index in indexes:
-            result = await publish.push_to_user(
-                user_id=ids[username],
-                payload=messages[index]["payload"],
-                idempotency=f"{key}#{index}" if key else None,
+    # One call: each Redis shard publishes its part of the batch in one script call, in the
+    # order given (so pushes to the same user arrive in that order).
+    published = await publish.publish_many(
+        [
+            (
+                groups.user_stream(ids[item["user"]]),
+                item["payload"],
+                f"{key}#{index}" if key else None,
             )
-            results[index] = {"user": username, **result.as_dict()}
-
-    finished = await asyncio.gather(
-        *(push_in_order(u, indexes) for u, indexes in by_user.items()), return_exceptions=True
+            for index, item in enumerate(messages)
+        ]
     )
-    for each in finished:  # every push has finished or failed: none is left running
-        if isinstance(each, BaseException):
-            raise each
-    logger.info("push batch=%d users=%d by=%s", len(messages), len(by_user), publisher)
+    results = [
+        {"user": item["user"], **result.as_dict()}
+        for item, result in zip(messages, published, strict=True)
+    ]
+    logger.info("push batch=%d users=%d by=%s", len(messages), len(usernames), publisher)
     return {"results": results}
 
 

@@ -20,8 +20,10 @@ from redis.exceptions import NoScriptError
 T = TypeVar("T")
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
-# Prepended to the presence scripts: Lua has no include.
+# Prepended to the scripts that share functions (Lua in Redis has no include).
 _PRELUDES = {
+    "publish": "publish_one",
+    "publish_many": "publish_one",
     "presence_join": "presence_has_live",
     "presence_leave": "presence_has_live",
     "presence_sweep": "presence_has_live",
@@ -47,6 +49,7 @@ def _load(name: str) -> Script:
 
 
 PUBLISH = _load("publish")
+PUBLISH_MANY = _load("publish_many")
 MARK = _load("mark")
 PRESENCE_JOIN = _load("presence_join")
 PRESENCE_LEAVE = _load("presence_leave")
@@ -57,6 +60,7 @@ ARCHIVE_TAKE = _load("archive_take")
 MEMBERSHIPS = _load("memberships")
 ALL = (
     PUBLISH,
+    PUBLISH_MANY,
     MARK,
     PRESENCE_JOIN,
     PRESENCE_LEAVE,
