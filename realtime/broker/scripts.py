@@ -55,6 +55,7 @@ PRESENCE_JOIN = _load("presence_join")
 PRESENCE_LEAVE = _load("presence_leave")
 PRESENCE_SWEEP = _load("presence_sweep")
 PRESENCE_ADMIT = _load("presence_admit")
+PRESENCE_TOUCH = _load("presence_touch")
 LIMIT_HIT = _load("limit_hit")
 ARCHIVE_TAKE = _load("archive_take")
 MEMBERSHIPS = _load("memberships")
@@ -66,6 +67,7 @@ ALL = (
     PRESENCE_LEAVE,
     PRESENCE_SWEEP,
     PRESENCE_ADMIT,
+    PRESENCE_TOUCH,
     LIMIT_HIT,
     ARCHIVE_TAKE,
     MEMBERSHIPS,
