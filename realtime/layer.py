@@ -433,32 +433,36 @@ class _ShardSubscriber:
         command. One queue for both kinds keeps their order: an UNSUBSCRIBE asked for after a
         SUBSCRIBE is never sent before it."""
         self._queued.append((command, channel))
-        if len(self._queued) == 1:
+        # One sender at a time, which takes whatever was queued while it sent: two could
+        # interleave their commands out of order.
+        if self._sender is None or self._sender.done():
             self._sender = asyncio.get_running_loop().create_task(self._send_queued())
 
     async def _send_queued(self) -> None:
-        queued, self._queued = self._queued, []
-        runs: list[tuple[str, list[str]]] = []
-        for command, channel in queued:
-            if runs and runs[-1][0] == command:
-                runs[-1][1].append(channel)
-            else:
-                runs.append((command, [channel]))
-        for index, (command, channels) in enumerate(runs):
-            pubsub = self._pubsub
-            try:
-                if pubsub is None:
-                    raise ConnectionError("the subscription connection is down")
-                if command == "SUBSCRIBE":
-                    await pubsub.subscribe(*channels)
+        while self._queued:
+            queued, self._queued = self._queued, []
+            runs: list[tuple[str, list[str]]] = []
+            for command, channel in queued:
+                if runs and runs[-1][0] == command:
+                    runs[-1][1].append(channel)
                 else:
-                    await pubsub.unsubscribe(*channels)
-            except REDIS_FAILURES as exc:
-                # The reader reconnects and subscribes to every group still held; what waits
-                # on a SUBSCRIBE not sent is told now (group_add() raises BrokerUnavailable).
-                for _, failed in runs[index:]:
-                    self._fail(failed, exc)
-                return
+                    runs.append((command, [channel]))
+            for index, (command, channels) in enumerate(runs):
+                pubsub = self._pubsub
+                try:
+                    if pubsub is None:
+                        raise ConnectionError("the subscription connection is down")
+                    if command == "SUBSCRIBE":
+                        await pubsub.subscribe(*channels)
+                    else:
+                        await pubsub.unsubscribe(*channels)
+                except REDIS_FAILURES as exc:
+                    # The reader reconnects and subscribes to every group still held; what
+                    # waits on a SUBSCRIBE not sent is told now (group_add() raises
+                    # BrokerUnavailable).
+                    for _, failed in runs[index:]:
+                        self._fail(failed, exc)
+                    break
 
     def _fail(self, channels: list[str], exc: BaseException) -> None:
         for channel in channels:
