@@ -424,7 +424,13 @@ class _ShardSubscriber:
             return
         if not self.subscribed_event.is_set():
             return
-        self._queue("UNSUBSCRIBE", self.layer.owner.group_channel(group))
+        channel = self.layer.owner.group_channel(group)
+        if channel in self._pending:
+            # Its SUBSCRIBE is not confirmed yet: the confirmation unsubscribes it if nobody
+            # joined meanwhile (_on_subscribed). An UNSUBSCRIBE now would be undone by that
+            # SUBSCRIBE's answer, which the next join would take as its own.
+            return
+        self._queue("UNSUBSCRIBE", channel)
 
     def _queue(self, command: str, channel: str) -> None:
         """Send `command` for `channel` with the others asked for in this turn of the loop. A
@@ -524,6 +530,12 @@ class _ShardSubscriber:
         future = self._pending.pop(channel, None)
         if future is not None and not future.done():
             future.set_result(None)
+        layer = self.layer
+        if channel != layer.process_channel and not layer.hub.count(
+            layer.keys.group_of_channel(channel)
+        ):
+            # Everyone left before Redis confirmed it (or while the connection came back).
+            self._queue("UNSUBSCRIBE", channel)
 
     def _fail_pending(self, exc: BaseException) -> None:
         for future in self._pending.values():

@@ -50,6 +50,7 @@ class AutoPipeline:
         self.answered = 0
         self.deadlines: deque[tuple[float, int]] = deque()
         self.watchdog: asyncio.TimerHandle | None = None
+        self.flush_deadline: float | None = None  # the earliest of this turn's calls'
         self.connection: Any = None
         self.connecting: asyncio.Future[None] | None = None
         self.waiting: deque[asyncio.Future[Any]] = deque()
@@ -60,19 +61,29 @@ class AutoPipeline:
         self.discarding: set[asyncio.Task[None]] = set()  # dropped connections being given back
         self.closed = False
 
-    async def call(self, *args: Any) -> Any:
-        """Send one command; its reply (an error reply raised as redis-py raises it)."""
-        connection = self.connection or await self._connect()
-        return await self._queue(connection, args)
+    def deadline(self) -> float:
+        """When a call made now must have its answer: now plus the timeout, in loop time. A
+        caller that retries passes the first attempt's, so that both share one timeout."""
+        return asyncio.get_running_loop().time() + self.timeout()
 
-    async def call_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def call(self, *args: Any, deadline: float | None = None) -> Any:
+        """Send one command; its reply (an error reply raised as redis-py raises it), or
+        TimeoutError past `deadline` (loop time; by default a timeout from now)."""
+        deadline = self.deadline() if deadline is None else deadline
+        connection = self.connection or await self._connect(deadline)
+        return await self._queue(connection, args, deadline)
+
+    async def call_many(
+        self, commands: list[tuple[Any, ...]], *, deadline: float | None = None
+    ) -> list[Any]:
         """Several commands queued at once (one write, with whatever else this turn queues);
         their replies in order, once all have answered. A failed connection is raised, else the
         first error reply; every other error is retrieved, never left to the loop to report."""
         if not commands:
             return []
-        connection = self.connection or await self._connect()
-        futures = [self._queue(connection, args) for args in commands]
+        deadline = self.deadline() if deadline is None else deadline
+        connection = self.connection or await self._connect(deadline)
+        futures = [self._queue(connection, args, deadline) for args in commands]
         try:
             await asyncio.wait(futures)
         finally:
@@ -89,10 +100,17 @@ class AutoPipeline:
             raise (failed or errors)[0]
         return replies
 
-    def _queue(self, connection: Any, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+    def _queue(
+        self, connection: Any, args: tuple[Any, ...], deadline: float
+    ) -> asyncio.Future[Any]:
         """Queue a command for this turn's write; the future its reply resolves."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
+        if deadline <= loop.time():  # (a retry after a slow first attempt): not sent at all
+            future.set_exception(TimeoutError("Redis did not answer in time"))
+            return future
+        if self.flush_deadline is None or deadline < self.flush_deadline:
+            self.flush_deadline = deadline
         self.waiting.append(future)
         self.written += 1
         if pack_command is not None:
@@ -107,7 +125,7 @@ class AutoPipeline:
             self.reader = loop.create_task(self._read(connection))
         return future
 
-    async def _connect(self) -> Any:
+    async def _connect(self, deadline: float) -> Any:
         if self.closed:
             raise ConnectionError("the broker is closed")
         if self.connecting is None:
@@ -117,7 +135,7 @@ class AutoPipeline:
             # Shielded: one caller's timeout must not cancel the others' connect (nor leave the
             # connection it brings with nobody: _open adopts or gives it back by itself). The
             # deadline of the call's first write covers connecting too.
-            async with asyncio.timeout(self.timeout()):
+            async with asyncio.timeout_at(deadline):
                 await asyncio.shield(connecting)
         finally:
             if self.connecting is connecting and connecting.done():
@@ -141,6 +159,7 @@ class AutoPipeline:
     def _flush(self) -> None:
         self.flush_scheduled = False
         data, self.outgoing = b"".join(self.outgoing), []
+        deadline, self.flush_deadline = self.flush_deadline, None
         # What is queued belongs to the current connection: a failed one's queue was dropped
         # with it (its callers told), and calls since then queued for its successor.
         connection = self.connection
@@ -154,7 +173,8 @@ class AutoPipeline:
         # waiting: no drain() (it would make a task per write).
         writer.write(data)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout()
+        if deadline is None:
+            deadline = loop.time() + self.timeout()
         self.deadlines.append((deadline, self.written))
         # One timer at a time. It is left armed when its write is answered (cancelling and
         # arming one per call is what this saves): it then finds the next deadline when it
@@ -191,6 +211,8 @@ class AutoPipeline:
                     reply = await connection.read_response(timeout=math.inf)
                 except ResponseError as exc:  # an error reply: the call's, not the connection's
                     reply = exc
+                if connection is not self.connection:
+                    return  # failed meanwhile (its deadline passed): its callers were told
                 self.answered += 1
                 deadlines = self.deadlines
                 while deadlines and deadlines[0][1] <= self.answered:
@@ -210,10 +232,20 @@ class AutoPipeline:
             if self.read_by is connection:
                 self.read_by = None
 
-    def _fail(self, connection: Any, exc: BaseException, *, discard: bool = True) -> None:
-        """Every call waiting on `connection` fails with `exc`; the connection is dropped."""
+    def _fail(
+        self, connection: Any, exc: BaseException, *, discard: bool = True
+    ) -> asyncio.Task[None] | None:
+        """Every call waiting on `connection` fails with `exc`; the connection is dropped (and
+        given back once its reader has ended, which is returned)."""
         if connection is not self.connection:
-            return
+            return None
+        # Its reader, if still waiting in redis-py (the watchdog failed the connection): ended
+        # before the connection goes back to the pool, where another caller may take it.
+        reader = self.reader if self.read_by is connection else None
+        if reader is not None and (reader.done() or reader is asyncio.current_task()):
+            reader = None
+        if reader is not None:
+            reader.cancel()
         self.connection = None
         waiting, self.waiting = self.waiting, deque()
         self.outgoing = []
@@ -227,11 +259,14 @@ class AutoPipeline:
             if not future.done():
                 future.set_exception(error)
         if discard:
-            task = asyncio.get_running_loop().create_task(self._discard(connection))
+            task = asyncio.get_running_loop().create_task(self._discard(connection, reader))
             self.discarding.add(task)
             task.add_done_callback(self.discarding.discard)
+        return reader
 
-    async def _discard(self, connection: Any) -> None:
+    async def _discard(self, connection: Any, reader: asyncio.Task[None] | None = None) -> None:
+        if reader is not None:
+            await asyncio.wait([reader], timeout=2)
         await connection.disconnect(nowait=True)
         await self.pool.release(connection)
 
@@ -245,5 +280,5 @@ class AutoPipeline:
             await asyncio.wait(pending, timeout=2)
         connection = self.connection
         if connection is not None:
-            self._fail(connection, ConnectionError("the broker closed"), discard=False)
-            await self._discard(connection)
+            reader = self._fail(connection, ConnectionError("the broker closed"), discard=False)
+            await self._discard(connection, reader)

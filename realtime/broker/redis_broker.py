@@ -406,17 +406,13 @@ class RedisBroker:
                 indexes[start : start + PUBLISH_MANY_CHUNK]
                 for start in range(0, len(indexes), PUBLISH_MANY_CHUNK)
             ]
-            runs = [
-                self.run(
-                    scripts.PUBLISH_MANY,
-                    [key for index in chunk for key in calls[index][0]],
-                    [arg for index in chunk for arg in calls[index][1]],
-                    on=shard,
-                )
-                for chunk in chunks
-            ]
-            # (All queued in this turn: they go out in one write either way.)
-            replies = [await runs[0]] if len(runs) == 1 else await asyncio.gather(*runs)
+            # One after another: a chunk that fails stops those after it, so a user's later
+            # pushes never go out ahead of earlier ones that a retry will send.
+            replies = []
+            for chunk in chunks:
+                keys = [key for index in chunk for key in calls[index][0]]
+                args = [arg for index in chunk for arg in calls[index][1]]
+                replies.append(await self.run(scripts.PUBLISH_MANY, keys, args, on=shard))
             return [
                 _appended(reply[7 * n : 7 * n + 7])
                 for chunk, reply in zip(chunks, replies, strict=True)
@@ -514,7 +510,10 @@ class RedisBroker:
         async def on_shard(shard: int, batch: list[T]) -> list[Any]:
             commands = [command(item) for item in batch]
             with translated(f"{what} on {self.describe(shard)}"):
-                return await scripts.retried(self.autopipeline(shard).call_many, commands)
+                pipeline = self.autopipeline(shard)
+                return await scripts.retried(
+                    pipeline.call_many, commands, deadline=pipeline.deadline()
+                )
 
         return [
             (item, reply)

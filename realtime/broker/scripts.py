@@ -8,6 +8,7 @@ SCRIPT EXISTS: a second round trip on every presence heartbeat and delivery-mark
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -110,26 +111,29 @@ def run_sync(client: Any, script: Script, keys: list[str], args: list[Any]) -> A
         return client.evalsha(script.sha, len(keys), *keys, *args)
 
 
-async def retried(call: Callable[..., Awaitable[T]], *args: Any) -> T:
+async def retried(call: Callable[..., Awaitable[T]], *args: Any, deadline: float) -> T:
     """`call(*args)` on the automatic pipeline, made once more if the connection failed under
     it, as redis-py's Retry did for each command (a publish whose first write did reach Redis is
-    then stored twice: callers that must not see that send an idempotency key)."""
+    then stored twice: callers that must not see that send an idempotency key). Both attempts
+    answer by `deadline` (the pipeline's loop time), or TimeoutError."""
     try:
-        return await call(*args)
+        return await call(*args, deadline=deadline)
     except (RedisConnectionError, ConnectionError):
-        return await call(*args)
+        return await call(*args, deadline=deadline)
 
 
 async def run(pipeline: Any, client: Any, script: Script, keys: list[str], args: list[Any]) -> Any:
     """One script call through the loop's automatic pipeline (autopipeline.py), retried once on
     a failed connection: EVALSHA, and on NOSCRIPT every script loaded (through `client`) and the
-    call made again."""
+    call made again. All of it within the pipeline's one timeout (TimeoutError past it)."""
     call = ("EVALSHA", script.sha, len(keys), *keys, *args)
+    deadline = pipeline.deadline()
     try:
-        return await retried(pipeline.call, *call)
+        return await retried(pipeline.call, *call, deadline=deadline)
     except NoScriptError:
-        async with client.pipeline(transaction=False) as pipe:
-            for each in ALL:
-                pipe.script_load(each.source)
-            await pipe.execute()
-        return await pipeline.call(*call)
+        async with asyncio.timeout_at(deadline):
+            async with client.pipeline(transaction=False) as pipe:
+                for each in ALL:
+                    pipe.script_load(each.source)
+                await pipe.execute()
+        return await pipeline.call(*call, deadline=deadline)

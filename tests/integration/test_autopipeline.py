@@ -165,3 +165,40 @@ async def test_calls_redis_leaves_unanswered_past_the_timeout_fail_together_befo
 
     await eventually(answers, timeout=8)  # a fresh connection once Redis is back
     await pipeline.close()
+
+
+async def test_a_connection_failed_by_its_deadline_leaves_the_next_one_its_own_deadlines(
+    layer: StreamChannelLayer,
+) -> None:
+    """The reader of a connection the deadline failed takes no late reply as the next
+    connection's: a second stall is timed out as the first was, never waited on for good."""
+    pipeline = AutoPipeline(layer.broker.redis(0).connection_pool, timeout=lambda: 0.3)
+    redis = layer.broker.redis(0)
+    loop = asyncio.get_running_loop()
+    for _ in range(2):
+        assert await pipeline.call("PING") == b"PONG"
+        await redis.execute_command("CLIENT", "PAUSE", "700", "ALL")
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(pipeline.call("PING"), timeout=5)
+        assert loop.time() - started < 0.65
+        assert (pipeline.written, pipeline.answered) == (0, 0)
+
+        async def answers() -> bool:
+            try:
+                return bool(await pipeline.call("PING") == b"PONG")
+            except TimeoutError:
+                return False
+
+        await eventually(answers, timeout=5)
+        assert pipeline.answered <= pipeline.written
+    await pipeline.close()
+
+
+async def test_a_call_whose_deadline_passed_is_not_sent(layer: StreamChannelLayer) -> None:
+    pipeline = layer.broker.autopipeline(0)
+    assert await pipeline.call("PING") == b"PONG"
+    key = "{ap-late}:n"
+    with pytest.raises(TimeoutError):
+        await pipeline.call("INCR", key, deadline=pipeline.deadline() - 10)
+    assert await pipeline.call("INCR", key) == 1  # the late one never ran

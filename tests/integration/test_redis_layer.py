@@ -18,6 +18,7 @@ from redis.asyncio.client import PubSub
 from devtools.cluster import free_port
 from realtime import broker, publish
 from realtime.layer import StreamChannelLayer
+from tests.integration.conftest import eventually
 
 
 class Collector:
@@ -127,6 +128,53 @@ async def test_a_publish_counts_the_sockets_joined_and_none_once_they_left(
     assert (second.sockets, second.replicas) == (0, 0)
     members = layer.broker.keys.members("user:400")
     assert await layer.broker.redis("user:400").hgetall(members) == {}  # the entry is gone
+    await other.flush()
+
+
+async def subscribers(layer: StreamChannelLayer, group: str) -> int:
+    """How many connections Redis has subscribed to `group`'s channel."""
+    channel = layer.group_channel(group)
+    stream = group.replace(".", ":", 1)
+    [(_, count)] = await layer.broker.redis(stream).pubsub_numsub(channel)
+    return int(count)
+
+
+async def test_a_group_left_and_joined_again_before_redis_confirmed_stays_subscribed(
+    layer: StreamChannelLayer,
+) -> None:
+    other = StreamChannelLayer(hosts=hosts_of(layer), prefix=layer.prefix, node="other")
+    warm = await other.new_channel()
+    await other.group_add("user.601", warm)  # the subscription connection is up
+    first, second = await other.new_channel(), await other.new_channel()
+    sink = Collector()
+    other.add_sink(second, sink)
+    joining = asyncio.ensure_future(other.group_add("user.600", first))
+    await asyncio.sleep(0)  # joined; its SUBSCRIBE queued, not confirmed
+    await other.group_discard("user.600", first)  # left before the confirmation
+    await other.group_add("user.600", second)  # joined again: the same SUBSCRIBE's answer
+    await joining
+    await publish.push_to_user(user_id=600, payload="still here")
+    await sink.wait_count(1)
+    assert await subscribers(layer, "user.600") == 1
+    await other.flush()
+
+
+async def test_a_group_everyone_left_before_redis_confirmed_is_unsubscribed_after(
+    layer: StreamChannelLayer,
+) -> None:
+    other = StreamChannelLayer(hosts=hosts_of(layer), prefix=layer.prefix, node="other")
+    warm = await other.new_channel()
+    await other.group_add("user.611", warm)
+    channel = await other.new_channel()
+    joining = asyncio.ensure_future(other.group_add("user.610", channel))
+    await asyncio.sleep(0)
+    await other.group_discard("user.610", channel)
+    await joining
+
+    async def gone() -> bool:
+        return await subscribers(layer, "user.610") == 0
+
+    await eventually(gone, timeout=3)
     await other.flush()
 
 
