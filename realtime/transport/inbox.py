@@ -56,6 +56,15 @@ class Inbox:
                 self.paused = True
                 self.pause()
 
+    def release(self) -> None:
+        """The application has ended: what it did not take is dropped, and a connection paused
+        for it is read again (its close handshake, its EOF)."""
+        self.items = None
+        self.held = 0
+        if self.paused and self.resume is not None:
+            self.paused = False
+            self.resume()
+
     async def get(self) -> Any:
         items = self.items
         if items:

@@ -250,9 +250,10 @@ class LeanServer(daphne.server.Server):
         )
         if protocol not in self.connections:
             return None
-        self.connections[protocol]["application_instance"] = asyncio.ensure_future(
-            application_instance, loop=asyncio.get_event_loop()
-        )
+        instance = asyncio.ensure_future(application_instance, loop=asyncio.get_event_loop())
+        # An application that ended leaves nothing queued and its connection read again.
+        instance.add_done_callback(lambda _: input_queue.release())
+        self.connections[protocol]["application_instance"] = instance
         return input_queue
 
 

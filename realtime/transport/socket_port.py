@@ -309,6 +309,8 @@ class SocketPortConnection(asyncio.Protocol):
         failure = None if app.cancelled() else app.exception()
         if failure is not None:
             logger.error("socket application failed", exc_info=failure)
+        if self.inbox is not None:
+            self.inbox.release()
         if self.closed:
             self._disarm()
             return

@@ -246,3 +246,30 @@ async def test_a_flood_the_application_has_not_read_waits_in_tcp_and_arrives_who
 async def _send_all(client: Any, texts: list[str]) -> None:
     for text in texts:
         await client.send(text)
+
+
+async def test_an_application_that_fails_with_frames_unread_still_closes_cleanly(
+    serve: Any,
+) -> None:
+    fail = asyncio.Event()
+
+    async def gives_up(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await fail.wait()  # never reads its frames
+        raise RuntimeError("broken with frames unread")
+
+    url, port = await serve(gives_up)
+    async with websockets.connect(url, open_timeout=5, max_queue=None) as client:
+        sending = asyncio.ensure_future(_send_all(client, ["y" * 10_000] * 500))
+        [conn] = port.connections
+        await _until(lambda: conn.inbox is not None and conn.inbox.paused)
+        fail.set()
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(client.recv(), 5)
+        sending.cancel()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+    await _until(lambda: not port.connections)
+    # The port read the client again once the application was gone: it got the client's
+    # answer to its close (not a connection cut off after CLOSE_SECS).
+    assert conn.ws.close_rcvd is not None and conn.ws.close_rcvd.code == 1011

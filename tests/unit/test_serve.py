@@ -86,7 +86,11 @@ async def test_a_websockets_inbox_stops_its_reads_at_its_limit_and_resumes_once_
     # A megabyte in a few frames counts as much as many small ones.
     inbox.put_nowait({"type": "websocket.receive", "bytes": b"x" * INBOX_MAX_BYTES})
     assert protocol.transport.calls == ["pause", "resume", "pause"]
+    inbox.put_nowait({"type": "websocket.receive", "text": "left unread"})
     await server.connections[protocol]["application_instance"]
+    # The application ended with its queue full: the queue is dropped, the connection read again.
+    assert protocol.transport.calls == ["pause", "resume", "pause", "resume"]
+    assert inbox.items is None and inbox.held == 0
 
 
 def test_protocol_options_live_on_the_protocol_class_not_on_each_connection() -> None:
