@@ -15,11 +15,13 @@ every call waiting on it with that error and is dropped; the next call connects 
 whose write may have reached Redis is not retried here: the broker's callers decide (a publish
 retries once, as redis-py's Retry did, and says an idempotency key makes that safe).
 
-Redis must answer every command within `timeout` seconds of its write, or the connection fails
-with TimeoutError (which callers report as Redis being unavailable). One timer watches the
-whole connection, armed for the oldest unanswered write: callers arm no timeout of their own
-and redis-py's reads arm none per reply, which were two timers a publish (~5% of a replica's
-CPU per push, docs/performance.md).
+Every call has a deadline, by default `timeout` seconds from when it is made (a retry passes
+its first attempt's, so both share one timeout); a write's is the earliest of its calls'. A
+write not answered by then fails the connection with TimeoutError (which callers report as
+Redis being unavailable), and a call whose deadline passed before its write is not sent. One
+timer watches the whole connection, armed for the oldest unanswered write: callers arm no
+timeout of their own and redis-py's reads arm none per reply, which were two timers a publish
+(docs/performance.md).
 """
 
 from __future__ import annotations
