@@ -466,16 +466,8 @@ class _ShardSubscriber:
                     # The reader reconnects and subscribes to every group still held; what
                     # waits on a SUBSCRIBE not sent is told now (group_add() raises
                     # BrokerUnavailable).
-                    for _, failed in runs[index:]:
-                        self._fail(failed, exc)
+                    self._fail_pending(exc, [c for _, failed in runs[index:] for c in failed])
                     break
-
-    def _fail(self, channels: list[str], exc: BaseException) -> None:
-        for channel in channels:
-            future = self._pending.pop(channel, None)
-            if future is not None and not future.done():
-                future.set_exception(ConnectionError(f"subscribing failed: {exc!r}"))
-                future.exception()  # consumed here, so an unawaited one is not reported
 
     async def _read_forever(self) -> None:
         backoff = 0.05
@@ -537,9 +529,10 @@ class _ShardSubscriber:
             # Everyone left before Redis confirmed it (or while the connection came back).
             self._queue("UNSUBSCRIBE", channel)
 
-    def _fail_pending(self, exc: BaseException) -> None:
-        for future in self._pending.values():
-            if not future.done():
+    def _fail_pending(self, exc: BaseException, channels: list[str] | None = None) -> None:
+        """Those waiting on `channels`' SUBSCRIBEs (all of them by default) fail with `exc`."""
+        for channel in list(self._pending) if channels is None else channels:
+            future = self._pending.pop(channel, None)
+            if future is not None and not future.done():
                 future.set_exception(ConnectionError(f"Redis subscription lost: {exc!r}"))
                 future.exception()  # consumed here, so an unawaited one is not reported
-        self._pending.clear()

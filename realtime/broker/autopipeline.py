@@ -165,7 +165,7 @@ class AutoPipeline:
         # What is queued belongs to the current connection: a failed one's queue was dropped
         # with it (its callers told), and calls since then queued for its successor.
         connection = self.connection
-        if connection is None or not data:
+        if connection is None or not data or deadline is None:  # (data comes with a deadline)
             return
         writer = getattr(connection, "_writer", None)
         if writer is None or writer.is_closing():
@@ -175,8 +175,6 @@ class AutoPipeline:
         # waiting: no drain() (it would make a task per write).
         writer.write(data)
         loop = asyncio.get_running_loop()
-        if deadline is None:
-            deadline = loop.time() + self.timeout()
         self.deadlines.append((deadline, self.written))
         # One timer at a time. It is left armed when its write is answered (cancelling and
         # arming one per call is what this saves): it then finds the next deadline when it
@@ -194,9 +192,7 @@ class AutoPipeline:
         self.watchdog = None
         if connection is not self.connection:
             return
-        deadlines = self.deadlines
-        while deadlines and deadlines[0][1] <= self.answered:
-            deadlines.popleft()
+        deadlines = self._unanswered()
         if not deadlines:
             return
         loop = asyncio.get_running_loop()
@@ -204,6 +200,13 @@ class AutoPipeline:
             self._fail(connection, TimeoutError("Redis did not answer in time"))
         else:
             self.watchdog = loop.call_at(deadlines[0][0], self._watch, connection)
+
+    def _unanswered(self) -> deque[tuple[float, int]]:
+        """The deadlines of the writes not answered in full, oldest first (the others dropped)."""
+        deadlines = self.deadlines
+        while deadlines and deadlines[0][1] <= self.answered:
+            deadlines.popleft()
+        return deadlines
 
     async def _read(self, connection: Any) -> None:
         try:
@@ -216,9 +219,7 @@ class AutoPipeline:
                 if connection is not self.connection:
                     return  # failed meanwhile (its deadline passed): its callers were told
                 self.answered += 1
-                deadlines = self.deadlines
-                while deadlines and deadlines[0][1] <= self.answered:
-                    deadlines.popleft()
+                self._unanswered()
                 future = self.waiting.popleft()
                 if future.done():
                     continue  # its caller gave up (a timeout): the reply is dropped
@@ -253,6 +254,7 @@ class AutoPipeline:
         self.outgoing = []
         self.written = self.answered = 0
         self.deadlines.clear()
+        self.flush_deadline = None
         if self.watchdog is not None:
             self.watchdog.cancel()
             self.watchdog = None

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis import ConnectionPool
@@ -422,11 +422,10 @@ class RedisBroker:
         def route(index: int) -> str:
             return str(messages[index]["stream"])
 
-        appended: list[Appended | None] = [None] * len(messages)
+        appended: dict[int, Appended] = {}
         for indexes, results in await self.each_shard(range(len(messages)), route, on_shard):
-            for index, result in zip(indexes, results, strict=True):
-                appended[index] = result
-        return cast(list[Appended], appended)
+            appended.update(zip(indexes, results, strict=True))
+        return [appended[index] for index in range(len(messages))]
 
     def publish_sync(
         self,

@@ -61,6 +61,9 @@ class Inbox:
         for it is read again (its close handshake, its EOF)."""
         self.items = None
         self.held = 0
+        self._read_again()
+
+    def _read_again(self) -> None:
         if self.paused and self.resume is not None:
             self.paused = False
             self.resume()
@@ -73,17 +76,16 @@ class Inbox:
                 self.held -= _size(item)
             if not items:
                 self.items = None  # an empty deque is ~600 bytes a socket
-                if self.paused and self.resume is not None:
-                    self.paused = False
-                    self.resume()
+                self._read_again()
             return item
         self.waiter = asyncio.get_running_loop().create_future()
         return await self.waiter
 
 
 def _size(item: Any) -> int:
+    """A WebSocket message's text or bytes (what a bounded inbox holds), in characters or bytes."""
     text = item.get("text")
     if text is not None:
         return len(text)
-    data = item.get("bytes") or item.get("body")
+    data = item.get("bytes")
     return len(data) if data else 0
