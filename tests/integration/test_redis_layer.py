@@ -131,6 +131,12 @@ async def test_a_publish_counts_the_sockets_joined_and_none_once_they_left(
     await other.flush()
 
 
+def unconfirmed(layer: StreamChannelLayer, group: str) -> bool:
+    """Whether `group` has a member here whose SUBSCRIBE Redis has not confirmed yet."""
+    loop_layer = layer._layer()
+    return bool(loop_layer.hub.count(group)) and loop_layer.subscriber(group).is_pending(group)
+
+
 async def subscribers(layer: StreamChannelLayer, group: str) -> int:
     """How many connections Redis has subscribed to `group`'s channel."""
     channel = layer.group_channel(group)
@@ -149,7 +155,8 @@ async def test_a_group_left_and_joined_again_before_redis_confirmed_stays_subscr
     sink = Collector()
     other.add_sink(second, sink)
     joining = asyncio.ensure_future(other.group_add("user.600", first))
-    await asyncio.sleep(0)  # joined; its SUBSCRIBE queued, not confirmed
+    await asyncio.sleep(0)  # one turn: the task's first step, not a wait for time to pass
+    assert unconfirmed(other, "user.600"), "joined; its SUBSCRIBE not confirmed yet"
     await other.group_discard("user.600", first)  # left before the confirmation
     await other.group_add("user.600", second)  # joined again: the same SUBSCRIBE's answer
     await joining
@@ -167,7 +174,8 @@ async def test_a_group_everyone_left_before_redis_confirmed_is_unsubscribed_afte
     await other.group_add("user.611", warm)
     channel = await other.new_channel()
     joining = asyncio.ensure_future(other.group_add("user.610", channel))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn: the task's first step, not a wait for time to pass
+    assert unconfirmed(other, "user.610"), "joined; its SUBSCRIBE not confirmed yet"
     await other.group_discard("user.610", channel)
     await joining
 

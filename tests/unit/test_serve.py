@@ -54,6 +54,10 @@ class Reads:
         self.calls.append("resume")
 
 
+async def returns_at_once() -> None:
+    """An application that ends as soon as it starts."""
+
+
 class Protocol:
     """Daphne's protocol of one connection, as create_application sees it."""
 
@@ -64,7 +68,7 @@ class Protocol:
 async def test_a_websockets_inbox_stops_its_reads_at_its_limit_and_resumes_once_emptied() -> None:
     server = SimpleNamespace(
         connections={},
-        application=lambda **_: asyncio.sleep(0),
+        application=lambda **_: returns_at_once(),
         fast_path=False,
         handle_reply=lambda *_: None,
     )
