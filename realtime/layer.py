@@ -42,6 +42,7 @@ from django.conf import settings
 from realtime.broker import REDIS_FAILURES, BrokerUnavailable, RedisBroker
 from realtime.broker.connections import shard_addresses
 from realtime.broker.keys import stream_of_group
+from realtime.broker.replies import read_replies
 from realtime.hub import Hub, StreamSink
 
 logger = logging.getLogger(__name__)
@@ -390,8 +391,8 @@ class _ShardSubscriber:
     def _channels(self) -> list[str]:
         """Everything this connection carries: its groups, and the process channel. That is
         published on the home shard only, but every shard's connection subscribes to it: a
-        connection always has a subscription, which keeps redis-py's listen() reading (it ends
-        without any) and shows that the shard is up before any group lives there."""
+        connection always has a subscription, whose confirmation shows that the shard is up
+        before any group lives there."""
         layer = self.layer
         channels = [layer.process_channel]
         channels += [
@@ -478,21 +479,30 @@ class _ShardSubscriber:
                 channels = self._channels()
                 await pubsub.subscribe(*channels)
                 # redis-py's subscribe() can swallow the cancel of a closing layer (a connect
-                # under way): the reader then went on to listen() for good.
+                # under way): the reader then went on to read for good.
                 if self.closing:
                     return
                 self._pubsub = pubsub
                 self._confirmed_initial = set(channels)
-                async for message in pubsub.listen():
+                while True:
+                    replies = await read_replies(pubsub.connection)
                     if self.closing:
                         return
-                    if message["type"] == "subscribe":
-                        self._on_subscribed(message["channel"].decode())
-                        if not self.subscribed_event.is_set() and not self._confirmed_initial:
-                            await self._up(resync)
-                            backoff, resync = 0.05, False
-                    elif message["type"] == "message":
-                        await self.layer.on_message(message["channel"], message["data"])
+                    for reply in replies:
+                        if isinstance(reply, Exception):
+                            raise reply  # an error reply: this connection is reconnected
+                        kind = reply[0]
+                        if kind == b"message":
+                            await self.layer.on_message(reply[1], reply[2])
+                            continue
+                        # (Un)subscribe confirmations through redis-py, which keeps its record
+                        # of the connection's channels by them.
+                        await pubsub.handle_message(reply)
+                        if kind == b"subscribe":
+                            self._on_subscribed(reply[1].decode())
+                            if not self.subscribed_event.is_set() and not self._confirmed_initial:
+                                await self._up(resync)
+                                backoff, resync = 0.05, False
             except REDIS_FAILURES as exc:
                 if self.closing:
                     return

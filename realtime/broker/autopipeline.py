@@ -27,12 +27,13 @@ timeout of their own and redis-py's reads arm none per reply, which were two tim
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import ResponseError
+
+from realtime.broker.replies import read_replies
 
 try:
     from hiredis import pack_command
@@ -211,22 +212,26 @@ class AutoPipeline:
     async def _read(self, connection: Any) -> None:
         try:
             while self.waiting and connection is self.connection:
-                try:
-                    # No timeout per reply: the watchdog's deadline bounds the wait (_watch).
-                    reply = await connection.read_response(timeout=math.inf)
-                except ResponseError as exc:  # an error reply: the call's, not the connection's
-                    reply = exc
+                # Every reply that has come, at once. No timeout per read: the watchdog's
+                # deadline bounds the wait (_watch).
+                replies = await read_replies(connection)
                 if connection is not self.connection:
                     return  # failed meanwhile (its deadline passed): its callers were told
-                self.answered += 1
+                if len(replies) > len(self.waiting):
+                    raise ConnectionError("Redis sent replies nobody asked for")
+                self.answered += len(replies)
                 self._unanswered()
-                future = self.waiting.popleft()
-                if future.done():
-                    continue  # its caller gave up (a timeout): the reply is dropped
-                if isinstance(reply, ResponseError):
-                    future.set_exception(reply)
-                else:
-                    future.set_result(reply)
+                waiting = self.waiting
+                for reply in replies:
+                    if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
+                        raise reply  # the connection's, not the call's (BusyLoadingError, …)
+                    future = waiting.popleft()
+                    if future.done():
+                        continue  # its caller gave up (a timeout): the reply is dropped
+                    if isinstance(reply, ResponseError):
+                        future.set_exception(reply)  # an error reply: the call's alone
+                    else:
+                        future.set_result(reply)
         except (Exception, asyncio.CancelledError) as exc:
             self._fail(connection, exc)
             if isinstance(exc, asyncio.CancelledError):

@@ -1,0 +1,92 @@
+"""Reading replies a socket read at a time (realtime/broker/replies.py) on a real Redis: every
+reply that has come is handed out at once and in order, error replies as values (the call's,
+not the connection's), and a connection Redis closed is raised, never read as "no replies"."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from realtime.broker.replies import read_replies
+from realtime.groups import group_for_stream
+from realtime.layer import StreamChannelLayer
+from realtime.publish import publish
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+async def connection(layer: StreamChannelLayer) -> AsyncIterator[Any]:
+    """A connection of the broker's pool, all the test's own."""
+    pool = layer.broker.redis(0).connection_pool
+    connection = await pool.get_connection()
+    await connection.connect()
+    yield connection
+    await connection.disconnect()
+    await pool.release(connection)
+
+
+async def _read(connection: Any, count: int) -> list[list[Any]]:
+    """Reads until `count` replies have come: the batches they came in."""
+    batches: list[list[Any]] = []
+    while sum(map(len, batches)) < count:
+        batches.append(await asyncio.wait_for(read_replies(connection), timeout=5))
+    return batches
+
+
+async def test_pipelined_replies_come_in_order_with_error_replies_as_values(
+    connection: Any,
+) -> None:
+    commands = [("SET", "{rr}:s", "text"), ("INCR", "{rr}:s"), ("GET", "{rr}:s")]
+    commands += [("INCR", "{rr}:n")] * 200
+    await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+    replies = [reply for batch in await _read(connection, len(commands)) for reply in batch]
+    assert len(replies) == len(commands)
+    assert replies[0] in (b"OK", "OK", True)
+    # The INCR of a string fails alone: a value in its place, not raised, and the replies
+    # after it are still there, in order.
+    assert isinstance(replies[1], ResponseError)
+    assert replies[2] == b"text"
+    assert replies[3:] == list(range(1, 201))
+
+
+async def test_replies_that_came_together_are_handed_out_together(connection: Any) -> None:
+    await connection.send_packed_command(
+        connection.pack_commands([("PING",)] * 50), check_health=False
+    )
+    # Redis answers 50 PINGs in one write of ~350 bytes: once they are in, one call hands them
+    # all out.
+    first = await asyncio.wait_for(read_replies(connection), timeout=5)
+    rest = await _read(connection, 50 - len(first)) if len(first) < 50 else []
+    assert sum(map(len, [first, *rest])) == 50
+    assert len(rest) <= 1  # at most one more read: not a call per reply
+
+
+async def test_a_connection_redis_closed_is_raised(
+    layer: StreamChannelLayer, connection: Any
+) -> None:
+    reading = asyncio.ensure_future(read_replies(connection))
+    await layer.broker.redis(0).execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    with pytest.raises((RedisConnectionError, OSError)):
+        await asyncio.wait_for(reading, timeout=5)
+
+
+async def test_a_burst_of_messages_reaches_a_subscriber_whole_and_in_order(
+    layer: StreamChannelLayer,
+) -> None:
+    """The layer's subscription connection reads them a batch at a time: 300 publishes made
+    at once arrive as 300 frames, in seq order, on a channel of the group."""
+    channel = await layer.new_channel()
+    await layer.group_add(group_for_stream("user:91"), channel)
+    results = await asyncio.gather(
+        *(publish(stream="user:91", payload={"n": n}) for n in range(300))
+    )
+    seqs = sorted(r.seq for r in results)
+    got = [await asyncio.wait_for(layer.receive(channel), timeout=5) for _ in range(300)]
+    assert [m["seq"] for m in got] == seqs
+    assert [m["stream"] for m in got] == ["user:91"] * 300
