@@ -7,28 +7,87 @@ the lookup; a push to a user this replica had not seen spent a sixth of its CPU 
 connection stays open from one call to the next, and one that failed is closed at once (the
 next call opens a fresh one: PostgreSQL restarted, say). Not asgiref's sync_to_async either:
 its hand-off cost as much as the lookups (0.32 ms on the bench machine), a plain executor's
-0.18 ms (docs/performance.md). One thread: lookups by key take ~0.3 ms, so it serves thousands
-a second, and it holds one connection, not one per request. Handshakes share their hops
-(`Batched`, below): those made in one turn of the loop go over together.
+0.18 ms (docs/performance.md); nor a plain executor (`_Worker` says why). One thread: lookups
+by key take ~0.3 ms, so it serves thousands a second, and it holds one connection, not one per
+request. Handshakes share their hops (`Batched`, below): those made in one turn of the loop go
+over together.
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 from django.db import DatabaseError, connections
 
 T = TypeVar("T")
 
-_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sb-db")
+
+class _Worker:
+    """The one thread, started on first use, and what it is handed: (loop, future, function,
+    args), its answer set on the future in that loop.
+
+    Not a ThreadPoolExecutor: its submit takes two locks and a pure-Python semaphore (whose
+    lock the thread takes back after each item, so the loop thread could block on it, waiting
+    for the GIL the thread held), and its answer travels through a concurrent future (another
+    condition) chained to an asyncio one. In a connect storm's profiles the loop thread sat in
+    that submit for ~10% of its samples (docs/performance.md, the eighth round). Here: a
+    SimpleQueue (C) in, one call_soon_threadsafe out."""
+
+    def __init__(self) -> None:
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        self.starting = threading.Lock()
+
+    def submit(
+        self, loop: asyncio.AbstractEventLoop, function: Callable[..., T], *args: Any
+    ) -> asyncio.Future[T]:
+        future: asyncio.Future[T] = loop.create_future()
+        if self.thread is None:
+            self._start()
+        self.inbox.put((loop, future, function, args))
+        return future
+
+    def _start(self) -> None:
+        with self.starting:
+            if self.thread is None:
+                # A daemon: it holds no work of anyone's once the loops that wait on it stopped,
+                # and must not keep a stopping process alive.
+                self.thread = threading.Thread(target=self._serve, name="sb-db", daemon=True)
+                self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            loop, future, function, args = self.inbox.get()
+            try:
+                outcome: tuple[bool, Any] = (True, function(*args))
+            except BaseException as exc:
+                outcome = (False, exc)
+            try:
+                loop.call_soon_threadsafe(_answer, future, outcome)
+            except RuntimeError:
+                pass  # the loop closed meanwhile: nobody waits for this any more
+
+
+def _answer(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+    if future.done():
+        return  # its caller gave up
+    ok, value = outcome
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+_thread = _Worker()
 
 
 async def run(function: Callable[..., T], *args: Any) -> T:
     """`function(*args)` on the database thread; its result, or its exception."""
-    return await asyncio.get_running_loop().run_in_executor(_thread, _guarded, function, args)
+    return await _thread.submit(asyncio.get_running_loop(), _guarded, function, args)
 
 
 def _guarded(function: Callable[..., T], args: tuple[Any, ...]) -> T:
@@ -52,7 +111,7 @@ class Batched(Generic[T]):
     every call's): for a function that reads what all of them need in one query.
 
     A connect storm's handshakes arrive together (epoll hands the loop many sockets at once),
-    and each hop cost a connect about as much as its two lookups: the executor's future, the
+    and each hop cost a connect about as much as its two lookups: the hand-off's future, the
     thread's wake-up, the loop's wake-up through its self-pipe, and the GIL passed back and
     forth (docs/performance.md)."""
 
@@ -75,7 +134,7 @@ class Batched(Generic[T]):
         calls = self.pending.pop(loop, [])
         arguments = [args for args, _ in calls]
         run = _together if self.together else _each
-        hop = loop.run_in_executor(_thread, run, self.function, arguments)
+        hop = _thread.submit(loop, run, self.function, arguments)
         hop.add_done_callback(lambda done: _settle([future for _, future in calls], done))
 
 
@@ -104,7 +163,7 @@ def _together(
 
 def _settle(futures: list[asyncio.Future[Any]], done: asyncio.Future[list[Any]]) -> None:
     """Answer each caller still waiting from the hop's outcomes; if the hop itself failed (or
-    the executor shut down under it), every caller gets that."""
+    the loop's future was cancelled), every caller gets that."""
     failure = None if done.cancelled() else done.exception()
     outcomes = done.result() if failure is None and not done.cancelled() else []
     for index, future in enumerate(futures):

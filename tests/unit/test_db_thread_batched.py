@@ -62,3 +62,27 @@ async def test_a_caller_that_gives_up_leaves_the_others_answered(
     assert (await second)[0] == "y"
     assert first.cancelled()
     assert hops == [[("x",), ("y",)]]
+
+
+def test_a_loop_that_closed_before_its_answer_leaves_the_thread_serving_others() -> None:
+    """The thread outlives any one event loop (tests run many; a replica stops its own): an
+    answer for a loop that is gone is dropped, and the next loop's calls are answered."""
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        started.set()
+        release.wait(timeout=10)
+        return "late"
+
+    first = asyncio.new_event_loop()
+    future = db_thread._thread.submit(first, slow)
+    assert started.wait(timeout=10)
+    first.close()  # gone before the thread answers
+    release.set()
+
+    async def next_call() -> tuple[str, int]:
+        return await asyncio.wait_for(db_thread.run(lookup, "after"), timeout=10)
+
+    answer = asyncio.run(next_call())
+    assert answer[0] == "after" and answer[1] != threading.get_ident()
+    assert not future.done()  # its loop closed: nobody is told, and nothing raised
