@@ -70,6 +70,9 @@ class _Worker:
                 loop.call_soon_threadsafe(_answer, future, outcome)
             except RuntimeError:
                 pass  # the loop closed meanwhile: nobody waits for this any more
+            # Nothing of this call is kept while the thread waits for the next one (its loop,
+            # its arguments, its results: model instances, sessions).
+            del loop, future, function, args, outcome
 
 
 def _answer(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:

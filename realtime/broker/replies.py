@@ -34,7 +34,8 @@ async def read_replies(connection: Any) -> list[Any]:
     """The replies `connection` has received and nobody has read, in order (at least one: this
     waits for one). An error reply comes as its exception, not raised (redis-py's class for
     it: ResponseError, NoScriptError, …, or a ConnectionError kind such as BusyLoadingError);
-    a lost connection is raised (RedisConnectionError or OSError, as redis-py's reads raise)."""
+    a lost connection is raised (RedisConnectionError or OSError, as redis-py's reads raise),
+    and the connection closed."""
     reader = getattr(connection._parser, "_reader", None)
     stream = getattr(connection, "_reader", None)
     if reader is None or stream is None or not hasattr(reader, "gets"):
@@ -52,7 +53,14 @@ async def read_replies(connection: Any) -> list[Any]:
             reply = reader.gets()
         if replies:
             return replies
-        data = await stream.read(READ_BYTES)
+        try:
+            data = await stream.read(READ_BYTES)
+        except BaseException:
+            # As redis-py's reads do: a read that failed or was cancelled (its loop shutting
+            # down, say) leaves the connection closed, never open with nobody to close it.
+            await connection.disconnect(nowait=True)
+            raise
         if not data:
+            await connection.disconnect(nowait=True)
             raise RedisConnectionError("Redis closed the connection.")
         reader.feed(data)

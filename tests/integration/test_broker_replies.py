@@ -90,3 +90,16 @@ async def test_a_burst_of_messages_reaches_a_subscriber_whole_and_in_order(
     got = [await asyncio.wait_for(layer.receive(channel), timeout=5) for _ in range(300)]
     assert [m["seq"] for m in got] == seqs
     assert [m["stream"] for m in got] == ["user:91"] * 300
+
+
+async def test_a_cancelled_read_closes_its_connection(connection: Any) -> None:
+    """asyncio.run (and async_to_sync) cancel what is left when their loop ends: a read
+    waiting then leaves its connection closed, as redis-py's own reads do, not open with
+    nobody to close it (a ResourceWarning in whichever test came next)."""
+    reading = asyncio.ensure_future(read_replies(connection))
+    await asyncio.sleep(0)  # (one turn: the read is waiting on the socket)
+    assert not reading.done() and connection.is_connected
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    assert not connection.is_connected
