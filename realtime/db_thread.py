@@ -16,6 +16,7 @@ over together.
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -86,6 +87,16 @@ def _answer(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
 
 
 _thread = _Worker()
+
+
+def _after_fork_in_child() -> None:
+    # A forked child (a pre-forking server that imported this first) has no thread of its own:
+    # it starts one on its first call instead of queueing to its parent's, which is not there.
+    global _thread
+    _thread = _Worker()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 async def run(function: Callable[..., T], *args: Any) -> T:

@@ -485,7 +485,7 @@ class _ShardSubscriber:
                 self._pubsub = pubsub
                 self._confirmed_initial = set(channels)
                 while True:
-                    replies = await read_replies(pubsub.connection)
+                    replies = await read_replies(pubsub.connection, pubsub=True)
                     if self.closing:
                         return
                     for reply in replies:

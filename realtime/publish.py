@@ -171,14 +171,8 @@ def _unavailable(out: _Outgoing, exc: Exception) -> RealtimeUnavailable:
     return RealtimeUnavailable(UNAVAILABLE_MESSAGE)
 
 
-def _result(
-    out: _Outgoing, appended: Appended, started: float, *, on_loop: bool = True
-) -> PublishResult:
-    elapsed = time.perf_counter() - started
-    if on_loop:
-        metrics.PUBLISH_SECONDS.observe(elapsed)
-    else:  # a sync caller's thread: others may observe at the same time
-        metrics.PUBLISH_SECONDS.observe_from_thread(elapsed)
+def _result(out: _Outgoing, appended: Appended, started: float) -> PublishResult:
+    metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
     origin = settings.REPLICA_ID
     logger.debug("published stream=%s seq=%s replica=%s", out.stream, appended.seq, origin)
     if appended.archive_queue > ARCHIVE_QUEUE_WARN_FRACTION * out.policy.archive_queue_max_len:
@@ -245,7 +239,7 @@ def publish_sync(
         appended = broker.current().publish_sync(**_broker_args(out))
     except BrokerUnavailable as exc:
         raise _unavailable(out, exc) from exc
-    return _result(out, appended, started, on_loop=False)
+    return _result(out, appended, started)
 
 
 def _refuse_in_event_loop(name: str) -> None:

@@ -30,25 +30,43 @@ except ImportError:  # hiredis is optional: realtime/broker/connections.py
 READ_BYTES = 64 * 1024
 
 
-async def read_replies(connection: Any) -> list[Any]:
+# What a subscribed connection receives as RESP3 pushes and its reader handles: the rest
+# (a managed Redis' maintenance notices, client-side caching's invalidations) are redis-py's.
+PUBSUB_KINDS = frozenset(
+    {b"message", b"subscribe", b"unsubscribe", b"pmessage", b"psubscribe", b"punsubscribe"}
+)
+
+
+async def read_replies(connection: Any, *, pubsub: bool = False) -> list[Any]:
     """The replies `connection` has received and nobody has read, in order (at least one: this
     waits for one). An error reply comes as its exception, not raised (redis-py's class for
     it: ResponseError, NoScriptError, …, or a ConnectionError kind such as BusyLoadingError);
     a lost connection is raised (RedisConnectionError or OSError, as redis-py's reads raise),
-    and the connection closed."""
-    reader = getattr(connection._parser, "_reader", None)
+    and the connection closed.
+
+    RESP3 pushes are not replies to anything: those that are not `pubsub` messages (a managed
+    Redis' MOVING or MIGRATING notices, invalidations) go to redis-py's own handling, as its
+    reads send them, and are never handed out, so that no caller takes one for its reply."""
+    parser = connection._parser
+    reader = getattr(parser, "_reader", None)
     stream = getattr(connection, "_reader", None)
     if reader is None or stream is None or not hasattr(reader, "gets"):
         # Without hiredis (it is optional: realtime/broker/connections.py), redis-py's own
-        # parser, a reply at a time.
+        # parser, a reply at a time; it handles the pushes that are not the subscriber's.
         try:
-            return [await connection.read_response(timeout=math.inf, push_request=True)]
+            return [await connection.read_response(timeout=math.inf, push_request=pubsub)]
         except ResponseError as exc:
             return [exc]
-    replies = []
+    push_type = getattr(parser, "_hiredis_PushNotificationType", None)
     while True:
+        replies = []
         reply = reader.gets()
         while reply is not NOT_ENOUGH_DATA:
+            if push_type is not None and isinstance(reply, push_type):
+                if not (pubsub and reply and reply[0] in PUBSUB_KINDS):
+                    await parser.handle_push_response(reply)
+                    reply = reader.gets()
+                    continue
             replies.append(reply)
             reply = reader.gets()
         if replies:

@@ -103,3 +103,28 @@ async def test_a_cancelled_read_closes_its_connection(connection: Any) -> None:
     with pytest.raises(asyncio.CancelledError):
         await reading
     assert not connection.is_connected
+
+
+async def test_pushes_that_answer_nothing_are_never_taken_for_a_reply(connection: Any) -> None:
+    """With RESP3 a server may push notices on any connection (a managed Redis' MIGRATING or
+    MOVING, client-side caching's invalidations): redis-py handles them, and the reply after
+    one is the next caller's, not the notice."""
+    push = b">4\r\n$9\r\nMIGRATING\r\n:1\r\n:15\r\n$1\r\n1\r\n"
+    if connection._parser._hiredis_PushNotificationType is None:
+        pytest.skip("a RESP2 connection: Redis sends it no pushes")
+    connection._parser._reader.feed(push + b":42\r\n" + push)
+    await connection.send_packed_command(connection.pack_command("PING"), check_health=False)
+    replies = [reply for batch in await _read(connection, 2) for reply in batch]
+    assert replies[0] == 42
+    assert replies[1] in (b"PONG", "PONG", True)
+    assert len(replies) == 2
+
+
+async def test_a_subscriber_gets_its_messages_and_not_other_pushes(connection: Any) -> None:
+    if connection._parser._hiredis_PushNotificationType is None:
+        pytest.skip("a RESP2 connection: Redis sends it no pushes")
+    message = b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$4\r\ndata\r\n"
+    notice = b">4\r\n$9\r\nMIGRATING\r\n:1\r\n:15\r\n$1\r\n1\r\n"
+    connection._parser._reader.feed(notice + message + notice + message)
+    replies = await asyncio.wait_for(read_replies(connection, pubsub=True), timeout=5)
+    assert [list(reply) for reply in replies] == [[b"message", b"ch", b"data"]] * 2

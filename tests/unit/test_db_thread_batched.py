@@ -4,7 +4,10 @@ each still answered with its own result or its own exception, in the order made.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -86,3 +89,27 @@ def test_a_loop_that_closed_before_its_answer_leaves_the_thread_serving_others()
     answer = asyncio.run(next_call())
     assert answer[0] == "after" and answer[1] != threading.get_ident()
     assert not future.done()  # its loop closed: nobody is told, and nothing raised
+
+
+def test_a_forked_child_gets_a_thread_of_its_own() -> None:
+    """A pre-forking server may import (and use) this before it forks: the child's calls are
+    answered by a thread of the child's, not queued to the parent's, which is not there."""
+    assert asyncio.run(db_thread.run(lookup, "parent"))[0] == "parent"  # the parent's is running
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child's outcome is its exit status)
+        try:
+            answer = asyncio.run(asyncio.wait_for(db_thread.run(lookup, "child"), timeout=5))
+            os._exit(0 if answer[0] == "child" else 1)
+        except BaseException:
+            os._exit(2)
+    deadline = time.monotonic() + 10
+    while True:
+        pid, status = os.waitpid(child, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+            pytest.fail("the child's call was never answered")
+        time.sleep(0.05)  # (polling the child's exit: there is nothing to wait on here)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -89,9 +89,15 @@ def test_a_lone_surrogate_is_written_as_the_standard_encoder_writes_it() -> None
     assert protocol.encode(frame) == protocol._ENCODER.encode(frame)
 
 
-def test_the_fast_path_writes_plain_frames() -> None:
+def test_plain_frames_are_written_by_orjson(monkeypatch: pytest.MonkeyPatch) -> None:
     if protocol.orjson is None:
         pytest.skip("orjson is not installed: the standard encoder writes every frame")
     frame = {"type": "push", "stream": "user:1", "seq": 3, "payload": {"n": [1, "é"]}}
-    assert protocol.encode(frame) == protocol.orjson.dumps(frame).decode()
-    assert protocol.encode(frame) == protocol._ENCODER.encode(frame)
+    expected = protocol._ENCODER.encode(frame)
+
+    class Unused:
+        def encode(self, value: Any) -> str:
+            raise AssertionError("the standard encoder wrote a plain frame")
+
+    monkeypatch.setattr(protocol, "_ENCODER", Unused())
+    assert protocol.encode(frame) == expected
