@@ -188,8 +188,4 @@ def _settle(futures: list[asyncio.Future[Any]], done: asyncio.Future[list[Any]])
         elif failure is not None:
             future.set_exception(failure)
         else:
-            ok, value = outcomes[index]
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+            _answer(future, outcomes[index])
