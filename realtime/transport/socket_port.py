@@ -5,7 +5,8 @@ protocol objects and Autobahn's handshake: ~35% of a replica's CPU in a connect 
 good part of a socket's memory (docs/performance.md). With `SOCKET_PORT_BIND=host:port` a replica
 also listens there, and HAProxy sends WebSocket upgrades of /ws/ to it (haproxy.cfg, backend
 `sockets`: the same servers, cookie and health as `replicas`). Each connection is one asyncio
-protocol around websockets' sans-I/O `ServerProtocol`, which parses the handshake and the frames
+protocol: ws_handshake.py reads its handshake and writes the 101 (websockets' checks and answers,
+at a third of its cost), and websockets' sans-I/O `ServerProtocol` parses the frames after it
 (masking, reserved bits, opcodes, control frames, close codes, MAX_MESSAGE_BYTES across
 fragments: a breach closes with the RFC's code) and writes the answers; this module turns that
 into the ASGI WebSocket interface Daphne gives the application: the same scope (headers
@@ -18,7 +19,8 @@ framed once per replica, coalesced per socket, held back at SOCKET_BACKLOG_MAX_B
 connection offers what that path reads of a socket (`state`, `write_frames`, `unsent`,
 `sendCloseFrame`). What the application is not told, it does not get: frames before the
 handshake is accepted wait for it; text that is not UTF-8 closes with 1007; a request that is
-not a WebSocket handshake gets websockets' 400 (or 426) and is closed.
+not a WebSocket handshake gets websockets' answer (400, 405, 414, 426, 431 or 505) and is
+closed; what is not HTTP at all is closed without one.
 
 Limits: the request's head within HANDSHAKE_SECS, the application's accept within
 CONNECT_SECS (else 403, as Daphne's websocket_connect_timeout), the client's close frame within
@@ -39,7 +41,6 @@ from urllib.parse import unquote
 
 from daphne.utils import parse_x_forwarded_for
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -48,6 +49,7 @@ from realtime.lifetimes import counted
 from realtime.transport import SocketClosed
 from realtime.transport import daphne as fast_path
 from realtime.transport.inbox import Inbox
+from realtime.transport.ws_handshake import HeadReader, Opening, Refusal, switching
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ class SocketPortConnection(asyncio.Protocol):
         "fragments",
         "inbox",
         "port",
+        "reader",
         "response",
         "timer",
         "transport",
@@ -91,12 +94,17 @@ class SocketPortConnection(asyncio.Protocol):
 
     def __init__(self, port: SocketPort) -> None:
         self.port = port
-        self.ws = ServerProtocol(max_size=MAX_MESSAGE_BYTES, logger=logger)
+        # The handshake is ws_handshake.py's to read; websockets parses the frames after it, so
+        # its protocol starts past the handshake and is told CONNECTING until the application
+        # accepts (it answers no ping or close before the 101 has gone out).
+        self.ws = ServerProtocol(max_size=MAX_MESSAGE_BYTES, logger=logger, state=State.OPEN)
+        self.ws.state = State.CONNECTING
+        self.reader: HeadReader | None = HeadReader()  # until the request's head is complete
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.inbox: Inbox | None = None
         self.app: asyncio.Task[None] | None = None
-        self.response: Any = None  # the 101, held until the application accepts
+        self.response: bytes | None = None  # the Sec-WebSocket-Accept, until the app accepts
         self.early: list[dict[str, Any]] | None = None  # frames before that
         self.fragments: list[bytes] | None = None
         self.fragmented_opcode: Any = None
@@ -122,12 +130,24 @@ class SocketPortConnection(asyncio.Protocol):
         self._arm(HANDSHAKE_SECS, self._abort)
 
     def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        if reader is not None:
+            if self.ended:
+                return  # refused: what the client still sends is dropped until it goes
+            outcome, data = reader.feed(data)
+            if outcome is None:
+                return
+            if isinstance(outcome, Refusal):
+                self._refuse(outcome)
+                return
+            self.reader = None
+            self._on_opening(outcome)
+            if not data:
+                return
         ws = self.ws
         ws.receive_data(data)
         for event in ws.events_received():
-            if isinstance(event, Request):
-                self._on_request(event)
-            elif isinstance(event, Frame):
+            if isinstance(event, Frame):
                 self._on_frame(event)
         self._write_protocol_data()
 
@@ -153,33 +173,35 @@ class SocketPortConnection(asyncio.Protocol):
 
     # --- the handshake -----------------------------------------------------------------------
 
-    def _on_request(self, request: Request) -> None:
-        response = self.ws.accept(request)
-        if response.status_code != 101:  # not a WebSocket handshake: websockets' 400 or 426
+    def _refuse(self, refusal: Refusal) -> None:
+        """Not a WebSocket handshake: websockets' answer (400, 414, 426 or 431), or none for what
+        is not HTTP; then the connection ends."""
+        if refusal.status:
+            response = self.ws.reject(refusal.status, refusal.body)
+            if refusal.header:
+                response.headers[refusal.header[0]] = refusal.header[1]
             self.ws.send_response(response)
-            return
-        self.response = response
+        else:
+            self.ws.send_eof()
+        self._write_protocol_data()
+
+    def _on_opening(self, opening: Opening) -> None:
+        self.response = opening.accept
         assert self.transport is not None
         # Bounded: while the application is behind, the client's frames wait in TCP (inbox.py).
         self.inbox = Inbox(self.transport.pause_reading, self.transport.resume_reading)
         self.inbox.put_nowait({"type": "websocket.connect"})
-        scope = self._scope(request)
-        # websockets' parser keeps the request for the socket's life (a local of its generator):
-        # its headers, ~3 KiB, are in the scope now.
-        request.headers.clear()
+        scope = self._scope(opening)
         self.app = asyncio.ensure_future(
             self.port.application(scope=scope, receive=self.inbox.get, send=self._send)
         )
         self.app.add_done_callback(self._app_done)
         self._arm(CONNECT_SECS, self._reject)
 
-    def _scope(self, request: Request) -> dict[str, Any]:
-        headers = [
-            (name.lower().encode("latin1"), value.encode("latin1"))
-            for name, value in request.headers.raw_items()
-            if "_" not in name  # as Daphne (CVE-2015-0219)
-        ]
-        raw_path, _, query = request.path.partition("?")
+    def _scope(self, opening: Opening) -> dict[str, Any]:
+        # As Daphne: no header whose name has "_" (CVE-2015-0219).
+        headers = [header for header in opening.headers if b"_" not in header[0]]
+        raw_path, _, query = opening.target.partition("?")
         client = server = None
         assert self.transport is not None
         peer = self.transport.get_extra_info("peername")
@@ -190,10 +212,6 @@ class SocketPortConnection(asyncio.Protocol):
             client, _ = parse_x_forwarded_for(
                 dict(headers), "X-Forwarded-For", "X-Forwarded-Port", None, client
             )
-        subprotocols: list[str] = []
-        for name, value in headers:
-            if name == b"sec-websocket-protocol":
-                subprotocols = [item.strip() for item in unquote(value.decode("ascii")).split(",")]
         return {
             "type": "websocket",
             "asgi": {"version": "3.0"},
@@ -204,19 +222,18 @@ class SocketPortConnection(asyncio.Protocol):
             "query_string": query.encode("latin1"),
             "client": client,
             "server": server,
-            "subprotocols": subprotocols,
+            "subprotocols": opening.subprotocols,
             "extensions": {transport.FAST_PATH: {"protocol": self}},
         }
 
     def _accept(self, subprotocol: str | None) -> None:
-        response, self.response = self.response, None
-        if subprotocol:
-            response.headers["Sec-WebSocket-Protocol"] = subprotocol
+        accept, self.response = self.response, None
+        assert accept is not None
         self._disarm()
-        self.ws.send_response(response)
+        self.ws.state = State.OPEN
         # Queued on the fan-out path, not written: the hello the application sends next joins
         # it, one send() and one wake-up of HAProxy for both.
-        fast_path.write_bytes(self, b"".join(self.ws.data_to_send()))
+        fast_path.write_bytes(self, switching(accept, subprotocol))
         early, self.early = self.early, None
         for message in early or ():
             assert self.inbox is not None
