@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import uuid
 from collections.abc import Awaitable
 from typing import Any
@@ -208,7 +209,8 @@ class _LoopLayer:
 
     async def new_channel(self, prefix: str) -> str:
         self._ensure_started()
-        name = f"{self.owner.prefix}.{prefix}{self.process_id}!{uuid.uuid4().hex}"
+        # uuid4's 128 random bits as 32 hex digits, without building a UUID (a connect makes one).
+        name = f"{self.owner.prefix}.{prefix}{self.process_id}!{os.urandom(16).hex()}"
         self.hub.open_inbox(name)
         return name
 

@@ -28,8 +28,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -407,7 +407,7 @@ class ConnectionPresence:
         # clients counting stream frames are not handed frames without a seq.
         self.wanted = b"ephemeral=1" in scope_query.split(b"&")
         # "<replica>/<random>": the server API counts a user's sockets per replica from it.
-        self.conn = f"{settings.REPLICA_ID}/{uuid.uuid4().hex[:12]}"
+        self.conn = f"{settings.REPLICA_ID}/{os.urandom(6).hex()}"
         # The streams this socket has presence on (a subset of what it reads): at most
         # MAX_STREAMS_PER_SOCKET entries, however many the client asks for.
         self.streams: set[str] = set()

