@@ -95,8 +95,9 @@ class SocketPortConnection(asyncio.Protocol):
     def __init__(self, port: SocketPort) -> None:
         self.port = port
         # The handshake is ws_handshake.py's to read; websockets parses the frames after it, so
-        # its protocol starts past the handshake and is told CONNECTING until the application
-        # accepts (it answers no ping or close before the 101 has gone out).
+        # its protocol starts past the handshake. It is told CONNECTING until the application
+        # accepts, as before: the application can neither send a frame nor be handed one before
+        # the 101 (frames sent with the handshake wait in `early`).
         self.ws = ServerProtocol(max_size=MAX_MESSAGE_BYTES, logger=logger, state=State.OPEN)
         self.ws.state = State.CONNECTING
         self.reader: HeadReader | None = HeadReader()  # until the request's head is complete
@@ -174,8 +175,8 @@ class SocketPortConnection(asyncio.Protocol):
     # --- the handshake -----------------------------------------------------------------------
 
     def _refuse(self, refusal: Refusal) -> None:
-        """Not a WebSocket handshake: websockets' answer (400, 414, 426 or 431), or none for what
-        is not HTTP; then the connection ends."""
+        """Not a WebSocket handshake: websockets' answer (400, 405, 414, 426, 431 or 505), or
+        none for what is not HTTP; then the connection ends."""
         if refusal.status:
             response = self.ws.reject(refusal.status, refusal.body)
             if refusal.header:
