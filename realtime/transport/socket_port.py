@@ -106,7 +106,7 @@ class SocketPortConnection(asyncio.Protocol):
         self.inbox: Inbox | None = None
         self.app: asyncio.Task[None] | None = None
         self.response: bytes | None = None  # the Sec-WebSocket-Accept, until the app accepts
-        self.early: list[dict[str, Any]] | None = None  # frames before that
+        self.early: list[dict[str, Any] | None] | None = None  # frames before that
         self.fragments: list[bytes] | None = None
         self.fragmented_opcode: Any = None
         self.timer: asyncio.TimerHandle | None = None
@@ -235,10 +235,13 @@ class SocketPortConnection(asyncio.Protocol):
         # Queued on the fan-out path, not written: the hello the application sends next joins
         # it, one send() and one wake-up of HAProxy for both.
         fast_path.write_bytes(self, switching(accept, subprotocol))
+        if self.ws.writes:  # answers held for the 101 (_write_protocol_data): after it, now
+            self._write_protocol_data()
         early, self.early = self.early, None
         for message in early or ():
             assert self.inbox is not None
-            self.inbox.put_nowait(message)
+            if message is not None:  # (None: a ping, answered above)
+                self.inbox.put_nowait(message)
 
     def _reject(self) -> None:
         """A close before accept, or no answer within CONNECT_SECS: HTTP 403, as Daphne."""
@@ -250,6 +253,7 @@ class SocketPortConnection(asyncio.Protocol):
             return
         self.response = None
         self._disarm()
+        self.ws.data_to_send()  # answers to frames, held for a 101 that will not come: dropped
         self.ws.send_response(self.ws.reject(status, text))
         self._write_protocol_data()
 
@@ -270,7 +274,11 @@ class SocketPortConnection(asyncio.Protocol):
                 self.fragments, self.fragmented_opcode = [data], opcode
                 return
         else:
-            return  # ping, pong, close: answered by websockets
+            # Ping, pong, close: answered by websockets. Before the 101 a ping's pong is held for
+            # it (_write_protocol_data), so pings count with the frames that wait for it.
+            if opcode is Opcode.PING and self.response is not None:
+                self._hold_early(None)
+            return
         if opcode is Opcode.TEXT:
             try:
                 message: dict[str, Any] = {"type": "websocket.receive", "text": data.decode()}
@@ -280,14 +288,18 @@ class SocketPortConnection(asyncio.Protocol):
         else:
             message = {"type": "websocket.receive", "bytes": data}
         if self.response is not None:
-            # Delivered once the socket is accepted; a client that sends more than a few frames
-            # before it even has the answer is not speaking the protocol.
-            self.early = [*(self.early or ()), message]
-            if len(self.early) > MAX_EARLY_FRAMES:
-                self.early = None
-                self.ws.fail(1008, "too many frames before the handshake's answer")
+            self._hold_early(message)
         elif self.inbox is not None and self.ws.state is State.OPEN:
             self.inbox.put_nowait(message)
+
+    def _hold_early(self, message: dict[str, Any] | None) -> None:
+        """A frame before the 101 (None: a ping), delivered once the socket is accepted; a
+        client that sends more than a few before it even has the answer is not speaking the
+        protocol."""
+        self.early = [*(self.early or ()), message]
+        if len(self.early) > MAX_EARLY_FRAMES:
+            self.early = None
+            self.ws.fail(1008, "too many frames before the handshake's answer")
 
     # --- the application's messages ----------------------------------------------------------
 
@@ -367,10 +379,16 @@ class SocketPortConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.closed:
             return
+        if self.response is not None and not self.ws.eof_sent:
+            # Before the 101: websockets' answer to a frame sent with the handshake (a ping's
+            # pong) waits for it (_accept), or the client would read a frame where HTTP belongs.
+            return
         fast_path.flush_socket(self)  # what the fan-out path holds goes first (the 101, frames)
+        unanswered = self.response is not None  # (ended before its 101: no frame may go out)
         for data in self.ws.data_to_send():
             if data:
-                transport.write(data)
+                if not unanswered:
+                    transport.write(data)
             elif transport.can_write_eof():
                 # The server ends the connection: FIN after what is written, then what the
                 # client still sends is read and dropped until it closes too (or LINGER_SECS).

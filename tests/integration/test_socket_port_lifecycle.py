@@ -135,7 +135,10 @@ async def test_a_client_that_never_answers_our_close_is_cut_off(serve: Any) -> N
     writer.close()
 
 
-async def test_too_many_frames_before_the_accept_end_the_connection(serve: Any) -> None:
+@pytest.mark.parametrize("opcode", [0x81, 0x89], ids=["text", "ping"])
+async def test_too_many_frames_before_the_accept_end_the_connection(
+    serve: Any, opcode: int
+) -> None:
     release = asyncio.Event()
 
     async def slow_to_accept(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -146,7 +149,7 @@ async def test_too_many_frames_before_the_accept_end_the_connection(serve: Any) 
     host, number = url.removeprefix("ws://").removesuffix("/ws/").split(":")
     reader, writer = await asyncio.open_connection(host, int(number))
     key = base64.b64encode(os.urandom(16)).decode()
-    frame = bytes([0x81, 0x80 | 2]) + b"\x00\x00\x00\x00" + b"hi"
+    frame = bytes([opcode, 0x80 | 2]) + b"\x00\x00\x00\x00" + b"hi"
     writer.write(
         f"GET /ws/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
@@ -273,3 +276,35 @@ async def test_an_application_that_fails_with_frames_unread_still_closes_cleanly
     # The port read the client again once the application was gone: it got the client's
     # answer to its close (not a connection cut off after CLOSE_SECS).
     assert conn.ws.close_rcvd is not None and conn.ws.close_rcvd.code == 1011
+
+
+async def test_a_ping_sent_with_the_handshake_is_answered_after_the_101(serve: Any) -> None:
+    """A client that does not wait for the answer (RFC 6455 4.1 says it must) still reads HTTP
+    first: websockets answers the ping at once, and the port holds that pong for the 101."""
+    release = asyncio.Event()
+
+    async def slow_to_accept(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await release.wait()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": "hello"})
+        await receive()
+
+    url, port = await serve(slow_to_accept)
+    host, number = url.removeprefix("ws://").removesuffix("/ws/").split(":")
+    reader, writer = await asyncio.open_connection(host, int(number))
+    key = base64.b64encode(os.urandom(16)).decode()
+    ping = bytes([0x89, 0x80 | 4]) + b"\x00\x00\x00\x00" + b"ping"
+    writer.write(
+        f"GET /ws/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        + ping
+    )
+    await _until(lambda: any(c.ws.writes for c in port.connections))  # the pong, held
+    release.set()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    frames = await asyncio.wait_for(reader.readexactly(2 + 4 + 2 + 5), 5)
+    assert frames == b"\x8a\x04ping" + b"\x81\x05hello"
+    writer.close()
+    await _until(lambda: not port.connections)
