@@ -178,13 +178,10 @@ class SocketPortConnection(asyncio.Protocol):
         """Not a WebSocket handshake: websockets' answer (400, 405, 414, 426, 431 or 505), or
         none for what is not HTTP; then the connection ends."""
         if refusal.status:
-            response = self.ws.reject(refusal.status, refusal.body)
-            if refusal.header:
-                response.headers[refusal.header[0]] = refusal.header[1]
-            self.ws.send_response(response)
+            self._answer_http(refusal.status, refusal.body, refusal.header)
         else:
             self.ws.send_eof()
-        self._write_protocol_data()
+            self._write_protocol_data()
 
     def _on_opening(self, opening: Opening) -> None:
         self.response = opening.accept
@@ -254,7 +251,14 @@ class SocketPortConnection(asyncio.Protocol):
         self.response = None
         self._disarm()
         self.ws.data_to_send()  # answers to frames, held for a 101 that will not come: dropped
-        self.ws.send_response(self.ws.reject(status, text))
+        self._answer_http(status, text)
+
+    def _answer_http(self, status: int, text: str, header: tuple[str, str] | None = None) -> None:
+        """An HTTP error answer in websockets' form (plain text, Connection: close), then EOF."""
+        response = self.ws.reject(status, text)
+        if header:
+            response.headers[header[0]] = header[1]
+        self.ws.send_response(response)
         self._write_protocol_data()
 
     # --- frames from the client --------------------------------------------------------------

@@ -26,18 +26,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from websockets.exceptions import InvalidHeaderFormat
 from websockets.headers import parse_connection, parse_subprotocol, parse_upgrade
+from websockets.utils import accept_key
 
 # websockets' MAX_LINE_LENGTH and MAX_NUM_HEADERS (websockets/http11.py).
 MAX_LINE_BYTES = 8192
 MAX_HEADERS = 128
 
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # Every header line at once, as websockets checks each: a token, a colon, a value without
 # control characters but tab, CRLF (so a bare CR or LF fails it).
 _HEADER_LINES = re.compile(rb"(?:[-!#$%&'*+.^_`|~0-9a-zA-Z]+:[\x09\x20-\x7e\x80-\xff]*\r\n)*")
@@ -77,7 +77,7 @@ def switching(accept: bytes, subprotocol: str | None = None) -> bytes:
     )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Refusal:
     """An HTTP error answer, after which the connection closes; status 0: none, just close."""
 
@@ -96,6 +96,9 @@ class Refusal:
 
 NOT_HTTP = Refusal(0)
 UPGRADE_WEBSOCKET = ("Upgrade", "websocket")
+TOO_MANY_HEADERS = Refusal(431, f"expected no more than {MAX_HEADERS} headers")
+TARGET_TOO_LONG = Refusal(414, "line too long")
+HEADER_TOO_LONG = Refusal(431, "line too long")
 
 
 class HeadReader:
@@ -118,11 +121,9 @@ class HeadReader:
             # costs no more than one sent at once.
             self.newlines += data.count(b"\n")
             if self.newlines > MAX_HEADERS + 1:  # the request line, then the headers
-                return Refusal(431, f"expected no more than {MAX_HEADERS} headers"), b""
+                return TOO_MANY_HEADERS, b""
             if len(buffer) - buffer.rfind(b"\n") - 1 > MAX_LINE_BYTES:
-                if not self.newlines:
-                    return Refusal(414, "line too long"), b""
-                return Refusal(431, "line too long"), b""
+                return (HEADER_TOO_LONG if self.newlines else TARGET_TOO_LONG), b""
             return None, b""
         rest = bytes(buffer[end + 4 :])
         outcome = parse(bytes(buffer[:end]))
@@ -134,15 +135,15 @@ def parse(head: bytes) -> Opening | Refusal:
     """A complete head (without its final empty line) as an opening handshake, or why not."""
     request_line, _, block = head.partition(b"\r\n")
     if len(request_line) > MAX_LINE_BYTES:
-        return Refusal(414, "line too long")
+        return TARGET_TOO_LONG
     if block:
         block += b"\r\n"
     if block.count(b"\n") > MAX_HEADERS:
-        return Refusal(431, f"expected no more than {MAX_HEADERS} headers")
+        return TOO_MANY_HEADERS
     lines = block.split(b"\r\n")
     del lines[-1]  # what follows the last CRLF: nothing
     if len(block) > MAX_LINE_BYTES and any(len(line) > MAX_LINE_BYTES for line in lines):
-        return Refusal(431, "line too long")
+        return HEADER_TOO_LONG
     parts = request_line.split(b" ", 2)
     if len(parts) != 3 or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
         return NOT_HTTP
@@ -203,18 +204,20 @@ def _opening(
         )
     if len(asked[b"origin"]) > 1:
         return Refusal(400, "invalid Origin header: multiple values")
-    accept = base64.b64encode(hashlib.sha1(keys[0] + _GUID).digest())
+    accept = accept_key(keys[0].decode("ascii")).encode()  # (base64, so ASCII)
     return Opening(target, headers, subprotocols, accept)
 
 
-def _listed(parser: object, values: list[bytes], usual: bytes | None) -> list[str]:
+def _listed(
+    parser: Callable[[str], Sequence[str]], values: list[bytes], usual: bytes | None
+) -> list[str]:
     """A comma-separated header's items over all its lines, parsed as websockets parses them;
     the usual single value (any case) without the parser's regular expressions."""
     if len(values) == 1 and usual is not None and values[0].lower() == usual:
         return [values[0].decode("ascii")]
     items: list[str] = []
     for value in values:
-        items += parser(value.decode("latin-1"))  # type: ignore[operator]
+        items += parser(value.decode("latin-1"))
     return items
 
 
