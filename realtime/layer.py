@@ -358,6 +358,15 @@ class _LoopLayer:
         await self.broker.close()
 
 
+def _cancel_swallowed() -> bool:
+    """Whether this task was asked to stop and is running on regardless. redis-py writes a
+    command through `asyncio.wait_for`, which in Python 3.11 can lose a cancel that comes as the
+    write finishes (CPython gh-86296, fixed in 3.12): seen as the sharded tier's hang, a test's
+    loop waiting at shutdown for a reader that had subscribed through its cancel."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class _ShardSubscriber:
     """One shard's subscription connection in one event loop: the groups of this process whose
     streams live on the shard, and the process channel."""
@@ -480,13 +489,16 @@ class _ShardSubscriber:
             try:
                 channels = self._channels()
                 await pubsub.subscribe(*channels)
-                # redis-py's subscribe() can swallow the cancel of a closing layer (a connect
-                # under way): the reader then went on to read for good.
+                # redis-py's subscribe() can swallow a cancel (below): a closing layer's, or the
+                # event loop's at its shutdown. The reader then went on to read for good, and
+                # whoever cancelled it waited for it forever.
                 if self.closing:
                     return
                 self._pubsub = pubsub
                 self._confirmed_initial = set(channels)
                 while True:
+                    if _cancel_swallowed():
+                        raise asyncio.CancelledError
                     replies = await read_replies(pubsub.connection, pubsub=True)
                     if self.closing:
                         return

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import pytest
 from channels.layers import channel_layers
@@ -19,6 +20,8 @@ from devtools.cluster import free_port
 from realtime import broker, publish
 from realtime.layer import StreamChannelLayer
 from tests.integration.conftest import eventually
+
+T = TypeVar("T")
 
 
 class Collector:
@@ -131,6 +134,28 @@ async def test_a_publish_counts_the_sockets_joined_and_none_once_they_left(
     await other.flush()
 
 
+async def first_step(coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """`coroutine` as a task, once its first step has run: a callback queued behind that step
+    sets an event, so this waits for the step itself, not for time (a timer could let Redis
+    answer what the step asked first)."""
+    task = asyncio.ensure_future(coroutine)
+    stepped = asyncio.Event()
+    asyncio.get_running_loop().call_soon(stepped.set)
+    async with asyncio.timeout(5):
+        await stepped.wait()
+    return task
+
+
+async def subscriptions_up(layer: StreamChannelLayer) -> None:
+    """Every shard's subscription connection is up (a join waits first for its own shard's),
+    so a join's first step queues its SUBSCRIBE at once."""
+
+    async def up() -> bool:
+        return all(s.subscribed_event.is_set() for s in layer._layer().subscribers)
+
+    await eventually(up)
+
+
 def unconfirmed(layer: StreamChannelLayer, group: str) -> bool:
     """Whether `group` has a member here whose SUBSCRIBE Redis has not confirmed yet."""
     loop_layer = layer._layer()
@@ -150,12 +175,12 @@ async def test_a_group_left_and_joined_again_before_redis_confirmed_stays_subscr
 ) -> None:
     other = StreamChannelLayer(hosts=hosts_of(layer), prefix=layer.prefix, node="other")
     warm = await other.new_channel()
-    await other.group_add("user.601", warm)  # the subscription connection is up
+    await other.group_add("user.601", warm)
+    await subscriptions_up(other)
     first, second = await other.new_channel(), await other.new_channel()
     sink = Collector()
     other.add_sink(second, sink)
-    joining = asyncio.ensure_future(other.group_add("user.600", first))
-    await asyncio.sleep(0)  # one turn: the task's first step, not a wait for time to pass
+    joining = await first_step(other.group_add("user.600", first))
     assert unconfirmed(other, "user.600"), "joined; its SUBSCRIBE not confirmed yet"
     await other.group_discard("user.600", first)  # left before the confirmation
     await other.group_add("user.600", second)  # joined again: the same SUBSCRIBE's answer
@@ -172,9 +197,9 @@ async def test_a_group_everyone_left_before_redis_confirmed_is_unsubscribed_afte
     other = StreamChannelLayer(hosts=hosts_of(layer), prefix=layer.prefix, node="other")
     warm = await other.new_channel()
     await other.group_add("user.611", warm)
+    await subscriptions_up(other)
     channel = await other.new_channel()
-    joining = asyncio.ensure_future(other.group_add("user.610", channel))
-    await asyncio.sleep(0)  # one turn: the task's first step, not a wait for time to pass
+    joining = await first_step(other.group_add("user.610", channel))
     assert unconfirmed(other, "user.610"), "joined; its SUBSCRIBE not confirmed yet"
     await other.group_discard("user.610", channel)
     await joining
@@ -317,3 +342,39 @@ async def test_a_layer_closing_ends_a_reader_whose_subscribe_swallowed_the_cance
     async with asyncio.timeout(8):
         await closing
     assert readers and all(reader is not None and reader.done() for reader in readers)
+
+
+async def test_a_reader_cancelled_through_a_subscribe_that_lost_the_cancel_still_ends(
+    layer: StreamChannelLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sharded tier's hang: a test's event loop, shutting down, cancelled a layer's readers;
+    # one was in redis-py's subscribe(), whose write goes through asyncio.wait_for, and Python
+    # 3.11's wait_for can lose a cancel that comes as the write finishes (CPython gh-86296:
+    # the task stays "cancelling", the error never raised). The reader went on to read for
+    # good, and the loop's shutdown waited on it forever. Here subscribe() loses it so.
+    subscribe = PubSub.subscribe
+    entered, lost, let_go = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def losing(self: PubSub, *args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        try:
+            await let_go.wait()
+        except asyncio.CancelledError:
+            lost.set()  # not re-raised, not uncancelled: as wait_for loses it
+            await let_go.wait()
+        return await subscribe(self, *args, **kwargs)
+
+    monkeypatch.setattr(PubSub, "subscribe", losing)
+    other = StreamChannelLayer(hosts=hosts_of(layer), prefix=layer.prefix, node="other")
+    await other.new_channel()  # starts the readers, the first now in its subscribe
+    async with asyncio.timeout(5):
+        await entered.wait()
+    reader = next(s.reader for s in other._layer().subscribers if s.reader is not None)
+    reader.cancel()  # what the loop's shutdown does, the layer not closed first
+    async with asyncio.timeout(5):
+        await lost.wait()
+    let_go.set()
+    done, _ = await asyncio.wait([reader], timeout=5)
+    assert reader in done and reader.cancelled()
+    monkeypatch.undo()
+    await other.flush()
