@@ -286,6 +286,18 @@ async def test_history_is_trimmed_by_age(
     assert (await broker.current().heads(["room:aged"]))["room:aged"].seq == 16
 
 
+async def test_history_younger_than_its_max_age_is_kept_through_the_age_trim(
+    layer: StreamChannelLayer, settings: SettingsWrapper
+) -> None:
+    # The script trims by age on every 16th publish after reading the oldest entry alone: a
+    # young log must come through that look whole.
+    settings.HISTORY_MAX_AGE_SECS = 600
+    for n in range(32):
+        await publish.publish(stream="room:young", payload=n)
+    stored = await broker.current().read("room:young", after=0)
+    assert [seq for seq, _ in stored] == list(range(1, 33))
+
+
 async def test_publish_with_redis_unreachable_raises_a_clear_error_without_its_address(
     settings: SettingsWrapper,
 ) -> None:
