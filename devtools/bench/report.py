@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -35,6 +36,7 @@ class Result:
     reorder: int = 0
     cpu_secs: dict[str, float] = field(default_factory=dict)  # per process
     extra: dict[str, Any] = field(default_factory=dict)
+    round: int = 1  # which of the run's rounds (bench --rounds) measured it
 
     @property
     def replica_cpu(self) -> float:
@@ -116,8 +118,11 @@ def table(results: list[Result]) -> str:
         f"{'cpu:repl':>8} {'redis':>6} {'hapx':>6} {'client':>6} {'us/dlv':>7}  notes"
     )
     lines = [header, "-" * len(header)]
+    several_rounds = any(r.round > 1 for r in results)
     for r in results:
         notes = " ".join(f"{k}={v}" for k, v in r.extra.items() if not isinstance(v, dict | list))
+        if several_rounds:
+            notes = f"round={r.round} {notes}"
         lines.append(
             f"{r.target:<8} {r.workload:<3} {r.clients:>7} {r.messages:>6} {r.seconds:>6.2f} "
             f"{_num(r.rate):>9} {r.rate_unit:<8} {_num(r.p50_ms, 1):>7} {_num(r.p99_ms, 1):>7} "
@@ -131,44 +136,77 @@ def table(results: list[Result]) -> str:
 
 def ratios(results: list[Result]) -> list[str]:
     """Ours as a ratio to stock, the limit and the Socket.IO peer, for the figures the issue's
-    targets name."""
-    found = {(r.target, r.workload): r for r in results}
+    targets name. Each ratio pairs the two targets' rows of the same round (bench --rounds: the
+    targets take turns, so a round's two rows ran closest in time); with several rounds, the
+    line gives each ratio's median and its lowest and highest round."""
+    found = {(r.target, r.workload, r.round): r for r in results}
+    rounds = sorted({r.round for r in results})
     lines = []
     for other in ("stock", "limit", "socketio"):
         for workload in ("W1", "W2", "W2b", "W3"):
-            ours, them = found.get(("ours", workload)), found.get((other, workload))
-            if ours is None or them is None or not them.rate:
+            pairs = [
+                (ours, them)
+                for n in rounds
+                if (ours := found.get(("ours", workload, n))) is not None
+                and (them := found.get((other, workload, n))) is not None
+                and them.rate
+            ]
+            if not pairs:
                 continue
-            text = f"ours/{other} {workload}: rate x{ours.rate / them.rate:.2f}"
-            if ours.replica_us_per_delivery and them.replica_us_per_delivery:
-                cpu_ratio = ours.replica_us_per_delivery / them.replica_us_per_delivery
-                text += f", server CPU per delivery x{cpu_ratio:.2f}"
-            if ours.p99_ms is not None and them.p99_ms:
-                text += f", p99 x{ours.p99_ms / them.p99_ms:.2f}"
-            if workload == "W3":
-                text += _connect_ratios(ours, them)
-            lines.append(text)
+            if len(rounds) == 1:
+                [(ours, them)] = pairs
+                figures = ", ".join(
+                    f"{label} x{value:.2f}{detail}" for label, value, detail in _figures(ours, them)
+                )
+                lines.append(f"ours/{other} {workload}: {figures}")
+                continue
+            by_label: dict[str, list[float]] = {}
+            for ours, them in pairs:
+                for label, value, _ in _figures(ours, them):
+                    by_label.setdefault(label, []).append(value)
+            figures = ", ".join(
+                f"{label} x{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+                for label, values in by_label.items()
+            )
+            lines.append(
+                f"ours/{other} {workload}, median of {len(pairs)} round"
+                f"{'s' if len(pairs) > 1 else ''} (lowest-highest): " + figures
+            )
     return lines
 
 
-def _connect_ratios(ours: Result, them: Result) -> str:
-    """W3's server CPU per connect and memory per socket (the busiest replica's), as ratios."""
-    text = ""
+def _figures(ours: Result, them: Result) -> list[tuple[str, float, str]]:
+    """(label, ours/them, the two values when worth showing) for one pair of rows."""
+    figures = [("rate", ours.rate / them.rate, "")]
+    if ours.replica_us_per_delivery and them.replica_us_per_delivery:
+        cpu_ratio = ours.replica_us_per_delivery / them.replica_us_per_delivery
+        figures.append(("server CPU per delivery", cpu_ratio, ""))
+    if ours.p99_ms is not None and them.p99_ms:
+        figures.append(("p99", ours.p99_ms / them.p99_ms, ""))
+    if ours.workload == "W3":
+        figures += _connect_figures(ours, them)
+    return figures
+
+
+def _connect_figures(ours: Result, them: Result) -> list[tuple[str, float, str]]:
+    """W3's server CPU per connect and memory per socket (the busiest replica's)."""
+    figures = []
     connected: tuple[int, int] = (
         ours.extra.get("connected") or 0,
         them.extra.get("connected") or 0,
     )
     if all(connected) and ours.replica_cpu and them.replica_cpu:
         per_connect = [r.replica_cpu / n for r, n in zip((ours, them), connected, strict=True)]
-        text += f", server CPU per connect x{per_connect[0] / per_connect[1]:.2f}"
-        text += f" ({per_connect[0] * 1000:.2f} ms against {per_connect[1] * 1000:.2f} ms)"
+        detail = f" ({per_connect[0] * 1000:.2f} ms against {per_connect[1] * 1000:.2f} ms)"
+        figures.append(("server CPU per connect", per_connect[0] / per_connect[1], detail))
     kib: tuple[float, float] = (
         ours.extra.get("max_kib_per_conn") or 0.0,
         them.extra.get("max_kib_per_conn") or 0.0,
     )
     if all(kib):
-        text += f", memory per socket x{kib[0] / kib[1]:.2f} ({kib[0]} KiB against {kib[1]} KiB)"
-    return text
+        detail = f" ({kib[0]} KiB against {kib[1]} KiB)"
+        figures.append(("memory per socket", kib[0] / kib[1], detail))
+    return figures
 
 
 def churn_lines(results: list[Result]) -> list[str]:

@@ -92,6 +92,14 @@ class Command(BaseCommand):
             "adapter, node replicas behind the same HAProxy (needs node and npm; W5 is skipped).",
         )
         parser.add_argument(
+            "--rounds",
+            type=int,
+            default=1,
+            help="Measure every target this many times, the targets taking turns (ours, then "
+            "each other, then ours again), and give each ratio's median and range: on a "
+            "shared machine one round's ratios move by a fifth from run to run.",
+        )
+        parser.add_argument(
             "--churn-rate",
             type=float,
             default=50.0,
@@ -161,6 +169,8 @@ class Command(BaseCommand):
             raise CommandError("--churn-rate and --churn-secs must be above 0.")
         if options["concurrency"] < 1 or options["push_concurrency"] < 1:
             raise CommandError("--concurrency and --push-concurrency must be 1 or more.")
+        if options["rounds"] < 1:
+            raise CommandError("--rounds must be 1 or more.")
         if options["churn_publish_rate"] < 0:
             raise CommandError("--churn-publish-rate must be 0 or more.")
         names = (
@@ -170,17 +180,26 @@ class Command(BaseCommand):
             + list(dict.fromkeys(options["peer"]))
         )
         results: list[Result] = []
-        for name in names:
-            try:
-                target = self._start(name, options)
-            except PeerUnavailable as exc:
-                # A missing node must not cost the rest of the run (ours is already measured).
-                self.stderr.write(f"skipping the {name} peer: {exc}")
-                continue
-            try:
-                results += asyncio.run(self._run(target, wanted, options))
-            finally:
-                target.stop()
+        rounds = options["rounds"]
+        for round_number in range(1, rounds + 1):
+            if rounds > 1:
+                self.stderr.write(f"round {round_number} of {rounds}")
+            for name in list(names):
+                try:
+                    target = self._start(name, options)
+                except PeerUnavailable as exc:
+                    # A missing node must not cost the rest of the run (ours is already
+                    # measured), nor be tried again each round.
+                    self.stderr.write(f"skipping the {name} peer: {exc}")
+                    names.remove(name)
+                    continue
+                try:
+                    measured = asyncio.run(self._run(target, wanted, options))
+                finally:
+                    target.stop()
+                for result in measured:
+                    result.round = round_number
+                results += measured
         self.stdout.write(table(results))
         for line in ratios(results) + churn_lines(results):
             self.stdout.write(line)
