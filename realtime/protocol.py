@@ -477,6 +477,16 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
+# orjson reads JSON at a fraction of the standard parser's CPU (1.7 against 3.7 µs for a push's
+# body, checks included), and reads every text it accepts as the standard parser does, but for
+# integers past 64 bits, which it makes floats: a text with a run of 19 digits anywhere
+# (strings too: the check is a byte scan) is the standard parser's. Whatever orjson refuses
+# (NaN, Infinity, 1e400, lone surrogates, a BOM, UTF-16, malformed text) goes to the standard
+# parser as well, which reads or refuses it as it always did (tests/unit/test_json_reading.py).
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_INTEGER = b"0" * 19
+
+
 def loads(text: str | bytes) -> Any:
     """Parse strict JSON from a client (frames, `?resume=`, API bodies, command arguments).
 
@@ -485,6 +495,28 @@ def loads(text: str | bytes) -> Any:
     only when the text has more brackets than the limit, the strings only when it escapes a
     surrogate.
     """
+    if orjson is not None:
+        raw = text if isinstance(text, bytes) else text.encode(errors="surrogatepass")
+        if _LONG_INTEGER not in raw.translate(_DIGITS_TO_ZERO):
+            try:
+                value = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                pass  # the standard parser's to read or refuse, with its own message
+            else:
+                # orjson refuses lone surrogates: only the depth is left to check.
+                if _opener_count(raw) > MAX_JSON_DEPTH:
+                    _check_value(value, check_strings=False)
+                return value
+    return _standard_loads(text)
+
+
+def _opener_count(text: str | bytes) -> int:
+    if isinstance(text, str):
+        return text.count("[") + text.count("{")
+    return text.count(b"[") + text.count(b"{")
+
+
+def _standard_loads(text: str | bytes) -> Any:
     try:
         if isinstance(text, bytes):  # as json.loads takes bytes
             text = text.decode(json.detect_encoding(text), "surrogatepass")
@@ -495,33 +527,50 @@ def loads(text: str | bytes) -> Any:
         raise
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise InvalidJson(f"Not valid JSON ({exc}).") from None
-    opener_count = (
-        text.count("[") + text.count("{")
-        if isinstance(text, str)
-        else (text.count(b"[") + text.count(b"{"))
-    )
     surrogates = _SURROGATE_ESCAPE.search(text if isinstance(text, str) else text.decode("latin-1"))
-    if opener_count > MAX_JSON_DEPTH or surrogates:
+    if _opener_count(text) > MAX_JSON_DEPTH or surrogates:
         _check_value(value, check_strings=surrogates is not None)
     return value
 
 
 def _check_value(value: Any, *, check_strings: bool) -> None:
-    """Walk a parsed value without recursion: its depth, and (if asked) its strings."""
-    pending: list[tuple[Any, int]] = [(value, 1)]
+    """A parsed value's depth, and (if asked) its strings, walked without recursion."""
+    _check_depth(value)
+    if check_strings:
+        _check_strings(value)
+
+
+def _check_depth(value: Any) -> None:
+    # A level at a time, containers only: a batch of pushes has more brackets than
+    # MAX_JSON_DEPTH, so its body is walked on every request (14 µs for 20 messages, where a
+    # stack of (value, depth) pairs over every value took 25).
+    level = [value] if isinstance(value, dict | list) else []
+    depth = 1
+    while level:
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidJson(f"JSON may nest at most {MAX_JSON_DEPTH} levels.")
+        below = []
+        for item in level:
+            for child in item.values() if isinstance(item, dict) else item:
+                if isinstance(child, _CONTAINERS):
+                    below.append(child)
+        level = below
+        depth += 1
+
+
+_CONTAINERS = (dict, list)
+
+
+def _check_strings(value: Any) -> None:
+    pending = [value]
     while pending:
-        item, depth = pending.pop()
+        item = pending.pop()
         if isinstance(item, dict):
-            if depth > MAX_JSON_DEPTH:
-                raise InvalidJson(f"JSON may nest at most {MAX_JSON_DEPTH} levels.")
-            if check_strings:
-                pending.extend((key, depth) for key in item)
-            pending.extend((child, depth + 1) for child in item.values())
+            pending.extend(item)
+            pending.extend(item.values())
         elif isinstance(item, list):
-            if depth > MAX_JSON_DEPTH:
-                raise InvalidJson(f"JSON may nest at most {MAX_JSON_DEPTH} levels.")
-            pending.extend((child, depth + 1) for child in item)
-        elif check_strings and isinstance(item, str):
+            pending.extend(item)
+        elif isinstance(item, str):
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError:
