@@ -67,7 +67,7 @@ class PublishResult:
 def check_payload(payload: Any) -> None:
     """Raise InvalidPayload unless `payload` is JSON that fits in MAX_PAYLOAD_BYTES."""
     try:
-        size = len(protocol.encode({"p": payload}).encode())
+        size = len(protocol.encode_bytes({"p": payload}))
     except (TypeError, ValueError, RecursionError) as exc:
         # ValueError: NaN or Infinity (not JSON), or a string with a lone surrogate (not UTF-8).
         raise InvalidPayload(f"The payload must be standard JSON: {exc}.") from None

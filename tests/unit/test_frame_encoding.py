@@ -71,6 +71,7 @@ def test_accepted_frames_read_back_as_the_standard_encoders(frame: dict[str, Any
     text = protocol.encode(frame)
     assert json.loads(text) == json.loads(protocol._ENCODER.encode(frame))
     assert ", " not in text and '": ' not in text  # compact, as every frame
+    assert protocol.encode_bytes(frame) == text.encode()
 
 
 @pytest.mark.parametrize(("frame", "error"), REFUSED)
@@ -81,12 +82,16 @@ def test_refused_frames_raise_what_the_standard_encoder_raises(
         protocol._ENCODER.encode(frame)
     with pytest.raises(error):
         protocol.encode(frame)
+    with pytest.raises(error):
+        protocol.encode_bytes(frame)
 
 
 def test_a_lone_surrogate_is_written_as_the_standard_encoder_writes_it() -> None:
     # Refused later, where the text becomes UTF-8 (check_payload): the same text either way.
     frame = {"text": "\ud800"}
     assert protocol.encode(frame) == protocol._ENCODER.encode(frame)
+    with pytest.raises(UnicodeEncodeError):
+        protocol.encode_bytes(frame)  # where it becomes UTF-8 at once
 
 
 def test_plain_frames_are_written_by_orjson(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,3 +105,4 @@ def test_plain_frames_are_written_by_orjson(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(protocol, "_ENCODER", Unused())
     assert protocol.encode(frame) == expected
+    assert protocol.encode_bytes(frame) == expected.encode()
