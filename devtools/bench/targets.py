@@ -121,9 +121,18 @@ class ClusterTarget(Target):
     base_url: str = ""
     token: str = ""
     replica_names: list[str] = field(default_factory=list)
+    # An external cluster's token, issued in its database for this run: revoked at the end.
+    token_name: str | None = None
 
     def publisher(self, concurrency: int) -> Publisher:
         return HttpPublisher(self.base_url, self.token, self.replica_names, concurrency)
+
+    def stop(self) -> None:
+        super().stop()
+        if self.token_name is not None:
+            from django.core.management import call_command
+
+            call_command("apitoken", "revoke", self.token_name, stdout=io.StringIO())
 
 
 class HttpPublisher(Publisher):
@@ -238,7 +247,9 @@ def external_cluster(url: str, *, clients: int, state: ClusterState | None) -> C
 
     out = io.StringIO()
     call_command("bench_users", count=clients, prefix="bench", stdout=out)
-    _, token = api_token_issue(name=f"bench-{uuid.uuid4().hex[:8]}")
+    # Revoked when the run ends (ClusterTarget.stop): a publish token must not outlive it in
+    # the cluster's database (with --rounds, one is issued a round).
+    issued, token = api_token_issue(name=f"bench-{uuid.uuid4().hex[:8]}")
     parts = urlsplit(url)
     pids: dict[str, int] = {}
     ports: dict[str, int] = {}
@@ -258,6 +269,7 @@ def external_cluster(url: str, *, clients: int, state: ClusterState | None) -> C
         replica_urls={n: f"http://127.0.0.1:{ports[n]}" for n in replicas if n in ports},
         base_url=f"{parts.scheme}://{parts.netloc}",
         token=token,
+        token_name=issued.name,
         replica_names=replicas,
     )
 

@@ -33,6 +33,10 @@ def test_bench_reports_every_delivery_once_and_in_order(healthy_cluster: Cluster
     assert [line["workload"] for line in lines] == ["W1", "W2", "W2b"], result.stdout
     assert_every_delivery_once(by_workload, processes={*healthy_cluster.processes, "client"})
     assert by_workload["W2"]["extra"]["batch"] == 1 and by_workload["W2b"]["extra"]["batch"] == 20
+    # The publish token the bench issued in the cluster's database does not outlive the run.
+    tokens = manage(healthy_cluster, "apitoken", "list").stdout.splitlines()
+    bench_tokens = [line for line in tokens if line.startswith("bench-")]
+    assert bench_tokens and all("\trevoked\t" in line for line in bench_tokens), tokens
 
 
 def assert_every_delivery_once(
