@@ -233,6 +233,11 @@ class Command(BaseCommand):
             target = start_socketio(replicas=options["replicas"], clients=clients, var_dir=var_dir)
         elif name == "ours" and options["url"]:
             state = read_state(options["cluster_dir"])
+            if state is None:
+                self.stderr.write(
+                    f"no cluster.json in {options['cluster_dir']}: the cluster's CPU is not "
+                    "measured (--cluster-dir names the runner's run dir)"
+                )
             target = external_cluster(options["url"], clients=clients, state=state)
         else:
             target = start_cluster(
